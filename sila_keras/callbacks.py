@@ -1,0 +1,145 @@
+"""Training callbacks: the per-epoch log (metrics.csv + one summary line),
+crash-safe checkpoints for ``--resume``, and a non-finite loss guard.
+
+Order of writes at the end of epoch e: ``metrics.csv`` (atomic), then the
+checkpoint ``checkpoints/last.keras`` (atomic), then ``checkpoints/state.json``
+(atomic; names the completed epoch). A resumed run trusts ``state.json`` and
+drops any ``metrics.csv`` row beyond it, so no epoch is lost or logged twice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import keras
+
+from sila_keras import io
+from sila_keras.optim import current_lr
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/Inf loss."""
+
+
+class NonFiniteGuard(keras.callbacks.Callback):
+    """Stops training at the first non-finite batch loss and records where."""
+
+    def __init__(self):
+        super().__init__()
+        self.epoch = 0
+        self.failure: str | None = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.failure = (
+                f"Training loss became {float(loss)} at epoch {self.epoch + 1}, batch {batch + 1}. "
+                "Likely causes: learning rate too high (--lr) or SiLa weights too large "
+                "(--beta/--betas). The last good checkpoint is kept; lower them and rerun."
+            )
+            self.model.stop_training = True
+
+
+class EpochLogger(keras.callbacks.Callback):
+    """Writes one ``metrics.csv`` row per epoch and prints a one-line summary.
+
+    Row columns: ``epoch, lr, loss, head_1_acc … head_M_acc, top5, nll`` (test
+    split), then ``test_loss``, ``train_head_1_acc`` and ``time_s``.
+
+    Args:
+        path: the CSV path.
+        num_heads: M.
+        rows: rows of earlier epochs (when resuming).
+        print_fn: where the summary line goes (``None`` to stay silent).
+    """
+
+    def __init__(self, path, num_heads: int, rows: list[dict] | None = None, print_fn=print,
+                 total_epochs: int | None = None, guard: NonFiniteGuard | None = None):
+        super().__init__()
+        self.guard = guard
+        self.path = Path(path)
+        self.num_heads = num_heads
+        self.rows = list(rows or [])
+        self.print_fn = print_fn
+        self.total_epochs = total_epochs
+        self._t0 = 0.0
+        self._lr = float("nan")
+
+    @property
+    def columns(self) -> list[str]:
+        heads = [f"head_{k}_acc" for k in range(1, self.num_heads + 1)]
+        return ["epoch", "lr", "loss", *heads, "top5", "nll", "test_loss", "train_head_1_acc", "time_s"]
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._t0 = time.time()
+        self._lr = current_lr(self.model.optimizer)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.guard is not None and self.guard.failure:
+            return  # the epoch did not complete
+        logs = logs or {}
+        row = {"epoch": epoch + 1, "lr": self._lr, "loss": logs.get("loss")}
+        for k in range(1, self.num_heads + 1):
+            row[f"head_{k}_acc"] = logs.get(f"val_head_{k}_acc")
+        row.update(top5=logs.get("val_top5"), nll=logs.get("val_nll"), test_loss=logs.get("val_loss"),
+                   train_head_1_acc=logs.get("head_1_acc"), time_s=round(time.time() - self._t0, 3))
+        row = {k: (float(v) if v is not None and k != "epoch" else v) for k, v in row.items()}
+        self.rows = [r for r in self.rows if int(r["epoch"]) < row["epoch"]] + [row]
+        io.write_csv(self.path, self.rows, self.columns)
+        if self.print_fn:
+            self.print_fn(self.summary_line(row))
+
+    def summary_line(self, row: dict) -> str:
+        total = f"/{self.total_epochs}" if self.total_epochs else ""
+        heads = "  ".join(f"h{k} {_pct(row.get(f'head_{k}_acc'))}" for k in range(1, self.num_heads + 1))
+        return (f"epoch {row['epoch']}{total}  loss {_num(row['loss'])}  lr {row['lr']:.3g}  "
+                f"test: {heads}  top5 {_pct(row['top5'])}  nll {_num(row['nll'])}  ({row['time_s']:.1f}s)")
+
+    def best(self) -> dict[str, float]:
+        """BEST per head: the maximum test accuracy over the logged epochs."""
+        out = {}
+        for k in range(1, self.num_heads + 1):
+            vals = [float(r[f"head_{k}_acc"]) for r in self.rows if r.get(f"head_{k}_acc") not in (None, "")]
+            out[f"head_{k}"] = max(vals) if vals else None
+        return out
+
+
+class ResumeCheckpoint(keras.callbacks.Callback):
+    """Saves the whole model (weights + optimizer state) after every epoch, atomically.
+
+    Files: ``<dir>/last.keras`` and ``<dir>/state.json`` (``{"epoch": completed}``).
+    """
+
+    def __init__(self, directory, extra_state=None, guard: NonFiniteGuard | None = None):
+        super().__init__()
+        self.guard = guard
+        self.dir = Path(directory)
+        self.extra_state = extra_state or (lambda: {})
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.guard is not None and self.guard.failure:
+            return  # keep the last good checkpoint
+        with io.atomic_path(self.dir / "last.keras", suffix=".keras") as tmp:
+            self.model.save(tmp)
+        io.write_json(self.dir / "state.json", {"epoch": epoch + 1, **self.extra_state()})
+
+    @staticmethod
+    def load_state(directory) -> dict | None:
+        path = Path(directory) / "state.json"
+        if not path.exists() or not (Path(directory) / "last.keras").exists():
+            return None
+        return json.loads(path.read_text())
+
+
+def _pct(v) -> str:
+    return "  n/a" if v is None or v == "" else f"{100 * float(v):5.2f}%"
+
+
+def _num(v) -> str:
+    return "n/a" if v is None or v == "" else f"{float(v):.4f}"

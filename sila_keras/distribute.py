@@ -1,0 +1,54 @@
+"""tf.distribute strategies: the one place that knows about devices.
+
+``auto`` picks ``MirroredStrategy`` over all GPUs when more than one is visible,
+else the default (single-device) strategy. ``mirrored`` always mirrors: over the
+GPUs, or, on a CPU-only machine, over the logical CPU devices (see
+:func:`split_cpu`), which is how the distributed path is tested without GPUs.
+
+Batch sizes given to the library are *global*: each of R replicas receives
+``batch_size / R`` examples per step; gradients are summed over replicas from
+per-example losses averaged over the global batch, so the lr means the same
+thing as on one device.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+
+def split_cpu(n: int) -> None:
+    """Split the physical CPU into ``n`` logical devices (before TF runs any op).
+
+    Raises:
+        RuntimeError: if TensorFlow has already initialised its devices.
+    """
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    current = tf.config.get_logical_device_configuration(cpu)
+    if current is not None and len(current) == n:
+        return
+    try:
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * n)
+    except RuntimeError as e:
+        raise RuntimeError(
+            f"Cannot split the CPU into {n} logical devices after TensorFlow has started: {e}. "
+            "Call split_cpu() (or pass --cpu-devices) before building any model."
+        ) from None
+
+
+def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
+    """The strategy for ``auto``, ``default`` or ``mirrored``."""
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "default" or (name == "auto" and len(gpus) <= 1):
+        return tf.distribute.get_strategy()
+    if name in ("auto", "mirrored"):
+        if gpus:
+            return tf.distribute.MirroredStrategy([d.name for d in gpus])
+        cpus = tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([d.name for d in cpus])
+    raise ValueError(f"Unknown strategy '{name}'. Available: auto, default, mirrored")
+
+
+def strategy_name(strategy: tf.distribute.Strategy) -> str:
+    """A short name: ``default``, ``MirroredStrategy``, …"""
+    name = type(strategy).__name__
+    return "default" if name in ("_DefaultDistributionStrategy", "DefaultDistributionStrategy") else name

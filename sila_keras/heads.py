@@ -1,0 +1,173 @@
+"""SilaNet heads: attach auxiliary modules to a backbone and concatenate them.
+
+Naming contract (relied on by the exporter, metrics and tuner):
+
+* ``head_1`` — the backbone's own classifier (the base model);
+* ``head_2`` — the auxiliary module attached deepest (SilaNet's module C, at the
+  end of the second-to-last resolution stage); ``head_3`` one stage shallower
+  (module D), and so on;
+* every layer of head k is prefixed ``head_k_`` (``head_3_conv``), and the
+  module's output layer is named ``head_k``;
+* ``sila_logits`` — the ``Concatenate`` of ``head_1 … head_M``, shape ``(B, M·N)``.
+
+Placement rule (SilaNet §2.2, "each segment of the base model has about the same
+number of layers"): candidate attach points are the ends of the backbone's
+resolution stages; head 2 takes the deepest, each further head the next
+shallower one. With stages of about equal depth, this cuts the network into
+segments of about equal depth, and it reproduces the placements of the paper's
+Table 3 (see ``../shared/reference/paper-architectures.md``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import keras
+from keras import layers
+
+from sila_keras.models.registry import Tap, get_backbone
+
+DEFAULT_MEAN = (127.5, 127.5, 127.5)
+DEFAULT_STD = (63.75, 63.75, 63.75)
+
+
+def place_heads(taps: Sequence[Tap], num_heads: int, model_name: str = "this model") -> list[Tap]:
+    """Choose the taps for heads 2..M (returned in head order: deepest first).
+
+    Raises:
+        ValueError: ``num_heads < 1`` or more heads than the model can place.
+    """
+    if num_heads < 1:
+        raise ValueError(f"`num_heads` must be >= 1 (1 = the base model). Received: num_heads={num_heads}")
+    max_heads = len(taps) + 1
+    if num_heads > max_heads:
+        raise ValueError(
+            f"{model_name} can place at most {max_heads} heads (1 + {len(taps)} attach points: "
+            f"{', '.join(t.name for t in taps) or 'none'}). Received: num_heads={num_heads}"
+        )
+    return list(reversed(taps))[: num_heads - 1]
+
+
+def aux_head(tap: Tap, head: int, num_classes: int):
+    """SilaNet auxiliary module: [BN + ReLU if pre-activation] → 3×3 conv to N → GAP.
+
+    Every layer is named ``head_{head}_*``; the output layer is ``head_{head}``.
+    """
+    x = tap.tensor
+    if tap.preact:
+        x = layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=f"head_{head}_bn")(x)
+        x = layers.ReLU(name=f"head_{head}_relu")(x)
+    x = layers.Conv2D(num_classes, 3, padding="same", name=f"head_{head}_conv")(x)
+    return layers.GlobalAveragePooling2D(name=f"head_{head}")(x)
+
+
+def normalizer(num_channels: int, mean=None, std=None) -> layers.Layer:
+    """In-model preprocessing: raw pixels (0–255) → per-channel standardized values."""
+    mean = list(DEFAULT_MEAN[:1] * num_channels if mean is None else mean)
+    std = list(DEFAULT_STD[:1] * num_channels if std is None else std)
+    if len(mean) != num_channels or len(std) != num_channels:
+        raise ValueError(
+            f"`mean` and `std` need one value per channel ({num_channels}). "
+            f"Received: mean={mean}, std={std}"
+        )
+    return layers.Normalization(mean=mean, variance=[float(s) ** 2 for s in std], name="normalize")
+
+
+def assemble(inputs, base_logits, taps: Sequence[Tap], num_heads: int, num_classes: int,
+             name: str, model_name: str = "this model") -> keras.Model:
+    """Join the base classifier and the auxiliary heads into one SiLa model."""
+    chosen = place_heads(taps, num_heads, model_name)
+    heads = [layers.Identity(name="head_1")(base_logits)]
+    heads += [aux_head(tap, k, num_classes) for k, tap in enumerate(chosen, start=2)]
+    sila_logits = layers.Concatenate(axis=-1, name="sila_logits", dtype="float32")(heads)
+    return keras.Model(inputs, sila_logits, name=name)
+
+
+def build_sila_model(backbone: str, num_classes: int, num_heads: int = 3,
+                     input_shape: Sequence[int] = (32, 32, 3), mean=None, std=None,
+                     name: str | None = None, **backbone_kwargs) -> keras.Model:
+    """Build a SilaNet: backbone + M−1 auxiliary heads, output ``sila_logits``.
+
+    The model takes raw pixels (float32, 0–255, NHWC) and normalizes inside.
+
+    Args:
+        backbone: a registered backbone name (see ``list_backbones()``).
+        num_classes: N.
+        num_heads: M; 1 gives the plain base model.
+        input_shape: ``(H, W, C)``.
+        mean: per-channel mean of the training pixels (default 127.5).
+        std: per-channel std of the training pixels (default 63.75).
+        name: model name (default ``sila_<backbone>``).
+        **backbone_kwargs: passed to the backbone builder.
+
+    Returns:
+        A functional ``keras.Model`` with one output ``sila_logits`` ``(B, M·N)``.
+
+    Raises:
+        ValueError: unknown backbone, bad ``num_heads``, or an input too small.
+
+    Example:
+        >>> m = build_sila_model("resnet20", num_classes=10, num_heads=3)
+        >>> m.output.shape
+        (None, 30)
+    """
+    spec = get_backbone(backbone)
+    if int(num_classes) < 2:
+        raise ValueError(f"`num_classes` must be >= 2. Received: num_classes={num_classes}")
+    input_shape = tuple(int(d) for d in input_shape)
+    if len(input_shape) != 3:
+        raise ValueError(f"`input_shape` must be (H, W, C). Received: input_shape={input_shape}")
+    if min(input_shape[:2]) < spec.min_input_size:
+        raise ValueError(
+            f"Backbone '{backbone}' needs inputs of at least {spec.min_input_size}×"
+            f"{spec.min_input_size} pixels (it downsamples that much). "
+            f"Received: input_shape={input_shape}. Resize the images or pick another backbone."
+        )
+    inputs = keras.Input(input_shape, name="image")
+    x = normalizer(input_shape[-1], mean, std)(inputs)
+    out = spec.builder(x, int(num_classes), **backbone_kwargs)
+    return assemble(inputs, out.logits, out.taps, num_heads, int(num_classes),
+                    name or f"sila_{backbone}", model_name=f"Backbone '{backbone}'")
+
+
+def num_heads_of(model: keras.Model) -> int:
+    """M: the number of ``head_k`` layers feeding ``sila_logits``."""
+    concat = sila_layer(model)
+    return len(concat.input) if isinstance(concat.input, list) else 1
+
+
+def sila_layer(model: keras.Model) -> layers.Layer:
+    """The ``sila_logits`` layer, with a clear error if the model has none."""
+    try:
+        return model.get_layer("sila_logits")
+    except ValueError:
+        raise ValueError(
+            f"Model '{model.name}' is not a SiLa model: it has no layer named 'sila_logits'. "
+            "Build it with sila_keras.build_sila_model or sila_keras.attach_heads."
+        ) from None
+
+
+def extract_head(model: keras.Model, head: int) -> keras.Model:
+    """A model ``inputs → head_k logits`` holding only the layers head k needs.
+
+    The returned model shares layers (and so trained weights) with ``model``;
+    its logits equal slice k of ``sila_logits``. Save or export it to get an
+    independent copy.
+
+    Raises:
+        ValueError: ``model`` has no ``sila_logits`` or no head ``head``.
+    """
+    m = num_heads_of(model)
+    if not 1 <= int(head) <= m:
+        raise ValueError(
+            f"Head index out of range: model '{model.name}' has heads 1..{m} "
+            f"({', '.join(f'head_{k}' for k in range(1, m + 1))}). Received: head={head}"
+        )
+    out = model.get_layer(f"head_{int(head)}").output
+    return keras.Model(model.input, out, name=f"{model.name}_head_{int(head)}")
+
+
+def trainable_params(model: keras.Model) -> int:
+    """Trainable parameters (BN moving statistics excluded), as the papers count them."""
+    return int(sum(math.prod(w.shape) for w in model.trainable_weights))

@@ -1,0 +1,153 @@
+"""The Siamese Labels (SiLa) loss.
+
+A SiLa classifier emits M "sets" of N logits, concatenated into one M·N vector
+(`sila_logits`). Every set is trained against the *same* class, shifted by its
+set offset, under a single M·N-way softmax:
+
+* Paper A (SilaNet, Gan et al., Eq. 4 and Fig. 1)::
+
+      L = CE(z, y) + Σ_{i=1}^{M-1} λ^(i-1)·β · CE(z, y + i·N)
+
+* Paper B (SiLa learning, Eq. 10/11), an explicit weight per set::
+
+      L = Σ_{c=1}^{M} β_c · CE(z, y + (c-1)·N)
+
+Here CE(z, t) = -log softmax(z)[t] over all M·N logits. One log-softmax is
+computed and M entries are gathered from it. With M = 1 both reduce to plain
+sparse categorical cross-entropy (the base model).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+from keras import ops
+
+
+def set_weights(num_sets: int, beta: float = 0.1, lam: float = 0.5,
+                betas: Sequence[float] | None = None) -> list[float]:
+    """The weight of each label set in the SiLa loss.
+
+    Args:
+        num_sets: M, the number of label sets (heads).
+        beta: β, weight of the first Siamese set (paper A).
+        lam: λ, decay of β for each further set (paper A).
+        betas: explicit per-set weights β_1..β_M (paper B); overrides beta/lam.
+
+    Returns:
+        A list of M floats: ``[1, β, λβ, λ²β, …]`` or ``betas``.
+
+    Raises:
+        ValueError: negative weights, or ``len(betas) != num_sets``.
+    """
+    if num_sets < 1:
+        raise ValueError(f"The number of label sets must be >= 1. Received: num_sets={num_sets}")
+    if betas is not None:
+        betas = [float(b) for b in betas]
+        if len(betas) != num_sets:
+            raise ValueError(
+                "`betas` needs one weight per label set (head). "
+                f"Received: len(betas)={len(betas)} for {num_sets} sets (betas={betas})"
+            )
+        if any(b < 0 for b in betas):
+            raise ValueError(f"Every entry of `betas` must be >= 0. Received: betas={betas}")
+        return betas
+    if beta < 0:
+        raise ValueError(f"`beta` must be >= 0 (it weights the Siamese label sets). Received: beta={beta}")
+    if lam < 0:
+        raise ValueError(f"`lam` must be >= 0 (it is the decay of beta per set). Received: lam={lam}")
+    return [1.0] + [float(lam) ** (i - 1) * float(beta) for i in range(1, num_sets)]
+
+
+def sila_loss(y_true, y_pred, num_classes: int, weights: Sequence[float]):
+    """Per-example SiLa loss.
+
+    Args:
+        y_true: integer class labels, shape ``(B,)`` or ``(B, 1)``.
+        y_pred: logits, shape ``(B, M·N)``.
+        num_classes: N.
+        weights: the M set weights (see :func:`set_weights`).
+
+    Returns:
+        A float tensor of shape ``(B,)``: the loss of each example.
+    """
+    y_pred = ops.convert_to_tensor(y_pred)
+    width = y_pred.shape[-1]
+    num_sets = len(weights)
+    if width is not None and width != num_sets * num_classes:
+        raise ValueError(
+            f"SiLa logits must have width M·N = {num_sets}·{num_classes} = "
+            f"{num_sets * num_classes} for {num_sets} label sets of {num_classes} classes. "
+            f"Received: y_pred.shape={tuple(y_pred.shape)}"
+        )
+    logits = ops.cast(y_pred, "float32")
+    labels = ops.cast(ops.reshape(y_true, (-1,)), "int32")
+    log_probs = ops.log_softmax(logits, axis=-1)
+    offsets = ops.arange(num_sets, dtype="int32") * num_classes
+    targets = labels[:, None] + offsets[None, :]  # (B, M)
+    picked = ops.take_along_axis(log_probs, targets, axis=-1)  # (B, M)
+    w = ops.convert_to_tensor(list(weights), dtype="float32")
+    return -ops.sum(picked * w[None, :], axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="sila_keras")
+class SilaLoss(keras.losses.Loss):
+    """SiLa loss as a Keras ``Loss`` (paper A Eq. 4, or paper B Eq. 10 with ``betas``).
+
+    ``call`` returns one value per example so that Keras scales it correctly
+    under ``tf.distribute`` strategies.
+
+    Args:
+        num_classes: N, the number of real classes.
+        beta: β, weight of the first Siamese set (paper A). Default 0.1.
+        lam: λ, decay of β per further set (paper A). Default 0.5.
+        betas: explicit weights β_1..β_M, one per set (paper B). When given,
+            ``beta``/``lam`` are ignored and M must equal ``len(betas)``.
+        name: loss name.
+
+    Example:
+        >>> import numpy as np
+        >>> loss = SilaLoss(num_classes=10, beta=0.1, lam=0.5)
+        >>> float(loss(np.array([3]), np.zeros((1, 30)))) > 0
+        True
+    """
+
+    def __init__(self, num_classes: int, beta: float = 0.1, lam: float = 0.5,
+                 betas: Sequence[float] | None = None, name: str = "sila_loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+        if int(num_classes) < 1:
+            raise ValueError(f"`num_classes` must be >= 1. Received: num_classes={num_classes}")
+        self.num_classes = int(num_classes)
+        self.beta = float(beta)
+        self.lam = float(lam)
+        self.betas = None if betas is None else [float(b) for b in betas]
+        if self.betas is not None:
+            set_weights(len(self.betas), betas=self.betas)  # validates entries
+        else:
+            set_weights(2, beta=self.beta, lam=self.lam)  # validates beta / lam
+
+    def num_sets_for(self, width: int) -> int:
+        """M for a logits width, checking that the width is a multiple of N."""
+        if width % self.num_classes:
+            raise ValueError(
+                f"SiLa logits width must be a multiple of num_classes={self.num_classes}. "
+                f"Received: width={width}"
+            )
+        return width // self.num_classes
+
+    def weights_for(self, width: int) -> list[float]:
+        """The M set weights for a logits width."""
+        m = self.num_sets_for(width)
+        return set_weights(m, self.beta, self.lam, self.betas)
+
+    def call(self, y_true, y_pred):
+        width = y_pred.shape[-1]
+        if width is None:
+            raise ValueError("SilaLoss needs a static logits width. Received: y_pred.shape[-1]=None")
+        return sila_loss(y_true, y_pred, self.num_classes, self.weights_for(int(width)))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(num_classes=self.num_classes, beta=self.beta, lam=self.lam, betas=self.betas)
+        return config

@@ -1,0 +1,14 @@
+"""Backbone families. Importing this package registers every family once."""
+
+from sila_keras.models import resnet_cifar, vgg  # noqa: F401  (registration side effects)
+from sila_keras.models.registry import (
+    BackboneOutput,
+    BackboneSpec,
+    Tap,
+    get_backbone,
+    list_backbones,
+    register_backbone,
+)
+
+__all__ = ["BackboneOutput", "BackboneSpec", "Tap", "get_backbone", "list_backbones",
+           "register_backbone"]

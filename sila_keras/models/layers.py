@@ -1,0 +1,46 @@
+"""Small building blocks shared by the backbone families."""
+
+from __future__ import annotations
+
+import keras
+from keras import layers, ops
+
+
+def conv_bn_relu(x, filters: int, kernel_size: int = 3, strides: int = 1, *, name: str,
+                 use_bias: bool = False, relu: bool = True):
+    """Conv2D → BatchNorm → (ReLU), layers named ``{name}_conv/_bn/_relu``."""
+    x = layers.Conv2D(filters, kernel_size, strides=strides, padding="same", use_bias=use_bias,
+                      kernel_initializer="he_normal", name=f"{name}_conv")(x)
+    x = layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=f"{name}_bn")(x)
+    if relu:
+        x = layers.ReLU(name=f"{name}_relu")(x)
+    return x
+
+
+@keras.saving.register_keras_serializable(package="sila_keras")
+class PadShortcut(layers.Layer):
+    """Parameter-free 'option A' shortcut of He et al.'s CIFAR ResNets.
+
+    Subsamples the input by ``strides`` and zero-pads channels up to ``filters``.
+    """
+
+    def __init__(self, filters: int, strides: int = 2, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        self.strides = int(strides)
+
+    def call(self, x):
+        x = x[:, :: self.strides, :: self.strides, :]
+        extra = self.filters - x.shape[-1]
+        if extra > 0:
+            x = ops.pad(x, [[0, 0], [0, 0], [0, 0], [extra // 2, extra - extra // 2]])
+        return x
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, _ = input_shape
+        h = None if h is None else -(-h // self.strides)
+        w = None if w is None else -(-w // self.strides)
+        return (b, h, w, self.filters)
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "strides": self.strides}

@@ -1,0 +1,126 @@
+"""One registry of backbones, each a small builder function.
+
+A builder takes the (already normalized) input tensor and the number of
+classes and returns a :class:`BackboneOutput`: the classifier logits and an
+ordered list of :class:`Tap` s, the candidate attach points for auxiliary heads
+(the ends of the resolution stages before the last one, shallow → deep).
+Auxiliary heads pick taps from that list only, never by layer-name lookups.
+
+Example:
+    >>> from sila_keras.models import register_backbone, list_backbones
+    >>> "vgg19" in list_backbones()
+    True
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Tap:
+    """A named intermediate feature map where an auxiliary head may attach.
+
+    Attributes:
+        name: a stable name for the attach point (e.g. ``"stage4"``).
+        tensor: the symbolic 4-D feature map ``(B, H, W, C)``.
+        channels: C.
+        reduction: spatial downsampling relative to the input (1, 2, 4, …).
+        depth: number of weight layers (conv/dense) from the input up to here.
+        preact: True for pre-activation networks (DenseNet, WRN) whose feature
+            maps are not yet normalized: the head then starts with BN + ReLU.
+    """
+
+    name: str
+    tensor: Any
+    channels: int
+    reduction: int
+    depth: int
+    preact: bool = False
+
+
+@dataclass
+class BackboneOutput:
+    """What a backbone builder returns.
+
+    Attributes:
+        logits: the backbone's own classifier output ``(B, N)`` (becomes ``head_1``).
+        taps: candidate attach points, ordered shallow → deep.
+        depth: total weight layers of the base model, classifier included.
+    """
+
+    logits: Any
+    taps: list[Tap] = field(default_factory=list)
+    depth: int = 0
+
+    def __post_init__(self):
+        depths = [t.depth for t in self.taps]
+        if depths != sorted(depths) or len(set(t.name for t in self.taps)) != len(self.taps):
+            raise ValueError(
+                "Backbone taps must be ordered shallow → deep with unique names. "
+                f"Received: {[(t.name, t.depth) for t in self.taps]}"
+            )
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A registered backbone: its builder and what it needs of its input."""
+
+    name: str
+    builder: Callable[..., BackboneOutput]
+    min_input_size: int = 32
+    description: str = ""
+    family: str = ""
+
+
+_REGISTRY: dict[str, BackboneSpec] = {}
+
+
+def register_backbone(name: str, *, min_input_size: int = 32, description: str = "",
+                      family: str = ""):
+    """Decorator that registers a backbone builder under ``name``.
+
+    Raises:
+        ValueError: if ``name`` is already registered.
+    """
+
+    def decorator(fn):
+        if name in _REGISTRY:
+            raise ValueError(
+                f"Backbone '{name}' is already registered (by {_REGISTRY[name].builder.__module__}). "
+                "Pick another name."
+            )
+        _REGISTRY[name] = BackboneSpec(name, fn, min_input_size, description or (fn.__doc__ or "").strip().split("\n")[0], family)
+        return fn
+
+    return decorator
+
+
+def list_backbones() -> list[str]:
+    """Names of all registered backbones, sorted."""
+    _load_families()
+    return sorted(_REGISTRY)
+
+
+def get_backbone(name: str) -> BackboneSpec:
+    """The :class:`BackboneSpec` registered as ``name``.
+
+    Raises:
+        ValueError: unknown name, listing the available ones.
+    """
+    _load_families()
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, _REGISTRY, n=3)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ValueError(
+            f"Unknown backbone '{name}'.{hint} Available: {', '.join(sorted(_REGISTRY))}"
+        )
+    return _REGISTRY[name]
+
+
+def _load_families():
+    # Importing the package registers every family module exactly once.
+    from sila_keras import models  # noqa: F401

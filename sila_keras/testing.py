@@ -1,0 +1,59 @@
+"""Helpers for tests and smoke runs: small real or synthetic image-folder datasets."""
+
+from __future__ import annotations
+
+import io as _io
+import os
+import tarfile
+from pathlib import Path
+
+import numpy as np
+
+SHARED_DIR = Path(os.environ.get("SILA_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
+CIFAR_TAR = SHARED_DIR / "data" / "cifar10-jpg.tar.gz"
+MNIST_DIR = SHARED_DIR / "data"
+
+
+def cifar_subset_folder(root, train_per_class: int = 8, test_per_class: int = 4,
+                        archive: Path = CIFAR_TAR) -> Path:
+    """Copy the first few JPEGs of each class and split out of the CIFAR-10 archive.
+
+    Streams the archive once; writes ``root/train/<class>/*.jpg`` and
+    ``root/test/<class>/*.jpg``. Returns ``root``.
+    """
+    root = Path(root)
+    want = {"train": train_per_class, "test": test_per_class}
+    counts: dict[tuple[str, str], int] = {}
+    with tarfile.open(archive) as tf:
+        for member in tf:
+            parts = member.name.strip("./").split("/")
+            if not member.isfile() or len(parts) != 3 or parts[0] not in want:
+                continue
+            key = (parts[0], parts[1])
+            if counts.get(key, 0) >= want[parts[0]]:
+                continue
+            dest = root / parts[0] / parts[1] / parts[2]
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(tf.extractfile(member).read())
+            counts[key] = counts.get(key, 0) + 1
+    return root
+
+
+def synthetic_folder(root, classes=("a", "b", "c"), train_per_class: int = 6, test_per_class: int = 3,
+                     size: int = 32, seed: int = 0) -> Path:
+    """Write a tiny, learnable PNG folder dataset (class c is bright in channel c % 3)."""
+    from PIL import Image
+
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", train_per_class), ("test", test_per_class)):
+        for ci, c in enumerate(classes):
+            d = root / split / c
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                img = rng.integers(0, 80, (size, size, 3), dtype=np.uint8)
+                img[..., ci % 3] += 150
+                buf = _io.BytesIO()
+                Image.fromarray(img).save(buf, format="PNG")
+                (d / f"{i:04d}.png").write_bytes(buf.getvalue())
+    return root

@@ -1,0 +1,377 @@
+"""Train a SiLa model: ``python -m sila_keras.train DATASET MODEL [options]``.
+
+The training path is a chain of short functions, each usable on its own
+(tuning and the digit-pair task reuse them)::
+
+    prepare_run_dir → load_data → build_model → compile_model
+        → make_datasets → fit → save_run
+
+Run directory (``<out>/<name>``): ``config.json``, ``metrics.csv``,
+``summary.json``, ``model.keras``, ``labels.txt``, ``curves.png``,
+``checkpoints/`` (for ``--resume``), ``tensorboard/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import signal
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from sila_keras import io
+from sila_keras.config import DOWNLOAD_MODES, PAPER_MILESTONES, STRATEGIES, TrainConfig
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from sila_keras.models import list_backbones
+    from sila_keras.pipeline import AUGMENTATIONS
+
+    d = TrainConfig("", "")
+    p = argparse.ArgumentParser(
+        prog="sila-train",
+        description="Train a classifier with Siamese Labels (SiLa) auxiliary heads "
+                    "(SilaNet, Gan et al.). Defaults follow the paper's CIFAR recipe.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("dataset", help="tfds name (cifar10, cifar100, mnist, …) or folder:PATH with "
+                                   "train/<class>/* and test/<class>/* (PATH may be a .tar.gz)")
+    p.add_argument("model", help=f"backbone: {', '.join(list_backbones())}")
+    g = p.add_argument_group("SiLa")
+    g.add_argument("--heads", type=int, default=d.heads, help="M label sets / heads (1 = base model)")
+    g.add_argument("--beta", type=float, default=d.beta, help="β: weight of the first Siamese set")
+    g.add_argument("--lam", type=float, default=d.lam, help="λ: decay of β per further set")
+    g.add_argument("--betas", type=_floats, default=None,
+                   help="explicit weight per set β_1,…,β_M (paper B Eq. 10); overrides β/λ")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=d.epochs)
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch size (all replicas)")
+    g.add_argument("--lr", type=float, default=d.lr)
+    g.add_argument("--momentum", type=float, default=d.momentum)
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay,
+                   help="coupled L2 as in PyTorch SGD (g += wd·w)")
+    g.add_argument("--milestones", type=_ints, default=PAPER_MILESTONES,
+                   help="epochs at which lr *= gamma (comma-separated; '' for none)")
+    g.add_argument("--gamma", type=float, default=d.gamma, help="lr decay factor at each milestone")
+    g.add_argument("--nesterov", action="store_true")
+    g.add_argument("--augment", default=d.augment, choices=sorted(AUGMENTATIONS),
+                   help="training augmentation (standard = pad 4 + crop + flip)")
+    g = p.add_argument_group("data")
+    g.add_argument("--data-dir", default=None, help="tfds data_dir with pre-downloaded data")
+    g.add_argument("--download", default=d.download, choices=DOWNLOAD_MODES,
+                   help="tfds: download when missing and online (auto) or never")
+    g.add_argument("--limit-train", type=int, default=None, help="use N training images (class-balanced)")
+    g.add_argument("--limit-test", type=int, default=None, help="use N test images (class-balanced)")
+    g = p.add_argument_group("run")
+    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--out", default=d.out, help="parent folder of run directories")
+    g.add_argument("--name", default=None, help="run folder name (default <dataset>-<model>-<time>)")
+    g.add_argument("--resume", action="store_true", help="continue the run in <out>/<name>")
+    g.add_argument("--strategy", default=d.strategy, choices=STRATEGIES,
+                   help="auto = MirroredStrategy when >1 GPU is visible")
+    g.add_argument("--cpu-devices", type=int, default=None,
+                   help="split the CPU into N logical devices (to try --strategy mirrored without GPUs)")
+    g.add_argument("--verbose", type=int, default=None, choices=(0, 1, 2),
+                   help="Keras progress output (default: bar on a terminal, else none)")
+    g.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+def _floats(s: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in s.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {s!r}") from None
+
+
+def _ints(s: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in s.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from None
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Turn parsed flags into a validated :class:`TrainConfig` (name resolved)."""
+    name = args.name
+    if name is None:
+        if args.resume:
+            raise ValueError("--resume needs --name NAME: the run folder under --out to continue.")
+        name = default_run_name(args.dataset, args.model)
+    return TrainConfig(
+        dataset=args.dataset, model=args.model, heads=args.heads, beta=args.beta, lam=args.lam,
+        betas=args.betas, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        momentum=args.momentum, weight_decay=args.weight_decay, milestones=args.milestones,
+        gamma=args.gamma, nesterov=args.nesterov, augment=args.augment, seed=args.seed,
+        out=args.out, name=name, resume=args.resume, strategy=args.strategy,
+        limit_train=args.limit_train, limit_test=args.limit_test, data_dir=args.data_dir,
+        download=args.download, verbose=args.verbose, debug=args.debug,
+    )
+
+
+def default_run_name(dataset: str, model: str) -> str:
+    ds = dataset.split(":", 1)[-1].rstrip("/")
+    ds = Path(ds).name
+    for suffix in (".tar.gz", ".tgz", ".tar", ".zip"):
+        ds = ds.removesuffix(suffix)
+    ds = re.sub(r"[^A-Za-z0-9_.-]+", "_", ds) or "data"
+    return f"{ds}-{Path(model).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point. Returns the exit status (0 ok, 2 bad input, 3 training failed)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.cpu_devices:
+            from sila_keras.distribute import split_cpu
+
+            split_cpu(args.cpu_devices)
+        config = config_from_args(args)
+        run(config)
+        return 0
+    except (ValueError, TypeError, FileNotFoundError, PermissionError, FileExistsError) as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"sila-train: error: {e}", file=sys.stderr)
+        return 2
+    except TrainingFailed as e:
+        print(f"sila-train: training stopped: {e}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print("sila-train: interrupted. The last completed epoch is checkpointed; "
+              "continue with the same command plus --resume.", file=sys.stderr)
+        return 130
+
+
+class TrainingFailed(RuntimeError):
+    """Training could not continue (e.g. a non-finite loss)."""
+
+
+# --------------------------------------------------------------------------- the chain
+
+
+@dataclass
+class ResumeState:
+    initial_epoch: int = 0
+    rows: list | None = None
+    wall_time_s: float = 0.0
+
+
+def validate_model_name(model: str) -> None:
+    """Fail early (before data loading) on an unknown backbone."""
+    from sila_keras.models import get_backbone
+
+    get_backbone(model)
+
+
+def prepare_run_dir(config: TrainConfig) -> tuple[Path, ResumeState]:
+    """Create (or, with ``--resume``, reopen) the run directory and write ``config.json``.
+
+    Raises:
+        FileExistsError: the folder exists and ``--resume`` was not given.
+        ValueError: ``--resume`` of a run whose config differs, or that does not exist.
+    """
+    from sila_keras.callbacks import ResumeCheckpoint
+
+    run_dir = config.run_dir
+    if run_dir.exists() and not config.resume and any(run_dir.iterdir()):
+        raise FileExistsError(
+            f"Run directory '{run_dir}' already exists. Add --resume to continue it, "
+            "or choose another --name/--out (nothing there is overwritten)."
+        )
+    state = ResumeState()
+    if config.resume:
+        cfg_path = run_dir / "config.json"
+        if not cfg_path.exists():
+            raise ValueError(f"Cannot resume: '{cfg_path}' not found. Start the run without --resume.")
+        old = TrainConfig.from_dict(io.read_json(cfg_path))
+        diff = old.differences(config)
+        if diff:
+            listed = ", ".join(f"{k}: {a!r} → {b!r}" for k, (a, b) in diff.items())
+            raise ValueError(f"Cannot resume '{run_dir}' with different settings ({listed}). "
+                             "Use the original command plus --resume.")
+        ck = ResumeCheckpoint.load_state(run_dir / CHECKPOINT_DIR)
+        if ck:
+            state.initial_epoch = int(ck["epoch"])
+            state.wall_time_s = float(ck.get("wall_time_s", 0.0))
+            metrics = run_dir / "metrics.csv"
+            rows = io.read_csv(metrics) if metrics.exists() else []
+            state.rows = [r for r in rows if int(r["epoch"]) <= state.initial_epoch]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    io.write_json(run_dir / "config.json", config.to_dict())
+    return run_dir, state
+
+
+def load_data(config: TrainConfig):
+    """Load the dataset named in the config into memory."""
+    from sila_keras.data import load_dataset
+
+    return load_dataset(config.dataset, data_dir=config.data_dir, limit_train=config.limit_train,
+                        limit_test=config.limit_test, seed=config.seed, download=config.download)
+
+
+def build_model(config: TrainConfig, data):
+    """The SiLa model for this config and data (normalization from the training pixels)."""
+    from sila_keras.heads import build_sila_model
+
+    mean, std = data.channel_stats()
+    return build_sila_model(config.model, data.num_classes, config.heads, data.input_shape,
+                            mean=mean, std=std, **config.backbone_kwargs)
+
+
+def compile_model(model, config: TrainConfig, num_classes: int, steps: int, num_heads: int | None = None):
+    """Compile with the SiLa loss, the papers' SGD and the per-head metrics."""
+    from sila_keras.heads import num_heads_of
+    from sila_keras.losses import SilaLoss
+    from sila_keras.metrics import sila_metrics
+    from sila_keras.optim import make_optimizer
+
+    m = num_heads or num_heads_of(model)
+    model.compile(
+        optimizer=make_optimizer(config.lr, config.momentum, config.weight_decay, config.milestones,
+                                 config.gamma, steps, config.nesterov),
+        loss=SilaLoss(num_classes, beta=config.beta, lam=config.lam, betas=config.betas),
+        metrics=sila_metrics(m, num_classes),
+    )
+    return model
+
+
+def make_datasets(config: TrainConfig, train_x, train_y, eval_x, eval_y, initial_epoch: int = 0):
+    """(train dataset, eval dataset, steps per epoch)."""
+    from sila_keras.pipeline import eval_dataset, steps_per_epoch, train_dataset
+
+    steps = steps_per_epoch(len(train_y), config.batch_size)
+    train = train_dataset(train_x, train_y, config.batch_size, seed=config.seed, augment=config.augment,
+                          initial_epoch=initial_epoch, epochs=config.epochs)
+    return train, eval_dataset(eval_x, eval_y, config.batch_size), steps
+
+
+def fit(model, train_ds, eval_ds, *, epochs: int, steps: int, initial_epoch: int = 0,
+        callbacks=(), verbose: int | None = None):
+    """The one training loop (Keras ``fit``), shared by train, tuning and pairs."""
+    if verbose is None:
+        verbose = 1 if sys.stdout.isatty() else 0
+    return model.fit(train_ds, validation_data=eval_ds, epochs=epochs, initial_epoch=initial_epoch,
+                     steps_per_epoch=steps, callbacks=list(callbacks), verbose=verbose, shuffle=False)
+
+
+def head_table(model, num_classes: int) -> dict:
+    """Trainable params / MiB / CR of every extracted head vs the base (head 1)."""
+    from sila_keras.heads import extract_head, num_heads_of, trainable_params
+
+    out = {}
+    base = trainable_params(extract_head(model, 1))
+    for k in range(1, num_heads_of(model) + 1):
+        p = trainable_params(extract_head(model, k))
+        out[f"head_{k}"] = {"params": p, "mib": round(p * 4 / 2**20, 2),
+                            "cr_percent": round(100 * (1 - p / base), 2)}
+    return out
+
+
+def save_run(run_dir: Path, model, config: TrainConfig, data, logger, strategy, wall_time_s: float) -> dict:
+    """Write ``model.keras``, ``labels.txt``, ``summary.json`` and ``curves.png``."""
+    from sila_keras.distribute import strategy_name
+    from sila_keras.heads import num_heads_of, trainable_params
+    from sila_keras.plots import plot_curves
+
+    with io.atomic_path(run_dir / "model.keras", suffix=".keras") as tmp:
+        model.save(tmp)
+    io.write_text(run_dir / "labels.txt", "\n".join(data.class_names) + "\n")
+    m = num_heads_of(model)
+    rows, best = logger.rows, logger.best()
+    last = rows[-1] if rows else {}
+    heads = head_table(model, data.num_classes)
+    for k in range(1, m + 1):
+        final = last.get(f"head_{k}_acc")
+        heads[f"head_{k}"] = {"final_acc": None if final in (None, "") else float(final),
+                              "best_acc": best[f"head_{k}"], **heads[f"head_{k}"]}
+    total = trainable_params(model)
+    mean, std = data.channel_stats()
+    summary = {
+        "dataset": config.dataset, "model": config.model, "num_classes": data.num_classes,
+        "num_heads": m, "heads": heads, "total_params": total, "train_mib": round(total * 4 / 2**20, 2),
+        "base_params": heads["head_1"]["params"], "epochs_done": int(last.get("epoch", 0) or 0),
+        "epochs": config.epochs, "top5": _f(last.get("top5")), "nll": _f(last.get("nll")),
+        "wall_time_s": round(wall_time_s, 1), "strategy": strategy_name(strategy),
+        "replicas": int(strategy.num_replicas_in_sync), "data": {
+            "source": data.source, "train_examples": len(data.train_y),
+            "test_examples": len(data.test_y), "input_shape": list(data.input_shape),
+            "class_names": data.class_names, "mean": mean, "std": std, "notes": data.notes},
+    }
+    io.write_json(run_dir / "summary.json", summary)
+    if rows:
+        plot_curves(rows, m, run_dir / "curves.png", title=f"{config.model} on {Path(data.source).name}")
+    return summary
+
+
+def _f(v):
+    return None if v in (None, "") else float(v)
+
+
+def run(config: TrainConfig) -> dict:
+    """Train (or resume) one run end to end; returns the summary dict."""
+    import keras
+
+    from sila_keras.callbacks import EpochLogger, NonFiniteGuard, ResumeCheckpoint
+    from sila_keras.distribute import make_strategy, strategy_name
+
+    validate_model_name(config.model)
+    run_dir, state = prepare_run_dir(config)
+    t_start = time.time()
+    keras.utils.set_random_seed(config.seed)
+    data = load_data(config)
+    print(f"Data: {data.source}: {len(data.train_y)} train / {len(data.test_y)} test images, "
+          f"{data.num_classes} classes, input {data.input_shape}"
+          + "".join(f"\n  note: {n}" for n in data.notes), flush=True)
+    strategy = make_strategy(config.strategy)
+    train_ds, eval_ds, steps = make_datasets(config, data.train_x, data.train_y, data.test_x,
+                                             data.test_y, state.initial_epoch)
+    with strategy.scope():
+        if state.initial_epoch:
+            model = keras.models.load_model(run_dir / CHECKPOINT_DIR / "last.keras")
+            print(f"Resuming {run_dir} after epoch {state.initial_epoch}", flush=True)
+        else:
+            model = compile_model(build_model(config, data), config, data.num_classes, steps)
+    print(f"Model: {config.model}, {config.heads} head(s), {model.count_params():,} params; "
+          f"strategy {strategy_name(strategy)} × {strategy.num_replicas_in_sync} replica(s); "
+          f"run dir {run_dir}", flush=True)
+    if state.initial_epoch >= config.epochs:
+        print(f"Nothing to do: {state.initial_epoch} of {config.epochs} epochs are done.")
+    guard = NonFiniteGuard()
+    logger = EpochLogger(run_dir / "metrics.csv", config.heads, state.rows, total_epochs=config.epochs,
+                         guard=guard)
+    elapsed = lambda: {"wall_time_s": state.wall_time_s + time.time() - t_start}  # noqa: E731
+    callbacks = [guard, logger, ResumeCheckpoint(run_dir / CHECKPOINT_DIR, elapsed, guard=guard),
+                 keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False,
+                                             profile_batch=0)]
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        if state.initial_epoch < config.epochs:
+            fit(model, train_ds, eval_ds, epochs=config.epochs, steps=steps,
+                initial_epoch=state.initial_epoch, callbacks=callbacks, verbose=config.verbose)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if guard.failure:
+        raise TrainingFailed(guard.failure)
+    summary = save_run(run_dir, model, config, data, logger, strategy, elapsed()["wall_time_s"])
+    heads = "  ".join(f"head_{k} {100 * (v['final_acc'] or 0):.2f}% (best {100 * (v['best_acc'] or 0):.2f}%)"
+                      for k, v in ((int(h.split('_')[1]), v) for h, v in summary["heads"].items()))
+    print(f"Done: {heads}\nRun directory: {run_dir}", flush=True)
+    return summary
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+if __name__ == "__main__":
+    sys.exit(main())
