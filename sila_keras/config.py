@@ -15,6 +15,7 @@ from pathlib import Path
 
 PAPER_MILESTONES = (30, 55, 80, 105, 135, 160, 180, 200, 220, 240)
 STRATEGIES = ("auto", "default", "mirrored")
+MODES = ("sila", "mutual", "dml", "dynamic")
 DOWNLOAD_MODES = ("auto", "never")
 
 # Fields that may differ between a run and its --resume continuation.
@@ -57,6 +58,10 @@ class TrainConfig:
     download: str = "auto"
     verbose: int | None = None
     debug: bool = False
+    mode: str = "sila"
+    peer: str | None = None
+    dml: bool = False
+    no_sila: bool = False
     backbone_kwargs: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -94,6 +99,8 @@ class TrainConfig:
             raise ValueError(
                 f"`--milestones` must be increasing positive epochs. Received: milestones={list(ms)}"
             )
+        if self.mode not in MODES:
+            raise ValueError(f"Unknown mode '{self.mode}'. Available: {', '.join(MODES)}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"Unknown strategy '{self.strategy}'. Available: {', '.join(STRATEGIES)}")
         if self.download not in DOWNLOAD_MODES:

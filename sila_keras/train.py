@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sila_keras import io
-from sila_keras.config import DOWNLOAD_MODES, PAPER_MILESTONES, STRATEGIES, TrainConfig
+from sila_keras.config import DOWNLOAD_MODES, MODES, PAPER_MILESTONES, STRATEGIES, TrainConfig
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -51,6 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lam", type=float, default=d.lam, help="λ: decay of β per further set")
     g.add_argument("--betas", type=_floats, default=None,
                    help="explicit weight per set β_1,…,β_M (paper B Eq. 10); overrides β/λ")
+    g.add_argument("--mode", default=d.mode, choices=MODES,
+                   help="sila: SilaNet heads (paper A); mutual/dml: two networks (paper B); "
+                        "dynamic: multi-exit network (paper B)")
+    g.add_argument("--peer", default=None, help="--mode mutual/dml: the second network's backbone")
+    g.add_argument("--dml", action="store_true", help="--mode mutual: add Deep Mutual Learning KL terms")
+    g.add_argument("--no-sila", action="store_true",
+                   help="--mode dynamic: train the original MSDNet (sum of per-exit CE) instead of SiLa")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=d.epochs)
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch size (all replicas)")
@@ -113,7 +120,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         gamma=args.gamma, nesterov=args.nesterov, augment=args.augment, seed=args.seed,
         out=args.out, name=name, resume=args.resume, strategy=args.strategy,
         limit_train=args.limit_train, limit_test=args.limit_test, data_dir=args.data_dir,
-        download=args.download, verbose=args.verbose, debug=args.debug,
+        download=args.download, verbose=args.verbose, debug=args.debug, mode=args.mode,
+        peer=args.peer, dml=args.dml, no_sila=args.no_sila,
     )
 
 
@@ -220,27 +228,24 @@ def load_data(config: TrainConfig):
 
 
 def build_model(config: TrainConfig, data):
-    """The SiLa model for this config and data (normalization from the training pixels)."""
-    from sila_keras.heads import build_sila_model
+    """The model for this config and data (normalization from the training pixels)."""
+    from sila_keras.modes import build_for_mode
 
-    mean, std = data.channel_stats()
-    return build_sila_model(config.model, data.num_classes, config.heads, data.input_shape,
-                            mean=mean, std=std, **config.backbone_kwargs)
+    return build_for_mode(config, data)
 
 
 def compile_model(model, config: TrainConfig, num_classes: int, steps: int, num_heads: int | None = None):
-    """Compile with the SiLa loss, the papers' SGD and the per-head metrics."""
+    """Compile with the mode's loss (SiLa by default), the papers' SGD and per-head metrics."""
     from sila_keras.heads import num_heads_of
-    from sila_keras.losses import SilaLoss
-    from sila_keras.metrics import sila_metrics
+    from sila_keras.modes import loss_for_mode, metrics_for_mode
     from sila_keras.optim import make_optimizer
 
     m = num_heads or num_heads_of(model)
     model.compile(
         optimizer=make_optimizer(config.lr, config.momentum, config.weight_decay, config.milestones,
                                  config.gamma, steps, config.nesterov),
-        loss=SilaLoss(num_classes, beta=config.beta, lam=config.lam, betas=config.betas),
-        metrics=sila_metrics(m, num_classes),
+        loss=loss_for_mode(config, num_classes, m),
+        metrics=metrics_for_mode(config, num_classes, m),
     )
     return model
 
@@ -323,6 +328,8 @@ def run(config: TrainConfig) -> dict:
 
     from sila_keras.callbacks import EpochLogger, NonFiniteGuard, ResumeCheckpoint
     from sila_keras.distribute import make_strategy, strategy_name
+    from sila_keras.heads import num_heads_of
+    from sila_keras.modes import after_training
 
     validate_model_name(config.model)
     run_dir, state = prepare_run_dir(config)
@@ -341,13 +348,14 @@ def run(config: TrainConfig) -> dict:
             print(f"Resuming {run_dir} after epoch {state.initial_epoch}", flush=True)
         else:
             model = compile_model(build_model(config, data), config, data.num_classes, steps)
-    print(f"Model: {config.model}, {config.heads} head(s), {model.count_params():,} params; "
+    num_heads = num_heads_of(model)
+    print(f"Model: {config.model}, {num_heads} head(s), {model.count_params():,} params; "
           f"strategy {strategy_name(strategy)} × {strategy.num_replicas_in_sync} replica(s); "
           f"run dir {run_dir}", flush=True)
     if state.initial_epoch >= config.epochs:
         print(f"Nothing to do: {state.initial_epoch} of {config.epochs} epochs are done.")
     guard = NonFiniteGuard()
-    logger = EpochLogger(run_dir / "metrics.csv", config.heads, state.rows, total_epochs=config.epochs,
+    logger = EpochLogger(run_dir / "metrics.csv", num_heads, state.rows, total_epochs=config.epochs,
                          guard=guard)
     elapsed = lambda: {"wall_time_s": state.wall_time_s + time.time() - t_start}  # noqa: E731
     callbacks = [guard, logger, ResumeCheckpoint(run_dir / CHECKPOINT_DIR, elapsed, guard=guard),
@@ -363,6 +371,8 @@ def run(config: TrainConfig) -> dict:
     if guard.failure:
         raise TrainingFailed(guard.failure)
     summary = save_run(run_dir, model, config, data, logger, strategy, elapsed()["wall_time_s"])
+    summary = after_training(config, model, data, run_dir, logger.rows, summary)
+    io.write_json(run_dir / "summary.json", summary)
     heads = "  ".join(f"head_{k} {100 * (v['final_acc'] or 0):.2f}% (best {100 * (v['best_acc'] or 0):.2f}%)"
                       for k, v in ((int(h.split('_')[1]), v) for h, v in summary["heads"].items()))
     print(f"Done: {heads}\nRun directory: {run_dir}", flush=True)

@@ -50,11 +50,14 @@ class BackboneOutput:
         logits: the backbone's own classifier output ``(B, N)`` (becomes ``head_1``).
         taps: candidate attach points, ordered shallow → deep.
         depth: total weight layers of the base model, classifier included.
+        exits: for multi-exit networks (MSDNet), the logits of every early
+            exit, shallow → deep, the last being ``logits``; empty otherwise.
     """
 
     logits: Any
     taps: list[Tap] = field(default_factory=list)
     depth: int = 0
+    exits: list = field(default_factory=list)
 
     def __post_init__(self):
         depths = [t.depth for t in self.taps]
