@@ -35,16 +35,26 @@ def split_cpu(n: int) -> None:
         ) from None
 
 
+_STRATEGIES: dict[tuple, tf.distribute.Strategy] = {}
+
+
 def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
-    """The strategy for ``auto``, ``default`` or ``mirrored``."""
+    """The strategy for ``auto``, ``default`` or ``mirrored``.
+
+    A mirrored strategy is created once per process and device set and then
+    reused: two MirroredStrategy objects over the same devices in one process
+    can clash in their collective ops (seen as "Shape mismatch in the
+    collective instance" when a second run starts, e.g. tuning trials).
+    """
     gpus = tf.config.list_logical_devices("GPU")
     if name == "default" or (name == "auto" and len(gpus) <= 1):
         return tf.distribute.get_strategy()
     if name in ("auto", "mirrored"):
-        if gpus:
-            return tf.distribute.MirroredStrategy([d.name for d in gpus])
-        cpus = tf.config.list_logical_devices("CPU")
-        return tf.distribute.MirroredStrategy([d.name for d in cpus])
+        devices = tuple(d.name for d in (gpus or tf.config.list_logical_devices("CPU")))
+        key = ("mirrored", devices)
+        if key not in _STRATEGIES:
+            _STRATEGIES[key] = tf.distribute.MirroredStrategy(list(devices))
+        return _STRATEGIES[key]
     raise ValueError(f"Unknown strategy '{name}'. Available: auto, default, mirrored")
 
 

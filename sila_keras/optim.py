@@ -52,7 +52,9 @@ def step_schedule(lr: float, milestones: Sequence[int], gamma: float, steps_per_
     """
     if not milestones:
         return float(lr)
-    boundaries = [int(m) * int(steps_per_epoch) for m in milestones]
+    # PiecewiseConstantDecay switches when iterations > boundary; the first step of
+    # epoch m (0-based iteration m·steps) must already use the decayed value.
+    boundaries = [int(m) * int(steps_per_epoch) - 1 for m in milestones]
     values = [float(lr) * float(gamma) ** k for k in range(len(boundaries) + 1)]
     return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
 

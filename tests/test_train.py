@@ -1,0 +1,195 @@
+"""End-to-end training CLI: run directory, tfds path, MirroredStrategy, resume."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from sila_keras import extract_head
+from sila_keras.train import main
+
+FAST = ["--epochs", "1", "--batch-size", "16", "--milestones", ""]
+
+
+def read_rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def finished_run(cifar_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    rc = main([f"folder:{cifar_folder}", "resnet20", "--epochs", "2", "--batch-size", "16",
+               "--milestones", "1", "--gamma", "0.5", "--out", str(out), "--name", "e2e"])
+    assert rc == 0
+    return out / "e2e"
+
+
+def test_run_directory_is_complete(finished_run):
+    for name in ("config.json", "metrics.csv", "summary.json", "model.keras", "labels.txt",
+                 "curves.png", "checkpoints/last.keras", "checkpoints/state.json"):
+        assert (finished_run / name).is_file(), name
+    assert any((finished_run / "tensorboard").rglob("events.out.tfevents*"))
+    config = json.loads((finished_run / "config.json").read_text())
+    assert config["model"] == "resnet20" and config["heads"] == 3 and config["beta"] == 0.1
+    labels = (finished_run / "labels.txt").read_text().split()
+    assert labels == sorted(labels) and len(labels) == 10 and labels[0] == "airplane"
+
+
+def test_metrics_csv_rows_and_lr_schedule(finished_run):
+    rows = read_rows(finished_run / "metrics.csv")
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    for col in ("lr", "loss", "head_1_acc", "head_2_acc", "head_3_acc", "top5", "nll"):
+        assert col in rows[0]
+    assert [float(r["lr"]) for r in rows] == pytest.approx([0.1, 0.05])  # milestone 1, gamma 0.5
+    for r in rows:
+        assert 0.0 <= float(r["head_2_acc"]) <= 1.0 and float(r["top5"]) >= float(r["head_1_acc"])
+
+
+def test_summary_fields(finished_run):
+    s = json.loads((finished_run / "summary.json").read_text())
+    assert set(s["heads"]) == {"head_1", "head_2", "head_3"}
+    rows = read_rows(finished_run / "metrics.csv")
+    for k in (1, 2, 3):
+        h = s["heads"][f"head_{k}"]
+        assert h["final_acc"] == pytest.approx(float(rows[-1][f"head_{k}_acc"]))
+        assert h["best_acc"] == pytest.approx(max(float(r[f"head_{k}_acc"]) for r in rows))
+    assert s["heads"]["head_1"]["params"] == 269_722 == s["base_params"]
+    assert s["heads"]["head_2"]["params"] < s["heads"]["head_1"]["params"] < s["total_params"]
+    assert s["epochs_done"] == 2 and s["strategy"] == "default" and s["replicas"] == 1
+    assert s["wall_time_s"] > 0 and s["data"]["train_examples"] == 80
+
+
+def test_saved_model_reloads_and_heads_match(finished_run, cifar_folder):
+    model = keras.models.load_model(finished_run / "model.keras")
+    from sila_keras.data import load_dataset
+
+    x = load_dataset(f"folder:{cifar_folder}", limit_test=8).test_x.astype(np.float32)
+    full = model.predict(x, verbose=0)
+    assert full.shape == (8, 30)
+    for k in (1, 2, 3):
+        np.testing.assert_allclose(extract_head(model, k).predict(x, verbose=0),
+                                   full[:, (k - 1) * 10:k * 10], atol=1e-5)
+
+
+def test_existing_run_dir_is_refused_and_untouched(finished_run, capsys):
+    before = (finished_run / "metrics.csv").read_bytes()
+    rc = main([f"folder:{finished_run}", "resnet20", "--out", str(finished_run.parent), "--name", "e2e"])
+    assert rc == 2
+    assert "already exists. Add --resume" in capsys.readouterr().err
+    assert (finished_run / "metrics.csv").read_bytes() == before
+
+
+def test_resume_of_finished_run_does_nothing(finished_run, cifar_folder):
+    before = (finished_run / "metrics.csv").read_bytes()
+    rc = main([f"folder:{cifar_folder}", "resnet20", "--epochs", "2", "--batch-size", "16",
+               "--milestones", "1", "--gamma", "0.5", "--out", str(finished_run.parent), "--name", "e2e",
+               "--resume"])
+    assert rc == 0 and (finished_run / "metrics.csv").read_bytes() == before
+
+
+def test_tfds_path_with_mock_data(tmp_path):
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=24):
+        rc = main(["cifar10", "resnet20", *FAST, "--heads", "2", "--out", str(tmp_path), "--name", "t"])
+    assert rc == 0
+    s = json.loads((tmp_path / "t" / "summary.json").read_text())
+    assert s["data"]["source"] == "tfds:cifar10" and s["num_heads"] == 2 and s["num_classes"] == 10
+
+
+def tiny_bn_free_sila_model():
+    """Conv net without BatchNorm (per-replica BN statistics would legitimately differ)."""
+    from sila_keras.heads import assemble
+    from sila_keras.models.registry import Tap
+
+    inp = keras.Input((32, 32, 3), name="image")
+    x = keras.layers.Rescaling(1 / 127.5, -1)(inp)
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(x)
+    tap = Tap("s1", x, 8, 1, 1)
+    x = keras.layers.MaxPooling2D(4)(x)
+    x = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(x)
+    logits = keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(x))
+    return assemble(inp, logits, [tap], 2, 10, "tiny")
+
+
+def test_mirrored_strategy_matches_default_first_steps():
+    """2 logical CPUs: per-example loss → identical loss and update as on one device."""
+    from sila_keras.config import TrainConfig
+    from sila_keras.distribute import make_strategy
+    from sila_keras.train import compile_model
+
+    assert len(tf.config.list_logical_devices("CPU")) == 2
+    cfg = TrainConfig("x", "resnet20", milestones=(), lr=0.05, weight_decay=5e-4)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (8, 32, 32, 3)).astype(np.float32)
+    y = rng.integers(0, 10, 8).astype(np.int32)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8).repeat()
+    keras.utils.set_random_seed(3)
+    ref = tiny_bn_free_sila_model()
+    results = {}
+    for name in ("default", "mirrored"):
+        strategy = make_strategy(name)
+        with strategy.scope():
+            model = tiny_bn_free_sila_model()
+            model.set_weights(ref.get_weights())
+            compile_model(model, cfg, 10, steps=1)
+        hist = model.fit(ds, epochs=3, steps_per_epoch=1, verbose=0)
+        results[name] = (hist.history["loss"], model.get_weights(), strategy.num_replicas_in_sync)
+    assert results["mirrored"][2] == 2
+    np.testing.assert_allclose(results["mirrored"][0], results["default"][0], rtol=1e-5)
+    for a, b in zip(results["mirrored"][1], results["default"][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_mirrored_cli_run(cifar_folder, tmp_path):
+    rc = main([f"folder:{cifar_folder}", "resnet20", *FAST, "--strategy", "mirrored",
+               "--out", str(tmp_path), "--name", "m"])
+    assert rc == 0
+    s = json.loads((tmp_path / "m" / "summary.json").read_text())
+    assert s["strategy"] == "MirroredStrategy" and s["replicas"] == 2
+
+
+def test_sigkill_mid_run_then_resume(cifar_folder, tmp_path):
+    """A real process is SIGKILLed after epoch 1; --resume finishes without losing or repeating epochs."""
+    args = [f"folder:{cifar_folder}", "resnet20", "--epochs", "3", "--batch-size", "8",
+            "--milestones", "2", "--gamma", "0.5", "--out", str(tmp_path), "--name", "k"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.Popen([sys.executable, "-m", "sila_keras.train", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    state = tmp_path / "k" / "checkpoints" / "state.json"
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            if state.exists() and json.loads(state.read_text())["epoch"] >= 1:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, f"run ended before it could be killed: {proc.stderr.read()[-2000:]}"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait(30)
+    done = json.loads(state.read_text())["epoch"]
+    assert 1 <= done < 3
+    assert not (tmp_path / "k" / "model.keras").exists()
+    assert main([*args, "--resume"]) == 0
+    rows = read_rows(tmp_path / "k" / "metrics.csv")
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert [float(r["lr"]) for r in rows] == pytest.approx([0.1, 0.1, 0.05])
+    assert json.loads((tmp_path / "k" / "summary.json").read_text())["epochs_done"] == 3
+
+
+def test_cli_as_subprocess_help():
+    out = subprocess.run([sys.executable, "-m", "sila_keras.train", "--help"], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0
+    assert "--heads" in out.stdout and "vgg19" in out.stdout and "folder:PATH" in out.stdout
