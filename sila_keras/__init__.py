@@ -5,6 +5,10 @@ Public API::
     from sila_keras import SilaLoss, build_sila_model, extract_head, list_backbones
 """
 
+import os as _os
+
+_os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ start-up chatter out of CLIs
+
 from sila_keras.heads import build_sila_model, extract_head, num_heads_of, trainable_params
 from sila_keras.losses import SilaLoss, set_weights, sila_loss
 from sila_keras.metrics import HeadAccuracy, HeadNLL, HeadTopK, sila_metrics

@@ -3,7 +3,7 @@
 The training path is a chain of short functions, each usable on its own
 (tuning and the digit-pair task reuse them)::
 
-    prepare_run_dir → load_data → build_model → compile_model
+    check_run_dir → load_data → build_model → compile_model → create_run_dir
         → make_datasets → fit → save_run
 
 Run directory (``<out>/<name>``): ``config.json``, ``metrics.csv``,
@@ -181,8 +181,9 @@ def validate_model_name(model: str) -> None:
     get_backbone(model)
 
 
-def prepare_run_dir(config: TrainConfig) -> tuple[Path, ResumeState]:
-    """Create (or, with ``--resume``, reopen) the run directory and write ``config.json``.
+def check_run_dir(config: TrainConfig) -> ResumeState:
+    """Check the run directory (read-only): refuse an existing one without ``--resume``;
+    with ``--resume``, read where the run stopped.
 
     Raises:
         FileExistsError: the folder exists and ``--resume`` was not given.
@@ -214,9 +215,22 @@ def prepare_run_dir(config: TrainConfig) -> tuple[Path, ResumeState]:
             metrics = run_dir / "metrics.csv"
             rows = io.read_csv(metrics) if metrics.exists() else []
             state.rows = [r for r in rows if int(r["epoch"]) <= state.initial_epoch]
-    run_dir.mkdir(parents=True, exist_ok=True)
+    return state
+
+
+def create_run_dir(config: TrainConfig) -> Path:
+    """Create the run directory and write the resolved ``config.json``.
+
+    Called once the data loaded and the model built, so bad input leaves nothing behind.
+    """
+    run_dir = config.run_dir
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PermissionError(f"Cannot create the run directory '{run_dir}': {e.strerror}. "
+                              "Choose a writable --out.") from None
     io.write_json(run_dir / "config.json", config.to_dict())
-    return run_dir, state
+    return run_dir
 
 
 def load_data(config: TrainConfig):
@@ -332,7 +346,8 @@ def run(config: TrainConfig) -> dict:
     from sila_keras.modes import after_training
 
     validate_model_name(config.model)
-    run_dir, state = prepare_run_dir(config)
+    state = check_run_dir(config)
+    run_dir = config.run_dir
     t_start = time.time()
     keras.utils.set_random_seed(config.seed)
     data = load_data(config)
@@ -348,6 +363,7 @@ def run(config: TrainConfig) -> dict:
             print(f"Resuming {run_dir} after epoch {state.initial_epoch}", flush=True)
         else:
             model = compile_model(build_model(config, data), config, data.num_classes, steps)
+    create_run_dir(config)
     num_heads = num_heads_of(model)
     print(f"Model: {config.model}, {num_heads} head(s), {model.count_params():,} params; "
           f"strategy {strategy_name(strategy)} × {strategy.num_replicas_in_sync} replica(s); "

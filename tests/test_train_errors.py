@@ -78,6 +78,7 @@ def test_corrupt_image_is_named(capsys, folder_copy, tmp_path):
     bad.write_bytes(b"not an image at all")
     err = run_err(capsys, [f"folder:{folder_copy}", "resnet20", *FAST, "--out", str(tmp_path / "o")])
     assert str(bad) in err and "Cannot" in err
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize("flag,value,match", [
@@ -102,6 +103,7 @@ def test_too_many_heads(capsys, tiny_folder, tmp_path):
     err = run_err(capsys, [f"folder:{tiny_folder}", "resnet20", "--heads", "5", *FAST,
                            "--out", str(tmp_path)])
     assert "at most 3 heads" in err
+    assert not any(tmp_path.iterdir())  # nothing written for bad input
 
 
 def test_resume_needs_name(capsys, tiny_folder, tmp_path):
