@@ -13,11 +13,12 @@ from sila_keras.heads import build_sila_model, extract_head, num_heads_of, train
 from sila_keras.losses import SilaLoss, set_weights, sila_loss
 from sila_keras.metrics import HeadAccuracy, HeadNLL, HeadTopK, sila_metrics
 from sila_keras.models import get_backbone, list_backbones, register_backbone
+from sila_keras.optim import SGDL2
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "HeadAccuracy", "HeadNLL", "HeadTopK", "SilaLoss", "build_sila_model", "extract_head",
+    "SGDL2", "HeadAccuracy", "HeadNLL", "HeadTopK", "SilaLoss", "build_sila_model", "extract_head",
     "get_backbone", "list_backbones", "num_heads_of", "register_backbone", "set_weights",
     "sila_loss", "sila_metrics", "trainable_params",
 ]

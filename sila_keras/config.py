@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PAPER_MILESTONES = (30, 55, 80, 105, 135, 160, 180, 200, 220, 240)
-STRATEGIES = ("auto", "default", "mirrored")
+STRATEGIES = ("auto", "default", "mirrored", "multiworker")
 MODES = ("sila", "mutual", "dml", "dynamic")
 DOWNLOAD_MODES = ("auto", "never")
 
 # Fields that may differ between a run and its --resume continuation.
-RESUME_MUTABLE = ("resume", "epochs", "verbose", "debug")
+RESUME_MUTABLE = ("resume", "epochs", "verbose", "debug", "steps_per_execution", "jit")
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,9 @@ class TrainConfig:
     download: str = "auto"
     verbose: int | None = None
     debug: bool = False
+    mixed_precision: bool = False
+    jit: bool = False
+    steps_per_execution: int = 1
     mode: str = "sila"
     peer: str | None = None
     dml: bool = False
@@ -91,6 +94,7 @@ class TrainConfig:
             positive(name, getattr(self, name))
         for name in ("momentum", "weight_decay", "gamma"):
             positive(name, getattr(self, name), allow_zero=True)
+        positive("steps_per_execution", self.steps_per_execution)
         positive("limit_train", self.limit_train)
         positive("limit_test", self.limit_test)
         ms = tuple(int(m) for m in self.milestones)

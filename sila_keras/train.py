@@ -84,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", action="store_true", help="continue the run in <out>/<name>")
     g.add_argument("--strategy", default=d.strategy, choices=STRATEGIES,
                    help="auto = MirroredStrategy when >1 GPU is visible")
+    g.add_argument("--mixed-precision", action="store_true",
+                   help="mixed_float16 on GPU, mixed_bfloat16 on CPU (loss and softmax stay float32)")
+    g.add_argument("--jit", action="store_true", help="XLA-compile the train step (jit_compile)")
+    g.add_argument("--steps-per-execution", type=int, default=d.steps_per_execution,
+                   help="train steps per tf.function call (fewer Python round trips)")
     g.add_argument("--cpu-devices", type=int, default=None,
                    help="split the CPU into N logical devices (to try --strategy mirrored without GPUs)")
     g.add_argument("--verbose", type=int, default=None, choices=(0, 1, 2),
@@ -121,7 +126,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         out=args.out, name=name, resume=args.resume, strategy=args.strategy,
         limit_train=args.limit_train, limit_test=args.limit_test, data_dir=args.data_dir,
         download=args.download, verbose=args.verbose, debug=args.debug, mode=args.mode,
-        peer=args.peer, dml=args.dml, no_sila=args.no_sila,
+        peer=args.peer, dml=args.dml, no_sila=args.no_sila, mixed_precision=args.mixed_precision,
+        jit=args.jit, steps_per_execution=args.steps_per_execution,
     )
 
 
@@ -218,12 +224,12 @@ def check_run_dir(config: TrainConfig) -> ResumeState:
     return state
 
 
-def create_run_dir(config: TrainConfig) -> Path:
+def create_run_dir(config: TrainConfig, run_dir: Path | None = None) -> Path:
     """Create the run directory and write the resolved ``config.json``.
 
     Called once the data loaded and the model built, so bad input leaves nothing behind.
     """
-    run_dir = config.run_dir
+    run_dir = Path(run_dir or config.run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -231,6 +237,21 @@ def create_run_dir(config: TrainConfig) -> Path:
                               "Choose a writable --out.") from None
     io.write_json(run_dir / "config.json", config.to_dict())
     return run_dir
+
+
+def set_precision(mixed: bool) -> str:
+    """Set Keras' global dtype policy: mixed_float16 on GPU, mixed_bfloat16 on CPU, else float32.
+
+    The SiLa loss, metrics and the ``sila_logits`` layer compute in float32 either way.
+    """
+    import keras
+    import tensorflow as tf
+
+    policy = "float32"
+    if mixed:
+        policy = "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16"
+    keras.mixed_precision.set_global_policy(policy)
+    return policy
 
 
 def load_data(config: TrainConfig):
@@ -260,6 +281,8 @@ def compile_model(model, config: TrainConfig, num_classes: int, steps: int, num_
                                  config.gamma, steps, config.nesterov),
         loss=loss_for_mode(config, num_classes, m),
         metrics=metrics_for_mode(config, num_classes, m),
+        jit_compile=bool(config.jit),
+        steps_per_execution=int(config.steps_per_execution),
     )
     return model
 
@@ -341,7 +364,7 @@ def run(config: TrainConfig) -> dict:
     import keras
 
     from sila_keras.callbacks import EpochLogger, NonFiniteGuard, ResumeCheckpoint
-    from sila_keras.distribute import make_strategy, strategy_name
+    from sila_keras.distribute import is_chief, make_strategy, strategy_name, worker_scratch_dir
     from sila_keras.heads import num_heads_of
     from sila_keras.modes import after_training
 
@@ -355,6 +378,9 @@ def run(config: TrainConfig) -> dict:
           f"{data.num_classes} classes, input {data.input_shape}"
           + "".join(f"\n  note: {n}" for n in data.notes), flush=True)
     strategy = make_strategy(config.strategy)
+    if not is_chief(strategy):  # only the chief writes the run directory
+        run_dir = worker_scratch_dir(config.run_dir, strategy)
+    set_precision(config.mixed_precision)
     train_ds, eval_ds, steps = make_datasets(config, data.train_x, data.train_y, data.test_x,
                                              data.test_y, state.initial_epoch)
     with strategy.scope():
@@ -363,7 +389,7 @@ def run(config: TrainConfig) -> dict:
             print(f"Resuming {run_dir} after epoch {state.initial_epoch}", flush=True)
         else:
             model = compile_model(build_model(config, data), config, data.num_classes, steps)
-    create_run_dir(config)
+    create_run_dir(config, run_dir)
     num_heads = num_heads_of(model)
     print(f"Model: {config.model}, {num_heads} head(s), {model.count_params():,} params; "
           f"strategy {strategy_name(strategy)} × {strategy.num_replicas_in_sync} replica(s); "

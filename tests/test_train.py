@@ -192,3 +192,12 @@ def test_cli_as_subprocess_help():
                          text=True, timeout=120)
     assert out.returncode == 0
     assert "--heads" in out.stdout and "vgg19" in out.stdout and "folder:PATH" in out.stdout
+
+
+def test_model_reloads_in_a_fresh_process_with_only_sila_keras_imported(finished_run):
+    code = ("import sys, keras, sila_keras; m = keras.models.load_model(sys.argv[1]); "
+            "print(type(m.optimizer).__name__, m.output.shape[-1])")
+    out = subprocess.run([sys.executable, "-c", code, str(finished_run / "model.keras")],
+                         capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["SGDL2", "30"]
