@@ -58,6 +58,8 @@ class TrainConfig:
     download: str = "auto"
     verbose: int | None = None
     debug: bool = False
+    deterministic: bool = False
+    skip_bad_images: bool = False
     mixed_precision: bool = False
     jit: bool = False
     steps_per_execution: int = 1

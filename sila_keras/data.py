@@ -58,7 +58,7 @@ class ImageData:
 
 def load_dataset(dataset: str, *, data_dir: str | None = None, limit_train: int | None = None,
                  limit_test: int | None = None, seed: int = 0, download: str = "auto",
-                 cache_dir: str | None = None) -> ImageData:
+                 cache_dir: str | None = None, skip_bad_images: bool = False) -> ImageData:
     """Load ``dataset`` into memory.
 
     Args:
@@ -70,13 +70,16 @@ def load_dataset(dataset: str, *, data_dir: str | None = None, limit_train: int 
         download: tfds only: ``"auto"`` downloads when the network is reachable,
             ``"never"`` fails at once if the data is not prepared.
         cache_dir: where archives given to ``folder:`` are extracted.
+        skip_bad_images: ``folder:`` only: skip (and count in ``notes``) image
+            files that cannot be decoded instead of failing on the first one.
 
     Raises:
         ValueError: unknown dataset, data missing and no network, malformed
             folder, unreadable image (named), labels out of range.
     """
     if dataset.startswith("folder:"):
-        data = _load_folder(dataset[len("folder:"):], limit_train, limit_test, seed, cache_dir)
+        data = _load_folder(dataset[len("folder:"):], limit_train, limit_test, seed, cache_dir,
+                            skip_bad_images)
     else:
         data = _load_tfds(dataset, data_dir, limit_train, limit_test, seed, download)
     for split, y in (("train", data.train_y), ("test", data.test_y)):
@@ -118,13 +121,26 @@ def holdout_split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int = 0):
 # --------------------------------------------------------------------------- folders
 
 
-def _load_folder(path: str, limit_train, limit_test, seed, cache_dir) -> ImageData:
+def _load_folder(path: str, limit_train, limit_test, seed, cache_dir, skip_bad=False) -> ImageData:
     root = resolve_folder(path, cache_dir)
     class_names, train_files, train_y, test_files, test_y, notes = scan_folder(root)
     ti = balanced_subset(train_y, limit_train, seed)
     vi = balanced_subset(test_y, limit_test, seed + 1)
     train_files, train_y = [train_files[i] for i in ti], train_y[ti]
     test_files, test_y = [test_files[i] for i in vi], test_y[vi]
+    bad: list[str] = []
+    if skip_bad:
+        bad = _find_bad_images(train_files + test_files, first_only=False)
+        if bad:
+            gone = set(bad)
+            keep_tr = [i for i, f in enumerate(train_files) if f not in gone]
+            keep_te = [i for i, f in enumerate(test_files) if f not in gone]
+            train_files, train_y = [train_files[i] for i in keep_tr], train_y[keep_tr]
+            test_files, test_y = [test_files[i] for i in keep_te], test_y[keep_te]
+            notes.append(f"skipped {len(bad)} unreadable image file(s): "
+                         + ", ".join(bad[:5]) + (" …" if len(bad) > 5 else ""))
+        if not len(train_y):
+            raise ValueError(f"No readable training images left in '{root}' after skipping bad files.")
     size, channels = _probe_image(train_files[0])
     train_x = decode_images(train_files, size, channels)
     test_x = decode_images(test_files, size, channels)
@@ -280,23 +296,27 @@ def decode_images(files: list[str], size: tuple[int, int], channels: int) -> np.
     try:
         return np.concatenate(list(ds.as_numpy_iterator()), axis=0)
     except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:
-        bad = _find_bad_image(files)
+        bad = (_find_bad_images(files) or ["<unknown file>"])[0]
         raise ValueError(
             f"Cannot decode image file '{bad}' ({str(e).splitlines()[0][:120]}). "
-            "Replace or remove the file."
+            "Replace or remove the file, or pass --skip-bad-images to skip and count such files."
         ) from None
 
 
-def _find_bad_image(files: list[str]) -> str:
+def _find_bad_images(files: list[str], first_only: bool = True) -> list[str]:
+    """Files PIL cannot fully decode (only the first one unless ``first_only=False``)."""
     from PIL import Image
 
+    bad = []
     for f in files:
         try:
             with Image.open(f) as im:
                 im.load()
         except Exception:  # noqa: BLE001 - any failure names the file
-            return f
-    return "<unknown file>"
+            bad.append(f)
+            if first_only:
+                break
+    return bad
 
 
 # --------------------------------------------------------------------------- tfds

@@ -77,8 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tfds: download when missing and online (auto) or never")
     g.add_argument("--limit-train", type=int, default=None, help="use N training images (class-balanced)")
     g.add_argument("--limit-test", type=int, default=None, help="use N test images (class-balanced)")
+    g.add_argument("--skip-bad-images", action="store_true",
+                   help="folder datasets: skip and count undecodable image files instead of failing")
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--deterministic", action="store_true",
+                   help="TF op determinism + seeds: identical metrics for identical CPU runs")
     g.add_argument("--out", default=d.out, help="parent folder of run directories")
     g.add_argument("--name", default=None, help="run folder name (default <dataset>-<model>-<time>)")
     g.add_argument("--resume", action="store_true", help="continue the run in <out>/<name>")
@@ -128,6 +132,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         download=args.download, verbose=args.verbose, debug=args.debug, mode=args.mode,
         peer=args.peer, dml=args.dml, no_sila=args.no_sila, mixed_precision=args.mixed_precision,
         jit=args.jit, steps_per_execution=args.steps_per_execution,
+        deterministic=args.deterministic, skip_bad_images=args.skip_bad_images,
     )
 
 
@@ -259,7 +264,8 @@ def load_data(config: TrainConfig):
     from sila_keras.data import load_dataset
 
     return load_dataset(config.dataset, data_dir=config.data_dir, limit_train=config.limit_train,
-                        limit_test=config.limit_test, seed=config.seed, download=config.download)
+                        limit_test=config.limit_test, seed=config.seed, download=config.download,
+                        skip_bad_images=config.skip_bad_images)
 
 
 def build_model(config: TrainConfig, data):
@@ -373,6 +379,10 @@ def run(config: TrainConfig) -> dict:
     run_dir = config.run_dir
     t_start = time.time()
     keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
     data = load_data(config)
     print(f"Data: {data.source}: {len(data.train_y)} train / {len(data.test_y)} test images, "
           f"{data.num_classes} classes, input {data.input_shape}"

@@ -1,0 +1,121 @@
+"""Reliability: non-finite loss, determinism, SIGTERM, skip-bad-images, unwritable out, disk full."""
+
+import csv
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from sila_keras import io
+from sila_keras.train import main
+
+FAST = ["--epochs", "1", "--batch-size", "8", "--milestones", ""]
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+
+
+def test_non_finite_loss_stops_with_a_clear_message(capsys, tiny_folder, tmp_path):
+    rc = main([f"folder:{tiny_folder}", "resnet20", *FAST, "--beta", "1e38", "--out", str(tmp_path),
+               "--name", "nan"])
+    err = capsys.readouterr().err
+    assert rc == 3
+    assert "epoch 1, batch 1" in err and "--lr" in err and "--beta" in err
+    assert not (tmp_path / "nan" / "checkpoints" / "last.keras").exists()  # no NaN checkpoint
+    assert not (tmp_path / "nan" / "model.keras").exists()
+
+
+def test_guard_keeps_last_good_checkpoint(tmp_path):
+    """Epoch 1 fine, epoch 2 non-finite: the checkpoint still holds epoch 1."""
+    import keras
+    import numpy as np
+
+    from sila_keras.callbacks import NonFiniteGuard, ResumeCheckpoint
+
+    class Explode(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                for w in self.model.trainable_weights:
+                    w.assign(w * np.float32("nan"))
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    guard = NonFiniteGuard()
+    ckpt = ResumeCheckpoint(tmp_path / "ck", guard=guard)
+    x, y = np.ones((8, 3), np.float32), np.zeros(8, np.int32)
+    model.fit(x, y, epochs=3, verbose=0, callbacks=[guard, Explode(), ckpt])
+    assert guard.failure and "epoch 2" in guard.failure
+    assert json.loads((tmp_path / "ck" / "state.json").read_text())["epoch"] == 1
+
+
+def test_deterministic_runs_give_identical_metrics(tiny_folder, tmp_path):
+    rows = []
+    for name in ("a", "b"):
+        args = [sys.executable, "-m", "sila_keras.train", f"folder:{tiny_folder}", "resnet20",
+                "--epochs", "2", "--batch-size", "6", "--milestones", "", "--deterministic",
+                "--seed", "5", "--out", str(tmp_path), "--name", name]
+        out = subprocess.run(args, env=ENV, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        with open(tmp_path / name / "metrics.csv") as f:
+            rows.append([{k: v for k, v in r.items() if k != "time_s"} for r in csv.DictReader(f)])
+    assert rows[0] == rows[1]
+
+
+def test_sigterm_stops_cleanly_and_resume_continues(tiny_folder, tmp_path):
+    args = [f"folder:{tiny_folder}", "resnet20", "--epochs", "30", "--batch-size", "6",
+            "--milestones", "", "--out", str(tmp_path), "--name", "t"]
+    proc = subprocess.Popen([sys.executable, "-m", "sila_keras.train", *args], env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    state = tmp_path / "t" / "checkpoints" / "state.json"
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline and proc.poll() is None and not state.exists():
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted" in err and "--resume" in err and "Traceback" not in err
+    done = json.loads(state.read_text())["epoch"]
+    with open(tmp_path / "t" / "metrics.csv") as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)][:done] == list(range(1, done + 1))
+
+
+def test_skip_bad_images_counts_them(tiny_folder, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_folder, data)
+    (data / "train" / "a" / "0001.png").write_bytes(b"garbage")
+    (data / "test" / "c" / "0000.png").write_bytes(b"")
+    assert main([f"folder:{data}", "resnet20", *FAST, "--skip-bad-images", "--out", str(tmp_path),
+                 "--name", "s"]) == 0
+    s = json.loads((tmp_path / "s" / "summary.json").read_text())
+    assert s["data"]["train_examples"] == 17 and s["data"]["test_examples"] == 8
+    assert "skipped 2 unreadable image file(s)" in s["data"]["notes"][0]
+
+
+def test_unwritable_out(capsys, tiny_folder, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    rc = main([f"folder:{tiny_folder}", "resnet20", *FAST, "--out", str(blocker / "runs")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Cannot create the run directory" in err and "--out" in err
+
+
+def test_disk_full_during_write_leaves_old_file_intact(tmp_path, monkeypatch):
+    target = tmp_path / "metrics.csv"
+    io.write_text(target, "epoch\n1\n")
+
+    def full(self, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(type(tmp_path), "write_text", full)
+    with pytest.raises(OSError, match="No space"):
+        io.write_text(target, "epoch\n1\n2\n")
+    monkeypatch.undo()
+    assert target.read_text() == "epoch\n1\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.csv"]  # no temp file left behind
