@@ -74,7 +74,8 @@ class EpochLogger(keras.callbacks.Callback):
     @property
     def columns(self) -> list[str]:
         heads = [f"head_{k}_acc" for k in range(1, self.num_heads + 1)]
-        return ["epoch", "lr", "loss", *heads, "top5", "nll", "test_loss", "train_head_1_acc", "time_s"]
+        return ["epoch", "lr", "loss", *heads, "top5", "nll", "test_loss", "train_head_1_acc",
+                "top2", "top3", "top4", "time_s"]
 
     def on_epoch_begin(self, epoch, logs=None):
         self._t0 = time.time()
@@ -88,7 +89,9 @@ class EpochLogger(keras.callbacks.Callback):
         for k in range(1, self.num_heads + 1):
             row[f"head_{k}_acc"] = logs.get(f"val_head_{k}_acc")
         row.update(top5=logs.get("val_top5"), nll=logs.get("val_nll"), test_loss=logs.get("val_loss"),
-                   train_head_1_acc=logs.get("head_1_acc"), time_s=round(time.time() - self._t0, 3))
+                   train_head_1_acc=logs.get("head_1_acc"), top2=logs.get("val_top2"),
+                   top3=logs.get("val_top3"), top4=logs.get("val_top4"),
+                   time_s=round(time.time() - self._t0, 3))
         row = {k: (float(v) if v is not None and k != "epoch" else v) for k, v in row.items()}
         self.rows = [r for r in self.rows if int(r["epoch"]) < row["epoch"]] + [row]
         io.write_csv(self.path, self.rows, self.columns)

@@ -42,7 +42,7 @@ def test_top_k_and_nll_against_numpy():
 
 def test_metric_set_and_serialization():
     names = [m.name for m in sila_metrics(3, 10)]
-    assert names == ["head_1_acc", "head_2_acc", "head_3_acc", "top5", "nll"]
+    assert names == ["head_1_acc", "head_2_acc", "head_3_acc", "top2", "top3", "top4", "top5", "nll"]
     m = keras.metrics.deserialize(keras.metrics.serialize(HeadAccuracy(3, 100)))
     assert (m.head, m.num_classes, m.name) == (3, 100, "head_3_acc")
 
