@@ -186,9 +186,14 @@ class ResumeState:
 
 
 def validate_model_name(model: str) -> None:
-    """Fail early (before data loading) on an unknown backbone."""
+    """Fail early (before data loading) on an unknown backbone or a missing model file."""
     from sila_keras.models import get_backbone
 
+    if model.endswith((".keras", ".h5")):
+        if not Path(model).is_file():
+            raise FileNotFoundError(f"Model file not found: '{model}'. Pass a saved Keras classifier "
+                                    "(.keras) or a registered backbone name.")
+        return
     get_backbone(model)
 
 
@@ -269,7 +274,15 @@ def load_data(config: TrainConfig):
 
 
 def build_model(config: TrainConfig, data):
-    """The model for this config and data (normalization from the training pixels)."""
+    """The model for this config and data (normalization from the training pixels).
+
+    ``config.model`` may be a path to the user's own ``.keras`` classifier: SiLa heads are
+    attached to it (:func:`sila_keras.attach.load_and_attach`); it receives raw 0–255 pixels.
+    """
+    if config.model.endswith((".keras", ".h5")):
+        from sila_keras.attach import load_and_attach
+
+        return load_and_attach(config.model, config.heads, data.num_classes)
     from sila_keras.modes import build_for_mode
 
     return build_for_mode(config, data)

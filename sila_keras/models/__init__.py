@@ -1,6 +1,14 @@
 """Backbone families. Importing this package registers every family once."""
 
-from sila_keras.models import resnet_cifar, vgg  # noqa: F401  (registration side effects)
+from sila_keras.models import (  # noqa: F401  (registration side effects)
+    densenet,
+    inception,
+    mobilenet,
+    resnet,
+    resnet_cifar,
+    vgg,
+    wrn,
+)
 from sila_keras.models.registry import (
     BackboneOutput,
     BackboneSpec,

@@ -6,15 +6,41 @@ import keras
 from keras import layers, ops
 
 
-def conv_bn_relu(x, filters: int, kernel_size: int = 3, strides: int = 1, *, name: str,
-                 use_bias: bool = False, relu: bool = True):
+def conv_bn_relu(x, filters: int, kernel_size=3, strides: int = 1, *, name: str,
+                 use_bias: bool = False, relu: bool = True, padding: str = "same"):
     """Conv2D → BatchNorm → (ReLU), layers named ``{name}_conv/_bn/_relu``."""
-    x = layers.Conv2D(filters, kernel_size, strides=strides, padding="same", use_bias=use_bias,
+    x = layers.Conv2D(filters, kernel_size, strides=strides, padding=padding, use_bias=use_bias,
                       kernel_initializer="he_normal", name=f"{name}_conv")(x)
     x = layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=f"{name}_bn")(x)
     if relu:
         x = layers.ReLU(name=f"{name}_relu")(x)
     return x
+
+
+def bn_relu(x, *, name: str):
+    """BatchNorm → ReLU (the pre-activation of WRN and DenseNet), named ``{name}_bn/_relu``."""
+    x = layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=f"{name}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x)
+
+
+def check_spatial(x, min_size: int, model: str) -> None:
+    """Fail at build time, with a clear message, on inputs too small for a backbone.
+
+    Args:
+        x: the backbone's input tensor ``(B, H, W, C)``.
+        min_size: the smallest H and W the backbone can take.
+        model: the backbone (family) name, for the message.
+
+    Raises:
+        ValueError: H or W (when known) is below ``min_size``.
+    """
+    h, w = x.shape[1], x.shape[2]
+    if any(d is not None and d < min_size for d in (h, w)):
+        raise ValueError(
+            f"Backbone '{model}' needs inputs of at least {min_size}×{min_size} pixels (it "
+            f"downsamples that much). Received: input of {h}×{w}. Resize the images or pick "
+            "another backbone."
+        )
 
 
 @keras.saving.register_keras_serializable(package="sila_keras")

@@ -55,4 +55,5 @@ def _register(depth: int):
     return builder
 
 
-_register(20)
+for _depth in (20, 32, 56):
+    _register(_depth)

@@ -1,0 +1,117 @@
+"""The model zoo: every registered backbone builds, trains a step and yields extractable heads;
+the six paper models hit SilaNet Table 3's parameter counts exactly."""
+
+import keras
+import numpy as np
+import pytest
+
+from sila_keras import build_sila_model, extract_head, trainable_params
+from sila_keras.heads import assemble, normalizer
+from sila_keras.losses import SilaLoss
+from sila_keras.models import get_backbone, list_backbones
+
+N = 10
+MIB = 4 / 2**20
+
+# SilaNet Table 3 (N = 10, M = 3): exact base and train counts (paper-architectures.md),
+# head-2 ("test") size in MiB as printed in the paper, and the input channels of
+# module C (head 2) and module D (head 3).
+PAPER = {
+    "vgg19": (38_958_922, 39_028_062, 40.58, (512, 256)),
+    "resnet18": (11_173_962, 11_208_542, 10.67, (256, 128)),
+    "wrn40_10": (55_856_330, 55_900_510, 50.57, (320, 160)),
+    "mobilenetv1": (3_223_178, 3_292_318, 6.34, (512, 256)),
+    "densenet121": (6_956_298, 7_026_974, 18.44, (512, 256)),
+    "inceptionv3": (22_133_738, 22_228_798, 35.72, (768, 288)),  # paper train 84.86: docs/zoo.md
+}
+PREACT = {"densenet121", "wrn16_8", "wrn28_10", "wrn40_10"}
+
+
+TRAIN_STEP = set(list_backbones())  # every registered model takes one training step
+
+
+def _build(name: str, num_heads: int = 3):
+    """Backbone output and SiLa model on the smallest input the backbone takes (fast)."""
+    spec = get_backbone(name)
+    size = spec.min_input_size
+    inputs = keras.Input((size, size, 3), name="image")
+    out = spec.builder(normalizer(3)(inputs), N)
+    m = min(num_heads, len(out.taps) + 1)
+    return out, assemble(inputs, out.logits, out.taps, m, N, f"sila_{name}"), size
+
+
+@pytest.mark.parametrize("name", list_backbones())
+def test_backbone_contract(name):
+    keras.utils.set_random_seed(0)
+    out, model, size = _build(name)
+    m = model.output.shape[-1] // N
+
+    # Taps: ordered shallow → deep, each a 4-D map whose channels/reduction are declared truly.
+    # (A multi-exit network may declare no taps; it must then declare its exits.)
+    assert out.taps or out.exits
+    depths = [t.depth for t in out.taps]
+    assert depths == sorted(depths) and len(set(depths)) == len(depths)
+    assert all(0 < d < out.depth for d in depths)
+    reductions = [t.reduction for t in out.taps]
+    assert reductions == sorted(reductions)
+    for t in out.taps:
+        assert len(t.tensor.shape) == 4 and t.tensor.shape[-1] == t.channels
+        assert size / 2 <= t.tensor.shape[1] * t.reduction <= 1.5 * size  # ≈ size / reduction
+        assert t.preact or name not in PREACT
+    assert out.logits.shape[-1] == N and model.output.shape == (None, m * N)
+
+    # One SGD step with the SiLa loss (batch 2; eager: tracing dominates at this size).
+    x = np.random.default_rng(1).uniform(0, 255, (2, size, size, 3)).astype("float32")
+    if name in TRAIN_STEP:
+        model.compile(optimizer=keras.optimizers.SGD(0.01), loss=SilaLoss(N), run_eagerly=True)
+        watched = model.trainable_weights[-2:]  # the deepest layers' weights
+        before = [w.numpy().copy() for w in watched]
+        loss = float(model.train_on_batch(x, np.array([1, 7])))
+        assert np.isfinite(loss)
+        assert any(not np.allclose(w.numpy(), b) for w, b in zip(watched, before))
+
+    # Every head, extracted on its own, reproduces its slice of sila_logits.
+    full = keras.ops.convert_to_numpy(model(x, training=False))
+    sizes = []
+    for k in range(1, m + 1):
+        head = extract_head(model, k)
+        logits = keras.ops.convert_to_numpy(head(x, training=False))
+        np.testing.assert_allclose(logits, full[:, (k - 1) * N:k * N], atol=1e-5)
+        sizes.append(trainable_params(head))
+    assert sizes == sorted(sizes, reverse=True)  # deeper heads keep more of the network
+
+    first = "bn" if name in PREACT else "conv"  # pre-activation taps: BN + ReLU before the conv
+    channels = [model.get_layer(f"head_{k}_{first}").input.shape[-1] for k in range(2, m + 1)]
+    assert channels == [t.channels for t in reversed(out.taps)][: m - 1]  # deepest tap first
+    if name in PAPER:
+        base, train, head2_mib, module_cd = PAPER[name]
+        assert sizes[0] == base
+        assert trainable_params(model) == train
+        assert sizes[1] * MIB == pytest.approx(head2_mib, abs=0.005)
+        assert tuple(channels[:2]) == module_cd
+    keras.backend.clear_session()
+
+
+def test_too_many_heads_names_the_maximum():
+    with pytest.raises(ValueError, match=r"'resnet18' can place at most 4 heads.*num_heads=5"):
+        build_sila_model("resnet18", N, num_heads=5)
+
+
+def test_too_small_input_is_refused_at_build_time():
+    with pytest.raises(ValueError, match=r"'vgg11' needs inputs of at least 32×32.*\(8, 8, 3\)"):
+        build_sila_model("vgg11", N, input_shape=(8, 8, 3))
+    # The builders check too (for callers that bypass build_sila_model).
+    with pytest.raises(ValueError, match=r"'inceptionv3' needs inputs of at least 16×16.*8×8"):
+        get_backbone("inceptionv3").builder(keras.Input((8, 8, 3)), N)
+
+
+def test_unknown_backbone_lists_the_zoo():
+    with pytest.raises(ValueError, match=r"Unknown backbone 'wrn40'.*Available: .*wrn40_10"):
+        get_backbone("wrn40")
+
+
+def test_variants_are_registered():
+    names = set(list_backbones())
+    assert {"vgg11", "vgg13", "vgg16", "vgg19", "resnet18", "resnet34", "resnet20", "resnet32",
+            "resnet56", "wrn16_8", "wrn28_10", "wrn40_10", "mobilenetv1", "densenet121",
+            "inceptionv3"} <= names
