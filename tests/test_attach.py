@@ -152,3 +152,17 @@ def test_load_and_attach(tmp_path):
     sila.save(tmp_path / "sila.keras")
     with pytest.raises(ValueError, match="already a SiLa model"):
         load_and_attach(tmp_path / "sila.keras")
+
+
+def test_train_cli_on_a_user_model_file(cifar_folder, tmp_path):
+    """`python -m sila_keras.train DATASET path/to/model.keras` attaches heads and trains it."""
+    import json
+
+    from sila_keras.train import main
+
+    path = tmp_path / "mine.keras"
+    _small_cnn().save(path)
+    assert main([f"folder:{cifar_folder}", str(path), "--heads", "2", "--epochs", "1", "--batch-size", "16",
+                 "--milestones", "", "--out", str(tmp_path), "--name", "own"]) == 0
+    s = json.loads((tmp_path / "own" / "summary.json").read_text())
+    assert s["num_heads"] == 2 and s["heads"]["head_2"]["params"] < s["heads"]["head_1"]["params"]
