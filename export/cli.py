@@ -1,0 +1,208 @@
+"""``python -m export SOURCE --head K|all [options]`` (also ``sila-export``).
+
+Exit status: 0 every artifact written and verified; 1 an artifact failed its
+conversion or parity check (it is not left in ``--out``; ``manifest.json`` says
+why); 2 bad input (one ``sila-export: error: …`` line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from pathlib import Path
+
+PROG = "sila-export"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from export.artifacts import FORMATS, QUANTIZATIONS
+    from export.parity import DEFAULT_TOLERANCES
+
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Export one head of a trained SiLa model (SilaNet, Gan et al.) to Keras, "
+                    "SavedModel, TFLite (float32/float16/dynamic-range/int8) and ONNX. Each artifact "
+                    "is run in its own runtime and checked against the Keras head before it is kept.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("source", help="a run directory written by sila-train (model.keras, config.json, "
+                                  "labels.txt, summary.json) or a .keras file")
+    p.add_argument("--head", required=True,
+                   help="head to export: K in 1..M (1 = the base model, 2 = the deepest auxiliary "
+                        "head) or 'all' (one subfolder per head + heads.md/heads.csv)")
+    p.add_argument("--formats", default=",".join(FORMATS), help=f"comma-separated: {', '.join(FORMATS)}")
+    p.add_argument("--quantize", default="none",
+                   help=f"TFLite variants, comma-separated: {', '.join(QUANTIZATIONS)} "
+                        "(none = float32 model.tflite)")
+    g = p.add_argument_group("data (DATASET = folder:PATH or a tfds name, as for sila-train)")
+    g.add_argument("--calibration", metavar="DATASET", default=None,
+                   help="int8 calibration images (its train split); default: the run's training data")
+    g.add_argument("--calibration-samples", type=int, default=200,
+                   help="calibration images (class-balanced)")
+    g.add_argument("--eval", metavar="DATASET", default=None,
+                   help="measure each format's accuracy on this dataset's test split (also used as "
+                        "the parity images)")
+    g.add_argument("--eval-samples", type=int, default=1000, help="eval images (class-balanced)")
+    g.add_argument("--parity-samples", type=int, default=200,
+                   help="parity images without --eval (test split of --calibration or of the run's data)")
+    g.add_argument("--data-dir", default=None, help="tfds data_dir (when omitted: the run's)")
+    g = p.add_argument_group("conversion and checks")
+    g.add_argument("--opset", type=int, default=17, help="ONNX opset (9..18)")
+    g.add_argument("--tolerance", default="", metavar="KIND=VALUE,…",
+                   help="override parity thresholds; defaults: "
+                        + ", ".join(f"{k}={v:g}" for k, v in DEFAULT_TOLERANCES.items())
+                        + " (float: max|Δlogit| / max(1, max|logit|); dynamic/int8: min top-1 agreement)")
+    g.add_argument("--latency-runs", type=int, default=30, help="timed batch-1 calls per artifact")
+    g = p.add_argument_group("output")
+    g.add_argument("--out", default=None,
+                   help="output folder (default <run>/export/head_K, or <run>/export for --head all)")
+    g.add_argument("--quiet", action="store_true", help="print only the summary table")
+    g.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point. Returns the exit status (0 ok, 1 an artifact failed, 2 bad input)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = build_parser().parse_args(argv)
+    from export.deps import MissingDependencyError
+
+    try:
+        result = run(args)
+    except (ValueError, TypeError, FileNotFoundError, PermissionError, MissingDependencyError) as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:  # e.g. the extracted head does not reproduce sila_logits
+        if args.debug:
+            traceback.print_exc()
+        print(f"{PROG}: failed: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; nothing half-written is left in the output folder.", file=sys.stderr)
+        return 130
+    if not result["ok"]:
+        print(f"{PROG}: {result['message']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Validate everything, load the data, export; returns ``{"ok", "message", "result"}``."""
+    from export import exporter, parity
+    from export.source import load_source
+
+    options = exporter.check_options(args.formats, args.quantize, args.opset,
+                                     parity.parse_tolerances(args.tolerance))
+    for flag in ("calibration_samples", "eval_samples", "parity_samples", "latency_runs"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"`--{flag.replace('_', '-')}` must be >= 1. Received: {getattr(args, flag)}")
+    heads = _parse_head(args.head)
+    src = load_source(args.source)
+    for k in heads or []:
+        exporter.check_head(src.model, k)
+    out = args.out or (src.default_out if heads is None else src.default_out / f"head_{heads[0]}")
+    exporter.prepare_out_dir(out)
+    for note in src.notes:
+        print(f"{PROG}: note: {note}", file=sys.stderr)
+    data = load_data(args, src, needs_calibration="int8" in options["quantize"])
+    common = dict(formats=options["formats"], quantize=options["quantize"], opset=options["opset"],
+                  class_names=src.class_names, source=str(src.run_dir or src.model_path),
+                  tolerances=options["tolerances"],
+                  latency_runs=args.latency_runs, parity_samples=args.parity_samples,
+                  verbose=0 if args.quiet else 1, **data)
+    if heads is None:
+        result = exporter.export_heads(src.model, out, **common)
+        if args.quiet:
+            print(Path(out, "heads.md").read_text(), end="")
+        failed = [f"head_{mf['head']}: {', '.join(mf['failed'])}" for mf in result["manifests"]
+                  if not mf["ok"]]
+    else:
+        result = exporter.export_head(src.model, heads[0], out, **common)
+        if args.quiet:
+            from export.report import summary_table
+
+            print(summary_table(result))
+        failed = [f"{k} ({v['reason']})" for k, v in result["failed"].items()]
+    ok = not failed
+    message = "all artifacts verified" if ok else (
+        f"{len(failed)} failed, not written: {'; '.join(failed)}. Details in manifest.json; "
+        "relax a threshold with --tolerance KIND=VALUE only if the drift is acceptable.")
+    return {"ok": ok, "message": message, "result": result}
+
+
+def _parse_head(value: str) -> list[int] | None:
+    """``"all"`` → None; ``"2"`` → [2]."""
+    if value.strip().lower() == "all":
+        return None
+    try:
+        return [int(value)]
+    except ValueError:
+        raise ValueError(f"`--head` must be a head number (1 = base model) or 'all'. "
+                         f"Received: --head {value}") from None
+
+
+def load_data(args, src, needs_calibration: bool) -> dict:
+    """Calibration, eval and parity images for :func:`export.export_head`.
+
+    Raises:
+        ValueError: a DATASET that cannot be loaded, images of the wrong size or class count,
+            or int8 requested with no calibration data available.
+    """
+    from export.source import load_images
+
+    cfg = src.config
+    data_dir = args.data_dir or cfg.get("data_dir")
+    out: dict = {"data_notes": {}}
+    if args.eval:
+        ev = load_images(args.eval, train=1, test=args.eval_samples, data_dir=data_dir)
+        _check_classes(ev, src, "--eval")
+        out["eval_data"] = (ev.test_x, ev.test_y)
+        out["data_notes"]["eval"] = f"{args.eval} (test split, {len(ev.test_y)} images)"
+    if args.calibration:
+        cal = load_images(args.calibration, train=args.calibration_samples, test=args.parity_samples,
+                          data_dir=data_dir)
+        _check_classes(cal, src, "--calibration")
+        out["calibration"] = cal.train_x
+        out["data_notes"]["calibration"] = f"{args.calibration} (train split, {len(cal.train_x)} images)"
+        out["sample_images"], out["sample_note"] = cal.test_x, f"{args.calibration} test split"
+        return out
+    dataset = cfg.get("dataset")
+    if not dataset or (args.eval and not needs_calibration):
+        if needs_calibration:
+            raise ValueError(
+                "int8 quantization needs calibration images and SOURCE has no run config naming its "
+                "training data. Received: --quantize int8 without --calibration. Pass --calibration "
+                "DATASET (folder:PATH or a tfds name) or drop int8 from --quantize.")
+        return out
+    try:
+        run_data = load_images(dataset, train=args.calibration_samples if needs_calibration else 1,
+                               test=args.parity_samples, data_dir=data_dir,
+                               download=cfg.get("download", "auto"), seed=int(cfg.get("seed", 0)))
+    except ValueError as e:
+        if needs_calibration:
+            raise ValueError(
+                f"int8 quantization needs calibration images, and the run's training data "
+                f"({dataset}) could not be loaded: {e} Pass --calibration DATASET.") from None
+        print(f"{PROG}: note: the run's data ({dataset}) could not be loaded ({e}); parity is checked "
+              "on random images.", file=sys.stderr)
+        return out
+    if needs_calibration:
+        out["calibration"] = run_data.train_x
+        out["data_notes"]["calibration"] = f"{dataset} (the run's train split, {len(run_data.train_x)} images)"
+    out["sample_images"], out["sample_note"] = run_data.test_x, f"{dataset} test split (the run's data)"
+    return out
+
+
+def _check_classes(data, src, flag: str) -> None:
+    if data.num_classes != src.num_classes:
+        raise ValueError(
+            f"{flag} data has {data.num_classes} classes but the model has {src.num_classes}. "
+            f"Pass a dataset with the model's classes ({', '.join(src.class_names[:10])}…). "
+            f"Received: {data.source}")
+    if list(data.class_names) != list(src.class_names):
+        print(f"{PROG}: note: {flag} class names differ from the model's; labels are matched by index.",
+              file=sys.stderr)

@@ -1,0 +1,415 @@
+"""The exporter (export/): heads → every format, independent parity per runtime, manifest, bad input.
+
+One tiny trained run (resnet20, 2 heads, 1 epoch on 80 CIFAR images) is exported
+once with ``--head all`` to every format and quantization; the tests then load
+each written artifact fresh in its own runtime — with code written here, not the
+exporter's runners — and compare it with the Keras head on real CIFAR images.
+Other backbones of the zoo convert their shallowest head (BN, depthwise,
+concatenation and residual topologies) to TFLite fp32 and ONNX.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+import export
+from export import artifacts as art
+from export.cli import main
+from export.report import heads_rows
+from sila_keras import extract_head, list_backbones, num_heads_of, trainable_params
+from sila_keras.data import load_dataset
+from sila_keras.heads import assemble, normalizer
+from sila_keras.models import get_backbone
+
+ALL_QUANT = "none,float16,dynamic,int8"
+TFLITE_FILES = ("model.tflite", "model_float16.tflite", "model_dynamic.tflite", "model_int8.tflite")
+ZOO = [b for b in ("mobilenetv1", "densenet121", "resnet18", "vgg11") if b in list_backbones()]
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def trained_run(cifar_folder, tmp_path_factory):
+    """A 2-head resnet20 run trained 1 epoch in-process (the sila-train chain)."""
+    from sila_keras.train import main as train_main
+
+    out = tmp_path_factory.mktemp("export_runs")
+    rc = train_main([f"folder:{cifar_folder}", "resnet20", "--heads", "2", "--epochs", "1",
+                     "--batch-size", "16", "--milestones", "", "--out", str(out), "--name", "r",
+                     "--verbose", "0"])
+    assert rc == 0
+    return out / "r"
+
+
+@pytest.fixture(scope="session")
+def cifar_test(cifar_folder):
+    """The 40 real CIFAR test images (float32 0–255) and labels."""
+    data = load_dataset(f"folder:{cifar_folder}")
+    return data.test_x.astype(np.float32), data.test_y
+
+
+@pytest.fixture(scope="session")
+def sila_model(trained_run):
+    return keras.models.load_model(trained_run / "model.keras", compile=False)
+
+
+@pytest.fixture(scope="session")
+def exported(trained_run, cifar_folder, tmp_path_factory):
+    """``--head all`` to every format and quantization (thresholds of the quantized formats
+    off: a 1-epoch model's near-tied logits say nothing about int8; their figures are still
+    recorded and re-measured below)."""
+    out = tmp_path_factory.mktemp("exported") / "all"
+    rc = main([str(trained_run), "--head", "all", "--formats", "keras,savedmodel,tflite,onnx",
+               "--quantize", ALL_QUANT, "--eval", f"folder:{cifar_folder}", "--eval-samples", "40",
+               "--calibration-samples", "40", "--latency-runs", "2", "--tolerance", "dynamic=0,int8=0",
+               "--out", str(out), "--quiet"])
+    assert rc == 0
+    return out
+
+
+# --------------------------------------------------------------------------- independent runtimes
+
+
+def run_keras(path, x):
+    return keras.models.load_model(path, compile=False).predict(x, verbose=0)
+
+
+def run_savedmodel(path, x):
+    import tensorflow as tf
+
+    fn = tf.saved_model.load(str(path)).signatures["serving_default"]
+    out = fn(image=tf.constant(x))
+    return out["logits"].numpy(), out["probabilities"].numpy()
+
+
+def run_tflite(path, x):
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_path=str(path)).get_signature_runner("serving_default")
+    inp, outp = runner.get_input_details()["image"], runner.get_output_details()["logits"]
+    if inp["dtype"] == np.int8:
+        scale, zp = inp["quantization"]
+        x = np.clip(np.round(x / scale + zp), -128, 127).astype(np.int8)
+    y = runner(image=x)["logits"]
+    if y.dtype == np.int8:
+        scale, zp = outp["quantization"]
+        y = (y.astype(np.float32) - zp) * scale
+    return y
+
+
+def run_onnx(path, x):
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"image": x}), strict=True))
+
+
+def scaled_diff(ref, got):
+    return float(np.abs(ref - got).max()) / max(1.0, float(np.abs(ref).max()))
+
+
+# --------------------------------------------------------------------------- export of every head
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("head", [1, 2])
+def test_every_artifact_is_written(exported, head):
+    folder = exported / f"head_{head}"
+    for name in ("model.keras", "saved_model/saved_model.pb", "model.onnx", "labels.txt",
+                 "manifest.json", *TFLITE_FILES):
+        assert (folder / name).is_file(), name
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")], "staging left behind"
+    assert (folder / "labels.txt").read_text().split()[:2] == ["airplane", "automobile"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("head", [1, 2])
+def test_float_artifacts_match_keras_in_their_runtimes(exported, sila_model, cifar_test, head):
+    x, _ = cifar_test
+    ref = extract_head(sila_model, head).predict(x, verbose=0)
+    full = sila_model.predict(x, verbose=0)
+    np.testing.assert_allclose(full[:, 10 * (head - 1): 10 * head], ref, atol=1e-5)
+    folder = exported / f"head_{head}"
+    assert scaled_diff(ref, run_keras(folder / "model.keras", x)) <= 1e-4
+    logits, probs = run_savedmodel(folder / "saved_model", x)  # whole batch: dynamic batch axis
+    assert scaled_diff(ref, logits) <= 1e-4
+    np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
+    assert scaled_diff(ref, run_tflite(folder / "model.tflite", x)) <= 1e-4
+    onnx_out = run_onnx(folder / "model.onnx", x)
+    assert set(onnx_out) == {"logits", "probabilities"}
+    assert scaled_diff(ref, onnx_out["logits"]) <= 1e-4
+    fp16 = run_tflite(folder / "model_float16.tflite", x)
+    assert scaled_diff(ref, fp16) <= 1e-2
+    assert scaled_diff(ref, fp16) > 0  # it really is a different (fp16-weight) model
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("head", [1, 2])
+def test_quantized_artifacts_are_quantized_and_figures_reproduce(exported, sila_model, cifar_test, head):
+    from ai_edge_litert.interpreter import Interpreter
+
+    x, _ = cifar_test
+    ref = extract_head(sila_model, head).predict(x, verbose=0)
+    folder = exported / f"head_{head}"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for name, file in (("tflite_dynamic", "model_dynamic.tflite"), ("tflite_int8", "model_int8.tflite")):
+        got = run_tflite(folder / file, x)
+        agreement = float(np.mean(got.argmax(-1) == ref.argmax(-1)))
+        assert agreement == pytest.approx(manifest["artifacts"][name]["parity"]["top1_agreement"])
+    details = Interpreter(model_path=str(folder / "model_int8.tflite")).get_signature_runner(
+        "serving_default").get_input_details()["image"]
+    assert details["dtype"] == np.int8
+    scale, zero_point = details["quantization"]
+    assert manifest["artifacts"]["tflite_int8"]["input"] == {"dtype": "int8", "scale": scale,
+                                                             "zero_point": zero_point}
+    sizes = {f: (folder / f).stat().st_size for f in TFLITE_FILES}
+    assert sizes["model_int8.tflite"] < sizes["model_float16.tflite"] < sizes["model.tflite"]
+
+
+@pytest.mark.slow
+def test_manifest_fields(exported, sila_model, cifar_test):
+    _, y = cifar_test
+    m = json.loads((exported / "head_2" / "manifest.json").read_text())
+    assert m["kind"] == "sila-export" and m["head"] == 2 and m["num_heads"] == 2 and m["ok"]
+    assert m["input"]["name"] == "image" and m["input"]["shape"] == [None, 32, 32, 3]
+    assert m["input"]["range"] == [0, 255] and len(m["input"]["mean"]) == 3
+    assert m["class_names"][0] == "airplane" and m["num_classes"] == 10
+    p = m["params"]
+    assert p["sila_model"] == trainable_params(sila_model)
+    assert p["base_head_1"] == trainable_params(extract_head(sila_model, 1))
+    assert p["head"] == trainable_params(extract_head(sila_model, 2)) < p["base_head_1"]
+    assert p["cr_percent"] == pytest.approx(100 * (1 - p["head"] / p["base_head_1"]), abs=0.01)
+    assert m["submodel_check"]["passed"] and m["submodel_check"]["max_abs_diff"] <= 1e-5
+    assert set(m["artifacts"]) == {"keras", "savedmodel", "tflite", "tflite_float16", "tflite_dynamic",
+                                   "tflite_int8", "onnx"} and m["failed"] == {}
+    for name, a in m["artifacts"].items():
+        path = exported / "head_2" / a["file"]
+        assert a["size_bytes"] == art.size_bytes(path), name
+        assert a["latency"]["median_ms"] > 0 and a["latency"]["batch"] == 1
+        assert a["parity"]["passed"] and "criterion" in a["parity"]
+        assert 0.0 <= m["eval"]["accuracy"][name] <= 1.0
+    ref = extract_head(sila_model, 2).predict(cifar_test[0], verbose=0)
+    assert m["eval"]["accuracy"]["keras_reference"] == pytest.approx(np.mean(ref.argmax(-1) == y))
+    assert m["eval"]["images"] == 40 and m["calibration"]["images"] == 40
+    assert m["parity_images"]["source"].startswith("eval data")
+
+
+@pytest.mark.slow
+def test_heads_table(exported):
+    rows = heads_rows([json.loads((exported / f"head_{k}" / "manifest.json").read_text())
+                                     for k in (1, 2)])
+    csv_rows = (exported / "heads.csv").read_text().splitlines()
+    assert csv_rows[0].startswith("head,params,mib,cr_percent")
+    assert len(csv_rows) == 3
+    assert rows[0]["cr_percent"] == 0.0 and rows[1]["params"] < rows[0]["params"]
+    assert rows[1]["tflite_mib"] < rows[0]["tflite_mib"]
+    md = (exported / "heads.md").read_text()
+    assert "| 2 |" in md and "int8 MiB" in md
+
+
+# --------------------------------------------------------------------------- failing formats
+
+
+def _export_onnx(model, out, **kw):
+    return export.export_head(model, 2, out, formats="keras,onnx", latency_runs=1, verbose=0, **kw)
+
+
+@pytest.mark.slow
+def test_parity_failure_is_not_left_in_out(sila_model, cifar_test, tmp_path, monkeypatch):
+    out = tmp_path / "h2"
+    first = _export_onnx(sila_model, out, sample_images=cifar_test[0][:8])
+    assert first["ok"] and (out / "model.onnx").is_file()
+    real = art.write_onnx
+
+    def skewed(export_model, path, input_shape, opset):  # a converter that drifts
+        head_logits = export_model.get_layer("logits").input
+        logits = keras.layers.Rescaling(1.5, name="logits")(head_logits)
+        probabilities = keras.layers.Softmax(name="probabilities")(logits)
+        bad = keras.Model(export_model.input, {"logits": logits, "probabilities": probabilities})
+        real(bad, path, input_shape, opset)
+
+    monkeypatch.setattr(art, "write_onnx", skewed)
+    with pytest.raises(export.ExportFailed, match="onnx") as failure:
+        _export_onnx(sila_model, out, sample_images=cifar_test[0][:8], strict=True)
+    m = failure.value.manifest
+    assert not m["ok"] and "onnx" in m["failed"] and "onnx" not in m["artifacts"]
+    assert "max |Δlogit|" in m["failed"]["onnx"]["reason"]
+    assert not (out / "model.onnx").exists(), "the stale artifact of the earlier export must go"
+    assert (out / "model.keras").is_file()
+    assert json.loads((out / "manifest.json").read_text())["failed"]["onnx"]["reason"]
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_submodel_must_reproduce_its_slice(sila_model, cifar_test, tmp_path, monkeypatch):
+    import sila_keras.heads as heads
+
+    real = heads.extract_head
+    monkeypatch.setattr(heads, "extract_head", lambda model, k: real(model, 3 - k))  # the wrong head
+    with pytest.raises(RuntimeError, match="does not reproduce slice 2 of sila_logits"):
+        export.export_head(sila_model, 2, tmp_path / "o", formats="keras",
+                           sample_images=cifar_test[0][:4], verbose=0)
+    assert list((tmp_path / "o").iterdir()) == []
+
+
+def test_conversion_crash_exits_1(trained_run, tmp_path, monkeypatch, capsys):
+    def crash(*args, **kwargs):
+        raise RuntimeError("simulated converter crash")
+
+    monkeypatch.setattr(art, "write_onnx", crash)
+    out = tmp_path / "crash"
+    rc = main([str(trained_run), "--head", "2", "--formats", "keras,onnx", "--out", str(out),
+               "--latency-runs", "1", "--quiet"])
+    assert rc == 1
+    assert "simulated converter crash" in capsys.readouterr().err
+    assert (out / "model.keras").is_file() and not (out / "model.onnx").exists()
+    failed = json.loads((out / "manifest.json").read_text())["failed"]
+    assert failed["onnx"]["reason"] == "conversion failed: RuntimeError: simulated converter crash"
+
+
+def test_int8_criterion_and_tolerances():
+    ref = np.array([[3.0, 1.0], [0.0, 2.0], [1.0, 0.5]])
+    tol = export.parity.resolve_tolerances(None)
+    flipped = ref.copy()
+    flipped[2] = [0.4, 0.6]
+    assert not export.parity.compare(ref, flipped, "int8", tol)["passed"]  # 2/3 agree
+    assert export.parity.compare(ref, ref + 0.4, "int8", tol)["passed"]
+    assert export.parity.compare(ref, ref + 5e-4, "float32", tol)["passed"] is False  # > 1e-4 × 3
+    big = ref * 100  # scaled criterion: 5e-4 on logits of ±300 is rounding, not drift
+    assert export.parity.compare(big, big + 5e-4, "float32", tol)["passed"]
+    assert export.parity.parse_tolerances("float16=0.05,int8=0.9") == {"float16": 0.05, "int8": 0.9}
+    with pytest.raises(ValueError, match="Unknown tolerance 'int4'"):
+        export.parity.parse_tolerances("int4=0.5")
+    with pytest.raises(ValueError, match="must be in"):
+        export.parity.parse_tolerances("int8=97")
+
+
+# --------------------------------------------------------------------------- the zoo
+
+
+def shallowest_head_model(backbone):
+    """A SiLa model with every possible head; its last head is the cheapest to convert."""
+    inputs = keras.Input((32, 32, 3), name="image")
+    out = get_backbone(backbone).builder(normalizer(3)(inputs), 10)
+    return assemble(inputs, out.logits, out.taps, len(out.taps) + 1, 10, f"sila_{backbone}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone", ZOO)
+def test_zoo_backbone_converts(backbone, cifar_test, tmp_path):
+    x = cifar_test[0][:8]
+    model = shallowest_head_model(backbone)
+    head = num_heads_of(model)
+    m = export.export_head(model, head, tmp_path, formats="tflite,onnx", sample_images=x,
+                           latency_runs=1, verbose=0)
+    assert m["ok"], m["failed"]
+    ref = extract_head(model, head).predict(x, verbose=0)
+    assert scaled_diff(ref, run_tflite(tmp_path / "model.tflite", x)) <= 1e-4
+    assert scaled_diff(ref, run_onnx(tmp_path / "model.onnx", x)["logits"]) <= 1e-4
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def run_cli(capsys, *argv):
+    rc = main([str(a) for a in argv])
+    return rc, capsys.readouterr().err
+
+
+def test_head_out_of_range_lists_heads(trained_run, sila_model, tmp_path, capsys):
+    rc, err = run_cli(capsys, trained_run, "--head", "3", "--out", tmp_path / "o")
+    assert rc == 2 and "heads 1..2 (head_1, head_2" in err and err.startswith("sila-export: error:")
+    rc, err = run_cli(capsys, trained_run, "--head", "two", "--out", tmp_path / "o")
+    assert rc == 2 and "'all'" in err
+    with pytest.raises(ValueError, match=r"Head index out of range.*Received: head=0"):
+        export.export_head(sila_model, 0, tmp_path / "api")
+    assert not (tmp_path / "api").exists() and not (tmp_path / "o").exists()
+
+
+def test_source_without_sila_logits(tmp_path, capsys):
+    inputs = keras.Input((32, 32, 3))
+    plain = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(inputs)))
+    plain.save(tmp_path / "plain.keras")
+    rc, err = run_cli(capsys, tmp_path / "plain.keras", "--head", "1")
+    assert rc == 2 and "no layer named 'sila_logits'" in err
+
+
+def test_unreadable_source(tmp_path, capsys):
+    rc, err = run_cli(capsys, tmp_path / "missing", "--head", "1")
+    assert rc == 2 and "SOURCE not found" in err
+    (tmp_path / "empty_run").mkdir()
+    rc, err = run_cli(capsys, tmp_path / "empty_run", "--head", "1")
+    assert rc == 2 and "has no model.keras" in err
+    (tmp_path / "broken.keras").write_bytes(b"not a zip file")
+    rc, err = run_cli(capsys, tmp_path / "broken.keras", "--head", "1")
+    assert rc == 2 and "Cannot read the Keras model" in err
+
+
+def test_unwritable_out(trained_run, tmp_path, capsys):
+    (tmp_path / "a_file").write_text("x")
+    rc, err = run_cli(capsys, trained_run, "--head", "2", "--out", tmp_path / "a_file" / "sub")
+    assert rc == 2 and "Cannot write to the output folder" in err
+    rc, err = run_cli(capsys, trained_run, "--head", "2", "--out", trained_run)  # the run itself
+    assert rc == 2 and "would overwrite" in err
+    assert (trained_run / "model.keras").is_file()
+
+
+def test_int8_without_calibration_data(trained_run, tmp_path, capsys):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(trained_run / "model.keras", bare / "model.keras")
+    rc, err = run_cli(capsys, bare / "model.keras", "--head", "2", "--formats", "tflite",
+                      "--quantize", "int8")
+    assert rc == 2 and "int8 quantization needs calibration images" in err and "--calibration" in err
+    run = tmp_path / "run_moved"  # a run whose training data is gone
+    shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("checkpoints", "tensorboard"))
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["dataset"] = f"folder:{tmp_path / 'gone'}"
+    (run / "config.json").write_text(json.dumps(cfg))
+    rc, err = run_cli(capsys, run, "--head", "2", "--formats", "tflite", "--quantize", "none,int8")
+    assert rc == 2 and "could not be loaded" in err and "Pass --calibration DATASET" in err
+    assert not (run / "export" / "head_2" / "model.tflite").exists()
+
+
+@pytest.mark.parametrize("module,fmt", [("tf2onnx", "onnx"), ("ai_edge_litert", "tflite")])
+def test_missing_optional_dependency(trained_run, tmp_path, capsys, monkeypatch, module, fmt):
+    monkeypatch.setitem(sys.modules, module, None)
+    rc, err = run_cli(capsys, trained_run, "--head", "2", "--formats", fmt, "--out", tmp_path / "o")
+    assert rc == 2 and "pip install 'sila-keras[export]'" in err and module in err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--formats", "tflite,coreml"], "Unknown --formats value(s) 'coreml'"),
+    (["--quantize", "int4"], "Unknown --quantize value(s) 'int4'"),
+    (["--formats", "onnx", "--quantize", "int8"], "add tflite to --formats"),
+    (["--opset", "19"], "opsets up to 18"),
+    (["--tolerance", "int8"], "KIND=VALUE"),
+    (["--eval-samples", "0"], "--eval-samples` must be >= 1"),
+])
+def test_bad_options(trained_run, tmp_path, capsys, argv, message):
+    rc, err = run_cli(capsys, trained_run, "--head", "2", "--out", tmp_path / "o", *argv)
+    assert rc == 2 and message in err
+    assert not (tmp_path / "o").exists()  # rejected before anything is created
+
+
+def test_eval_with_other_classes(trained_run, tiny_folder, tmp_path, capsys):
+    rc, err = run_cli(capsys, trained_run, "--head", "2", "--formats", "keras", "--eval",
+                      f"folder:{tiny_folder}", "--out", tmp_path / "o")
+    assert rc == 2 and "has 3 classes but the model has 10" in err
+
+
+def test_cli_subprocess_bad_head(trained_run):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run([sys.executable, "-m", "export", str(trained_run), "--head", "9"],
+                          capture_output=True, text=True, cwd=Path(export.__file__).parents[1],
+                          env=env, timeout=300)
+    assert proc.returncode == 2
+    assert "sila-export: error: Head index out of range" in proc.stderr
+    assert "Traceback" not in proc.stderr
