@@ -86,7 +86,7 @@ class TrainConfig:
             raise ValueError(f"`--lam` must be >= 0. Received: lam={self.lam}")
         if self.betas is not None:
             object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
-            if len(self.betas) != self.heads:
+            if self.mode == "sila" and len(self.betas) != self.heads:
                 raise ValueError(
                     f"`--betas` needs one weight per head ({self.heads}). Received: betas={list(self.betas)}"
                 )

@@ -55,6 +55,8 @@ def pad_crop_flip(image, seed):
 
 def get_augmentation(name: str) -> Callable:
     """The augmentation registered as ``name``."""
+    import sila_keras.augment  # noqa: F401  (registers autoaugment / randaugment; lazy: no cycle)
+
     if name not in AUGMENTATIONS:
         raise ValueError(f"Unknown augmentation '{name}'. Available: {', '.join(sorted(AUGMENTATIONS))}")
     return AUGMENTATIONS[name]

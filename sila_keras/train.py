@@ -32,6 +32,7 @@ CHECKPOINT_DIR = "checkpoints"
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import sila_keras.augment  # noqa: F401  (registers autoaugment / randaugment)
     from sila_keras.models import list_backbones
     from sila_keras.pipeline import AUGMENTATIONS
 
@@ -387,7 +388,10 @@ def run(config: TrainConfig) -> dict:
     from sila_keras.heads import num_heads_of
     from sila_keras.modes import after_training
 
+    from sila_keras.modes import prepare_data_for_mode, validate_for_mode
+
     validate_model_name(config.model)
+    validate_for_mode(config)
     state = check_run_dir(config)
     run_dir = config.run_dir
     t_start = time.time()
@@ -396,7 +400,7 @@ def run(config: TrainConfig) -> dict:
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
-    data = load_data(config)
+    data = prepare_data_for_mode(config, load_data(config))
     print(f"Data: {data.source}: {len(data.train_y)} train / {len(data.test_y)} test images, "
           f"{data.num_classes} classes, input {data.input_shape}"
           + "".join(f"\n  note: {n}" for n in data.notes), flush=True)

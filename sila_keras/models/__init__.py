@@ -4,6 +4,7 @@ from sila_keras.models import (  # noqa: F401  (registration side effects)
     densenet,
     inception,
     mobilenet,
+    msdnet,
     resnet,
     resnet_cifar,
     vgg,
