@@ -386,9 +386,7 @@ def run(config: TrainConfig) -> dict:
     from sila_keras.callbacks import EpochLogger, NonFiniteGuard, ResumeCheckpoint
     from sila_keras.distribute import is_chief, make_strategy, strategy_name, worker_scratch_dir
     from sila_keras.heads import num_heads_of
-    from sila_keras.modes import after_training
-
-    from sila_keras.modes import prepare_data_for_mode, validate_for_mode
+    from sila_keras.modes import after_training, prepare_data_for_mode, validate_for_mode
 
     validate_model_name(config.model)
     validate_for_mode(config)
