@@ -1,0 +1,40 @@
+"""Digit-pair comparison on MNIST: weight sharing and auxiliary losses (Deng & Li, project 1).
+
+Is the first of two 14×14 MNIST digits ≤ the second? Four Keras networks (``fc``,
+``conv``, ``parallel``, ``siamese``; parameter counts as in the paper's Table 1),
+trained with the shared loop :func:`sila_keras.train.fit`, optionally with the SiLa
+loss on two comparison heads. Command line: ``python -m sila_keras.pairs --help``.
+
+Public API::
+
+    from sila_keras.pairs import PairConfig, build_pair_model, load_pools, run_config
+    pools = load_pools("../shared/data")
+    result = run_config(PairConfig("siamese", rounds=3), pools)
+    result["mean_accuracy"]
+"""
+
+from sila_keras.pairs.data import (
+    DigitPools,
+    PairSet,
+    downsample,
+    load_pools,
+    make_pairs,
+    read_idx_images,
+    read_idx_labels,
+)
+from sila_keras.pairs.experiment import PairConfig, compile_pair_model, run_config, run_round
+from sila_keras.pairs.models import (
+    ARCHS,
+    PAPER_PARAMS,
+    DigitComparison,
+    build_digit_net,
+    build_pair_model,
+    trainable_count,
+)
+
+__all__ = [
+    "ARCHS", "PAPER_PARAMS", "DigitComparison", "DigitPools", "PairConfig", "PairSet",
+    "build_digit_net", "build_pair_model", "compile_pair_model", "downsample", "load_pools",
+    "make_pairs", "read_idx_images", "read_idx_labels", "run_config", "run_round",
+    "trainable_count",
+]
