@@ -390,9 +390,15 @@ def run(config: TrainConfig) -> dict:
 
     validate_model_name(config.model)
     validate_for_mode(config)
-    state = check_run_dir(config)
     run_dir = config.run_dir
     t_start = time.time()
+    # The strategy first: multi-worker collectives must be configured before any TF op runs.
+    strategy = make_strategy(config.strategy)
+    chief = is_chief(strategy)
+    # Workers read the chief's checkpoint to resume; only the chief refuses an existing run dir.
+    state = check_run_dir(config) if chief or config.resume else ResumeState()
+    if not chief:  # only the chief writes the run directory
+        run_dir = worker_scratch_dir(config.run_dir, strategy)
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         import tensorflow as tf
@@ -402,15 +408,12 @@ def run(config: TrainConfig) -> dict:
     print(f"Data: {data.source}: {len(data.train_y)} train / {len(data.test_y)} test images, "
           f"{data.num_classes} classes, input {data.input_shape}"
           + "".join(f"\n  note: {n}" for n in data.notes), flush=True)
-    strategy = make_strategy(config.strategy)
-    if not is_chief(strategy):  # only the chief writes the run directory
-        run_dir = worker_scratch_dir(config.run_dir, strategy)
     set_precision(config.mixed_precision)
     train_ds, eval_ds, steps = make_datasets(config, data.train_x, data.train_y, data.test_x,
                                              data.test_y, state.initial_epoch)
     with strategy.scope():
         if state.initial_epoch:
-            model = keras.models.load_model(run_dir / CHECKPOINT_DIR / "last.keras")
+            model = keras.models.load_model(config.run_dir / CHECKPOINT_DIR / "last.keras")
             print(f"Resuming {run_dir} after epoch {state.initial_epoch}", flush=True)
         else:
             model = compile_model(build_model(config, data), config, data.num_classes, steps)
