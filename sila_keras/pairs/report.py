@@ -19,6 +19,12 @@ def pct(v: float | None, digits: int = 2) -> str:
     return "n/a" if v is None else f"{100 * v:.{digits}f}%"
 
 
+def mean_std(r: dict, key: str = "mean_accuracy") -> str:
+    """``91.02% ± 1.62%``; the std is left out for a single round (it is undefined)."""
+    std = r.get(key.replace("mean", "std"))
+    return pct(r[key]) + (f" ± {pct(std)}" if r.get("rounds", 2) > 1 and std is not None else "")
+
+
 def params_line(result: dict) -> str:
     """``params: 34,964 (paper: 34,964)``."""
     return f"params: {result['params']:,} (paper: {result['paper_params']:,})"
@@ -51,7 +57,7 @@ def table1_markdown(results: list[dict]) -> str:
         ("batch size", [str(r["batch_size"]) for r in results]),
         ("rounds", [str(r["rounds"]) for r in results]),
         ("accuracy (ours, mean ± std)",
-         [f"{pct(r['mean_accuracy'])} ± {pct(r['std_accuracy'])}" for r in results]),
+         [mean_std(r) for r in results]),
         ("accuracy (paper, Table 1)", [pct(r["paper_table1"]["accuracy"]) for r in results]),
     ]
     if any("mean_val_accuracy" in r for r in results):
@@ -94,7 +100,7 @@ def grid_markdown(grid: list[dict], key: str) -> str:
         vals = []
         for b in batches:
             g = cell.get((lr, b))
-            vals.append("" if g is None else f"{pct(g[key])} ± {pct(g[key.replace('mean', 'std')])}")
+            vals.append("" if g is None else mean_std(g, key))
         lines.append(f"| {lr:g} | " + " | ".join(vals) + " |")
     return "\n".join(lines) + "\n"
 
