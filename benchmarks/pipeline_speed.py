@@ -6,8 +6,8 @@ Three measurements on CIFAR-sized in-memory uint8 images (what ``load_dataset`` 
    per-example stateless pad+crop+flip in a parallel map, batching, prefetch) and of the
    eval pipeline, drained as fast as possible;
 2. images/s of the SiLa train step alone (``train_on_batch`` on one resident batch);
-3. ``fit`` throughput fed by the real pipeline vs fed by an already-materialised batch
-   (``take(1).cache().repeat()``), alternating in one process: the slowdown the
+3. ``fit`` throughput fed by the real pipeline vs fed by one already-materialised batch
+   (``from_tensors(batch).repeat()``), alternating in one process: the slowdown the
    pipeline causes in actual training, where it shares the CPU with the step.
 
 The goal is pipeline / train step ≥ 5× (then the pipeline needs ≤ 20 % of the CPU).
@@ -73,7 +73,8 @@ def fit_slowdown(model, x, y, batch: int, steps: int, rounds: int) -> dict:
     """Median img/s of ``fit`` with the real pipeline vs a resident batch, alternating
     (each ``fit`` call starts a fresh iterator, so its warm-up counts against the pipeline)."""
     real = train_dataset(x, y, batch, seed=0, augment="standard", epochs=10_000)
-    resident = real.take(1).cache().repeat()
+    first = next(iter(real))
+    resident = tf.data.Dataset.from_tensors(first).repeat().prefetch(tf.data.AUTOTUNE)
     fits = {"pipeline": real, "resident": resident}
     for ds in fits.values():  # trace
         model.fit(ds, steps_per_epoch=2, epochs=1, verbose=0, shuffle=False)

@@ -17,9 +17,10 @@ spin at every barrier, and on a shared (oversubscribed) CPU that made PyTorch 8Ã
 with 2 threads (5 vs 40 img/s on resnet20) â€” a measurement artefact, not its real speed.
 Set ``OMP_WAIT_POLICY=ACTIVE`` yourself on a dedicated machine to measure the other way.
 
-PyTorch always uses oneDNN for convolutions; TensorFlow turns its oneDNN kernels on by
-default only on CPUs with AVX-512-class features. On others (e.g. this AVX2 EPYC) run once
-more with ``TF_ENABLE_ONEDNN_OPTS=1`` set, which must happen before TensorFlow is imported.
+PyTorch always uses oneDNN for convolutions; on Linux TensorFlow turns its oneDNN kernels
+on by default only on CPUs with AVX512_VNNI/AVX512_BF16/AVX_VNNI/AMX. On others (e.g. an
+AVX2-only EPYC) run once more with ``TF_ENABLE_ONEDNN_OPTS=1`` set, which must happen
+before TensorFlow is imported.
 
     python benchmarks/vs_pytorch.py [--models resnet20,vgg19] [--batch-size 32] [--threads N]
 """

@@ -89,8 +89,14 @@ def export_head(model, head: int, out_dir, formats: str | Sequence[str] = art.FO
         True
     """
     from sila_keras.heads import extract_head
+    from sila_keras.precision import as_float32, is_float32, mixed_policy
 
     plan, options = _validate(model, head, formats, quantize, opset, tolerances)
+    if not is_float32(model):  # trained with --mixed-precision: deployed models are float32
+        options = {**options, "trained_precision": mixed_policy(model)}
+        _say(verbose, f"Model '{model.name}' computes in {options['trained_precision']}: "
+                      "exporting a float32 copy with the same weights")
+        model = as_float32(model)
     input_shape = tuple(int(d) for d in model.input_shape[1:])
     cal = inputs.calibration_images(calibration, input_shape)
     if any(s.quantization == "int8" for s in plan) and cal is None:

@@ -61,7 +61,8 @@ def build_manifest(*, model, head_model, head, out_dir, source, class_names, inp
         },
         "options": {"formats": list(options["formats"]), "quantize": list(options["quantize"]),
                     "opset": options["opset"], "tolerances": options["tolerances"],
-                    "planned": [s.name for s in plan]},
+                    "planned": [s.name for s in plan],
+                    "trained_precision": options.get("trained_precision", "float32")},
         "submodel_check": slice_check,
         "parity_images": {"source": image_note, "count": int(n_images)},
         "calibration": None if calibration_count is None else {

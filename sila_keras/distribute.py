@@ -89,22 +89,6 @@ def strategy_name(strategy: tf.distribute.Strategy) -> str:
     return "MultiWorkerMirroredStrategy" if name == "CollectiveAllReduceStrategy" else name
 
 
-def is_chief(strategy: tf.distribute.Strategy) -> bool:
-    """Whether this process writes the run's outputs (always, except non-chief multi-workers)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not getattr(strategy.extended, "_in_multi_worker_mode", lambda: False)():
-        return True
-    task_type, task_id = resolver.task_type, resolver.task_id
-    return task_type in (None, "chief") or (task_type == "worker" and task_id == 0
-                                            and "chief" not in resolver.cluster_spec().as_dict())
-
-
-def worker_scratch_dir(run_dir, strategy: tf.distribute.Strategy):
-    """Where a non-chief worker writes what it must (checkpoints): ``<run>/.workers/<type>_<id>``."""
-    resolver = strategy.cluster_resolver
-    return Path(run_dir) / ".workers" / f"{resolver.task_type}_{resolver.task_id}"
-
-
 # --------------------------------------------------------------------------- multi-worker
 
 

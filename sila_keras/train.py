@@ -198,9 +198,13 @@ def validate_model_name(model: str) -> None:
     get_backbone(model)
 
 
-def check_run_dir(config: TrainConfig) -> ResumeState:
+def check_run_dir(config: TrainConfig, run_dir: Path | None = None) -> ResumeState:
     """Check the run directory (read-only): refuse an existing one without ``--resume``;
     with ``--resume``, read where the run stopped.
+
+    ``run_dir`` is the folder this process writes (default ``config.run_dir``; a non-chief
+    multi-worker process passes its scratch folder, see
+    :func:`sila_keras.distribute.process_run_dir`).
 
     Raises:
         FileExistsError: the folder exists and ``--resume`` was not given.
@@ -208,7 +212,7 @@ def check_run_dir(config: TrainConfig) -> ResumeState:
     """
     from sila_keras.callbacks import ResumeCheckpoint
 
-    run_dir = config.run_dir
+    run_dir = Path(run_dir or config.run_dir)
     if run_dir.exists() and not config.resume and any(run_dir.iterdir()):
         raise FileExistsError(
             f"Run directory '{run_dir}' already exists. Add --resume to continue it, "
@@ -248,21 +252,6 @@ def create_run_dir(config: TrainConfig, run_dir: Path | None = None) -> Path:
                               "Choose a writable --out.") from None
     io.write_json(run_dir / "config.json", config.to_dict())
     return run_dir
-
-
-def set_precision(mixed: bool) -> str:
-    """Set Keras' global dtype policy: mixed_float16 on GPU, mixed_bfloat16 on CPU, else float32.
-
-    The SiLa loss, metrics and the ``sila_logits`` layer compute in float32 either way.
-    """
-    import keras
-    import tensorflow as tf
-
-    policy = "float32"
-    if mixed:
-        policy = "mixed_float16" if tf.config.list_logical_devices("GPU") else "mixed_bfloat16"
-    keras.mixed_precision.set_global_policy(policy)
-    return policy
 
 
 def load_data(config: TrainConfig):
@@ -307,14 +296,16 @@ def compile_model(model, config: TrainConfig, num_classes: int, steps: int, num_
     return model
 
 
-def make_datasets(config: TrainConfig, train_x, train_y, eval_x, eval_y, initial_epoch: int = 0):
-    """(train dataset, eval dataset, steps per epoch)."""
+def make_datasets(config: TrainConfig, train_x, train_y, eval_x, eval_y, initial_epoch: int = 0,
+                  options=None):
+    """(train dataset, eval dataset, steps per epoch); ``options``: ``tf.data.Options``
+    for both (e.g. :func:`sila_keras.distribute.dataset_options`)."""
     from sila_keras.pipeline import eval_dataset, steps_per_epoch, train_dataset
 
     steps = steps_per_epoch(len(train_y), config.batch_size)
     train = train_dataset(train_x, train_y, config.batch_size, seed=config.seed, augment=config.augment,
-                          initial_epoch=initial_epoch, epochs=config.epochs)
-    return train, eval_dataset(eval_x, eval_y, config.batch_size), steps
+                          initial_epoch=initial_epoch, epochs=config.epochs, options=options)
+    return train, eval_dataset(eval_x, eval_y, config.batch_size, options=options), steps
 
 
 def fit(model, train_ds, eval_ds, *, epochs: int, steps: int, initial_epoch: int = 0,
@@ -384,21 +375,23 @@ def run(config: TrainConfig) -> dict:
     import keras
 
     from sila_keras.callbacks import EpochLogger, NonFiniteGuard, ResumeCheckpoint
-    from sila_keras.distribute import is_chief, make_strategy, strategy_name, worker_scratch_dir
+    from sila_keras.distribute import dataset_options, make_strategy, process_run_dir, strategy_name
     from sila_keras.heads import num_heads_of
     from sila_keras.modes import after_training, prepare_data_for_mode, validate_for_mode
+    from sila_keras.multiworker import agree_on_epoch, barrier
+    from sila_keras.precision import check_mixed_precision, set_precision
 
     validate_model_name(config.model)
     validate_for_mode(config)
-    run_dir = config.run_dir
+    check_mixed_precision(config.model, config.mixed_precision)
+    # Only the chief writes the run directory; other multi-workers write (and resume from)
+    # their own scratch copy <run>/.workers/<type>_<id>, so machines need no shared disk.
+    run_dir = process_run_dir(config.run_dir, config.strategy)
+    state = check_run_dir(config, run_dir)
     t_start = time.time()
     # The strategy first: multi-worker collectives must be configured before any TF op runs.
     strategy = make_strategy(config.strategy)
-    chief = is_chief(strategy)
-    # Workers read the chief's checkpoint to resume; only the chief refuses an existing run dir.
-    state = check_run_dir(config) if chief or config.resume else ResumeState()
-    if not chief:  # only the chief writes the run directory
-        run_dir = worker_scratch_dir(config.run_dir, strategy)
+    agree_on_epoch(strategy, state.initial_epoch)  # multi-worker: all resume after the same epoch
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         import tensorflow as tf
@@ -410,10 +403,11 @@ def run(config: TrainConfig) -> dict:
           + "".join(f"\n  note: {n}" for n in data.notes), flush=True)
     set_precision(config.mixed_precision)
     train_ds, eval_ds, steps = make_datasets(config, data.train_x, data.train_y, data.test_x,
-                                             data.test_y, state.initial_epoch)
+                                             data.test_y, state.initial_epoch,
+                                             options=dataset_options(strategy))
     with strategy.scope():
         if state.initial_epoch:
-            model = keras.models.load_model(config.run_dir / CHECKPOINT_DIR / "last.keras")
+            model = keras.models.load_model(run_dir / CHECKPOINT_DIR / "last.keras")
             print(f"Resuming {run_dir} after epoch {state.initial_epoch}", flush=True)
         else:
             model = compile_model(build_model(config, data), config, data.num_classes, steps)
@@ -443,6 +437,7 @@ def run(config: TrainConfig) -> dict:
     summary = save_run(run_dir, model, config, data, logger, strategy, elapsed()["wall_time_s"])
     summary = after_training(config, model, data, run_dir, logger.rows, summary)
     io.write_json(run_dir / "summary.json", summary)
+    barrier(strategy)  # multi-worker: no process exits while a peer still needs it
     heads = "  ".join(f"head_{k} {100 * (v['final_acc'] or 0):.2f}% (best {100 * (v['best_acc'] or 0):.2f}%)"
                       for k, v in ((int(h.split('_')[1]), v) for h, v in summary["heads"].items()))
     print(f"Done: {heads}\nRun directory: {run_dir}", flush=True)
