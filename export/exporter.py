@@ -26,7 +26,7 @@ import numpy as np
 
 from export import artifacts as art
 from export import deps, inputs, outdir, parity, report
-from export.outdir import MANIFEST, prepare_out_dir
+from export.outdir import prepare_out_dir
 
 DEFAULT_QUANTIZE = ("none",)
 
@@ -117,8 +117,8 @@ def export_head(model, head: int, out_dir, formats: str | Sequence[str] = art.FO
     slice_check = inputs.verify_slice(model, reference, images, int(head))
     export_model = art.build_export_model(sub)
 
-    results, failed = {}, {}
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=out_dir))
+    results, failed, staged = {}, {}, {}
+    staging = Path(tempfile.mkdtemp(prefix=outdir.STAGING_PREFIX, dir=out_dir))
     try:
         saved_model = None
         if any(s.family == "tflite" for s in plan) and "savedmodel" not in options["formats"]:
@@ -129,33 +129,29 @@ def export_head(model, head: int, out_dir, formats: str | Sequence[str] = art.FO
                 options = {**options, "savedmodel_error": _one_line(e)}
         for spec in plan:
             _say(verbose, f"  {spec.name:15s} → {spec.file} …")
-            entry = _export_one(spec, staging, out_dir, sub, export_model, saved_model, cal, input_shape,
+            entry = _export_one(spec, staging, sub, export_model, saved_model, cal, input_shape,
                                 options, images, reference, labels, latency_runs)
-            if spec.family == "savedmodel" and "written" in entry:
-                saved_model = entry.pop("written")
-            entry.pop("written", None)
+            path = entry.pop("staged", None)
+            if spec.family == "savedmodel" and path is not None:
+                saved_model = path  # TFLite converts from the verified SavedModel
             if entry.get("error"):
                 reason = entry.pop("error")
                 failed[spec.name] = {"reason": reason, **entry}
                 _say(verbose, f"    FAILED: {reason}")
             else:
-                results[spec.name] = entry
+                results[spec.name], staged[spec.file] = entry, path
+
+        keras_acc = parity.accuracy(reference, labels) if labels is not None else None
+        manifest = report.build_manifest(
+            model=model, head_model=sub, head=int(head), out_dir=out_dir, source=source,
+            class_names=names, input_shape=input_shape, options=options, artifacts=results, failed=failed,
+            slice_check=slice_check, image_note=image_note, n_images=len(images),
+            keras_accuracy=keras_acc,
+            calibration_count=len(cal) if any(sp.quantization == "int8" for sp in plan) else None,
+            data_notes=dict(data_notes or {}), plan=plan)
+        outdir.commit(out_dir, staging, staged, [e["file"] for e in failed.values()], manifest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-    keras_acc = parity.accuracy(reference, labels) if labels is not None else None
-    manifest = report.build_manifest(
-        model=model, head_model=sub, head=int(head), out_dir=out_dir, source=source,
-        class_names=names, input_shape=input_shape, options=options, artifacts=results, failed=failed,
-        slice_check=slice_check, image_note=image_note, n_images=len(images),
-        keras_accuracy=keras_acc,
-        calibration_count=len(cal) if any(sp.quantization == "int8" for sp in plan) else None,
-        data_notes=dict(data_notes or {}), plan=plan)
-    outdir.remove_stale(out_dir, manifest)
-    from sila_keras import io
-
-    io.write_text(out_dir / "labels.txt", "\n".join(manifest["class_names"]) + "\n")
-    io.write_json(out_dir / MANIFEST, manifest)
     if verbose:
         print(report.summary_table(manifest), flush=True)
     if strict and not manifest["ok"]:
@@ -263,8 +259,11 @@ def _validate(model, head, formats, quantize, opset, tolerances):
 # --------------------------------------------------------------------------- one artifact
 
 
-def _export_one(spec, staging, out_dir, sub, export_model, saved_model, cal, input_shape, options,
+def _export_one(spec, staging, sub, export_model, saved_model, cal, input_shape, options,
                 images, reference, labels, latency_runs) -> dict:
+    """Write one artifact into ``staging`` and verify it; ``entry["staged"]`` is its path
+    (installed into the output folder only when the whole export commits), or
+    ``entry["error"]`` says why it failed."""
     from export.runtimes import open_artifact
 
     path = staging / spec.file
@@ -286,19 +285,15 @@ def _export_one(spec, staging, out_dir, sub, export_model, saved_model, cal, inp
             art.write_onnx(export_model, path, input_shape, options["opset"])
     except Exception as e:  # noqa: BLE001 - any converter failure is reported, not raised
         entry["error"] = f"conversion failed: {_one_line(e)}"
-        outdir.remove(out_dir / spec.file)
         return entry
     entry["convert_s"] = round(time.perf_counter() - t0, 2)
     entry["size_bytes"] = art.size_bytes(path)
     entry["size_mib"] = round(entry["size_bytes"] / 2**20, 3)
-    if spec.family == "savedmodel":
-        entry["written"] = path
     try:
         runner = open_artifact(spec, path)
         logits = runner.predict(images)
     except Exception as e:  # noqa: BLE001
         entry["error"] = f"could not run in {spec.runtime}: {_one_line(e)}"
-        outdir.remove(out_dir / spec.file)
         return entry
     entry["parity"] = parity.compare(reference, logits, spec.check, options["tolerances"])
     if labels is not None:
@@ -307,13 +302,10 @@ def _export_one(spec, staging, out_dir, sub, export_model, saved_model, cal, inp
         entry["input"] = runner.input_details
     if not entry["parity"]["passed"]:
         entry["error"] = parity.failure_reason(entry["parity"])
-        outdir.remove(out_dir / spec.file)
         return entry
     entry["latency"] = runner.latency_ms(images[:1], runs=latency_runs)
     del runner
-    outdir.install(path, out_dir / spec.file, staging)
-    if spec.family == "savedmodel":
-        entry["written"] = out_dir / spec.file
+    entry["staged"] = path
     return entry
 
 

@@ -1,9 +1,13 @@
 """The output folder: checked before work starts, artifacts installed only once verified.
 
 Artifacts are written into a hidden staging folder inside ``--out`` (same file
-system), then moved into place with ``os.replace``: a reader sees the previous
-artifact or the new one, never a half-written one. A folder artifact
-(``saved_model/``) replaces its predecessor by two renames.
+system) and verified there. Only when every artifact is done does the export
+*commit*: each verified artifact is moved into place with ``os.replace`` (a reader
+sees the previous artifact or the new one, never a half-written one; a folder
+artifact such as ``saved_model/`` replaces its predecessor by two renames), then
+``manifest.json`` is replaced last. A process killed before the commit leaves the
+previous export untouched; the next export into the folder removes the dead
+staging folder (restoring a ``saved_model/`` caught between its two renames).
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ from export.artifacts import ARTIFACTS
 from export.report import MANIFEST_KIND
 
 MANIFEST = "manifest.json"
+LABELS = "labels.txt"
+STAGING_PREFIX = ".staging-"
+OLD_PREFIX = ".old-"
 
 
 def prepare_out_dir(out_dir) -> Path:
@@ -38,6 +45,7 @@ def prepare_out_dir(out_dir) -> Path:
             f"Cannot write to the output folder '{out}' ({e.strerror or type(e).__name__}). "
             f"Pass a writable --out DIR. Received: out={str(out_dir)!r}"
         ) from None
+    recover(out)
     foreign = [s.file for s in ARTIFACTS.values() if (out / s.file).exists()]
     if foreign and not previous_manifest(out):
         raise ValueError(
@@ -46,6 +54,40 @@ def prepare_out_dir(out_dir) -> Path:
             f"Received: out={str(out_dir)!r}"
         )
     return out
+
+
+def recover(out: Path) -> list[str]:
+    """Clean up after an export that was killed: put back any folder artifact caught
+    between the two renames of its swap, delete staging folders and temp files.
+
+    Returns what was restored (names), for tests and messages.
+    """
+    restored = []
+    for staging in sorted(out.glob(f"{STAGING_PREFIX}*")):
+        for old in staging.glob(f"{OLD_PREFIX}*"):
+            dest = out / old.name[len(OLD_PREFIX):]
+            if not dest.exists():
+                os.replace(old, dest)
+                restored.append(dest.name)
+        shutil.rmtree(staging, ignore_errors=True)
+    for name in (MANIFEST, LABELS):  # temp files of sila_keras.io's atomic writes
+        for tmp in out.glob(f".{name}.*"):
+            tmp.unlink(missing_ok=True)
+    return restored
+
+
+def commit(out: Path, staging: Path, staged: dict[str, Path], failed_files, manifest: dict) -> None:
+    """Install the verified artifacts, drop failed and stale ones, write labels and manifest."""
+    from sila_keras import io
+
+    for file, path in staged.items():
+        install(path, out / file, staging)
+    for file in failed_files:  # an older artifact of the same name would now be misdescribed
+        if file not in staged:
+            remove(out / file)
+    remove_stale(out, manifest)
+    io.write_text(out / LABELS, "\n".join(manifest["class_names"]) + "\n")
+    io.write_json(out / MANIFEST, manifest)
 
 
 def previous_manifest(out: Path) -> dict | None:
@@ -65,7 +107,7 @@ def install(src: Path, dest: Path, staging: Path) -> None:
     if src.is_dir():
         old = None
         if dest.exists():
-            old = staging / f".old-{dest.name}"
+            old = staging / f"{OLD_PREFIX}{dest.name}"
             os.replace(dest, old)
         os.replace(src, dest)
         if old is not None:

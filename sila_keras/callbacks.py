@@ -2,9 +2,12 @@
 crash-safe checkpoints for ``--resume``, and a non-finite loss guard.
 
 Order of writes at the end of epoch e: ``metrics.csv`` (atomic), then the
-checkpoint ``checkpoints/last.keras`` (atomic), then ``checkpoints/state.json``
-(atomic; names the completed epoch). A resumed run trusts ``state.json`` and
-drops any ``metrics.csv`` row beyond it, so no epoch is lost or logged twice.
+checkpoint ``checkpoints/epoch-<e>.keras`` (atomic), then ``checkpoints/state.json``
+(atomic; names the completed epoch *and* its model file), then the previous epoch's
+model file is deleted. ``state.json`` is the commit point: a process killed anywhere
+in between leaves a ``state.json`` whose model file exists and matches it. A resumed
+run trusts ``state.json`` and drops any ``metrics.csv`` row beyond it, so no epoch is
+lost or logged twice.
 """
 
 from __future__ import annotations
@@ -114,10 +117,15 @@ class EpochLogger(keras.callbacks.Callback):
 
 
 class ResumeCheckpoint(keras.callbacks.Callback):
-    """Saves the whole model (weights + optimizer state) after every epoch, atomically.
+    """Saves the whole model (weights + optimizer state) after every epoch, crash-safe.
 
-    Files: ``<dir>/last.keras`` and ``<dir>/state.json`` (``{"epoch": completed}``).
+    Files: ``<dir>/epoch-<e>.keras`` (the newest only) and ``<dir>/state.json``
+    (``{"epoch": e, "model": "epoch-<e>.keras", ...}``), written in that order, each
+    atomically; ``state.json`` commits the checkpoint (see the module docstring).
     """
+
+    STATE = "state.json"
+    LEGACY_MODEL = "last.keras"  # checkpoints written before state.json named its model
 
     def __init__(self, directory, extra_state=None, guard: NonFiniteGuard | None = None):
         super().__init__()
@@ -128,16 +136,30 @@ class ResumeCheckpoint(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self.guard is not None and self.guard.failure:
             return  # keep the last good checkpoint
-        with io.atomic_path(self.dir / "last.keras", suffix=".keras") as tmp:
+        name = f"epoch-{epoch + 1:04d}.keras"
+        with io.atomic_path(self.dir / name, suffix=".keras") as tmp:
             self.model.save(tmp)
-        io.write_json(self.dir / "state.json", {"epoch": epoch + 1, **self.extra_state()})
+        io.write_json(self.dir / self.STATE, {"epoch": epoch + 1, "model": name, **self.extra_state()})
+        # Older epochs, and temp files of writes a killed process never finished.
+        for old in [*self.dir.glob("epoch-*.keras"), *self.dir.glob(".epoch-*"),
+                    *self.dir.glob(f".{self.STATE}.*"), self.dir / self.LEGACY_MODEL]:
+            if old.name != name and old.exists():
+                old.unlink()
 
-    @staticmethod
-    def load_state(directory) -> dict | None:
-        path = Path(directory) / "state.json"
-        if not path.exists() or not (Path(directory) / "last.keras").exists():
+    @classmethod
+    def load_state(cls, directory) -> dict | None:
+        """The committed state (``epoch``, ``model``: the model file's path), or None."""
+        path = Path(directory) / cls.STATE
+        if not path.exists():
             return None
-        return json.loads(path.read_text())
+        state = json.loads(path.read_text())
+        model = Path(directory) / state.get("model", cls.LEGACY_MODEL)
+        if not model.exists():
+            raise FileNotFoundError(
+                f"Checkpoint '{path}' names the model file '{model.name}', which is missing. "
+                "Restore it from a backup, or start the run again under another --name."
+            )
+        return {**state, "model": model}
 
 
 def _pct(v) -> str:

@@ -182,6 +182,7 @@ class TrainingFailed(RuntimeError):
 @dataclass
 class ResumeState:
     initial_epoch: int = 0
+    checkpoint: Path | None = None  # the committed model file to resume from
     rows: list | None = None
     wall_time_s: float = 0.0
 
@@ -232,6 +233,7 @@ def check_run_dir(config: TrainConfig, run_dir: Path | None = None) -> ResumeSta
         ck = ResumeCheckpoint.load_state(run_dir / CHECKPOINT_DIR)
         if ck:
             state.initial_epoch = int(ck["epoch"])
+            state.checkpoint = ck["model"]
             state.wall_time_s = float(ck.get("wall_time_s", 0.0))
             metrics = run_dir / "metrics.csv"
             rows = io.read_csv(metrics) if metrics.exists() else []
@@ -407,7 +409,7 @@ def run(config: TrainConfig) -> dict:
                                              options=dataset_options(strategy))
     with strategy.scope():
         if state.initial_epoch:
-            model = keras.models.load_model(run_dir / CHECKPOINT_DIR / "last.keras")
+            model = keras.models.load_model(state.checkpoint)
             print(f"Resuming {run_dir} after epoch {state.initial_epoch}", flush=True)
         else:
             model = compile_model(build_model(config, data), config, data.num_classes, steps)

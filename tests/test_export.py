@@ -413,3 +413,55 @@ def test_cli_subprocess_bad_head(trained_run):
     assert proc.returncode == 2
     assert "sila-export: error: Head index out of range" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# --------------------------------------------------------------------------- killed exports
+
+KILL_IN_TFLITE = r"""
+import os, signal, sys
+from export import artifacts
+from export.cli import main
+
+def killed(*args, **kwargs):  # SIGKILL mid-export: keras and savedmodel already staged
+    os.kill(os.getpid(), signal.SIGKILL)
+
+artifacts.write_tflite = killed
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and not p.relative_to(folder).parts[0].startswith(".")}
+
+
+@pytest.mark.slow
+def test_sigkill_during_export_leaves_the_previous_export_intact(trained_run, tmp_path):
+    out = tmp_path / "h2"
+    args = [str(trained_run), "--head", "2", "--formats", "keras,savedmodel,tflite", "--latency-runs", "1",
+            "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    before = _snapshot(out)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, "-c", KILL_IN_TFLITE, *args], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert _snapshot(out) == before  # nothing replaced: the commit never happened
+    assert [p.name for p in out.iterdir() if p.name.startswith(".staging-")]  # the dead staging folder
+    assert main(args) == 0  # the next export cleans up and completes
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    assert json.loads((out / "manifest.json").read_text())["ok"]
+
+
+def test_recover_restores_a_folder_artifact_caught_mid_swap(tmp_path):
+    """Killed between the two renames of the saved_model/ swap: the old folder is put back."""
+    from export import outdir
+
+    staging = tmp_path / ".staging-dead"
+    (staging / ".old-saved_model").mkdir(parents=True)
+    (staging / ".old-saved_model" / "saved_model.pb").write_bytes(b"old")
+    (staging / "model.tflite").write_bytes(b"half")
+    (tmp_path / ".manifest.json.abc.tmp").write_text("{")
+    assert outdir.recover(tmp_path) == ["saved_model"]
+    assert (tmp_path / "saved_model" / "saved_model.pb").read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["saved_model"]

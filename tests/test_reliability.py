@@ -25,7 +25,7 @@ def test_non_finite_loss_stops_with_a_clear_message(capsys, tiny_folder, tmp_pat
     err = capsys.readouterr().err
     assert rc == 3
     assert "epoch 1, batch 1" in err and "--lr" in err and "--beta" in err
-    assert not (tmp_path / "nan" / "checkpoints" / "last.keras").exists()  # no NaN checkpoint
+    assert not list((tmp_path / "nan" / "checkpoints").glob("*.keras"))  # no NaN checkpoint
     assert not (tmp_path / "nan" / "model.keras").exists()
 
 
@@ -119,3 +119,71 @@ def test_disk_full_during_write_leaves_old_file_intact(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert target.read_text() == "epoch\n1\n"
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.csv"]  # no temp file left behind
+
+
+# --------------------------------------------------------------------------- SIGKILL at the worst moments
+
+KILLER = r"""
+import os, signal, sys
+from pathlib import Path
+
+import keras
+
+from sila_keras import io
+from sila_keras.train import main
+
+point, epoch = sys.argv[1], int(sys.argv[2])
+if point == "before_commit":  # epoch's model file in place, state.json not yet written
+    write_json = io.write_json
+
+    def patched(path, obj):
+        if Path(path).name == "state.json" and obj.get("epoch") == epoch:
+            os.kill(os.getpid(), signal.SIGKILL)
+        write_json(path, obj)
+
+    io.write_json = patched
+else:  # "mid_save": half of the epoch's model file written
+    save = keras.Model.save
+
+    def patched(self, filepath, *args, **kwargs):
+        save(self, filepath, *args, **kwargs)
+        if Path(filepath).name.startswith(".epoch-%04d.keras" % epoch):
+            data = Path(filepath).read_bytes()
+            Path(filepath).write_bytes(data[: len(data) // 2])
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    keras.Model.save = patched
+sys.exit(main(sys.argv[3:]))
+"""
+
+RUN3 = ["resnet20", "--epochs", "3", "--batch-size", "6", "--milestones", "2", "--gamma", "0.5",
+        "--deterministic", "--seed", "3", "--verbose", "0"]
+
+
+def _rows(path):
+    with open(path) as f:
+        return [{k: v for k, v in r.items() if k != "time_s"} for r in csv.DictReader(f)]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("whole")
+    assert main([f"folder:{tiny_folder}", *RUN3, "--out", str(out), "--name", "whole"]) == 0
+    return _rows(out / "whole" / "metrics.csv")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["before_commit", "mid_save"])
+def test_sigkill_during_checkpoint_write_resumes_exactly(point, tiny_folder, tmp_path, uninterrupted):
+    """Killed while epoch 2's checkpoint is written: --resume redoes epoch 2 from the epoch-1
+    checkpoint and ends with the same metrics, epoch by epoch, as a run never killed."""
+    args = [f"folder:{tiny_folder}", *RUN3, "--out", str(tmp_path), "--name", "k"]
+    proc = subprocess.run([sys.executable, "-c", KILLER, point, "2", *args], env=ENV,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    ck = tmp_path / "k" / "checkpoints"
+    state = json.loads((ck / "state.json").read_text())
+    assert state["epoch"] == 1 and state["model"] == "epoch-0001.keras" and (ck / state["model"]).is_file()
+    assert main([*args, "--resume"]) == 0
+    assert _rows(tmp_path / "k" / "metrics.csv") == uninterrupted
+    assert sorted(p.name for p in ck.iterdir()) == ["epoch-0003.keras", "state.json"]  # no temp left

@@ -35,8 +35,10 @@ def finished_run(cifar_folder, tmp_path_factory):
 
 def test_run_directory_is_complete(finished_run):
     for name in ("config.json", "metrics.csv", "summary.json", "model.keras", "labels.txt",
-                 "curves.png", "checkpoints/last.keras", "checkpoints/state.json"):
+                 "curves.png", "checkpoints/epoch-0002.keras", "checkpoints/state.json"):
         assert (finished_run / name).is_file(), name
+    assert sorted(p.name for p in (finished_run / "checkpoints").iterdir()) == ["epoch-0002.keras", "state.json"]
+    assert json.loads((finished_run / "checkpoints" / "state.json").read_text())["model"] == "epoch-0002.keras"
     assert any((finished_run / "tensorboard").rglob("events.out.tfevents*"))
     config = json.loads((finished_run / "config.json").read_text())
     assert config["model"] == "resnet20" and config["heads"] == 3 and config["beta"] == 0.1
