@@ -291,6 +291,43 @@ def test_grid_selects_and_says_how(idx_dir, tmp_path, monkeypatch, capsys):
     assert "selected on mean TEST accuracy, which is what the paper did" in capsys.readouterr().out
 
 
+def test_killed_grid_resumes_finished_configurations(idx_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "GRID_LRS", (0.001, 0.05))
+    monkeypatch.setattr(cli, "GRID_BATCHES", (20,))
+    out = tmp_path / "grid"
+    argv = ["--arch", "fc", "--grid", "--rounds", "1", "--epochs", "1", "--pairs", "20",
+            "--mnist-dir", str(idx_dir), "--out", str(out)]
+    real, calls = cli._run_one, []
+
+    def interrupted_second(config, pools, position=""):
+        calls.append(config.lr)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # Ctrl-C during the second configuration
+        return real(config, pools, position)
+
+    monkeypatch.setattr(cli, "_run_one", interrupted_second)
+    assert main(argv) == 130
+    first = json.loads((out / "grid.json").read_text())
+    assert not first["complete"] and len(first["grid"]) == 1 and len(list((out / "done").iterdir())) == 1
+    assert main(argv) == 2 and "Add --resume" in capsys.readouterr().err  # never overwritten
+
+    calls.clear()
+    monkeypatch.setattr(cli, "_run_one", lambda c, p, pos="": calls.append(c.lr) or real(c, p, pos))
+    assert main([*argv, "--resume"]) == 0
+    assert calls == [0.05]  # only the unfinished configuration ran again
+    grid = json.loads((out / "grid.json").read_text())
+    assert grid["complete"] and [g["lr"] for g in grid["grid"]] == [0.001, 0.05]
+    assert grid["grid"][0]["accuracies"] == first["grid"][0]["accuracies"]
+    assert "finished earlier, loaded from" in capsys.readouterr().out
+
+
+def test_resume_needs_an_earlier_run(idx_dir, tmp_path, capsys):
+    assert main(["--arch", "fc", "--resume", "--mnist-dir", str(idx_dir)]) == 2
+    assert "--resume needs --out" in capsys.readouterr().err
+    assert main(["--arch", "fc", "--resume", "--mnist-dir", str(idx_dir), "--out", str(tmp_path / "x")]) == 2
+    assert "Cannot resume" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
 # --------------------------------------------------------------------------- bad input
 
 

@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--data-dir", default=None, help="tfds data_dir with a prepared 'mnist'")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", default=None, help="output folder (default runs/pairs/<mode>-<time>)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue a killed run in --out: configurations it finished are loaded from "
+                        "<out>/done/, the others are run")
     g.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
@@ -112,6 +115,33 @@ def run(args: argparse.Namespace) -> int:
     else:
         _run_single(configs[0], pools, out)
     return 0
+
+
+DONE_DIR = "done"
+
+
+def _done_path(config, out: Path) -> Path:
+    import hashlib
+    import json
+
+    key = hashlib.sha1(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+    return out / DONE_DIR / f"{config.effective_arch}-{key}.json"
+
+
+def _run_or_load(config, pools, out: Path, position: str = "") -> dict:
+    """The result of one configuration: loaded from ``<out>/done/`` when an earlier (killed)
+    run in ``out`` finished it with the same settings and data, else run and saved there
+    (atomically) before anything else happens."""
+    path = _done_path(config, out)
+    if path.is_file():
+        saved = io.read_json(path)
+        if saved.get("config") == config.to_dict() and saved.get("data") == pools.source:
+            print(f"{position}{config.label} lr {config.lr:g} b {config.batch_size}: finished earlier, "
+                  f"loaded from {path}", flush=True)
+            return saved["result"]
+    result = _run_one(config, pools, position)
+    io.write_json(path, {"config": config.to_dict(), "data": pools.source, "result": result})
+    return io.read_json(path)["result"]  # the same JSON form whether run now or loaded
 
 
 def configs_from_args(args: argparse.Namespace) -> tuple[str, list]:
@@ -162,12 +192,23 @@ def _quiet_tf_warnings() -> None:
 def _out_dir(args) -> Path:
     mode = "table" if args.table else ("grid-" if args.grid else "") + (args.arch or "")
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    if args.resume:
+        if not args.out:
+            raise ValueError("--resume needs --out: the folder of the run to continue.")
+        if not (Path(args.out) / DONE_DIR).is_dir():
+            raise FileNotFoundError(f"Cannot resume: '{Path(args.out) / DONE_DIR}' not found (no finished "
+                                    "configuration to continue from). Run without --resume.")
+        return Path(args.out)
     out = Path(args.out) if args.out else Path("runs") / "pairs" / f"{mode}-{stamp}"
-    existing = [n for n in ("results.json", "table.json", "grid.json") if (out / n).exists()]
+    existing = [n for n in ("results.json", "table.json", "grid.json", DONE_DIR) if (out / n).exists()]
     if existing:
         raise FileExistsError(f"'{out}' already holds {', '.join(existing)}; nothing is overwritten. "
-                              "Choose another --out.")
-    out.mkdir(parents=True, exist_ok=True)
+                              "Add --resume to continue that run, or choose another --out.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PermissionError(f"Cannot create the output folder '{out}': {e.strerror}. "
+                              "Choose a writable --out.") from None
     return out
 
 
@@ -213,7 +254,7 @@ def _run_one(config, pools, position: str = ""):
 def _run_single(config, pools, out: Path) -> dict:
     from sila_keras.pairs import report
 
-    result = _run_one(config, pools)
+    result = _run_or_load(config, pools, out)
     table = report.table1_markdown([result])
     files = report.write_run(out, result, table)
     print(report.result_line(result))
@@ -232,7 +273,7 @@ def _run_table(configs, pools, out: Path) -> list[dict]:
 
     results = []
     for i, config in enumerate(configs, start=1):
-        result = _run_one(config, pools, f"[{i}/{len(configs)}] ")
+        result = _run_or_load(config, pools, out, f"[{i}/{len(configs)}] ")
         report.write_run(out / _slug(config), result, report.table1_markdown([result]))
         print(report.result_line(result), flush=True)
         results.append(result)
@@ -276,7 +317,7 @@ def _run_grid(configs, pools, out: Path, honest: bool) -> dict:
     key = "mean_val_accuracy" if honest else "mean_accuracy"
     grid, results = [], []
     for i, config in enumerate(configs, start=1):
-        result = _run_one(config, pools, f"[{i}/{len(configs)}] ")
+        result = _run_or_load(config, pools, out, f"[{i}/{len(configs)}] ")
         print(report.result_line(result), flush=True)
         results.append(result)
         grid.append(_summary(result))
