@@ -373,7 +373,22 @@ def _f(v):
 
 
 def run(config: TrainConfig) -> dict:
-    """Train (or resume) one run end to end; returns the summary dict."""
+    """Train (or resume) one run end to end; returns the summary dict.
+
+    ``--deterministic`` switches TensorFlow's process-wide op determinism on for the run
+    and back off afterwards, so an in-process caller (a notebook, the tests) is left as it was.
+    """
+    from tensorflow.python.framework import config as tf_config
+
+    was_deterministic = tf_config.is_op_determinism_enabled()
+    try:
+        return _run(config)
+    finally:
+        if config.deterministic and not was_deterministic:
+            tf_config.disable_op_determinism()
+
+
+def _run(config: TrainConfig) -> dict:
     import keras
 
     from sila_keras.callbacks import EpochLogger, NonFiniteGuard, ResumeCheckpoint
