@@ -36,8 +36,6 @@ import keras
 import numpy as np
 from keras import layers
 
-from sila_keras.models.registry import get_backbone
-
 HOLDOUT_FRACTION = 0.1
 
 
@@ -67,22 +65,9 @@ def build_dynamic_model(backbone: str, num_classes: int, input_shape: Sequence[i
         >>> m.output.shape
         (None, 20)
     """
-    from sila_keras.heads import normalizer
+    from sila_keras.heads import build_backbone
 
-    spec = get_backbone(backbone)
-    if int(num_classes) < 2:
-        raise ValueError(f"`num_classes` must be >= 2. Received: num_classes={num_classes}")
-    input_shape = tuple(int(d) for d in input_shape)
-    if len(input_shape) != 3:
-        raise ValueError(f"`input_shape` must be (H, W, C). Received: input_shape={input_shape}")
-    if min(input_shape[:2]) < spec.min_input_size:
-        raise ValueError(
-            f"Backbone '{backbone}' needs inputs of at least {spec.min_input_size}×"
-            f"{spec.min_input_size} pixels. Received: input_shape={input_shape}."
-        )
-    inputs = keras.Input(input_shape, name="image")
-    x = normalizer(input_shape[-1], mean, std)(inputs)
-    out = spec.builder(x, int(num_classes), **backbone_kwargs)
+    inputs, out = build_backbone(backbone, num_classes, input_shape, mean, std, **backbone_kwargs)
     if not out.exits:
         raise ValueError(
             f"--mode dynamic needs a multi-exit backbone (one with early-exit classifiers, "

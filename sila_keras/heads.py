@@ -84,6 +84,31 @@ def assemble(inputs, base_logits, taps: Sequence[Tap], num_heads: int, num_class
     return keras.Model(inputs, sila_logits, name=name)
 
 
+def build_backbone(backbone: str, num_classes: int, input_shape: Sequence[int] = (32, 32, 3),
+                   mean=None, std=None, **backbone_kwargs):
+    """``(inputs, BackboneOutput)``: a validated ``image`` input (raw pixels), normalized
+    inside, through the registered backbone ``backbone`` (logits, taps, exits).
+
+    Raises:
+        ValueError: unknown backbone, ``num_classes`` < 2, a bad or too small input shape.
+    """
+    spec = get_backbone(backbone)
+    if int(num_classes) < 2:
+        raise ValueError(f"`num_classes` must be >= 2. Received: num_classes={num_classes}")
+    input_shape = tuple(int(d) for d in input_shape)
+    if len(input_shape) != 3:
+        raise ValueError(f"`input_shape` must be (H, W, C). Received: input_shape={input_shape}")
+    if min(input_shape[:2]) < spec.min_input_size:
+        raise ValueError(
+            f"Backbone '{backbone}' needs inputs of at least {spec.min_input_size}×"
+            f"{spec.min_input_size} pixels (it downsamples that much). "
+            f"Received: input_shape={input_shape}. Resize the images or pick another backbone."
+        )
+    inputs = keras.Input(input_shape, name="image")
+    x = normalizer(input_shape[-1], mean, std)(inputs)
+    return inputs, spec.builder(x, int(num_classes), **backbone_kwargs)
+
+
 def build_sila_model(backbone: str, num_classes: int, num_heads: int = 3,
                      input_shape: Sequence[int] = (32, 32, 3), mean=None, std=None,
                      name: str | None = None, **backbone_kwargs) -> keras.Model:
@@ -112,21 +137,7 @@ def build_sila_model(backbone: str, num_classes: int, num_heads: int = 3,
         >>> m.output.shape
         (None, 30)
     """
-    spec = get_backbone(backbone)
-    if int(num_classes) < 2:
-        raise ValueError(f"`num_classes` must be >= 2. Received: num_classes={num_classes}")
-    input_shape = tuple(int(d) for d in input_shape)
-    if len(input_shape) != 3:
-        raise ValueError(f"`input_shape` must be (H, W, C). Received: input_shape={input_shape}")
-    if min(input_shape[:2]) < spec.min_input_size:
-        raise ValueError(
-            f"Backbone '{backbone}' needs inputs of at least {spec.min_input_size}×"
-            f"{spec.min_input_size} pixels (it downsamples that much). "
-            f"Received: input_shape={input_shape}. Resize the images or pick another backbone."
-        )
-    inputs = keras.Input(input_shape, name="image")
-    x = normalizer(input_shape[-1], mean, std)(inputs)
-    out = spec.builder(x, int(num_classes), **backbone_kwargs)
+    inputs, out = build_backbone(backbone, num_classes, input_shape, mean, std, **backbone_kwargs)
     return assemble(inputs, out.logits, out.taps, num_heads, int(num_classes),
                     name or f"sila_{backbone}", model_name=f"Backbone '{backbone}'")
 
