@@ -16,14 +16,21 @@ Public API::
 CLI: ``python -m export SOURCE --head K|all …`` (see :mod:`export.cli`, ``docs/export.md``).
 """
 
-from export.artifacts import ARTIFACTS, FORMATS, QUANTIZATIONS, ArtifactSpec
-from export.deps import INSTALL_HINT, MissingDependencyError
-from export.exporter import ExportFailed, export_head, export_heads
-from export.parity import DEFAULT_TOLERANCES
-from export.source import ExportSource, load_source
+import importlib
 
-__all__ = [
-    "ARTIFACTS", "DEFAULT_TOLERANCES", "FORMATS", "INSTALL_HINT", "QUANTIZATIONS", "ArtifactSpec",
-    "ExportFailed", "ExportSource", "MissingDependencyError", "export_head", "export_heads",
-    "load_source",
-]
+# Name → module; imported on first use so ``sila-export --help`` does not load TensorFlow.
+_EXPORTS = {
+    **dict.fromkeys(("ARTIFACTS", "FORMATS", "QUANTIZATIONS", "ArtifactSpec"), "export.artifacts"),
+    **dict.fromkeys(("INSTALL_HINT", "MissingDependencyError"), "export.deps"),
+    **dict.fromkeys(("ExportFailed", "export_head", "export_heads"), "export.exporter"),
+    "DEFAULT_TOLERANCES": "export.parity",
+    **dict.fromkeys(("ExportSource", "load_source"), "export.source"),
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'export' has no attribute '{name}'")

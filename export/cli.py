@@ -1,17 +1,18 @@
 """``python -m export SOURCE --head K|all [options]`` (also ``sila-export``).
 
-Exit status: 0 every artifact written and verified; 1 an artifact failed its
-conversion or parity check (it is not left in ``--out``; ``manifest.json`` says
-why); 2 bad input (one ``sila-export: error: …`` line on stderr).
+Exit status (:mod:`sila_keras.cli`): 0 every artifact written and verified; 3 an artifact
+failed its conversion or parity check (it is not left in ``--out``; ``manifest.json`` says
+why); 2 bad input (one ``sila-export: error: …`` line on stderr); 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import traceback
 from pathlib import Path
+
+from sila_keras.cli import Command, HelpFormatter, run_command
+from sila_keras.errors import ConfigError, RunFailed
 
 PROG = "sila-export"
 
@@ -25,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Export one head of a trained SiLa model (SilaNet, Gan et al.) to Keras, "
                     "SavedModel, TFLite (float32/float16/dynamic-range/int8) and ONNX. Each artifact "
                     "is run in its own runtime and checked against the Keras head before it is kept.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("source", help="a run directory written by sila-train (model.keras, config.json, "
                                   "labels.txt, summary.json) or a .keras file")
@@ -63,31 +64,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI entry point. Returns the exit status (0 ok, 1 an artifact failed, 2 bad input)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    args = build_parser().parse_args(argv)
-    from export.deps import MissingDependencyError
+INTERRUPTED_HINT = "Nothing half-written is left in the output folder."
 
-    try:
-        result = run(args)
-    except (ValueError, TypeError, FileNotFoundError, PermissionError, MissingDependencyError) as e:
-        if args.debug:
-            traceback.print_exc()
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
-    except RuntimeError as e:  # e.g. the extracted head does not reproduce sila_logits
-        if args.debug:
-            traceback.print_exc()
-        print(f"{PROG}: failed: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; nothing half-written is left in the output folder.", file=sys.stderr)
-        return 130
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point. Returns the exit status (0 ok, 2 bad input, 3 an artifact failed,
+    130 interrupted)."""
+    return run_command(Command(PROG, build_parser, _main, INTERRUPTED_HINT), argv)
+
+
+def _main(args: argparse.Namespace) -> None:
+    result = run(args)
     if not result["ok"]:
-        print(f"{PROG}: {result['message']}", file=sys.stderr)
-        return 1
-    return 0
+        raise RunFailed(result["message"])
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -99,7 +88,7 @@ def run(args: argparse.Namespace) -> dict:
                                      parity.parse_tolerances(args.tolerance))
     for flag in ("calibration_samples", "eval_samples", "parity_samples", "latency_runs"):
         if getattr(args, flag) < 1:
-            raise ValueError(f"`--{flag.replace('_', '-')}` must be >= 1. Received: {getattr(args, flag)}")
+            raise ConfigError(f"`--{flag.replace('_', '-')}` must be >= 1. Received: {getattr(args, flag)}")
     heads = _parse_head(args.head)
     src = load_source(args.source)
     for k in heads or []:
@@ -141,7 +130,7 @@ def _parse_head(value: str) -> list[int] | None:
     try:
         return [int(value)]
     except ValueError:
-        raise ValueError(f"`--head` must be a head number (1 = base model) or 'all'. "
+        raise ConfigError(f"`--head` must be a head number (1 = base model) or 'all'. "
                          f"Received: --head {value}") from None
 
 

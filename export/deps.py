@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib.util
 
+from sila_keras.errors import DependencyError
+
 INSTALL_HINT = "pip install 'sila-keras[export]'"
 
 # artifact family → modules it needs (import names).
@@ -18,8 +20,8 @@ REQUIREMENTS: dict[str, tuple[str, ...]] = {
 }
 
 
-class MissingDependencyError(ImportError):
-    """An optional package needed for the requested formats is not installed."""
+class MissingDependencyError(DependencyError):
+    """An optional package needed for the requested formats is not installed (exit 2)."""
 
 
 def missing_modules(family: str) -> list[str]:

@@ -27,12 +27,13 @@ import numpy as np
 from export import artifacts as art
 from export import deps, inputs, outdir, parity, report
 from export.outdir import prepare_out_dir
+from sila_keras.errors import RunFailed
 
 DEFAULT_QUANTIZE = ("none",)
 
 
-class ExportFailed(RuntimeError):
-    """Raised by :func:`export_head` with ``strict=True`` when an artifact failed."""
+class ExportFailed(RunFailed):
+    """Raised by :func:`export_head` with ``strict=True`` when an artifact failed (exit 3)."""
 
     def __init__(self, message: str, manifest: dict):
         super().__init__(message)

@@ -19,9 +19,10 @@ from pathlib import Path
 
 from export.artifacts import ARTIFACTS
 from export.report import MANIFEST_KIND
+from sila_keras.rundir import RunDir
 
 MANIFEST = "manifest.json"
-LABELS = "labels.txt"
+LABELS = RunDir.LABELS
 STAGING_PREFIX = ".staging-"
 OLD_PREFIX = ".old-"
 

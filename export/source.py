@@ -15,7 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-MODEL_FILE = "model.keras"
+from sila_keras.rundir import RunDir
+
+MODEL_FILE = RunDir.MODEL
 
 
 @dataclass
@@ -51,7 +53,7 @@ class ExportSource:
     @property
     def default_out(self) -> Path:
         """``<run>/export`` (or ``export/`` beside a bare ``.keras`` file)."""
-        return (self.run_dir or self.model_path.parent) / "export"
+        return (self.run_dir or self.model_path.parent) / RunDir.EXPORT
 
 
 def load_source(source: str | os.PathLike) -> ExportSource:
@@ -87,8 +89,8 @@ def load_source(source: str | os.PathLike) -> ExportSource:
         raise PermissionError(f"Cannot read '{path}': permission denied. Received: SOURCE={str(source)!r}")
     model = _load_model(path)
     num_heads_of(model)  # raises ValueError when there is no sila_logits layer
-    config = _read_json(run_dir / "config.json") if run_dir else {}
-    summary = _read_json(run_dir / "summary.json") if run_dir else {}
+    config = _read_json(RunDir(run_dir).config_path) if run_dir else {}
+    summary = RunDir(run_dir).read_summary() if run_dir else {}
     names, notes = _class_names(model, path, summary)
     return ExportSource(model, path, run_dir, names, config, summary, notes)
 
@@ -125,10 +127,10 @@ def num_classes_of(model) -> int:
 
 def _class_names(model, model_path: Path, summary: dict) -> tuple[list[str], list[str]]:
     n = num_classes_of(model)
-    labels = model_path.parent / "labels.txt"
+    labels = RunDir(model_path.parent).read_labels()
     candidates = []
-    if labels.is_file():
-        candidates.append(labels.read_text().splitlines())
+    if labels:
+        candidates.append(labels)
     data_names = (summary.get("data") or {}).get("class_names")
     if data_names:
         candidates.append(list(data_names))

@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import traceback
 from collections.abc import Sequence
 from pathlib import Path
+
+from sila_keras.cli import Command, HelpFormatter, run_command
+from sila_keras.rundir import RunDir
 
 DEFAULT_SIGMAS = (0.0, 0.005, 0.01, 0.02)
 CSV_COLUMNS = ("run", "label", "head", "sigma", "trials", "base_nll", "delta_nll_mean",
@@ -39,11 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="sila-analyze",
         description="Analyses of trained sila_keras runs (paper B §4.3).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     n = sub.add_parser(
-        "noise", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "noise", formatter_class=HelpFormatter,
         help="training NLL change under Gaussian weight noise (paper B Fig. 7b)",
         description="Paper B Fig. 7b: add Gaussian noise of std σ to all trainable weights of "
                     "each run's classifier and report the change in training-set NLL (mean ± std "
@@ -60,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated legend labels, one per run (default: name + method)")
     n.add_argument("--batch-size", type=int, default=256)
     n.add_argument("--seed", type=int, default=0, help="seed of the noise and of --limit")
-    n.add_argument("--out", default=None, help="output folder for noise.csv and noise.png")
+    n.add_argument("--out", default=None, help=f"output folder for {RunDir.NOISE} and {RunDir.NOISE_PLOT}")
     n.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
@@ -77,41 +79,32 @@ def _strings(s: str) -> tuple[str, ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point. Returns 0 on success, 2 on bad input."""
-    args = build_parser().parse_args(argv)
-    try:
-        if args.command == "noise":
-            rows = noise_analysis(args.runs, sigmas=args.sigmas, trials=args.trials,
-                                  limit=args.limit, head=args.head, labels=args.labels,
-                                  batch_size=args.batch_size, seed=args.seed, out=args.out)
-            out = Path(rows[0]["out"]) if rows else Path(".")
-            print(f"Wrote {out / 'noise.csv'} and {out / 'noise.png'}")
-        return 0
-    except (ValueError, TypeError, FileNotFoundError, PermissionError) as e:
-        if args.debug:
-            traceback.print_exc()
-        print(f"sila-analyze: error: {e}", file=sys.stderr)
-        return 2
+    """CLI entry point. Returns 0 on success, 2 on bad input (see :mod:`sila_keras.cli`)."""
+    return run_command(Command("sila-analyze", build_parser, _main), argv)
+
+
+def _main(args: argparse.Namespace) -> None:
+    if args.command == "noise":
+        rows = noise_analysis(args.runs, sigmas=args.sigmas, trials=args.trials,
+                              limit=args.limit, head=args.head, labels=args.labels,
+                              batch_size=args.batch_size, seed=args.seed, out=args.out)
+        out = Path(rows[0]["out"]) if rows else Path(".")
+        print(f"Wrote {out / RunDir.NOISE} and {out / RunDir.NOISE_PLOT}")
 
 
 # --------------------------------------------------------------------------- runs
 
 
 def check_run_dir(run_dir) -> Path:
-    """A run directory with ``model.keras`` and ``config.json``.
+    """A run directory with ``model.keras`` and ``config.json`` (a partial run is fine).
 
     Raises:
-        FileNotFoundError: the folder or one of the two files is missing.
+        RunDirError: the folder or one of the two files is missing.
     """
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"Run directory not found: '{run_dir}'. Pass folders written by "
-                                "sila-train (they hold model.keras and config.json).")
-    for name in ("model.keras", "config.json"):
-        if not (run_dir / name).is_file():
-            raise FileNotFoundError(f"'{run_dir}' is not a finished run directory: {name} not found. "
-                                    "Pass folders written by sila-train.")
-    return run_dir
+    RunDir(run_dir).load(finished=False, need_model=True,
+                         hint="Pass folders written by sila-train (they hold model.keras and "
+                              "config.json).")
+    return Path(run_dir)
 
 
 def run_label(config: dict) -> str:
@@ -132,14 +125,10 @@ def run_label(config: dict) -> str:
 
 def load_run(run_dir):
     """(model, config dict) of a run directory (model loaded without its optimizer)."""
-    import keras
-
     import sila_keras.modes  # noqa: F401  (registers MutualLoss, msdnet, … for loading)
-    from sila_keras import io
 
-    run_dir = check_run_dir(run_dir)
-    config = io.read_json(run_dir / "config.json")
-    return keras.models.load_model(run_dir / "model.keras", compile=False), config
+    run = RunDir(check_run_dir(run_dir))
+    return run.load_model(compile=False), run.read_config()
 
 
 def training_images(config: dict, limit: int | None = None, seed: int = 0):
@@ -262,8 +251,8 @@ def noise_analysis(runs: Sequence, sigmas: Sequence[float] = DEFAULT_SIGMAS, tri
             x, y = training_images(config, limit, seed)
             for row in noise_curve(model, x, y, sigmas, trials, head, seed, batch_size, bar.update):
                 rows.append({"run": str(run_dir), "label": label, "head": head, **row})
-    io.write_csv(out / "noise.csv", rows, CSV_COLUMNS)
-    plot_noise(rows, out / "noise.png", head)
+    io.write_csv(out / RunDir.NOISE, rows, CSV_COLUMNS)
+    plot_noise(rows, out / RunDir.NOISE_PLOT, head)
     return [{**r, "out": str(out)} for r in rows]
 
 

@@ -12,7 +12,6 @@ lost or logged twice.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -21,10 +20,7 @@ import keras
 
 from sila_keras import io
 from sila_keras.optim import current_lr
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN/Inf loss."""
+from sila_keras.rundir import RunDir, read_checkpoint, write_checkpoint
 
 
 class NonFiniteGuard(keras.callbacks.Callback):
@@ -116,6 +112,35 @@ class EpochLogger(keras.callbacks.Callback):
         return out
 
 
+class ProgressBar(keras.callbacks.Callback):
+    """A per-batch progress bar of the training loss, finished with a newline at the end of
+    each epoch, so the epoch line that follows (:class:`EpochLogger`) starts on its own line.
+
+    Replaces Keras' own bar, which also shows the evaluation split's metrics as ``val_*``
+    (ours are test metrics, printed by :class:`EpochLogger`). Put it before the logger.
+    """
+
+    def __init__(self, steps: int | None = None):
+        super().__init__()
+        self.steps = steps
+        self._bar = None
+        self._seen = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._bar = keras.utils.Progbar(self.steps or self.params.get("steps"), unit_name="step")
+        self._seen = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._seen = batch + 1
+        loss = (logs or {}).get("loss")
+        self._bar.update(self._seen, [] if loss is None else [("loss", float(loss))])
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._bar is not None:
+            self._bar.update(self._seen, finalize=True)
+            self._bar = None
+
+
 class ResumeCheckpoint(keras.callbacks.Callback):
     """Saves the whole model (weights + optimizer state) after every epoch, crash-safe.
 
@@ -124,8 +149,7 @@ class ResumeCheckpoint(keras.callbacks.Callback):
     atomically; ``state.json`` commits the checkpoint (see the module docstring).
     """
 
-    STATE = "state.json"
-    LEGACY_MODEL = "last.keras"  # checkpoints written before state.json named its model
+    STATE = RunDir.STATE
 
     def __init__(self, directory, extra_state=None, guard: NonFiniteGuard | None = None):
         super().__init__()
@@ -136,30 +160,12 @@ class ResumeCheckpoint(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self.guard is not None and self.guard.failure:
             return  # keep the last good checkpoint
-        name = f"epoch-{epoch + 1:04d}.keras"
-        with io.atomic_path(self.dir / name, suffix=".keras") as tmp:
-            self.model.save(tmp)
-        io.write_json(self.dir / self.STATE, {"epoch": epoch + 1, "model": name, **self.extra_state()})
-        # Older epochs, and temp files of writes a killed process never finished.
-        for old in [*self.dir.glob("epoch-*.keras"), *self.dir.glob(".epoch-*"),
-                    *self.dir.glob(f".{self.STATE}.*"), self.dir / self.LEGACY_MODEL]:
-            if old.name != name and old.exists():
-                old.unlink()
+        write_checkpoint(self.dir, self.model, epoch + 1, self.extra_state())
 
     @classmethod
     def load_state(cls, directory) -> dict | None:
         """The committed state (``epoch``, ``model``: the model file's path), or None."""
-        path = Path(directory) / cls.STATE
-        if not path.exists():
-            return None
-        state = json.loads(path.read_text())
-        model = Path(directory) / state.get("model", cls.LEGACY_MODEL)
-        if not model.exists():
-            raise FileNotFoundError(
-                f"Checkpoint '{path}' names the model file '{model.name}', which is missing. "
-                "Restore it from a backup, or start the run again under another --name."
-            )
-        return {**state, "model": model}
+        return read_checkpoint(directory)
 
 
 def _pct(v) -> str:

@@ -17,6 +17,12 @@ PAPER_MILESTONES = (30, 55, 80, 105, 135, 160, 180, 200, 220, 240)
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
 MODES = ("sila", "mutual", "dml", "dynamic")
 DOWNLOAD_MODES = ("auto", "never")
+# Names of the built-in backbones and augmentations, for the CLI parsers: importing the
+# registries loads TensorFlow, which ``--help`` must not (tests check these equal the registries).
+BACKBONE_NAMES = ("densenet121", "inceptionv3", "mobilenetv1", "msdnet", "resnet18", "resnet20",
+                  "resnet32", "resnet34", "resnet56", "vgg11", "vgg13", "vgg16", "vgg19", "wrn16_8",
+                  "wrn28_10", "wrn40_10")
+AUGMENT_NAMES = ("autoaugment", "crop", "none", "randaugment", "standard")
 
 # Fields that may differ between a run and its --resume continuation.
 RESUME_MUTABLE = ("resume", "epochs", "verbose", "debug", "steps_per_execution", "jit")

@@ -177,7 +177,9 @@ def process_run_dir(run_dir, strategy_name: str):
     if strategy_name != "multiworker":
         return Path(run_dir)
     kind, index, chief = tf_config_task()
-    return Path(run_dir) if chief else Path(run_dir) / ".workers" / f"{kind}_{index}"
+    from sila_keras.rundir import RunDir
+
+    return Path(run_dir) if chief else RunDir(run_dir).worker_dir(kind, index).path
 
 
 def make_multiworker_strategy() -> tf.distribute.MultiWorkerMirroredStrategy:

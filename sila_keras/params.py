@@ -24,7 +24,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import traceback
+
+from sila_keras.cli import Command, HelpFormatter, run_command
 
 MIB = 4 / 2**20
 
@@ -175,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Parameter sizes (MiB of float32 trainable weights) of the SiLa model zoo: "
                     "base model, SiLa training model, and every extracted head with its "
                     "compression ratio, as in SilaNet Table 3.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--dataset", default="cifar10",
                    help="cifar10, cifar100, or the number of classes N")
@@ -189,15 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point. Returns 0, or 2 on bad input (one line on stderr)."""
-    args = build_parser().parse_args(argv)
-    try:
-        rows = collect(args.dataset, args.heads, args.models)
-    except (ValueError, TypeError) as e:
-        if args.debug:
-            traceback.print_exc()
-        print(f"sila-params: error: {e}", file=sys.stderr)
-        return 2
+    """CLI entry point. Returns 0, or 2 on bad input (one line on stderr; :mod:`sila_keras.cli`)."""
+    return run_command(Command("sila-params", build_parser, _main), argv)
+
+
+def _main(args: argparse.Namespace) -> int:
+    rows = collect(args.dataset, args.heads, args.models)
     n = num_classes_of(args.dataset)
     if args.json:
         out = {}

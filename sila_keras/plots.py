@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from sila_keras import io  # noqa: E402
 
@@ -21,6 +22,7 @@ def plot_curves(rows: list[dict], num_heads: int, path, title: str = "") -> None
         label = f"ACC{k} (head_{k}{', base classifier' if k == 1 else ''})"
         ax.plot(epochs, acc, marker="o" if len(epochs) < 30 else None, ms=3, label=label)
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title or "Test accuracy per head")
     ax.grid(alpha=0.3)

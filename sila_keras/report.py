@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sila_keras import io
+from sila_keras.cli import Command, run_command
+from sila_keras.rundir import RunDir
 
 # Config keys that never distinguish arms.
 IGNORED = {"name", "out", "resume", "seed", "verbose", "debug", "data_dir", "download", "epochs",
@@ -40,14 +42,13 @@ class Arm:
 
 
 def load_run(path: Path) -> Run:
-    """Read a finished run directory."""
-    path = Path(path)
-    missing = [f for f in ("config.json", "summary.json", "metrics.csv") if not (path / f).is_file()]
-    if missing:
-        raise ValueError(f"'{path}' is not a finished run directory (missing {', '.join(missing)}). "
-                         "Pass run directories written by sila-train.")
-    return Run(path, io.read_json(path / "config.json"), io.read_json(path / "summary.json"),
-               io.read_csv(path / "metrics.csv"))
+    """Read a finished run directory.
+
+    Raises:
+        RunDirError: not a folder, or ``config.json``/``summary.json``/``metrics.csv`` missing.
+    """
+    run = RunDir(path).load(finished=True)
+    return Run(run.path, run.config, run.summary, run.rows)
 
 
 def group_runs(runs: list[Run]) -> dict[str, list[Arm]]:
@@ -166,6 +167,7 @@ def table_nets(arms: list[Arm]) -> list[str]:
 def plot_group(arms: list[Arm], path: Path, title: str) -> None:
     """Per-head test accuracy vs epoch, every arm overlaid (mean over seeds, ± std band)."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -185,6 +187,7 @@ def plot_group(arms: list[Arm], path: Path, title: str) -> None:
             if len(a.runs) > 1:
                 ax.fill_between(ep, acc.mean(0) - acc.std(0), acc.mean(0) + acc.std(0), color=f"C{i}", alpha=0.15)
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
@@ -217,22 +220,23 @@ def render(run_dirs: list[Path], out: Path) -> str:
     return text
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m sila_keras.report", description=__doc__,
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sila-report", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", type=Path, help="run directories written by sila-train")
     p.add_argument("--out", type=Path, default=Path("report.md"), help="Markdown file to write")
-    p.add_argument("--debug", action="store_true")
-    args = p.parse_args(argv)
-    try:
-        render(args.runs, args.out)
-    except (ValueError, OSError) as e:
-        if args.debug:
-            raise
-        print(f"sila-report: error: {e}", file=sys.stderr)
-        return 2
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point. Returns 0, or 2 on bad input (see :mod:`sila_keras.cli`)."""
+    return run_command(Command("sila-report", build_parser, _main, needs_tensorflow=False), argv)
+
+
+def _main(args: argparse.Namespace) -> None:
+    render(args.runs, args.out)
     print(f"Report written to {args.out}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -3,49 +3,51 @@
 The training path is a chain of short functions, each usable on its own
 (tuning and the digit-pair task reuse them)::
 
-    check_run_dir → load_data → build_model → compile_model → create_run_dir
+    check_before_data → check_run_dir → load_data → build_model → compile_model → create_run_dir
         → make_datasets → fit → save_run
 
-Run directory (``<out>/<name>``): ``config.json``, ``metrics.csv``,
-``summary.json``, ``model.keras``, ``labels.txt``, ``curves.png``,
-``checkpoints/`` (for ``--resume``), ``tensorboard/``.
+The run directory (``<out>/<name>``) and its files: :class:`sila_keras.rundir.RunDir`.
+Exit codes, signals and ``--debug``: :mod:`sila_keras.cli`.
 """
 
 from __future__ import annotations
 
 import argparse
 import re
-import signal
 import sys
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from sila_keras import io
-from sila_keras.config import DOWNLOAD_MODES, MODES, PAPER_MILESTONES, STRATEGIES, TrainConfig
-
-CHECKPOINT_DIR = "checkpoints"
-
+from sila_keras.cli import Command, HelpFormatter, run_command
+from sila_keras.config import (
+    AUGMENT_NAMES,
+    BACKBONE_NAMES,
+    DOWNLOAD_MODES,
+    MODES,
+    PAPER_MILESTONES,
+    STRATEGIES,
+    TrainConfig,
+)
+from sila_keras.errors import ConfigError, RunFailed
+from sila_keras.rundir import RunDir, check_resume
 
 # --------------------------------------------------------------------------- CLI
 
 
 def build_parser() -> argparse.ArgumentParser:
-    import sila_keras.augment  # noqa: F401  (registers autoaugment / randaugment)
-    from sila_keras.models import list_backbones
-    from sila_keras.pipeline import AUGMENTATIONS
-
+    """The ``sila-train`` parser (imports nothing heavy: ``--help`` never loads TensorFlow)."""
     d = TrainConfig("", "")
     p = argparse.ArgumentParser(
         prog="sila-train",
         description="Train a classifier with Siamese Labels (SiLa) auxiliary heads "
                     "(SilaNet, Gan et al.). Defaults follow the paper's CIFAR recipe.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("dataset", help="tfds name (cifar10, cifar100, mnist, …) or folder:PATH with "
                                    "train/<class>/* and test/<class>/* (PATH may be a .tar.gz)")
-    p.add_argument("model", help=f"backbone: {', '.join(list_backbones())}")
+    p.add_argument("model", help=f"backbone: {', '.join(BACKBONE_NAMES)}; or a saved Keras "
+                                 "classifier (.keras) to attach heads to")
     g = p.add_argument_group("SiLa")
     g.add_argument("--heads", type=int, default=d.heads, help="M label sets / heads (1 = base model)")
     g.add_argument("--beta", type=float, default=d.beta, help="β: weight of the first Siamese set")
@@ -60,17 +62,18 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-sila", action="store_true",
                    help="--mode dynamic: train the original MSDNet (sum of per-exit CE) instead of SiLa")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=d.epochs)
+    g.add_argument("--epochs", type=int, default=d.epochs,
+                   help="training epochs (the papers' 260; try 1-5 for a first look)")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch size (all replicas)")
-    g.add_argument("--lr", type=float, default=d.lr)
-    g.add_argument("--momentum", type=float, default=d.momentum)
+    g.add_argument("--lr", type=float, default=d.lr, help="initial SGD learning rate")
+    g.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay,
                    help="coupled L2 as in PyTorch SGD (g += wd·w)")
-    g.add_argument("--milestones", type=_ints, default=PAPER_MILESTONES,
+    g.add_argument("--milestones", type=_ints, default=",".join(map(str, PAPER_MILESTONES)),
                    help="epochs at which lr *= gamma (comma-separated; '' for none)")
     g.add_argument("--gamma", type=float, default=d.gamma, help="lr decay factor at each milestone")
-    g.add_argument("--nesterov", action="store_true")
-    g.add_argument("--augment", default=d.augment, choices=sorted(AUGMENTATIONS),
+    g.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
+    g.add_argument("--augment", default=d.augment, choices=AUGMENT_NAMES,
                    help="training augmentation (standard = pad 4 + crop + flip)")
     g = p.add_argument_group("data")
     g.add_argument("--data-dir", default=None, help="tfds data_dir with pre-downloaded data")
@@ -81,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--skip-bad-images", action="store_true",
                    help="folder datasets: skip and count undecodable image files instead of failing")
     g = p.add_argument_group("run")
-    g.add_argument("--seed", type=int, default=d.seed)
+    g.add_argument("--seed", type=int, default=d.seed,
+                   help="seed of weights, data order, augmentation and --limit-* subsets")
     g.add_argument("--deterministic", action="store_true",
                    help="TF op determinism + seeds: identical metrics for identical CPU runs")
     g.add_argument("--out", default=d.out, help="parent folder of run directories")
@@ -97,8 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cpu-devices", type=int, default=None,
                    help="split the CPU into N logical devices (to try --strategy mirrored without GPUs)")
     g.add_argument("--verbose", type=int, default=None, choices=(0, 1, 2),
-                   help="Keras progress output (default: bar on a terminal, else none)")
-    g.add_argument("--debug", action="store_true", help="show tracebacks")
+                   help="0: one line per epoch; 1: also a progress bar over the batches "
+                        "(default: 1 on a terminal, else 0); 2: also TensorFlow's start-up log")
+    g.add_argument("--debug", action="store_true",
+                   help="show tracebacks and TensorFlow's start-up log")
     return p
 
 
@@ -121,7 +127,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     name = args.name
     if name is None:
         if args.resume:
-            raise ValueError("--resume needs --name NAME: the run folder under --out to continue.")
+            raise ConfigError("--resume needs --name NAME: the run folder under --out to continue.")
         name = default_run_name(args.dataset, args.model)
     return TrainConfig(
         dataset=args.dataset, model=args.model, heads=args.heads, beta=args.beta, lam=args.lam,
@@ -146,34 +152,27 @@ def default_run_name(dataset: str, model: str) -> str:
     return f"{ds}-{Path(model).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+INTERRUPTED_HINT = ("The last completed epoch is checkpointed; continue with the same command "
+                    "plus --resume.")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry point. Returns the exit status (0 ok, 2 bad input, 3 training failed)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        if args.cpu_devices:
-            from sila_keras.distribute import split_cpu
-
-            split_cpu(args.cpu_devices)
-        config = config_from_args(args)
-        run(config)
-        return 0
-    except (ValueError, TypeError, FileNotFoundError, PermissionError, FileExistsError) as e:
-        if args.debug:
-            traceback.print_exc()
-        print(f"sila-train: error: {e}", file=sys.stderr)
-        return 2
-    except TrainingFailed as e:
-        print(f"sila-train: training stopped: {e}", file=sys.stderr)
-        return 3
-    except KeyboardInterrupt:
-        print("sila-train: interrupted. The last completed epoch is checkpointed; "
-              "continue with the same command plus --resume.", file=sys.stderr)
-        return 130
+    """CLI entry point. Returns the exit status (0 ok, 2 bad input, 3 training failed,
+    130 interrupted; see :mod:`sila_keras.cli`)."""
+    return run_command(Command("sila-train", build_parser, _main, INTERRUPTED_HINT), argv)
 
 
-class TrainingFailed(RuntimeError):
-    """Training could not continue (e.g. a non-finite loss)."""
+def _main(args: argparse.Namespace) -> None:
+    config = config_from_args(args)
+    if args.cpu_devices:
+        from sila_keras.distribute import split_cpu
+
+        split_cpu(args.cpu_devices)
+    run(config)
+
+
+class TrainingFailed(RunFailed):
+    """Training could not continue (e.g. a non-finite loss). Exit code 3."""
 
 
 # --------------------------------------------------------------------------- the chain
@@ -199,6 +198,37 @@ def validate_model_name(model: str) -> None:
     get_backbone(model)
 
 
+def check_before_data(config: TrainConfig) -> None:
+    """Everything checkable without data, before it is loaded: the model name, the mode's
+    flags, mixed precision, and that ``--heads`` fits the backbone.
+
+    Raises:
+        SilaError: the first problem found.
+    """
+    from sila_keras.modes import validate_for_mode
+    from sila_keras.precision import check_mixed_precision
+
+    validate_model_name(config.model)
+    validate_for_mode(config)
+    check_mixed_precision(config.model, config.mixed_precision)
+    if config.mode == "sila" and config.heads > 1 and config.model in BACKBONE_NAMES:
+        check_heads_fit(config.model, config.heads)
+
+
+def check_heads_fit(backbone: str, num_heads: int) -> None:
+    """``num_heads`` can be placed on ``backbone``: builds it symbolically (no data, ~1 s).
+
+    Raises:
+        ValueError: more heads than the backbone has attach points (+1).
+    """
+    from sila_keras.heads import build_backbone, place_heads
+    from sila_keras.models import get_backbone
+
+    size = max(32, get_backbone(backbone).min_input_size)
+    _, out = build_backbone(backbone, 10, (size, size, 3))
+    place_heads(out.taps, num_heads, f"Backbone '{backbone}'")
+
+
 def check_run_dir(config: TrainConfig, run_dir: Path | None = None) -> ResumeState:
     """Check the run directory (read-only): refuse an existing one without ``--resume``;
     with ``--resume``, read where the run stopped.
@@ -208,36 +238,22 @@ def check_run_dir(config: TrainConfig, run_dir: Path | None = None) -> ResumeSta
     :func:`sila_keras.distribute.process_run_dir`).
 
     Raises:
-        FileExistsError: the folder exists and ``--resume`` was not given.
-        ValueError: ``--resume`` of a run whose config differs, or that does not exist.
+        RunDirError: the folder exists and ``--resume`` was not given; or ``--resume`` of a
+            run whose config differs, or that does not exist.
     """
-    from sila_keras.callbacks import ResumeCheckpoint
-
-    run_dir = Path(run_dir or config.run_dir)
-    if run_dir.exists() and not config.resume and any(run_dir.iterdir()):
-        raise FileExistsError(
-            f"Run directory '{run_dir}' already exists. Add --resume to continue it, "
-            "or choose another --name/--out (nothing there is overwritten)."
-        )
+    run = RunDir(run_dir or config.run_dir)
     state = ResumeState()
-    if config.resume:
-        cfg_path = run_dir / "config.json"
-        if not cfg_path.exists():
-            raise ValueError(f"Cannot resume: '{cfg_path}' not found. Start the run without --resume.")
-        old = TrainConfig.from_dict(io.read_json(cfg_path))
-        diff = old.differences(config)
-        if diff:
-            listed = ", ".join(f"{k}: {a!r} → {b!r}" for k, (a, b) in diff.items())
-            raise ValueError(f"Cannot resume '{run_dir}' with different settings ({listed}). "
-                             "Use the original command plus --resume.")
-        ck = ResumeCheckpoint.load_state(run_dir / CHECKPOINT_DIR)
-        if ck:
-            state.initial_epoch = int(ck["epoch"])
-            state.checkpoint = ck["model"]
-            state.wall_time_s = float(ck.get("wall_time_s", 0.0))
-            metrics = run_dir / "metrics.csv"
-            rows = io.read_csv(metrics) if metrics.exists() else []
-            state.rows = [r for r in rows if int(r["epoch"]) <= state.initial_epoch]
+    if not config.resume:
+        run.check_new()
+        return state
+    old = run.read_resumable_config(TrainConfig)
+    check_resume(old, config, f"'{run.path}'")
+    ck = run.checkpoint_state()
+    if ck:
+        state.initial_epoch = int(ck["epoch"])
+        state.checkpoint = ck["model"]
+        state.wall_time_s = float(ck.get("wall_time_s", 0.0))
+        state.rows = [r for r in run.read_metrics() if int(r["epoch"]) <= state.initial_epoch]
     return state
 
 
@@ -246,14 +262,9 @@ def create_run_dir(config: TrainConfig, run_dir: Path | None = None) -> Path:
 
     Called once the data loaded and the model built, so bad input leaves nothing behind.
     """
-    run_dir = Path(run_dir or config.run_dir)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise PermissionError(f"Cannot create the run directory '{run_dir}': {e.strerror}. "
-                              "Choose a writable --out.") from None
-    io.write_json(run_dir / "config.json", config.to_dict())
-    return run_dir
+    run = RunDir(run_dir or config.run_dir).create()
+    run.write_config(config.to_dict())
+    return run.path
 
 
 def load_data(config: TrainConfig):
@@ -312,11 +323,21 @@ def make_datasets(config: TrainConfig, train_x, train_y, eval_x, eval_y, initial
 
 def fit(model, train_ds, eval_ds, *, epochs: int, steps: int, initial_epoch: int = 0,
         callbacks=(), verbose: int | None = None):
-    """The one training loop (Keras ``fit``), shared by train, tuning and pairs."""
+    """The one training loop (Keras ``fit``), shared by train, tuning and pairs.
+
+    ``verbose``: 0 none, 1 or 2 a batch progress bar of the training loss (default: on a
+    terminal only). Keras' own bar is not used: it runs into the next printed line and
+    names the test-split metrics ``val_*``; the epoch line comes from the callbacks.
+    """
+    from sila_keras.callbacks import ProgressBar
+
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 0
+    callbacks = list(callbacks)
+    if verbose:
+        callbacks.insert(0, ProgressBar(steps))
     return model.fit(train_ds, validation_data=eval_ds, epochs=epochs, initial_epoch=initial_epoch,
-                     steps_per_epoch=steps, callbacks=list(callbacks), verbose=verbose, shuffle=False)
+                     steps_per_epoch=steps, callbacks=callbacks, verbose=0, shuffle=False)
 
 
 def head_table(model, num_classes: int) -> dict:
@@ -338,9 +359,9 @@ def save_run(run_dir: Path, model, config: TrainConfig, data, logger, strategy, 
     from sila_keras.heads import num_heads_of, trainable_params
     from sila_keras.plots import plot_curves
 
-    with io.atomic_path(run_dir / "model.keras", suffix=".keras") as tmp:
-        model.save(tmp)
-    io.write_text(run_dir / "labels.txt", "\n".join(data.class_names) + "\n")
+    run = RunDir(run_dir)
+    run.save_model(model)
+    run.write_labels(data.class_names)
     m = num_heads_of(model)
     rows, best = logger.rows, logger.best()
     last = rows[-1] if rows else {}
@@ -362,10 +383,22 @@ def save_run(run_dir: Path, model, config: TrainConfig, data, logger, strategy, 
             "test_examples": len(data.test_y), "input_shape": list(data.input_shape),
             "class_names": data.class_names, "mean": mean, "std": std, "notes": data.notes},
     }
-    io.write_json(run_dir / "summary.json", summary)
+    run.write_summary(summary)
     if rows:
-        plot_curves(rows, m, run_dir / "curves.png", title=f"{config.model} on {Path(data.source).name}")
+        plot_curves(rows, m, run.curves_path, title=f"{config.model} on {dataset_label(config.dataset)}")
     return summary
+
+
+def dataset_label(dataset: str) -> str:
+    """A human name for a dataset argument: ``cifar10``, or the folder/archive name of
+    ``folder:PATH`` (``cifar10-jpg``), never a cache path."""
+    kind, _, path = dataset.partition(":")
+    if not path:
+        return dataset
+    name = Path(path.rstrip("/")).name
+    for suffix in (".tar.gz", ".tgz", ".tar", ".zip"):
+        name = name.removesuffix(suffix)
+    return name or dataset
 
 
 def _f(v):
@@ -393,17 +426,16 @@ def _run(config: TrainConfig) -> dict:
 
     from sila_keras.callbacks import EpochLogger, NonFiniteGuard, ResumeCheckpoint
     from sila_keras.distribute import dataset_options, make_strategy, process_run_dir, strategy_name
-    from sila_keras.heads import num_heads_of
-    from sila_keras.modes import after_training, prepare_data_for_mode, validate_for_mode
+    from sila_keras.heads import num_heads_of, trainable_params
+    from sila_keras.modes import after_training, prepare_data_for_mode
     from sila_keras.multiworker import agree_on_epoch, barrier
-    from sila_keras.precision import check_mixed_precision, set_precision
+    from sila_keras.precision import set_precision
 
-    validate_model_name(config.model)
-    validate_for_mode(config)
-    check_mixed_precision(config.model, config.mixed_precision)
+    check_before_data(config)
     # Only the chief writes the run directory; other multi-workers write (and resume from)
     # their own scratch copy <run>/.workers/<type>_<id>, so machines need no shared disk.
     run_dir = process_run_dir(config.run_dir, config.strategy)
+    run = RunDir(run_dir)
     state = check_run_dir(config, run_dir)
     t_start = time.time()
     # The strategy first: multi-worker collectives must be configured before any TF op runs.
@@ -430,39 +462,33 @@ def _run(config: TrainConfig) -> dict:
             model = compile_model(build_model(config, data), config, data.num_classes, steps)
     create_run_dir(config, run_dir)
     num_heads = num_heads_of(model)
-    print(f"Model: {config.model}, {num_heads} head(s), {model.count_params():,} params; "
+    print(f"Model: {config.model}, {num_heads} head(s), {trainable_params(model):,} trainable "
+          f"parameters (summary.json's total_params; {model.count_params():,} with BatchNorm "
+          "statistics and other non-trainable weights); "
           f"strategy {strategy_name(strategy)} × {strategy.num_replicas_in_sync} replica(s); "
           f"run dir {run_dir}", flush=True)
     if state.initial_epoch >= config.epochs:
         print(f"Nothing to do: {state.initial_epoch} of {config.epochs} epochs are done.")
     guard = NonFiniteGuard()
-    logger = EpochLogger(run_dir / "metrics.csv", num_heads, state.rows, total_epochs=config.epochs,
+    logger = EpochLogger(run.metrics_path, num_heads, state.rows, total_epochs=config.epochs,
                          guard=guard)
     elapsed = lambda: {"wall_time_s": state.wall_time_s + time.time() - t_start}  # noqa: E731
-    callbacks = [guard, logger, ResumeCheckpoint(run_dir / CHECKPOINT_DIR, elapsed, guard=guard),
-                 keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False,
+    callbacks = [guard, logger, ResumeCheckpoint(run.checkpoints, elapsed, guard=guard),
+                 keras.callbacks.TensorBoard(str(run.tensorboard), write_graph=False,
                                              profile_batch=0)]
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
-        if state.initial_epoch < config.epochs:
-            fit(model, train_ds, eval_ds, epochs=config.epochs, steps=steps,
-                initial_epoch=state.initial_epoch, callbacks=callbacks, verbose=config.verbose)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    if state.initial_epoch < config.epochs:  # Ctrl-C / SIGTERM (sila_keras.cli): exit 130
+        fit(model, train_ds, eval_ds, epochs=config.epochs, steps=steps,
+            initial_epoch=state.initial_epoch, callbacks=callbacks, verbose=config.verbose)
     if guard.failure:
         raise TrainingFailed(guard.failure)
     summary = save_run(run_dir, model, config, data, logger, strategy, elapsed()["wall_time_s"])
     summary = after_training(config, model, data, run_dir, logger.rows, summary)
-    io.write_json(run_dir / "summary.json", summary)
+    run.write_summary(summary)
     barrier(strategy)  # multi-worker: no process exits while a peer still needs it
     heads = "  ".join(f"head_{k} {100 * (v['final_acc'] or 0):.2f}% (best {100 * (v['best_acc'] or 0):.2f}%)"
                       for k, v in ((int(h.split('_')[1]), v) for h, v in summary["heads"].items()))
     print(f"Done: {heads}\nRun directory: {run_dir}", flush=True)
     return summary
-
-
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

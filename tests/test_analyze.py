@@ -76,7 +76,7 @@ def test_run_labels():
 
 @pytest.mark.parametrize("argv, message", [
     (["noise", "{missing}"], "Run directory not found"),
-    (["noise", "{empty}"], "not a finished run directory: model.keras not found"),
+    (["noise", "{empty}"], "is not a run directory (missing config.json, model.keras)"),
     (["noise", "{run}", "--sigmas", "0,-0.1"], "`--sigmas` must be non-negative"),
     (["noise", "{run}", "--trials", "0"], "`--trials` must be >= 1"),
     (["noise", "{run}", "--labels", "a,b"], "one label per run (1)"),

@@ -89,9 +89,10 @@ def test_search_writes_results(search_run):
     assert 0.01 <= best["beta"] <= 1.0 and 0.1 <= best["lam"] <= 1.0 and best["heads"] == 3
     rows = io.read_csv(out / "trials.csv")
     assert len(rows) == 3
-    assert list(rows[0]) == ["trial_id", "beta", "lam", "val_head_1_acc", "epochs_run", "status",
+    assert list(rows[0]) == ["trial", "trial_id", "beta", "lam", "val_head_1_acc", "epochs_run", "status",
                              "message"]
     assert {r["status"] for r in rows} == {"COMPLETED"}
+    assert [r["trial"] for r in rows] == ["1", "2", "3"]  # keras-tuner's "Running Trial #1"
     assert {r["epochs_run"] for r in rows} == {"1"}
     assert len({r["beta"] for r in rows}) == 3  # three different configurations
     values = [float(r["val_head_1_acc"]) for r in rows]

@@ -9,12 +9,12 @@ Every data/model/optimiser flag of ``sila-train`` is accepted and means the same
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import traceback
 from pathlib import Path
 
+from sila_keras.cli import Command, HelpFormatter, run_command
 from sila_keras.config import TrainConfig
+from sila_keras.errors import ConfigError
 from tuning.config import TUNERS, SearchConfig, parse_range
 
 # sila-train flags that have no meaning in a search, and what to use instead.
@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "the number of heads — with keras-tuner. The objective is measured on a "
                     "validation split held out from the TRAINING images; the test split is only "
                     "used by --final-epochs, once, after the search.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
         epilog="Distributed search: run the same command with KERASTUNER_TUNER_ID=chief on one "
                "process and tuner0, tuner1, … on workers, all with KERASTUNER_ORACLE_IP and "
                "KERASTUNER_ORACLE_PORT set and the same --out (see docs/tuning.md).",
@@ -83,12 +83,12 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
 
     for flag, instead in REPLACED.items():
         if getattr(args, flag) is not None:
-            raise ValueError(f"`--{flag}` is not a sila-tune flag: the search chooses it. "
+            raise ConfigError(f"`--{flag}` is not a sila-tune flag: the search chooses it. "
                              f"Use {instead}. Received: {flag}={getattr(args, flag)!r}")
     out = args.out
     if out is None:
         if args.resume:
-            raise ValueError("--resume needs --out DIR: the folder of the search to continue.")
+            raise ConfigError("--resume needs --out DIR: the folder of the search to continue.")
         out = str(Path(TrainConfig("", "").out) / f"tune-{default_run_name(args.dataset, args.model)}")
     d = TrainConfig("", "")
     ns = argparse.Namespace(**{**vars(args), "beta": d.beta, "lam": d.lam, "betas": None,
@@ -103,50 +103,24 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
     )
 
 
+INTERRUPTED_HINT = ("Finished trials are kept; continue with the same command plus --resume "
+                    "(the interrupted trial is rerun).")
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point. Returns 0 ok, 2 bad input, 3 search failed, 130 interrupted."""
-    from tuning.search import SearchFailed
-
-    args = build_parser().parse_args(argv)
-    previous = _on_sigterm(_raise_interrupt)
-    try:
-        config = config_from_args(args)
-        if args.cpu_devices:
-            from sila_keras.distribute import split_cpu
-
-            split_cpu(args.cpu_devices)
-        from tuning.search import run_search
-
-        run_search(config)
-        return 0
-    except (ValueError, TypeError, FileNotFoundError, PermissionError, FileExistsError) as e:
-        if args.debug:
-            traceback.print_exc()
-        print(f"sila-tune: error: {e}", file=sys.stderr)
-        return 2
-    except SearchFailed as e:
-        if args.debug:
-            traceback.print_exc()
-        print(f"sila-tune: search failed: {e}", file=sys.stderr)
-        return 3
-    except KeyboardInterrupt:
-        print("sila-tune: interrupted. Finished trials are kept; continue with the same command "
-              "plus --resume (the interrupted trial is rerun).", file=sys.stderr)
-        return 130
-    finally:
-        _on_sigterm(previous)
+    return run_command(Command("sila-tune", build_parser, _main, INTERRUPTED_HINT), argv)
 
 
-def _on_sigterm(handler):
-    """Install a SIGTERM handler (main thread only); returns the previous one."""
-    try:
-        return signal.signal(signal.SIGTERM, handler)
-    except (ValueError, TypeError):  # not the main thread, or no previous Python handler
-        return None
+def _main(args: argparse.Namespace) -> None:
+    config = config_from_args(args)
+    if args.cpu_devices:
+        from sila_keras.distribute import split_cpu
 
+        split_cpu(args.cpu_devices)
+    from tuning.search import run_search
 
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
+    run_search(config)
 
 
 if __name__ == "__main__":

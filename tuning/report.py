@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sila_keras import io
+from sila_keras.rundir import SearchDir
 from tuning.hypermodel import EPOCHS_RUN
 
 COMPLETED = "COMPLETED"
@@ -17,15 +18,16 @@ COMPLETED = "COMPLETED"
 def trial_rows(oracle, objective: str, tune_heads: bool) -> list[dict]:
     """One row per trial, in trial-id order.
 
-    Columns: ``trial_id, beta, lam, [heads], <objective>, epochs_run, status,
-    message`` (the last line of the error for a failed trial). Hyperband rows also
+    Columns: ``trial, trial_id, beta, lam, [heads], <objective>, epochs_run, status,
+    message`` (``trial``: the number keras-tuner prints, ``#1`` for ``trial_id`` 0; ``trial_id``:
+    its folder ``tuner/trial_<id>``) (the last line of the error for a failed trial). Hyperband rows also
     name the trial whose weights they continue (``continues``, else empty).
     """
     rows = []
     for trial_id in sorted(oracle.trials, key=_trial_order):
         t = oracle.trials[trial_id]
         values = t.hyperparameters.values
-        row = {"trial_id": trial_id, "beta": values.get("beta"), "lam": values.get("lam")}
+        row = {"trial": trial_number(trial_id), "trial_id": trial_id, "beta": values.get("beta"), "lam": values.get("lam")}
         if tune_heads:
             row["heads"] = values.get("heads")
         done = t.status == COMPLETED
@@ -37,6 +39,11 @@ def trial_rows(oracle, objective: str, tune_heads: bool) -> list[dict]:
             row["continues"] = values.get("tuner/trial_id") or ""
         rows.append(row)
     return rows
+
+
+def trial_number(trial_id) -> int | str:
+    """The number keras-tuner prints for a trial (``Running Trial #1`` is ``trial_id`` 0)."""
+    return int(trial_id) + 1 if str(trial_id).isdigit() else str(trial_id)
 
 
 def _trial_order(trial_id: str):
@@ -56,7 +63,7 @@ def _int(v):
 
 
 def trial_columns(objective: str, tune_heads: bool, hyperband: bool = False) -> list[str]:
-    return ["trial_id", "beta", "lam", *(["heads"] if tune_heads else []), objective, "epochs_run",
+    return ["trial", "trial_id", "beta", "lam", *(["heads"] if tune_heads else []), objective, "epochs_run",
             "status", *(["continues"] if hyperband else []), "message"]
 
 
@@ -76,7 +83,7 @@ def best_hparams(best: dict, config, rows: list[dict], data_info: dict) -> dict:
                   *(["heads"] if config.tune_heads else [])],
         "objective": config.objective, "objective_value": best[config.objective],
         "objective_direction": "max", "objective_split": "validation (held out from the training split)",
-        "trial_id": best["trial_id"], "tuner": config.tuner,
+        "trial": trial_number(best["trial_id"]), "trial_id": best["trial_id"], "tuner": config.tuner,
         "trials": {"total": len(rows), "completed": sum(r["status"] == COMPLETED for r in rows)},
         "epochs_per_trial": config.train.epochs,
         "dataset": config.train.dataset, "model": config.train.model, "data": data_info,
@@ -136,13 +143,13 @@ def plot_search(rows: list[dict], objective: str, path, title: str = "", beta_ra
 
 def write_results(out: Path, rows: list[dict], best: dict | None, config, data_info: dict) -> dict | None:
     """Write ``trials.csv``, ``search.png`` and (if a trial completed) ``best_hparams.json``."""
-    io.write_csv(out / "trials.csv", rows,
+    io.write_csv(out / SearchDir.TRIALS, rows,
                  trial_columns(config.objective, config.tune_heads, config.tuner == "hyperband"))
-    plot_search(rows, config.objective, out / "search.png",
+    plot_search(rows, config.objective, out / SearchDir.PLOT,
                 title=f"{config.train.model}: {config.objective} over β × λ ({len(rows)} trials)",
                 beta_range=config.beta_range, lam_range=config.lam_range if config.searches_lam else None)
     if best is None:
         return None
     result = best_hparams(best, config, rows, data_info)
-    io.write_json(out / "best_hparams.json", result)
+    io.write_json(out / SearchDir.BEST, result)
     return result

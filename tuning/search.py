@@ -21,15 +21,15 @@ from pathlib import Path
 
 from sila_keras import io
 from sila_keras import train as sk_train
+from sila_keras.errors import RunDirError, RunFailed
+from sila_keras.rundir import SearchDir, check_resume
 from tuning.config import SearchConfig
 
-PROJECT = "tuner"  # keras-tuner's project folder inside --out
-CONFIG_FILE = "search_config.json"
-FINAL_DIR = "final"
+PROJECT = SearchDir.PROJECT  # keras-tuner's project folder inside --out
 
 
-class SearchFailed(RuntimeError):
-    """The search could not produce a result (e.g. every trial failed)."""
+class SearchFailed(RunFailed):
+    """The search could not produce a result (e.g. every trial failed). Exit code 3."""
 
 
 # --------------------------------------------------------------------------- roles
@@ -63,27 +63,20 @@ def check_out_dir(config: SearchConfig, role: str) -> None:
     Workers are not checked: they join the chief's search in the same folder.
 
     Raises:
-        FileExistsError: the folder holds files and ``--resume`` was not given.
-        ValueError: ``--resume`` of no search, or with different settings.
+        RunDirError: the folder holds files and ``--resume`` was not given; ``--resume`` of
+            no search, or with different settings.
     """
-    out = Path(config.out)
+    out = SearchDir(config.out)
     if role == "worker":
         return
-    cfg_path = out / CONFIG_FILE
     if config.resume:
-        if not cfg_path.exists():
-            raise ValueError(f"Cannot resume: '{cfg_path}' not found, so '{out}' holds no search. "
-                             "Start the search without --resume.")
-        old = SearchConfig.from_dict(io.read_json(cfg_path))
-        diff = old.differences(config)
-        if diff:
-            listed = ", ".join(f"{k}: {a!r} → {b!r}" for k, (a, b) in diff.items())
-            raise ValueError(f"Cannot resume the search in '{out}' with different settings ({listed}). "
-                             "Use the original command plus --resume (--max-trials may grow).")
+        old = sk_train.RunDir(out.path).read_resumable_config(SearchConfig, SearchDir.CONFIG)
+        check_resume(old, config, f"the search in '{out.path}'",
+                     "Use the original command plus --resume (--max-trials may grow).")
     elif _previous_search(out, role):
-        raise FileExistsError(
-            f"Output folder '{out}' already exists and is not empty. Add --resume to continue the "
-            "search there, or choose another --out (nothing there is overwritten)."
+        raise RunDirError(
+            f"Output folder '{out.path}' already exists and is not empty. Add --resume to continue "
+            "the search there, or choose another --out (nothing there is overwritten)."
         )
 
 
@@ -92,16 +85,16 @@ def prepare_out_dir(config: SearchConfig, role: str) -> Path:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     if role != "worker":
-        io.write_json(out / CONFIG_FILE, config.to_dict())
+        io.write_json(SearchDir(out) / SearchDir.CONFIG, config.to_dict())
     return out
 
 
-def _previous_search(out: Path, role: str) -> bool:
-    if not out.exists():
+def _previous_search(out: SearchDir, role: str) -> bool:
+    if not out.path.exists():
         return False
     if role == "chief":  # workers may already have created tuner/ for this very search
-        return any((out / f).exists() for f in (CONFIG_FILE, f"{PROJECT}/oracle.json", "trials.csv"))
-    return any(out.iterdir())
+        return out.holds_search()
+    return any(out.path.iterdir())
 
 
 def load_search_data(config: SearchConfig, keep_test: bool):
@@ -196,20 +189,19 @@ def final_run(config: SearchConfig, best: dict, data) -> dict:
     if guard.failure:
         raise SearchFailed(f"Final run: {guard.failure}")
     test = model.evaluate(test_ds, verbose=0, return_dict=True)  # the only look at the test split
-    final_dir = Path(config.out) / FINAL_DIR
-    final_dir.mkdir(parents=True, exist_ok=True)
-    with io.atomic_path(final_dir / "model.keras", suffix=".keras") as tmp:
-        model.save(tmp)
-    io.write_text(final_dir / "labels.txt", "\n".join(data.class_names) + "\n")
+    search_dir = SearchDir(config.out)
+    final = search_dir.final.create()
+    final.save_model(model)
+    final.write_labels(data.class_names)
     result = {
         "split": "test", "note": "evaluated once, after the search; the test split played no part "
                                  "in choosing the hyperparameters",
         "beta": cfg.beta, "lam": cfg.lam, "heads": cfg.heads, "epochs": cfg.epochs,
         "train_examples": len(data.train_y), "test_examples": len(data.test_y),
         "test": {f"test_{k}": float(v) for k, v in test.items()},
-        "model": str(final_dir / "model.keras"), "wall_time_s": round(time.time() - t0, 1),
+        "model": str(final.model_path), "wall_time_s": round(time.time() - t0, 1),
     }
-    io.write_json(Path(config.out) / "final_test.json", result)
+    io.write_json(search_dir / SearchDir.FINAL_TEST, result)
     heads = "  ".join(f"head_{k} {100 * result['test'][f'test_head_{k}_acc']:.2f}%"
                       for k in range(1, cfg.heads + 1))
     print(f"FINAL (test split, evaluated once): {heads}", flush=True)
@@ -236,7 +228,7 @@ def run_search(config: SearchConfig) -> dict | None:
     tuner = make_tuner(config, hypermodel, trial_strategy(config.train.strategy))
     print(f"Search: {config.tuner}, up to {config.max_trials} trial(s) × {config.train.epochs} "
           f"epoch(s), objective {config.objective} (max); role {role}; folder {out}", flush=True)
-    tensorboard = keras.callbacks.TensorBoard(str(out / "tensorboard"), write_graph=False,
+    tensorboard = keras.callbacks.TensorBoard(str(out / SearchDir.TENSORBOARD), write_graph=False,
                                               profile_batch=0)
     search(tuner, config, [tensorboard])
     if role == "worker":
@@ -253,10 +245,10 @@ def run_search(config: SearchConfig) -> dict | None:
     result = report.write_results(out, rows, best, config, data_info)
     if result is None:
         raise SearchFailed(f"No trial completed ({len(rows)} recorded); see 'message' in "
-                           f"{out / 'trials.csv'}.")
+                           f"{out / SearchDir.TRIALS}.")
     print(f"Best: β={result['beta']:.4g}, λ={result['lam']:.4g}, M={result['heads']}: "
           f"{config.objective} {100 * result['objective_value']:.2f}% (validation, trial "
-          f"{result['trial_id']}; {result['trials']['completed']}/{result['trials']['total']} "
+          f"#{result['trial']}; {result['trials']['completed']}/{result['trials']['total']} "
           f"trials completed, {time.time() - t0:.0f}s)\nResults: {out}", flush=True)
     summary = {"best": result, "trials": rows}
     if config.final_epochs:

@@ -13,28 +13,22 @@ Public API::
     result["mean_accuracy"]
 """
 
-from sila_keras.pairs.data import (
-    DigitPools,
-    PairSet,
-    downsample,
-    load_pools,
-    make_pairs,
-    read_idx_images,
-    read_idx_labels,
-)
-from sila_keras.pairs.experiment import PairConfig, compile_pair_model, run_config, run_round
-from sila_keras.pairs.models import (
-    ARCHS,
-    PAPER_PARAMS,
-    DigitComparison,
-    build_digit_net,
-    build_pair_model,
-    trainable_count,
-)
+import importlib
 
-__all__ = [
-    "ARCHS", "PAPER_PARAMS", "DigitComparison", "DigitPools", "PairConfig", "PairSet",
-    "build_digit_net", "build_pair_model", "compile_pair_model", "downsample", "load_pools",
-    "make_pairs", "read_idx_images", "read_idx_labels", "run_config", "run_round",
-    "trainable_count",
-]
+# Name → module; imported on first use so ``sila-pairs --help`` does not load Keras.
+_EXPORTS = {
+    **dict.fromkeys(("DigitPools", "PairSet", "downsample", "load_pools", "make_pairs",
+                     "read_idx_images", "read_idx_labels"), "sila_keras.pairs.data"),
+    **dict.fromkeys(("PairConfig", "compile_pair_model", "run_config", "run_round"),
+                    "sila_keras.pairs.experiment"),
+    **dict.fromkeys(("ARCHS", "PAPER_PARAMS", "DigitComparison", "build_digit_net",
+                     "build_pair_model", "trainable_count"), "sila_keras.pairs.models"),
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'sila_keras.pairs' has no attribute '{name}'")

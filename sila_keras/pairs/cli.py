@@ -15,13 +15,16 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-import traceback
 from pathlib import Path
 
 from sila_keras import io
-from sila_keras.pairs import models as pmodels
+from sila_keras.cli import Command, HelpFormatter, run_command
+from sila_keras.errors import ConfigError
+from sila_keras.rundir import PairsDir
 
 PROG = "sila-pairs"
+# The networks of sila_keras.pairs.models.ARCHS, named here so --help needs no Keras.
+ARCH_NAMES = ("fc", "conv", "parallel", "siamese")
 GRID_LRS = (0.001, 0.005, 0.01, 0.05, 0.1)
 GRID_BATCHES = (25, 50, 100, 200)
 TABLE_ROWS = (("siamese", True, True), ("siamese", True, False),
@@ -39,10 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Digit-pair comparison on MNIST (Deng & Li, 'Classification, weight sharing, "
                     "auxiliary losses'): is the first digit <= the second? Four networks, weight "
                     "sharing and auxiliary digit losses, optionally SiLa.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--arch", default=None,
-                   help=f"network: {', '.join(pmodels.ARCHS)} (not needed with --table)")
+                   help=f"network: {', '.join(ARCH_NAMES)} (not needed with --table)")
     p.add_argument("--no-aux", action="store_true", help="drop the auxiliary digit losses")
     p.add_argument("--no-share", action="store_true",
                    help="no weight sharing: siamese becomes parallel (meaningless for fc/conv)")
@@ -84,19 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+INTERRUPTED_HINT = "Finished configurations are saved in --out; add --resume to continue."
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point. Returns 0 on success, 2 on bad input, 130 when interrupted."""
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except (ValueError, TypeError, FileNotFoundError, PermissionError, FileExistsError) as e:
-        if args.debug:
-            traceback.print_exc()
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; finished configurations are saved in --out.", file=sys.stderr)
-        return 130
+    return run_command(Command(PROG, build_parser, run, INTERRUPTED_HINT), argv)
 
 
 # --------------------------------------------------------------------------- modes
@@ -117,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-DONE_DIR = "done"
+DONE_DIR = PairsDir.DONE
 
 
 def _done_path(config, out: Path) -> Path:
@@ -146,12 +142,13 @@ def _run_or_load(config, pools, out: Path, position: str = "") -> dict:
 
 def configs_from_args(args: argparse.Namespace) -> tuple[str, list]:
     """The mode (``single``, ``grid`` or ``table``) and its validated :class:`PairConfig` list."""
+    from sila_keras.pairs import models as pmodels
     from sila_keras.pairs.experiment import PairConfig
 
     if args.grid and args.table:
         raise ValueError("--grid and --table are separate experiments; run them one at a time.")
     if not args.table and args.arch is None:
-        raise ValueError(f"--arch is required (one of {', '.join(pmodels.ARCHS)}), unless --table.")
+        raise ConfigError(f"--arch is required (one of {', '.join(pmodels.ARCHS)}), unless --table.")
     if args.grid and (args.lr is not None or args.batch_size is not None):
         raise ValueError("--grid searches lr and batch size itself; drop --lr/--batch-size.")
     rounds = args.rounds if args.rounds is not None else (20 if args.table else 10)
@@ -200,7 +197,7 @@ def _out_dir(args) -> Path:
                                     "configuration to continue from). Run without --resume.")
         return Path(args.out)
     out = Path(args.out) if args.out else Path("runs") / "pairs" / f"{mode}-{stamp}"
-    existing = [n for n in ("results.json", "table.json", "grid.json", DONE_DIR) if (out / n).exists()]
+    existing = PairsDir(out).existing_results()
     if existing:
         raise FileExistsError(f"'{out}' already holds {', '.join(existing)}; nothing is overwritten. "
                               "Add --resume to continue that run, or choose another --out.")
@@ -279,13 +276,13 @@ def _run_table(configs, pools, out: Path) -> list[dict]:
         results.append(result)
     table = report.table2_markdown(results)
     verdict = ordering_verdict(results)
-    io.write_json(out / "table.json", {"rows": [_summary(r) for r in results], "ordering": verdict,
+    io.write_json(out / PairsDir.TABLE_JSON, {"rows": [_summary(r) for r in results], "ordering": verdict,
                                        "data": pools.describe()})
-    io.write_text(out / "table.md", table + "\n" + verdict["text"] + "\n")
-    report.plot_bands(results, out / "curves.png",
+    io.write_text(out / PairsDir.TABLE, table + "\n" + verdict["text"] + "\n")
+    report.plot_bands(results, out / PairsDir.CURVES,
                       title=f"Table 2 configurations: mean ± std over {results[0]['rounds']} rounds")
     print("\n" + table + "\n" + verdict["text"])
-    print(f"Wrote {out / 'table.md'}, {out / 'table.json'}, {out / 'curves.png'} and one folder "
+    print(f"Wrote {out / PairsDir.TABLE}, {out / PairsDir.TABLE_JSON}, {out / PairsDir.CURVES} and one folder "
           "per configuration", flush=True)
     return results
 
@@ -321,24 +318,24 @@ def _run_grid(configs, pools, out: Path, honest: bool) -> dict:
         print(report.result_line(result), flush=True)
         results.append(result)
         grid.append(_summary(result))
-        io.write_json(out / "grid.json", {"selected_by": key, "grid": grid, "complete": False})
+        io.write_json(out / PairsDir.GRID_JSON, {"selected_by": key, "grid": grid, "complete": False})
     best_i = max(range(len(results)), key=lambda j: results[j][key])
     best = dict(results[best_i])
     note = ("Selected on mean VALIDATION accuracy (--val-split "
             f"{configs[0].val_split}: held-out training pairs); the test accuracy is unbiased."
             if honest else TEST_SELECTION_NOTE)
     best["selection"] = {"selected_by": key, "note": note, "grid_size": len(results)}
-    io.write_json(out / "grid.json", {"selected_by": key, "note": note, "grid": grid, "complete": True,
+    io.write_json(out / PairsDir.GRID_JSON, {"selected_by": key, "note": note, "grid": grid, "complete": True,
                                       "best": {"lr": best["lr"], "batch_size": best["batch_size"]}})
     tables = (f"## Mean test accuracy ({configs[0].rounds} rounds each)\n\n"
               + report.grid_markdown(grid, "mean_accuracy"))
     if honest:
         tables += "\n## Mean validation accuracy\n\n" + report.grid_markdown(grid, "mean_val_accuracy")
     best_table = report.table1_markdown([best])
-    io.write_text(out / "grid.md", tables + "\n## Selected\n\n" + best_table + "\n" + note + "\n")
+    io.write_text(out / PairsDir.GRID, tables + "\n## Selected\n\n" + best_table + "\n" + note + "\n")
     report.write_run(out, best, best_table)
     print("\n" + tables + f"\nBest: lr {best['lr']:g}, batch {best['batch_size']}\n" + best_table
           + "\n" + note)
-    print(f"Wrote {out / 'grid.md'}, {out / 'grid.json'}, and the selected setting's "
+    print(f"Wrote {out / PairsDir.GRID}, {out / PairsDir.GRID_JSON}, and the selected setting's "
           f"results.json / table.md / curves.png in {out}", flush=True)
     return best

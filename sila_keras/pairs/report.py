@@ -13,6 +13,7 @@ import numpy as np
 
 from sila_keras import io
 from sila_keras.plots import plt  # Agg backend already selected there
+from sila_keras.rundir import PairsDir
 
 
 def pct(v: float | None, digits: int = 2) -> str:
@@ -130,8 +131,9 @@ def plot_bands(results: list[dict], path, title: str = "") -> None:
 def write_run(out: Path, result: dict, table: str) -> list[Path]:
     """``results.json``, ``table.md`` and ``curves.png`` of one configuration in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    io.write_json(out / "results.json", result)
-    io.write_text(out / "table.md", table)
-    plot_bands([result], out / "curves.png", title=f"{result['label']}: mean ± std over "
-                                                   f"{result['rounds']} round(s)")
-    return [out / "results.json", out / "table.md", out / "curves.png"]
+    files = [out / PairsDir.RESULTS, out / PairsDir.TABLE, out / PairsDir.CURVES]
+    io.write_json(files[0], result)
+    io.write_text(files[1], table)
+    plot_bands([result], files[2], title=f"{result['label']}: mean ± std over "
+                                         f"{result['rounds']} round(s)")
+    return files
