@@ -10,10 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import helpers as testing
 import numpy as np
 import pytest
 
-from sila_keras import testing
 from sila_keras.pairs import cli, data, experiment, models
 from sila_keras.pairs.cli import main
 

@@ -1,4 +1,8 @@
-"""Helpers for tests and smoke runs: small real or synthetic image-folder datasets."""
+"""Helpers for tests and benchmarks: small real or synthetic image-folder datasets.
+
+Imported by ``tests/conftest.py`` (as ``helpers``) and by ``benchmarks/`` (as
+``tests.helpers``); not part of the installed package.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,11 @@ import numpy as np
 SHARED_DIR = Path(os.environ.get("SILA_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
 CIFAR_TAR = SHARED_DIR / "data" / "cifar10-jpg.tar.gz"
 MNIST_DIR = SHARED_DIR / "data"
+# A 3-exit MSDNet small enough for a CPU test.
+MSDNET_TINY = {"blocks": 3, "base": 1, "step": 1, "channels": 4, "growth": 2,
+               "classifier_channels": 8}
+# The second network of the heterogeneous mutual test run.
+PEER = "mobilenetv1"
 
 
 def cifar_subset_folder(root, train_per_class: int = 8, test_per_class: int = 4,
