@@ -3,23 +3,62 @@
 Public API::
 
     from sila_keras import SilaLoss, build_sila_model, extract_head, list_backbones
+
+``import sila_keras`` is light (no TensorFlow): the public names load on first use, the
+training modes register at once, and the custom Keras objects register as soon as Keras
+is imported (:mod:`sila_keras.registration`), so every ``model.keras`` this package
+writes loads with ``keras.models.load_model`` after only ``import sila_keras``.
 """
 
+import importlib as _importlib
 import os as _os
 
 _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's C++ start-up chatter out of CLIs
 
-from sila_keras.attach import attach_heads, load_and_attach
-from sila_keras.heads import build_sila_model, extract_head, num_heads_of, trainable_params
-from sila_keras.losses import SilaLoss, set_weights, sila_loss
-from sila_keras.metrics import HeadAccuracy, HeadNLL, HeadTopK, sila_metrics
-from sila_keras.models import get_backbone, list_backbones, register_backbone
-from sila_keras.optim import SGDL2
+from sila_keras import modes as _modes  # noqa: E402, F401  (registers the training modes)
+from sila_keras.registration import register_on_keras_import as _register  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "SGDL2", "attach_heads", "load_and_attach", "HeadAccuracy", "HeadNLL", "HeadTopK", "SilaLoss", "build_sila_model", "extract_head",
-    "get_backbone", "list_backbones", "num_heads_of", "register_backbone", "set_weights",
-    "sila_loss", "sila_metrics", "trainable_params",
-]
+# Public name → the module that defines it (imported on first access).
+_API = {
+    "SGDL2": "sila_keras.optim",
+    "attach_heads": "sila_keras.attach",
+    "load_and_attach": "sila_keras.attach",
+    "HeadAccuracy": "sila_keras.metrics",
+    "HeadNLL": "sila_keras.metrics",
+    "HeadTopK": "sila_keras.metrics",
+    "sila_metrics": "sila_keras.metrics",
+    "MutualLoss": "sila_keras.losses",
+    "SilaLoss": "sila_keras.losses",
+    "set_weights": "sila_keras.losses",
+    "sila_loss": "sila_keras.losses",
+    "SilaLogits": "sila_keras.heads",
+    "build_sila_model": "sila_keras.heads",
+    "extract_head": "sila_keras.heads",
+    "num_heads_of": "sila_keras.heads",
+    "trainable_params": "sila_keras.heads",
+    "get_backbone": "sila_keras.models.registry",
+    "list_backbones": "sila_keras.models.registry",
+    "register_backbone": "sila_keras.models.registry",
+    "get_mode": "sila_keras.modes",
+    "list_modes": "sila_keras.modes",
+    "register_mode": "sila_keras.modes",
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name):
+    if name in _API:
+        value = getattr(_importlib.import_module(_API[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'sila_keras' has no attribute '{name}'")
+
+
+def __dir__():
+    return sorted({*globals(), *_API})
+
+
+_register()

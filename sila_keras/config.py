@@ -15,7 +15,6 @@ from pathlib import Path
 
 PAPER_MILESTONES = (30, 55, 80, 105, 135, 160, 180, 200, 220, 240)
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
-MODES = ("sila", "mutual", "dml", "dynamic")
 DOWNLOAD_MODES = ("auto", "never")
 
 # Fields that may differ between a run and its --resume continuation.
@@ -105,8 +104,9 @@ class TrainConfig:
             raise ValueError(
                 f"`--milestones` must be increasing positive epochs. Received: milestones={list(ms)}"
             )
-        if self.mode not in MODES:
-            raise ValueError(f"Unknown mode '{self.mode}'. Available: {', '.join(MODES)}")
+        from sila_keras.modes import get_mode
+
+        get_mode(self.mode)  # an unknown mode raises, listing the registered ones
         if self.strategy not in STRATEGIES:
             raise ValueError(f"Unknown strategy '{self.strategy}'. Available: {', '.join(STRATEGIES)}")
         if self.download not in DOWNLOAD_MODES:
