@@ -85,10 +85,6 @@ class TrainConfig:
             raise ValueError(f"`--lam` must be >= 0. Received: lam={self.lam}")
         if self.betas is not None:
             object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
-            if self.mode == "sila" and len(self.betas) != self.heads:
-                raise ValueError(
-                    f"`--betas` needs one weight per head ({self.heads}). Received: betas={list(self.betas)}"
-                )
             if any(b < 0 for b in self.betas):
                 raise ValueError(f"Every `--betas` entry must be >= 0. Received: betas={list(self.betas)}")
         for name in ("epochs", "batch_size", "lr"):

@@ -74,18 +74,22 @@ class SilaLogits(layers.Concatenate):
         return {**super().get_config(), "heads": list(self.heads), "mode": self.mode}
 
 
-def sila_output(head_logits: Sequence, mode: str = "sila"):
-    """``sila_logits``: the concatenation of ``head_1 … head_M`` logits (the one builder).
+def sila_output(head_logits: Sequence, mode: str = "sila", names: Sequence[str] | None = None):
+    """``sila_logits``: the concatenation of the heads' logits (the one builder).
 
     Args:
-        head_logits: the M symbolic ``(B, N)`` tensors, head 1 first; each must be the
-            output of a layer named ``head_k``.
+        head_logits: the M symbolic ``(B, N)`` tensors, head 1 first.
         mode: the training mode, recorded with the model.
+        names: the layer names that output ``head_logits`` (default ``head_1 … head_M``,
+            the contract of every ``--mode``), recorded with the model.
 
     Returns:
         The symbolic ``(B, M·N)`` float32 tensor.
     """
-    names = [head_name(k) for k in range(1, len(head_logits) + 1)]
+    names = [head_name(k) for k in range(1, len(head_logits) + 1)] if names is None else names
+    if len(names) != len(head_logits):
+        raise ValueError(f"`names` needs one name per head ({len(head_logits)}). "
+                         f"Received: names={list(names)}")
     return SilaLogits(heads=names, mode=mode, axis=-1, name=SILA_OUTPUT,
                       dtype="float32")(list(head_logits))
 

@@ -148,3 +148,20 @@ def test_no_import_cycles():
 
     cycles = [c for c in map(cycle_from, graph) if c]
     assert not cycles, f"import cycles: {cycles[:3]}"
+
+
+def test_models_saved_before_silalogits_still_read(tmp_path):
+    """A plain ``Concatenate`` named sila_logits (older runs): heads by position, no mode."""
+    import keras
+
+    from sila_keras.heads import extract_head, head_names_of, mode_of, sila_output
+
+    x = keras.Input((4,), name="image")
+    heads = [keras.layers.Dense(3, name=f"head_{k}")(x) for k in (1, 2)]
+    old = keras.Model(x, keras.layers.Concatenate(name="sila_logits")(heads))
+    new = keras.Model(x, sila_output(heads, mode="mutual"))
+    new.save(tmp_path / "new.keras")
+    new = keras.models.load_model(tmp_path / "new.keras")
+    assert head_names_of(old) == head_names_of(new) == ["head_1", "head_2"]
+    assert (mode_of(old), mode_of(new)) == (None, "mutual")
+    assert extract_head(old, 2).output.shape == (None, 3)

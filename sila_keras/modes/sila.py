@@ -7,6 +7,7 @@ user's own ``.keras`` classifier, to which the heads are attached
 
 from __future__ import annotations
 
+from sila_keras.errors import ConfigError
 from sila_keras.modes.base import Mode, is_model_file, option, register_mode
 
 
@@ -18,6 +19,18 @@ class SilaMode(Mode):
     help = "SilaNet heads (paper A)"
     option_hints = {"no_sila": " Use --heads 1 for a plain model."}
     model_files = True
+
+    def validate(self) -> None:
+        """Also: ``--betas`` has one weight per head.
+
+        Raises:
+            ConfigError: ``len(--betas) != --heads``.
+        """
+        super().validate()
+        c = self.config
+        if c.betas is not None and len(c.betas) != c.heads:
+            raise ConfigError(f"`--betas` needs one weight per head ({c.heads}). "
+                              f"Received: betas={list(c.betas)}")
 
     def build_model(self, data):
         config = self.config
