@@ -51,6 +51,19 @@ def finished_run(cifar_folder, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def user_model_run(cifar_folder, tmp_path_factory):
+    """A 1-epoch run of the user's own ``.keras`` CNN with 2 SiLa heads attached."""
+    from sila_keras.train import main
+
+    out = tmp_path_factory.mktemp("user_model_run")
+    path = out / "mine.keras"
+    testing.small_cnn(10).save(path)
+    assert main([f"folder:{cifar_folder}", str(path), "--heads", "2", "--epochs", "1",
+                 "--batch-size", "16", "--milestones", "", "--out", str(out), "--name", "own"]) == 0
+    return out / "own"
+
+
+@pytest.fixture(scope="session")
 def mutual_runs(tiny_folder, tmp_path_factory):
     """Tiny two-network runs: homogeneous SiLa (with AutoAugment, as in Table 3),
     heterogeneous SiLa+DML (``--peer testing.PEER``) and the ``--mode dml`` baseline."""

@@ -66,3 +66,21 @@ def synthetic_folder(root, classes=("a", "b", "c"), train_per_class: int = 6, te
                 Image.fromarray(img).save(buf, format="PNG")
                 (d / f"{i:04d}.png").write_bytes(buf.getvalue())
     return root
+
+
+def small_cnn(num_classes: int, softmax_layer: bool = False):
+    """A user's own small functional CNN classifier (32×32×3, rescales inside)."""
+    import keras
+
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="c1")(x)
+    x = keras.layers.MaxPooling2D(name="p1")(x)
+    x = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="c2")(x)
+    x = keras.layers.MaxPooling2D(name="p2")(x)
+    x = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="c3")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dense(num_classes, name="logits")(x)
+    if softmax_layer:
+        x = keras.layers.Softmax(name="probs")(x)
+    return keras.Model(inputs, x, name="small")

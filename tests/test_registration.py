@@ -31,8 +31,9 @@ print(json.dumps({"light": light, "modes": sila_keras.list_modes(), "models": [
 
 
 @pytest.mark.slow
-def test_every_mode_model_reloads_in_a_fresh_process(finished_run, mutual_runs, dynamic_runs):
-    runs = {"sila": finished_run, "mutual": mutual_runs / "homo",
+def test_every_mode_model_reloads_in_a_fresh_process(finished_run, user_model_run, mutual_runs,
+                                                     dynamic_runs):
+    runs = {"sila": finished_run, "user .keras": user_model_run, "mutual": mutual_runs / "homo",
             "mutual --dml": mutual_runs / "hetero_dml", "dml": mutual_runs / "dml",
             "dynamic": dynamic_runs / "sila", "dynamic --no-sila": dynamic_runs / "msdnet"}
     out = subprocess.run([sys.executable, "-c", LOAD_ALL,
@@ -46,6 +47,7 @@ def test_every_mode_model_reloads_in_a_fresh_process(finished_run, mutual_runs, 
     three = ["head_1", "head_2", "head_3"]
     assert dict(zip(runs, got["models"])) == {
         "sila": ["SilaLoss", "SGDL2", "sila", three, 30],  # 10 CIFAR classes × 3 heads
+        "user .keras": ["SilaLoss", "SGDL2", "sila", two, 20],
         "mutual": ["MutualLoss", "SGDL2", "mutual", two, 6],  # 3 classes × 2 nets
         "mutual --dml": ["MutualLoss", "SGDL2", "mutual", two, 6],
         "dml": ["MutualLoss", "SGDL2", "dml", two, 6],
