@@ -31,8 +31,8 @@ import numpy as np  # noqa: E402
 
 def calibration_images(n: int) -> tuple[np.ndarray, str]:
     """``n`` real CIFAR-10 training images if the shared archive is there, else random ones."""
-    from sila_keras import testing
     from sila_keras.data import load_dataset
+    from tests import helpers as testing
 
     if testing.CIFAR_TAR.exists():
         root = testing.cifar_subset_folder(Path(tempfile.mkdtemp(prefix="bench_cifar_")),

@@ -109,24 +109,13 @@ def check_run_dir(run_dir) -> Path:
 
 def run_label(config: dict) -> str:
     """The method of a run, as in paper B's tables: IND, SiLa, DML, SiLa+DML, …"""
-    mode = config.get("mode", "sila")
-    if mode == "sila":
-        heads = int(config.get("heads", 1))
-        return "IND" if heads == 1 else f"SiLa (M={heads})"
-    if mode == "dynamic":
-        return "MSDNet" if config.get("no_sila") else "Dynamic SiLa"
-    from types import SimpleNamespace
+    from sila_keras.modes import method_label
 
-    from sila_keras.mutual import method_name
-
-    return method_name(SimpleNamespace(mode=mode, dml=bool(config.get("dml")),
-                                       no_sila=bool(config.get("no_sila"))))
+    return method_label(config)
 
 
 def load_run(run_dir):
     """(model, config dict) of a run directory (model loaded without its optimizer)."""
-    import sila_keras.modes  # noqa: F401  (registers MutualLoss, msdnet, … for loading)
-
     run = RunDir(check_run_dir(run_dir))
     return run.load_model(compile=False), run.read_config()
 

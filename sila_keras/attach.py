@@ -33,10 +33,10 @@ from pathlib import Path
 import keras
 from keras import layers
 
-from sila_keras.heads import assemble
+from sila_keras.heads import SILA_OUTPUT, assemble
 from sila_keras.models.registry import Tap
 
-RESERVED = ("sila_logits",)
+RESERVED = (SILA_OUTPUT,)
 # A feature map at most this fraction of its stage's first size (per side) starts a new stage.
 STAGE_SHRINK = 0.6
 
@@ -165,7 +165,7 @@ def load_and_attach(path, num_heads: int = 3, num_classes: int | None = None) ->
             f"model.save('my_model.keras'). Received: path='{path}'"
         )
     model = keras.models.load_model(path, compile=False)
-    if any(layer.name == "sila_logits" for layer in model.layers):
+    if any(layer.name == SILA_OUTPUT for layer in model.layers):
         raise ValueError(
             f"'{path}' is already a SiLa model (it has 'sila_logits'). Train a plain classifier "
             "file, or extract its base first: sila_keras.extract_head(model, 1). "

@@ -1,7 +1,8 @@
-"""AutoAugment (CIFAR-10 policy) and RandAugment as tf.data augmentations.
+"""Training augmentations, registered by name for ``--augment``: the registry, the CIFAR
+standard (``none``, ``crop``, ``standard`` = pad 4 + crop + flip), AutoAugment (CIFAR-10
+policy) and RandAugment, as tf.data augmentations.
 
-Importing this module registers two augmentations in
-:data:`sila_keras.pipeline.AUGMENTATIONS` (``--augment autoaugment|randaugment``).
+:data:`AUGMENTATIONS` maps each name (``--augment``) to ``fn(image, seed)``.
 Both take one uint8 HWC image and a ``[2]`` int32 seed and return a uint8 image of
 the same shape; all randomness is stateless, derived from the seed, so a resumed
 run sees the same augmentations.
@@ -31,7 +32,47 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
-from sila_keras.pipeline import pad_crop_flip, register_augmentation
+AUGMENTATIONS: dict[str, Callable] = {}
+
+
+def register_augmentation(name: str):
+    """Register ``fn(image_uint8_hwc, seed[2]) -> image_uint8_hwc`` under ``name``."""
+
+    def deco(fn):
+        if name in AUGMENTATIONS:
+            raise ValueError(f"Augmentation '{name}' is already registered.")
+        AUGMENTATIONS[name] = fn
+        return fn
+
+    return deco
+
+
+@register_augmentation("none")
+def no_augment(image, seed):
+    return image
+
+
+@register_augmentation("crop")
+def pad_crop(image, seed, pad: int = 4):
+    """Zero-pad by ``pad`` pixels and take a random crop of the original size."""
+    shape = tf.shape(image)
+    padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
+    return tf.image.stateless_random_crop(padded, shape, seed)
+
+
+@register_augmentation("standard")
+def pad_crop_flip(image, seed):
+    """CIFAR standard: pad 4 + random crop + random horizontal flip."""
+    image = pad_crop(image, seed)
+    return tf.image.stateless_random_flip_left_right(image, seed + 1)
+
+
+def get_augmentation(name: str) -> Callable:
+    """The augmentation registered as ``name``."""
+    if name not in AUGMENTATIONS:
+        raise ValueError(f"Unknown augmentation '{name}'. Available: {', '.join(sorted(AUGMENTATIONS))}")
+    return AUGMENTATIONS[name]
+
 
 FILL = 128.0
 CUTOUT = 16

@@ -8,7 +8,13 @@ Naming contract (relied on by the exporter, metrics and tuner):
   (module D), and so on;
 * every layer of head k is prefixed ``head_k_`` (``head_3_conv``), and the
   module's output layer is named ``head_k``;
-* ``sila_logits`` — the ``Concatenate`` of ``head_1 … head_M``, shape ``(B, M·N)``.
+* ``sila_logits`` — the ``Concatenate`` of ``head_1 … head_M``, shape ``(B, M·N)``,
+  built by :func:`sila_output` only. It is a :class:`SilaLogits` layer, which records
+  the head order and the training mode in its config, so a saved model says what it is
+  (:func:`head_names_of`, :func:`mode_of`) without guessing from layer names.
+
+The same contract serves every training mode: in ``--mode mutual``/``dml`` head k is
+net k; in ``--mode dynamic`` head k is exit k (shallowest first).
 
 Placement rule (SilaNet §2.2, "each segment of the base model has about the same
 number of layers"): candidate attach points are the ends of the backbone's
@@ -28,8 +34,64 @@ from keras import layers
 
 from sila_keras.models.registry import Tap, get_backbone
 
+SILA_OUTPUT = "sila_logits"
 DEFAULT_MEAN = (127.5, 127.5, 127.5)
 DEFAULT_STD = (63.75, 63.75, 63.75)
+
+
+def head_name(k: int) -> str:
+    """The layer name of head ``k`` (1-based): ``head_k``."""
+    return f"head_{int(k)}"
+
+
+@keras.saving.register_keras_serializable(package="sila_keras")
+class SilaLogits(layers.Concatenate):
+    """The ``sila_logits`` layer: the heads' logits concatenated, plus what they are.
+
+    A ``Concatenate`` (last axis, float32) whose config also holds ``heads`` (the head
+    layer names in order) and ``mode`` (the training mode that built the model), so both
+    survive ``model.save``/``keras.models.load_model``. Build it with :func:`sila_output`.
+
+    Args:
+        heads: head layer names, in head order.
+        mode: training mode (``sila``, ``mutual``, ``dml``, ``dynamic``).
+        **kwargs: ``Concatenate``/``Layer`` arguments.
+
+    Example:
+        >>> import keras
+        >>> a, b = keras.Input((3,)), keras.Input((3,))
+        >>> layer = SilaLogits(heads=["head_1", "head_2"], mode="sila")
+        >>> layer([a, b]).shape
+        (None, 6)
+    """
+
+    def __init__(self, heads=(), mode: str = "sila", axis: int = -1, **kwargs):
+        super().__init__(axis=axis, **kwargs)
+        self.heads = [str(h) for h in heads]
+        self.mode = str(mode)
+
+    def get_config(self):
+        return {**super().get_config(), "heads": list(self.heads), "mode": self.mode}
+
+
+def sila_output(head_logits: Sequence, mode: str = "sila", names: Sequence[str] | None = None):
+    """``sila_logits``: the concatenation of the heads' logits (the one builder).
+
+    Args:
+        head_logits: the M symbolic ``(B, N)`` tensors, head 1 first.
+        mode: the training mode, recorded with the model.
+        names: the layer names that output ``head_logits`` (default ``head_1 … head_M``,
+            the contract of every ``--mode``), recorded with the model.
+
+    Returns:
+        The symbolic ``(B, M·N)`` float32 tensor.
+    """
+    names = [head_name(k) for k in range(1, len(head_logits) + 1)] if names is None else names
+    if len(names) != len(head_logits):
+        raise ValueError(f"`names` needs one name per head ({len(head_logits)}). "
+                         f"Received: names={list(names)}")
+    return SilaLogits(heads=names, mode=mode, axis=-1, name=SILA_OUTPUT,
+                      dtype="float32")(list(head_logits))
 
 
 def place_heads(taps: Sequence[Tap], num_heads: int, model_name: str = "this model") -> list[Tap]:
@@ -54,12 +116,13 @@ def aux_head(tap: Tap, head: int, num_classes: int):
 
     Every layer is named ``head_{head}_*``; the output layer is ``head_{head}``.
     """
+    name = head_name(head)
     x = tap.tensor
     if tap.preact:
-        x = layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=f"head_{head}_bn")(x)
-        x = layers.ReLU(name=f"head_{head}_relu")(x)
-    x = layers.Conv2D(num_classes, 3, padding="same", name=f"head_{head}_conv")(x)
-    return layers.GlobalAveragePooling2D(name=f"head_{head}")(x)
+        x = layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=f"{name}_bn")(x)
+        x = layers.ReLU(name=f"{name}_relu")(x)
+    x = layers.Conv2D(num_classes, 3, padding="same", name=f"{name}_conv")(x)
+    return layers.GlobalAveragePooling2D(name=name)(x)
 
 
 def normalizer(num_channels: int, mean=None, std=None) -> layers.Layer:
@@ -78,10 +141,9 @@ def assemble(inputs, base_logits, taps: Sequence[Tap], num_heads: int, num_class
              name: str, model_name: str = "this model") -> keras.Model:
     """Join the base classifier and the auxiliary heads into one SiLa model."""
     chosen = place_heads(taps, num_heads, model_name)
-    heads = [layers.Identity(name="head_1")(base_logits)]
+    heads = [layers.Identity(name=head_name(1))(base_logits)]
     heads += [aux_head(tap, k, num_classes) for k, tap in enumerate(chosen, start=2)]
-    sila_logits = layers.Concatenate(axis=-1, name="sila_logits", dtype="float32")(heads)
-    return keras.Model(inputs, sila_logits, name=name)
+    return keras.Model(inputs, sila_output(heads, mode="sila"), name=name)
 
 
 def build_backbone(backbone: str, num_classes: int, input_shape: Sequence[int] = (32, 32, 3),
@@ -143,15 +205,33 @@ def build_sila_model(backbone: str, num_classes: int, num_heads: int = 3,
 
 
 def num_heads_of(model: keras.Model) -> int:
-    """M: the number of ``head_k`` layers feeding ``sila_logits``."""
+    """M: the number of heads feeding ``sila_logits``."""
+    return len(head_names_of(model))
+
+
+def head_names_of(model: keras.Model) -> list[str]:
+    """The head layer names of a SiLa model, in head order (recorded in ``sila_logits``).
+
+    Models saved before the order was recorded (a plain ``Concatenate``) give
+    ``head_1 … head_M`` for their M inputs.
+    """
     concat = sila_layer(model)
-    return len(concat.input) if isinstance(concat.input, list) else 1
+    if isinstance(concat, SilaLogits) and concat.heads:
+        return list(concat.heads)
+    m = len(concat.input) if isinstance(concat.input, list) else 1
+    return [head_name(k) for k in range(1, m + 1)]
+
+
+def mode_of(model: keras.Model) -> str | None:
+    """The training mode recorded in ``sila_logits`` (``None`` for older saved models)."""
+    concat = sila_layer(model)
+    return concat.mode if isinstance(concat, SilaLogits) else None
 
 
 def sila_layer(model: keras.Model) -> layers.Layer:
     """The ``sila_logits`` layer, with a clear error if the model has none."""
     try:
-        return model.get_layer("sila_logits")
+        return model.get_layer(SILA_OUTPUT)
     except ValueError:
         raise ValueError(
             f"Model '{model.name}' is not a SiLa model: it has no layer named 'sila_logits'. "
@@ -169,16 +249,29 @@ def extract_head(model: keras.Model, head: int) -> keras.Model:
     Raises:
         ValueError: ``model`` has no ``sila_logits`` or no head ``head``.
     """
-    m = num_heads_of(model)
+    names = head_names_of(model)
+    m = len(names)
     if not 1 <= int(head) <= m:
         raise ValueError(
             f"Head index out of range: model '{model.name}' has heads 1..{m} "
-            f"({', '.join(f'head_{k}' for k in range(1, m + 1))}). Received: head={head}"
+            f"({', '.join(names)}). Received: head={head}"
         )
-    out = model.get_layer(f"head_{int(head)}").output
-    return keras.Model(model.input, out, name=f"{model.name}_head_{int(head)}")
+    out = model.get_layer(names[int(head) - 1]).output
+    return keras.Model(model.input, out, name=f"{model.name}_{names[int(head) - 1]}")
 
 
 def trainable_params(model: keras.Model) -> int:
     """Trainable parameters (BN moving statistics excluded), as the papers count them."""
     return int(sum(math.prod(w.shape) for w in model.trainable_weights))
+
+
+def check_heads_fit(backbone: str, num_heads: int) -> None:
+    """``num_heads`` can be placed on ``backbone``: builds it symbolically (no data, ~1 s).
+
+    Raises:
+        ModelError: more heads than the backbone has attach points (+1).
+    """
+
+    size = max(32, get_backbone(backbone).min_input_size)
+    _, out = build_backbone(backbone, 10, (size, size, 3))
+    place_heads(out.taps, num_heads, f"Backbone '{backbone}'")

@@ -15,6 +15,13 @@ set offset, under a single M·N-way softmax:
 Here CE(z, t) = -log softmax(z)[t] over all M·N logits. One log-softmax is
 computed and M entries are gathered from it. With M = 1 both reduce to plain
 sparse categorical cross-entropy (the base model).
+
+:class:`MutualLoss` generalises the loss to C jointly trained classifiers (two
+networks in ``--mode mutual``/``dml``, the exits of ``--mode dynamic --no-sila``):
+the SiLa loss or one N-way CE per classifier, optionally with the Deep Mutual
+Learning KL terms (Zhang et al. 2018)::
+
+    L_DML = Σ_c KL(p_other ‖ p_c),  p = N-way softmax of one classifier's own logits
 """
 
 from __future__ import annotations
@@ -151,3 +158,105 @@ class SilaLoss(keras.losses.Loss):
         config = super().get_config()
         config.update(num_classes=self.num_classes, beta=self.beta, lam=self.lam, betas=self.betas)
         return config
+
+
+# --------------------------------------------------------------------------- C classifiers
+
+
+def split_logits(y_pred, num_sets: int, num_classes: int) -> list:
+    """The ``num_sets`` logit blocks ``(B, N)`` of ``sila_logits`` (float32)."""
+    y_pred = ops.cast(y_pred, "float32")
+    return [y_pred[:, c * num_classes:(c + 1) * num_classes] for c in range(num_sets)]
+
+
+def cross_entropy(logits, labels):
+    """Per-example N-way cross-entropy of integer ``labels`` under ``logits``."""
+    log_probs = ops.log_softmax(logits, axis=-1)
+    return -ops.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
+
+
+def dml_kl(self_logits, other_logits):
+    """KL(p_other ‖ p_self) per example, with ``p_other`` a constant target.
+
+    ``stop_gradient`` on the other net's distribution: this term trains only the
+    net that owns ``self_logits`` (Deep Mutual Learning, Zhang et al. 2018, Eq. 2).
+    """
+    log_p_other = ops.stop_gradient(ops.log_softmax(other_logits, axis=-1))
+    log_p_self = ops.log_softmax(self_logits, axis=-1)
+    return ops.sum(ops.exp(log_p_other) * (log_p_other - log_p_self), axis=-1)
+
+
+def mutual_loss(y_true, y_pred, num_classes: int, betas: Sequence[float], sila: bool = True,
+                dml: bool = False):
+    """Per-example loss of C jointly trained classifiers on ``sila_logits`` ``(B, C·N)``.
+
+    Args:
+        y_true: integer labels ``(B,)`` or ``(B, 1)``.
+        y_pred: the concatenated logits of the C classifiers.
+        num_classes: N.
+        betas: the C weights β_c.
+        sila: True: the SiLa loss (paper B Eq. 10/11) over one C·N-way softmax;
+            False: Σ_c β_c · CE_N(z_c, y), each classifier with its own N-way softmax.
+        dml: add, for each classifier c, the mean over the others d of KL(p_d ‖ p_c)
+            with p_d held constant (for C = 2: exactly the two DML terms).
+
+    Returns:
+        ``(B,)`` float32 losses.
+    """
+    num_sets = len(betas)
+    width = y_pred.shape[-1]
+    if width is not None and width != num_sets * num_classes:
+        raise ValueError(
+            f"The logits of {num_sets} classifiers with {num_classes} classes need width "
+            f"{num_sets * num_classes}. Received: y_pred.shape={tuple(y_pred.shape)}"
+        )
+    labels = ops.cast(ops.reshape(y_true, (-1,)), "int32")
+    blocks = split_logits(y_pred, num_sets, num_classes)
+    if sila:
+        loss = sila_loss(labels, y_pred, num_classes, betas)
+    else:
+        loss = sum(float(b) * cross_entropy(z, labels) for b, z in zip(betas, blocks))
+    if dml and num_sets > 1:
+        for c, z in enumerate(blocks):
+            others = [dml_kl(z, blocks[d]) for d in range(num_sets) if d != c]
+            loss = loss + sum(others) / float(len(others))
+    return loss
+
+
+@keras.saving.register_keras_serializable(package="sila_keras")
+class MutualLoss(keras.losses.Loss):
+    """Loss of jointly trained classifiers: SiLa (Eq. 10), plain CE, and/or DML.
+
+    ``call`` returns one value per example (correct under ``tf.distribute``).
+
+    Args:
+        num_classes: N.
+        betas: one weight β_c per classifier (default ``(1, 1)``: two nets).
+        sila: SiLa loss over the concatenated logits (True) or one N-way CE per
+            classifier (False, the IND / DML baseline / original MSDNet loss).
+        dml: add the Deep Mutual Learning KL terms.
+        name: loss name.
+
+    Example:
+        >>> import numpy as np
+        >>> loss = MutualLoss(10, betas=(1, 1), sila=True, dml=True)
+        >>> loss(np.array([3]), np.zeros((1, 20))).shape
+        TensorShape([])
+    """
+
+    def __init__(self, num_classes: int, betas: Sequence[float] = (1.0, 1.0), sila: bool = True,
+                 dml: bool = False, name: str = "mutual_loss", **kwargs):
+        super().__init__(name=name, **kwargs)
+        if int(num_classes) < 1:
+            raise ValueError(f"`num_classes` must be >= 1. Received: num_classes={num_classes}")
+        self.num_classes = int(num_classes)
+        self.betas = set_weights(len(list(betas)), betas=list(betas))  # validates
+        self.sila = bool(sila)
+        self.dml = bool(dml)
+
+    def call(self, y_true, y_pred):
+        return mutual_loss(y_true, y_pred, self.num_classes, self.betas, self.sila, self.dml)
+
+    def get_config(self):
+        return {**super().get_config(), "num_classes": self.num_classes, "betas": self.betas,
+                "sila": self.sila, "dml": self.dml}

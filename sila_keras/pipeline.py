@@ -6,60 +6,24 @@ with seed ``(seed, e)`` and augments example i with the stateless seed
 augmentations the uninterrupted run would have seen, and parallel map stays
 deterministic.
 
-Augmentations are registered by name in :data:`AUGMENTATIONS` (``fn(image, seed)``
-on one uint8 HWC image with a ``[2]`` int32 seed, returning uint8 HWC).
+Augmentations are registered by name in :data:`sila_keras.augment.AUGMENTATIONS`
+(``fn(image, seed)`` on one uint8 HWC image with a ``[2]`` int32 seed, returning uint8 HWC).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
 
-AUGMENTATIONS: dict[str, Callable] = {}
-
-
-def register_augmentation(name: str):
-    """Register ``fn(image_uint8_hwc, seed[2]) -> image_uint8_hwc`` under ``name``."""
-
-    def deco(fn):
-        if name in AUGMENTATIONS:
-            raise ValueError(f"Augmentation '{name}' is already registered.")
-        AUGMENTATIONS[name] = fn
-        return fn
-
-    return deco
-
-
-@register_augmentation("none")
-def no_augment(image, seed):
-    return image
-
-
-@register_augmentation("crop")
-def pad_crop(image, seed, pad: int = 4):
-    """Zero-pad by ``pad`` pixels and take a random crop of the original size."""
-    shape = tf.shape(image)
-    padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
-    return tf.image.stateless_random_crop(padded, shape, seed)
-
-
-@register_augmentation("standard")
-def pad_crop_flip(image, seed):
-    """CIFAR standard: pad 4 + random crop + random horizontal flip."""
-    image = pad_crop(image, seed)
-    return tf.image.stateless_random_flip_left_right(image, seed + 1)
-
-
-def get_augmentation(name: str) -> Callable:
-    """The augmentation registered as ``name``."""
-    import sila_keras.augment  # noqa: F401  (registers autoaugment / randaugment; lazy: no cycle)
-
-    if name not in AUGMENTATIONS:
-        raise ValueError(f"Unknown augmentation '{name}'. Available: {', '.join(sorted(AUGMENTATIONS))}")
-    return AUGMENTATIONS[name]
+from sila_keras.augment import (  # noqa: F401  (the augmentation registry lives there)
+    AUGMENTATIONS,
+    get_augmentation,
+    pad_crop,
+    pad_crop_flip,
+    register_augmentation,
+)
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:

@@ -31,3 +31,65 @@ def plot_curves(rows: list[dict], num_heads: int, path, title: str = "") -> None
     with io.atomic_path(Path(path), suffix=".png") as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
+
+
+def plot_net_curves(rows: list[dict], net: int, path, title: str = "") -> None:
+    """Test Top-1 (and NLL, when logged) of one net vs epoch (paper B Fig. 3), as PNG."""
+    key_acc = f"head_{net}_acc"
+    key_nll = "nll" if net == 1 else f"head_{net}_nll"
+    epochs = [int(r["epoch"]) for r in rows]
+    acc = [100 * float(r[key_acc]) for r in rows]
+    nll = [float(r[key_nll]) for r in rows if r.get(key_nll) not in (None, "")]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    marker = "o" if len(epochs) < 30 else None
+    ax.plot(epochs, acc, marker=marker, ms=3, color="C0", label=f"Net {net} test Top-1")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test Top-1 (%)")
+    ax.grid(alpha=0.3)
+    if len(nll) == len(epochs) and nll:
+        ax2 = ax.twinx()
+        ax2.plot(epochs, nll, marker=marker, ms=3, color="C1", ls="--", label=f"Net {net} test NLL")
+        ax2.set_ylabel("test NLL")
+        ax2.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(title or f"Net {net}")
+    fig.tight_layout()
+    with io.atomic_path(Path(path), suffix=".png") as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def plot_anytime(anytime: list[dict], path, title: str = "") -> None:
+    """Test Top-1 of each exit vs the FLOPs of its path (paper B Fig. 5)."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    x = [r["flops"] / 1e6 for r in anytime]
+    y = [100 * r["test_top1"] for r in anytime]
+    ax.plot(x, y, marker="o", ms=4)
+    for r, xi, yi in zip(anytime, x, y):
+        ax.annotate(f"exit {r['exit']}", (xi, yi), textcoords="offset points", xytext=(3, 4), fontsize=7)
+    ax.set_xlabel("FLOPs of the exit's path (×10⁶ multiply-adds)")
+    ax.set_ylabel("test Top-1 (%)")
+    ax.set_title(f"{title} anytime prediction".strip())
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with io.atomic_path(Path(path), suffix=".png") as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def plot_budgeted(budgeted: list[dict], anytime: list[dict], path, title: str = "") -> None:
+    """Test Top-1 vs average FLOPs per test image (paper B Fig. 4)."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    pts = sorted((r["test_avg_flops"] / 1e6, 100 * r["test_top1"]) for r in budgeted)
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=4, label="dynamic exits (thresholds)")
+    ax.plot([r["cumulative_flops"] / 1e6 for r in anytime], [100 * r["test_top1"] for r in anytime],
+            ls=":", marker="x", color="grey", label="single exit for all images")
+    ax.set_xlabel("average FLOPs per test image (×10⁶ multiply-adds)")
+    ax.set_ylabel("test Top-1 (%)")
+    ax.set_title(f"{title} budgeted batch classification".strip())
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    with io.atomic_path(Path(path), suffix=".png") as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)

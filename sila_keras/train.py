@@ -24,7 +24,6 @@ from sila_keras.config import (
     AUGMENT_NAMES,
     BACKBONE_NAMES,
     DOWNLOAD_MODES,
-    MODES,
     PAPER_MILESTONES,
     STRATEGIES,
     TrainConfig,
@@ -37,6 +36,8 @@ from sila_keras.rundir import RunDir, check_resume
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``sila-train`` parser (imports nothing heavy: ``--help`` never loads TensorFlow)."""
+    from sila_keras.modes import get_mode, list_modes
+
     d = TrainConfig("", "")
     p = argparse.ArgumentParser(
         prog="sila-train",
@@ -54,9 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lam", type=float, default=d.lam, help="λ: decay of β per further set")
     g.add_argument("--betas", type=_floats, default=None,
                    help="explicit weight per set β_1,…,β_M (paper B Eq. 10); overrides β/λ")
-    g.add_argument("--mode", default=d.mode, choices=MODES,
-                   help="sila: SilaNet heads (paper A); mutual/dml: two networks (paper B); "
-                        "dynamic: multi-exit network (paper B)")
+    g.add_argument("--mode", default=d.mode, choices=list_modes(),
+                   help="; ".join(f"{m}: {get_mode(m).help}" for m in list_modes()))
     g.add_argument("--peer", default=None, help="--mode mutual/dml: the second network's backbone")
     g.add_argument("--dml", action="store_true", help="--mode mutual: add Deep Mutual Learning KL terms")
     g.add_argument("--no-sila", action="store_true",
@@ -198,35 +198,22 @@ def validate_model_name(model: str) -> None:
     get_backbone(model)
 
 
-def check_before_data(config: TrainConfig) -> None:
+def check_before_data(config: TrainConfig):
     """Everything checkable without data, before it is loaded: the model name, the mode's
-    flags, mixed precision, and that ``--heads`` fits the backbone.
+    flags (and what the mode can check without data, e.g. that ``--heads`` fits the
+    backbone), mixed precision. Returns the run's validated :class:`~sila_keras.modes.Mode`.
 
     Raises:
         SilaError: the first problem found.
     """
-    from sila_keras.modes import validate_for_mode
+    from sila_keras.modes import make_mode
     from sila_keras.precision import check_mixed_precision
 
     validate_model_name(config.model)
-    validate_for_mode(config)
+    mode = make_mode(config)  # validates the mode's flags, once per run
+    mode.check_before_data()
     check_mixed_precision(config.model, config.mixed_precision)
-    if config.mode == "sila" and config.heads > 1 and config.model in BACKBONE_NAMES:
-        check_heads_fit(config.model, config.heads)
-
-
-def check_heads_fit(backbone: str, num_heads: int) -> None:
-    """``num_heads`` can be placed on ``backbone``: builds it symbolically (no data, ~1 s).
-
-    Raises:
-        ValueError: more heads than the backbone has attach points (+1).
-    """
-    from sila_keras.heads import build_backbone, place_heads
-    from sila_keras.models import get_backbone
-
-    size = max(32, get_backbone(backbone).min_input_size)
-    _, out = build_backbone(backbone, 10, (size, size, 3))
-    place_heads(out.taps, num_heads, f"Backbone '{backbone}'")
+    return mode
 
 
 def check_run_dir(config: TrainConfig, run_dir: Path | None = None) -> ResumeState:
@@ -276,33 +263,32 @@ def load_data(config: TrainConfig):
                         skip_bad_images=config.skip_bad_images)
 
 
-def build_model(config: TrainConfig, data):
-    """The model for this config and data (normalization from the training pixels).
+def build_model(config: TrainConfig, data, mode=None):
+    """The model for this config and data (normalization from the training pixels), built by
+    the run's :class:`~sila_keras.modes.Mode` (``mode``; default: made from ``config``).
 
-    ``config.model`` may be a path to the user's own ``.keras`` classifier: SiLa heads are
-    attached to it (:func:`sila_keras.attach.load_and_attach`); it receives raw 0–255 pixels.
+    In ``--mode sila``, ``config.model`` may be a path to the user's own ``.keras``
+    classifier: SiLa heads are attached to it; it receives raw 0–255 pixels.
     """
-    if config.model.endswith((".keras", ".h5")):
-        from sila_keras.attach import load_and_attach
+    from sila_keras.modes import make_mode
 
-        return load_and_attach(config.model, config.heads, data.num_classes)
-    from sila_keras.modes import build_for_mode
-
-    return build_for_mode(config, data)
+    return (mode or make_mode(config)).build_model(data)
 
 
-def compile_model(model, config: TrainConfig, num_classes: int, steps: int, num_heads: int | None = None):
-    """Compile with the mode's loss (SiLa by default), the papers' SGD and per-head metrics."""
+def compile_model(model, config: TrainConfig, num_classes: int, steps: int, num_heads: int | None = None,
+                  mode=None):
+    """Compile with the mode's loss and metrics (SiLa by default) and the papers' SGD."""
     from sila_keras.heads import num_heads_of
-    from sila_keras.modes import loss_for_mode, metrics_for_mode
+    from sila_keras.modes import make_mode
     from sila_keras.optim import make_optimizer
 
+    mode = mode or make_mode(config)
     m = num_heads or num_heads_of(model)
     model.compile(
         optimizer=make_optimizer(config.lr, config.momentum, config.weight_decay, config.milestones,
                                  config.gamma, steps, config.nesterov),
-        loss=loss_for_mode(config, num_classes, m),
-        metrics=metrics_for_mode(config, num_classes, m),
+        loss=mode.loss(num_classes, m),
+        metrics=mode.metrics(num_classes, m),
         jit_compile=bool(config.jit),
         steps_per_execution=int(config.steps_per_execution),
     )
@@ -427,11 +413,10 @@ def _run(config: TrainConfig) -> dict:
     from sila_keras.callbacks import EpochLogger, NonFiniteGuard, ResumeCheckpoint
     from sila_keras.distribute import dataset_options, make_strategy, process_run_dir, strategy_name
     from sila_keras.heads import num_heads_of, trainable_params
-    from sila_keras.modes import after_training, prepare_data_for_mode
     from sila_keras.multiworker import agree_on_epoch, barrier
     from sila_keras.precision import set_precision
 
-    check_before_data(config)
+    mode = check_before_data(config)  # validates the mode's flags, once
     # Only the chief writes the run directory; other multi-workers write (and resume from)
     # their own scratch copy <run>/.workers/<type>_<id>, so machines need no shared disk.
     run_dir = process_run_dir(config.run_dir, config.strategy)
@@ -446,7 +431,7 @@ def _run(config: TrainConfig) -> dict:
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
-    data = prepare_data_for_mode(config, load_data(config))
+    data = mode.prepare_data(load_data(config))
     print(f"Data: {data.source}: {len(data.train_y)} train / {len(data.test_y)} test images, "
           f"{data.num_classes} classes, input {data.input_shape}"
           + "".join(f"\n  note: {n}" for n in data.notes), flush=True)
@@ -459,7 +444,8 @@ def _run(config: TrainConfig) -> dict:
             model = keras.models.load_model(state.checkpoint)
             print(f"Resuming {run_dir} after epoch {state.initial_epoch}", flush=True)
         else:
-            model = compile_model(build_model(config, data), config, data.num_classes, steps)
+            model = compile_model(build_model(config, data, mode), config, data.num_classes, steps,
+                                  mode=mode)
     create_run_dir(config, run_dir)
     num_heads = num_heads_of(model)
     print(f"Model: {config.model}, {num_heads} head(s), {trainable_params(model):,} trainable "
@@ -482,7 +468,7 @@ def _run(config: TrainConfig) -> dict:
     if guard.failure:
         raise TrainingFailed(guard.failure)
     summary = save_run(run_dir, model, config, data, logger, strategy, elapsed()["wall_time_s"])
-    summary = after_training(config, model, data, run_dir, logger.rows, summary)
+    summary = mode.after_training(model, data, run_dir, logger.rows, summary)
     run.write_summary(summary)
     barrier(strategy)  # multi-worker: no process exits while a peer still needs it
     heads = "  ".join(f"head_{k} {100 * (v['final_acc'] or 0):.2f}% (best {100 * (v['best_acc'] or 0):.2f}%)"

@@ -10,9 +10,8 @@ import tensorflow as tf  # noqa: E402
 _cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
+import helpers as testing  # noqa: E402  (tests/helpers.py)
 import pytest  # noqa: E402
-
-from sila_keras import testing  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -33,3 +32,63 @@ def cifar_folder(tmp_path_factory, shared_dir):
 def tiny_folder(tmp_path_factory):
     """A synthetic 3-class PNG folder dataset (no shared data needed)."""
     return testing.synthetic_folder(tmp_path_factory.mktemp("tiny"))
+
+
+# ----------------------------------------------------------------- tiny finished runs, one per mode
+# Session-scoped, so the mode tests and the fresh-process reload test share one training each.
+
+
+@pytest.fixture(scope="session")
+def finished_run(cifar_folder, tmp_path_factory):
+    """A 2-epoch ``--mode sila`` resnet20 run on real CIFAR images (lr halved after epoch 1)."""
+    from sila_keras.train import main
+
+    out = tmp_path_factory.mktemp("runs")
+    rc = main([f"folder:{cifar_folder}", "resnet20", "--epochs", "2", "--batch-size", "16",
+               "--milestones", "1", "--gamma", "0.5", "--out", str(out), "--name", "e2e"])
+    assert rc == 0
+    return out / "e2e"
+
+
+@pytest.fixture(scope="session")
+def user_model_run(cifar_folder, tmp_path_factory):
+    """A 1-epoch run of the user's own ``.keras`` CNN with 2 SiLa heads attached."""
+    from sila_keras.train import main
+
+    out = tmp_path_factory.mktemp("user_model_run")
+    path = out / "mine.keras"
+    testing.small_cnn(10).save(path)
+    assert main([f"folder:{cifar_folder}", str(path), "--heads", "2", "--epochs", "1",
+                 "--batch-size", "16", "--milestones", "", "--out", str(out), "--name", "own"]) == 0
+    return out / "own"
+
+
+@pytest.fixture(scope="session")
+def mutual_runs(tiny_folder, tmp_path_factory):
+    """Tiny two-network runs: homogeneous SiLa (with AutoAugment, as in Table 3),
+    heterogeneous SiLa+DML (``--peer testing.PEER``) and the ``--mode dml`` baseline."""
+    from sila_keras.train import main
+
+    out = tmp_path_factory.mktemp("mutual_runs")
+    cases = {"homo": ["resnet20", "--mode", "mutual", "--augment", "autoaugment"],
+             "hetero_dml": ["resnet20", "--mode", "mutual", "--peer", testing.PEER, "--dml"],
+             "dml": ["resnet20", "--mode", "dml"]}
+    for name, args in cases.items():
+        rc = main([f"folder:{tiny_folder}", *args, "--epochs", "1", "--batch-size", "8",
+                   "--milestones", "", "--out", str(out), "--name", name])
+        assert rc == 0, name
+    return out
+
+
+@pytest.fixture(scope="session")
+def dynamic_runs(tiny_folder, tmp_path_factory):
+    """Tiny ``--mode dynamic`` runs of a 3-exit MSDNet: Dynamic SiLa and (``--no-sila``) MSDNet."""
+    from sila_keras.config import TrainConfig
+    from sila_keras.train import run
+
+    out = tmp_path_factory.mktemp("dynamic_runs")
+    for name, no_sila in (("sila", False), ("msdnet", True)):
+        run(TrainConfig(dataset=f"folder:{tiny_folder}", model="msdnet", mode="dynamic",
+                        no_sila=no_sila, epochs=1, batch_size=8, milestones=(), out=str(out),
+                        name=name, backbone_kwargs=testing.MSDNET_TINY, verbose=0))
+    return out

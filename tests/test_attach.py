@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+from helpers import small_cnn
 
 from sila_keras import extract_head, trainable_params
 from sila_keras.attach import attach_heads, find_taps, load_and_attach
@@ -98,18 +99,7 @@ def test_bad_taps_and_head_counts(mobilenetv2):
 
 
 def _small_cnn(softmax_layer=False):
-    inputs = keras.Input((32, 32, 3))
-    x = keras.layers.Rescaling(1 / 255)(inputs)
-    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="c1")(x)
-    x = keras.layers.MaxPooling2D(name="p1")(x)
-    x = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="c2")(x)
-    x = keras.layers.MaxPooling2D(name="p2")(x)
-    x = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="c3")(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    x = keras.layers.Dense(N, name="logits")(x)
-    if softmax_layer:
-        x = keras.layers.Softmax(name="probs")(x)
-    return keras.Model(inputs, x, name="small")
+    return small_cnn(N, softmax_layer)
 
 
 def test_own_model_with_softmax_layer():
@@ -154,15 +144,9 @@ def test_load_and_attach(tmp_path):
         load_and_attach(tmp_path / "sila.keras")
 
 
-def test_train_cli_on_a_user_model_file(cifar_folder, tmp_path):
+def test_train_cli_on_a_user_model_file(user_model_run):
     """`python -m sila_keras.train DATASET path/to/model.keras` attaches heads and trains it."""
     import json
 
-    from sila_keras.train import main
-
-    path = tmp_path / "mine.keras"
-    _small_cnn().save(path)
-    assert main([f"folder:{cifar_folder}", str(path), "--heads", "2", "--epochs", "1", "--batch-size", "16",
-                 "--milestones", "", "--out", str(tmp_path), "--name", "own"]) == 0
-    s = json.loads((tmp_path / "own" / "summary.json").read_text())
+    s = json.loads((user_model_run / "summary.json").read_text())
     assert s["num_heads"] == 2 and s["heads"]["head_2"]["params"] < s["heads"]["head_1"]["params"]

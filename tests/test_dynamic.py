@@ -6,28 +6,26 @@ import json
 import keras
 import numpy as np
 import pytest
+from helpers import MSDNET_TINY
 
-import sila_keras.models.msdnet  # noqa: F401  (registers msdnet until models/__init__ imports it)
 from sila_keras import extract_head, num_heads_of, trainable_params
-from sila_keras.config import TrainConfig
-from sila_keras.data import load_dataset
-from sila_keras.dynamic import (
-    build_dynamic_model,
+from sila_keras.anytime import (
     count_macs,
     evaluate_dynamic,
     exit_flops,
     fit_thresholds,
-    holdout_for,
     proportions_for_budget,
     route,
 )
-from sila_keras.losses import SilaLoss
+from sila_keras.config import TrainConfig
+from sila_keras.data import load_dataset
+from sila_keras.losses import MutualLoss, SilaLoss
 from sila_keras.models.msdnet import block_layers, scales_at
-from sila_keras.modes import prepare_data_for_mode
-from sila_keras.mutual import MutualLoss
+from sila_keras.modes import make_mode
+from sila_keras.modes.dynamic import build_dynamic_model, holdout_for
 from sila_keras.train import main, run
 
-TINY = {"blocks": 3, "base": 1, "step": 1, "channels": 4, "growth": 2, "classifier_channels": 8}
+TINY = MSDNET_TINY
 
 
 def read_csv(path):
@@ -105,16 +103,6 @@ def test_betas_must_match_the_number_of_exits(tiny_folder, tmp_path):
         run(config)
 
 
-@pytest.fixture(scope="module")
-def dynamic_runs(tiny_folder, tmp_path_factory):
-    out = tmp_path_factory.mktemp("dynamic_runs")
-    for name, no_sila in (("sila", False), ("msdnet", True)):
-        run(TrainConfig(dataset=f"folder:{tiny_folder}", model="msdnet", mode="dynamic",
-                        no_sila=no_sila, epochs=1, batch_size=8, milestones=(), out=str(out),
-                        name=name, backbone_kwargs=TINY, verbose=0))
-    return out
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name, loss_type", [("sila", SilaLoss), ("msdnet", MutualLoss)])
 def test_dynamic_run_writes_both_evaluations(dynamic_runs, name, loss_type):
@@ -159,10 +147,11 @@ def test_budgets_outside_the_flops_range_are_rejected(dynamic_runs, tiny_folder,
 def test_holdout_is_set_aside_before_training(tiny_folder):
     data = load_dataset(f"folder:{tiny_folder}")
     config = TrainConfig(dataset="x", model="msdnet", mode="dynamic")
-    split = prepare_data_for_mode(config, data)
-    (hx, hy), source = holdout_for(split)
+    mode = make_mode(config)
+    split = mode.prepare_data(data)
+    (hx, hy), source = holdout_for(split, holdout=mode.holdout)
     assert len(hy) == 2 and len(split.train_y) == len(data.train_y) - 2
     assert "not trained on" in source
-    assert prepare_data_for_mode(config.replace(mode="sila"), data) is data
+    assert make_mode(config.replace(mode="sila")).prepare_data(data) is data
     (_, hy2), source2 = holdout_for(data)
     assert len(hy2) == 2 and "seen in training" in source2

@@ -8,19 +8,18 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import PEER
 
-import sila_keras.augment  # noqa: F401  (registers --augment autoaugment until train imports it)
 from sila_keras import extract_head, num_heads_of, trainable_params
 from sila_keras.config import TrainConfig
 from sila_keras.heads import build_sila_model
-from sila_keras.models import list_backbones
-from sila_keras.modes import loss_for_mode, metrics_for_mode
-from sila_keras.mutual import MutualLoss, build_mutual_model, dml_kl, method_name
+from sila_keras.losses import MutualLoss, dml_kl
+from sila_keras.modes import make_mode, method_label
+from sila_keras.modes.mutual import build_mutual_model
 from sila_keras.train import main
 
 N = 5
 FAST = ["--epochs", "1", "--batch-size", "8", "--milestones", ""]
-PEER = "mobilenetv1" if "mobilenetv1" in list_backbones() else "vgg11"
 
 
 def np_log_softmax(z):
@@ -147,33 +146,21 @@ def test_bad_mutual_flags_exit_2(tiny_folder, tmp_path, capsys, argv, message):
 def test_loss_and_method_per_mode(mode, flags, sila, dml, method):
     config = TrainConfig(dataset="x", model="resnet20", mode=mode, heads=2, betas=(1.0, 0.5),
                          **flags)
-    loss = loss_for_mode(config, 10, 2)
+    mode = make_mode(config)
+    loss = mode.loss(10, 2)
     assert isinstance(loss, MutualLoss) and (loss.sila, loss.dml) == (sila, dml)
     assert loss.betas == [1.0, 0.5]
-    assert method_name(config) == method
-    names = [m.name for m in metrics_for_mode(config, 10, 2)]
+    assert method_label(config) == method == method_label(config.to_dict())
+    names = [m.name for m in mode.metrics(10, 2)]
     assert {"head_1_acc", "head_2_acc", "top5", "nll", "head_2_top5", "head_2_nll"} <= set(names)
     assert len(names) == len(set(names))
 
 
-@pytest.fixture(scope="module")
-def runs(tiny_folder, tmp_path_factory):
-    """Two tiny mutual runs: homogeneous SiLa (with AutoAugment, as in Table 3) and
-    heterogeneous SiLa+DML. The loss of every other flag combination is checked above."""
-    out = tmp_path_factory.mktemp("mutual_runs")
-    cases = {"homo": ["resnet20", "--mode", "mutual", "--augment", "autoaugment"],
-             "hetero_dml": ["resnet20", "--mode", "mutual", "--peer", PEER, "--dml"]}
-    for name, args in cases.items():
-        rc = main([f"folder:{tiny_folder}", *args, *FAST, "--out", str(out), "--name", name])
-        assert rc == 0, name
-    return out
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name, peer, method", [
-    ("homo", "resnet20", "SiLa"), ("hetero_dml", PEER, "SiLa+DML")])
-def test_mutual_run_writes_per_net_metrics(runs, name, peer, method):
-    run = runs / name
+    ("homo", "resnet20", "SiLa"), ("hetero_dml", PEER, "SiLa+DML"), ("dml", "resnet20", "DML")])
+def test_mutual_run_writes_per_net_metrics(mutual_runs, name, peer, method):
+    run = mutual_runs / name
     summary = json.loads((run / "summary.json").read_text())
     with open(run / "metrics.csv") as f:
         last = list(csv.DictReader(f))[-1]
@@ -191,7 +178,7 @@ def test_mutual_run_writes_per_net_metrics(runs, name, peer, method):
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert summary["nets"]["net_1"]["nll"] == pytest.approx(float(last["nll"]), rel=1e-5)
     assert (run / "nets.csv").read_text().splitlines()[0] == "net,model,top1,top5,nll,best,params"
-    assert json.loads((run / "config.json").read_text())["mode"] == "mutual"
+    assert json.loads((run / "config.json").read_text())["mode"] == ("dml" if name == "dml" else "mutual")
 
 
 @functools.cache
@@ -201,8 +188,8 @@ def standalone_params(backbone, num_classes):
 
 
 @pytest.mark.slow
-def test_saved_mutual_model_exports_net_2_alone(runs):
-    model = keras.models.load_model(runs / "hetero_dml" / "model.keras")
+def test_saved_mutual_model_exports_net_2_alone(mutual_runs):
+    model = keras.models.load_model(mutual_runs / "hetero_dml" / "model.keras")
     assert isinstance(model.loss, MutualLoss) and model.loss.dml and model.loss.sila
     net2 = extract_head(model, 2)
     assert {layer.name for layer in net2.layers} == {"image", "net_2", "head_2"}

@@ -10,10 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import helpers as testing
 import numpy as np
 import pytest
 
-from sila_keras import testing
 from sila_keras.pairs import cli, data, experiment, models
 from sila_keras.pairs.cli import main
 
@@ -203,12 +203,14 @@ def test_digit_comparison_head_is_exact():
 
 
 def test_sila_trains_both_comparison_heads(idx_dir):
+    from sila_keras.heads import head_names_of, mode_of
     from sila_keras.losses import SilaLoss
 
     pools = data.pools_from_idx(idx_dir)
     pairs, _ = data.round_pairs(pools, 32, 0, 0)
     model = models.build_pair_model("siamese", sila=True)
     assert models.trainable_count(model) == models.PAPER_PARAMS["siamese"]  # the head has no weights
+    assert head_names_of(model) == ["comparison", "comparison_2"] and mode_of(model) == "pairs"
     res = _loss(experiment.PairConfig("siamese", aux=False, sila=True, beta=0.5), model, pairs)
     z = model.predict(pairs.x, verbose=0)["sila_logits"]
     expected = float(np.mean(SilaLoss(2, betas=[1.0, 0.5]).call(pairs.comparison, z)))

@@ -24,15 +24,6 @@ def read_rows(path):
         return list(csv.DictReader(f))
 
 
-@pytest.fixture(scope="module")
-def finished_run(cifar_folder, tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs")
-    rc = main([f"folder:{cifar_folder}", "resnet20", "--epochs", "2", "--batch-size", "16",
-               "--milestones", "1", "--gamma", "0.5", "--out", str(out), "--name", "e2e"])
-    assert rc == 0
-    return out / "e2e"
-
-
 def test_run_directory_is_complete(finished_run):
     for name in ("config.json", "metrics.csv", "summary.json", "model.keras", "labels.txt",
                  "curves.png", "checkpoints/epoch-0002.keras", "checkpoints/state.json"):
@@ -194,12 +185,3 @@ def test_cli_as_subprocess_help():
                          text=True, timeout=120)
     assert out.returncode == 0
     assert "--heads" in out.stdout and "vgg19" in out.stdout and "folder:PATH" in out.stdout
-
-
-def test_model_reloads_in_a_fresh_process_with_only_sila_keras_imported(finished_run):
-    code = ("import sys, keras, sila_keras; m = keras.models.load_model(sys.argv[1]); "
-            "print(type(m.optimizer).__name__, m.output.shape[-1])")
-    out = subprocess.run([sys.executable, "-c", code, str(finished_run / "model.keras")],
-                         capture_output=True, text=True, timeout=180)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["SGDL2", "30"]

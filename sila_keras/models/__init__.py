@@ -1,23 +1,18 @@
-"""Backbone families. Importing this package registers every family once."""
+"""Backbone families: :mod:`~sila_keras.models.registry` plus one module per family.
 
-from sila_keras.models import (  # noqa: F401  (registration side effects)
-    densenet,
-    inception,
-    mobilenet,
-    msdnet,
-    resnet,
-    resnet_cifar,
-    vgg,
-    wrn,
-)
+The registry imports the family modules on first lookup (``list_backbones()``,
+``get_backbone()``), and :mod:`sila_keras.registration` as soon as Keras is imported.
+"""
+
 from sila_keras.models.registry import (
     BackboneOutput,
     BackboneSpec,
     Tap,
     get_backbone,
     list_backbones,
+    load_families,
     register_backbone,
 )
 
 __all__ = ["BackboneOutput", "BackboneSpec", "Tap", "get_backbone", "list_backbones",
-           "register_backbone"]
+           "load_families", "register_backbone"]

@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import difflib
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -104,7 +105,7 @@ def register_backbone(name: str, *, min_input_size: int = 32, description: str =
 
 def list_backbones() -> list[str]:
     """Names of all registered backbones, sorted."""
-    _load_families()
+    load_families()
     return sorted(_REGISTRY)
 
 
@@ -114,7 +115,7 @@ def get_backbone(name: str) -> BackboneSpec:
     Raises:
         ValueError: unknown name, listing the available ones.
     """
-    _load_families()
+    load_families()
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, _REGISTRY, n=3)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
@@ -124,6 +125,11 @@ def get_backbone(name: str) -> BackboneSpec:
     return _REGISTRY[name]
 
 
-def _load_families():
-    # Importing the package registers every family module exactly once.
-    from sila_keras import models  # noqa: F401
+# The family modules of this package; importing one registers its backbones.
+FAMILIES = ("densenet", "inception", "mobilenet", "msdnet", "resnet", "resnet_cifar", "vgg", "wrn")
+
+
+def load_families() -> None:
+    """Import every family module, registering its backbones (idempotent)."""
+    for family in FAMILIES:
+        importlib.import_module(f"sila_keras.models.{family}")

@@ -39,6 +39,8 @@ import math
 import keras
 from keras import layers, ops
 
+from sila_keras.heads import SILA_OUTPUT, sila_output
+
 ARCHS = ("fc", "conv", "parallel", "siamese")
 PAIR_INPUT = (14, 14, 2)  # channels-last: [..., 0] first digit, [..., 1] second
 TWO_BRANCH = ("parallel", "siamese")
@@ -195,7 +197,8 @@ def build_two_branch(share: bool, sila: bool = False, mean: float = 0.0,
     if sila:
         comparison_2 = DigitComparison(name="comparison_2")([d1, d2])
         outputs["comparison_2"] = comparison_2
-        outputs["sila_logits"] = layers.Concatenate(name="sila_logits")([comparison, comparison_2])
+        outputs[SILA_OUTPUT] = sila_output([comparison, comparison_2], mode="pairs",
+                                           names=["comparison", "comparison_2"])
     name = "siamese" if share else "parallel"
     return keras.Model(inputs, outputs, name=name + ("_sila" if sila else ""))
 

@@ -1,4 +1,8 @@
-"""Helpers for tests and smoke runs: small real or synthetic image-folder datasets."""
+"""Helpers for tests and benchmarks: small real or synthetic image-folder datasets.
+
+Imported by ``tests/conftest.py`` (as ``helpers``) and by ``benchmarks/`` (as
+``tests.helpers``); not part of the installed package.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,11 @@ import numpy as np
 SHARED_DIR = Path(os.environ.get("SILA_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
 CIFAR_TAR = SHARED_DIR / "data" / "cifar10-jpg.tar.gz"
 MNIST_DIR = SHARED_DIR / "data"
+# A 3-exit MSDNet small enough for a CPU test.
+MSDNET_TINY = {"blocks": 3, "base": 1, "step": 1, "channels": 4, "growth": 2,
+               "classifier_channels": 8}
+# The second network of the heterogeneous mutual test run.
+PEER = "mobilenetv1"
 
 
 def cifar_subset_folder(root, train_per_class: int = 8, test_per_class: int = 4,
@@ -57,3 +66,21 @@ def synthetic_folder(root, classes=("a", "b", "c"), train_per_class: int = 6, te
                 Image.fromarray(img).save(buf, format="PNG")
                 (d / f"{i:04d}.png").write_bytes(buf.getvalue())
     return root
+
+
+def small_cnn(num_classes: int, softmax_layer: bool = False):
+    """A user's own small functional CNN classifier (32×32×3, rescales inside)."""
+    import keras
+
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="c1")(x)
+    x = keras.layers.MaxPooling2D(name="p1")(x)
+    x = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="c2")(x)
+    x = keras.layers.MaxPooling2D(name="p2")(x)
+    x = keras.layers.Conv2D(16, 3, padding="same", activation="relu", name="c3")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dense(num_classes, name="logits")(x)
+    if softmax_layer:
+        x = keras.layers.Softmax(name="probs")(x)
+    return keras.Model(inputs, x, name="small")

@@ -1,18 +1,7 @@
-"""Dynamic SiLa: SiLa on the early exits of a multi-exit network (paper B §3.3, Fig. 2, Eq. 11).
+"""Anytime prediction and budgeted batch classification of a multi-exit model.
 
-The C classifiers of an early-exit network (MSDNet, :mod:`sila_keras.models.msdnet`)
-are concatenated into the Siamese Labels ``z̄ = concat(f_1 … f_C)`` and trained with
-
-    L_msd_sila = Σ_c β_c · CE(z̄, y + (c-1)·N)        (Eq. 11, β_c = 1 by default)
-
-``--no-sila`` trains the original MSDNet instead: Σ_c β_c · CE_N(f_c, y).
-
-**Head numbering differs from SilaNet**: here ``head_1`` is the *shallowest*
-exit and ``head_C`` the deepest (the full network), in the order a test image
-reaches them. (In a SilaNet, ``head_1`` is the base classifier.)
-
-After training, :func:`evaluate_dynamic` writes the two test protocols of the
-MSDNet paper (Figs. 4–5 of paper B):
+The two test protocols of the MSDNet paper (Huang et al. 2018), used by
+``--mode dynamic`` (paper B §3.3, Figs. 4–5); :func:`evaluate_dynamic` writes:
 
 * ``anytime.csv`` / ``anytime.png`` — anytime prediction: for every exit, the
   FLOPs of its own path and its test Top-1;
@@ -23,7 +12,8 @@ MSDNet paper (Figs. 4–5 of paper B):
 
 FLOPs are counted as multiply-accumulates of the convolution and dense layers
 (the MSDNet paper's convention; BN, activations and pooling are not counted),
-from the layer shapes of the exit's sub-graph.
+from the layer shapes of the exit's sub-graph. Exits are the model's heads in
+head order (``head_1`` = the shallowest exit).
 """
 
 from __future__ import annotations
@@ -35,69 +25,6 @@ from pathlib import Path
 import keras
 import numpy as np
 from keras import layers
-
-HOLDOUT_FRACTION = 0.1
-
-
-def build_dynamic_model(backbone: str, num_classes: int, input_shape: Sequence[int] = (32, 32, 3),
-                        mean=None, std=None, name: str | None = None,
-                        **backbone_kwargs) -> keras.Model:
-    """A multi-exit backbone with its exits as ``head_1 … head_C`` (shallow → deep).
-
-    Args:
-        backbone: a registered backbone whose builder returns ``exits`` (``msdnet``).
-        num_classes: N.
-        input_shape: ``(H, W, C)``.
-        mean: per-channel mean of the training pixels.
-        std: per-channel std of the training pixels.
-        name: model name (default ``dynamic_<backbone>``).
-        **backbone_kwargs: passed to the builder (e.g. ``blocks=5``).
-
-    Returns:
-        A functional model, input ``image`` (raw pixels), output ``sila_logits`` ``(B, C·N)``.
-
-    Raises:
-        ValueError: unknown backbone, input too small, or a backbone without exits.
-
-    Example:
-        >>> import sila_keras.models.msdnet
-        >>> m = build_dynamic_model("msdnet", 10, blocks=2, base=1, step=1)
-        >>> m.output.shape
-        (None, 20)
-    """
-    from sila_keras.heads import build_backbone
-
-    inputs, out = build_backbone(backbone, num_classes, input_shape, mean, std, **backbone_kwargs)
-    if not out.exits:
-        raise ValueError(
-            f"--mode dynamic needs a multi-exit backbone (one with early-exit classifiers, "
-            f"e.g. msdnet); backbone '{backbone}' has none. Received: model={backbone}"
-        )
-    heads = [layers.Identity(name=f"head_{c}")(z) for c, z in enumerate(out.exits, start=1)]
-    sila_logits = layers.Concatenate(axis=-1, name="sila_logits", dtype="float32")(heads)
-    return keras.Model(inputs, sila_logits, name=name or f"dynamic_{backbone}")
-
-
-def dynamic_loss(num_classes: int, num_exits: int, betas: Sequence[float] | None = None,
-                 sila: bool = True) -> keras.losses.Loss:
-    """Eq. 11 (``SilaLoss`` with β_c, default all 1) or, with ``sila=False``, Σ_c β_c·CE_N.
-
-    Raises:
-        ValueError: ``len(betas) != num_exits``.
-    """
-    from sila_keras.losses import SilaLoss
-    from sila_keras.mutual import MutualLoss
-
-    betas = [1.0] * num_exits if betas is None else [float(b) for b in betas]
-    if len(betas) != num_exits:
-        raise ValueError(
-            f"--mode dynamic trains {num_exits} classifiers (exits), so --betas needs {num_exits} "
-            f"weights. Received: betas={betas}"
-        )
-    if sila:
-        return SilaLoss(num_classes, betas=betas)
-    return MutualLoss(num_classes, betas=betas, sila=False, dml=False, name="exits_ce")
-
 
 # --------------------------------------------------------------------------- FLOPs
 
@@ -132,9 +59,9 @@ def exit_flops(model: keras.Model) -> list[dict]:
     The cumulative count is what an image costs when it leaves at exit c after
     exits 1..c−1 were evaluated (MSDNet's budgeted batch cost).
     """
-    from sila_keras.heads import num_heads_of
+    from sila_keras.heads import head_names_of
 
-    outs = [model.get_layer(f"head_{c}").output for c in range(1, num_heads_of(model) + 1)]
+    outs = [model.get_layer(name).output for name in head_names_of(model)]
     rows = []
     for c in range(1, len(outs) + 1):
         path = keras.Model(model.input, outs[c - 1])
@@ -274,7 +201,8 @@ def evaluate_dynamic(model: keras.Model, data, run_dir, *, holdout=None, budgets
     Writes ``anytime.csv``/``.png`` and ``budgeted.csv``/``.png`` into ``run_dir``.
 
     Args:
-        model: a model from :func:`build_dynamic_model` (``head_1`` = first exit).
+        model: a multi-exit SiLa model (``head_1`` = first exit), e.g. from
+            :func:`sila_keras.modes.dynamic.build_dynamic_model`.
         data: an ``ImageData`` (its test split is evaluated).
         run_dir: output folder.
         holdout: ``(x, y)`` images for choosing the thresholds (uint8 NHWC, labels).
@@ -294,6 +222,7 @@ def evaluate_dynamic(model: keras.Model, data, run_dir, *, holdout=None, budgets
     from sila_keras import io
     from sila_keras.heads import num_heads_of
     from sila_keras.pipeline import eval_dataset
+    from sila_keras.plots import plot_anytime, plot_budgeted
 
     run_dir = Path(run_dir)
     flops = exit_flops(model)
@@ -321,71 +250,3 @@ def evaluate_dynamic(model: keras.Model, data, run_dir, *, holdout=None, budgets
     plot_budgeted(budgeted, anytime, run_dir / "budgeted.png", title)
     return {"exits": anytime, "budgeted": budgeted, "threshold_source": threshold_source,
             "holdout_examples": int(len(holdout[1]))}
-
-
-def plot_anytime(anytime: list[dict], path, title: str = "") -> None:
-    """Test Top-1 of each exit vs the FLOPs of its path (paper B Fig. 5)."""
-    from sila_keras import io
-    from sila_keras.plots import plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    x = [r["flops"] / 1e6 for r in anytime]
-    y = [100 * r["test_top1"] for r in anytime]
-    ax.plot(x, y, marker="o", ms=4)
-    for r, xi, yi in zip(anytime, x, y):
-        ax.annotate(f"exit {r['exit']}", (xi, yi), textcoords="offset points", xytext=(3, 4), fontsize=7)
-    ax.set_xlabel("FLOPs of the exit's path (×10⁶ multiply-adds)")
-    ax.set_ylabel("test Top-1 (%)")
-    ax.set_title(f"{title} anytime prediction".strip())
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with io.atomic_path(Path(path), suffix=".png") as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-
-
-def plot_budgeted(budgeted: list[dict], anytime: list[dict], path, title: str = "") -> None:
-    """Test Top-1 vs average FLOPs per test image (paper B Fig. 4)."""
-    from sila_keras import io
-    from sila_keras.plots import plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    pts = sorted((r["test_avg_flops"] / 1e6, 100 * r["test_top1"]) for r in budgeted)
-    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=4, label="dynamic exits (thresholds)")
-    ax.plot([r["cumulative_flops"] / 1e6 for r in anytime], [100 * r["test_top1"] for r in anytime],
-            ls=":", marker="x", color="grey", label="single exit for all images")
-    ax.set_xlabel("average FLOPs per test image (×10⁶ multiply-adds)")
-    ax.set_ylabel("test Top-1 (%)")
-    ax.set_title(f"{title} budgeted batch classification".strip())
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    with io.atomic_path(Path(path), suffix=".png") as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-
-
-def holdout_for(data, seed: int = 0, fraction: float = HOLDOUT_FRACTION):
-    """``((x, y), source)``: the held-out slice set aside before training, else a training slice.
-
-    :func:`sila_keras.modes.prepare_data_for_mode` stores a truly held-out slice in
-    ``data.holdout``; without it, a class-balanced ``fraction`` of the training
-    images (seen in training, so the thresholds are optimistic) is used.
-    """
-    from sila_keras.data import holdout_split
-
-    if getattr(data, "holdout", None) is not None:
-        return data.holdout, "held-out training slice (not trained on)"
-    if len(data.train_y) < 2:
-        return (data.train_x, data.train_y), "training images (seen in training)"
-    _, _, x_val, y_val = holdout_split(data.train_x, data.train_y, fraction, seed)
-    return (x_val, y_val), "training slice (seen in training)"
-
-
-def after_dynamic_training(config, model, data, run_dir, rows, summary: dict) -> dict:
-    """Run both evaluations after ``--mode dynamic`` training; add ``dynamic`` to the summary."""
-    holdout, source = holdout_for(data, config.seed)
-    result = evaluate_dynamic(model, data, run_dir, holdout=holdout, batch_size=config.batch_size,
-                              title=config.model, threshold_source=source)
-    return {**summary, "method": "MSDNet (sum of exit CE)" if config.no_sila else "Dynamic SiLa (Eq. 11)",
-            "dynamic": result}

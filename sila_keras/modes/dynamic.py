@@ -1,0 +1,163 @@
+"""``--mode dynamic``: SiLa on the early exits of a multi-exit network (paper B §3.3, Eq. 11).
+
+The C classifiers of an early-exit network (MSDNet, :mod:`sila_keras.models.msdnet`)
+are concatenated into the Siamese Labels ``z̄ = concat(f_1 … f_C)`` and trained with
+
+    L_msd_sila = Σ_c β_c · CE(z̄, y + (c-1)·N)        (Eq. 11, β_c = 1 by default)
+
+``--no-sila`` trains the original MSDNet instead: Σ_c β_c · CE_N(f_c, y).
+
+**Head numbering differs from SilaNet**: here ``head_1`` is the *shallowest*
+exit and ``head_C`` the deepest (the full network), in the order a test image
+reaches them. (In a SilaNet, ``head_1`` is the base classifier.)
+
+Before training, a class-balanced 10 % of the training images is set aside (MSDNet
+holds out 5,000 of CIFAR's 50,000) and kept by the mode as :attr:`DynamicMode.holdout`;
+after training, :func:`sila_keras.anytime.evaluate_dynamic` chooses the budgeted-batch
+thresholds on it and writes ``anytime.csv/png`` and ``budgeted.csv/png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from sila_keras.errors import ConfigError, ModelError
+from sila_keras.modes.base import Mode, last_head_metrics, option, register_mode
+
+HOLDOUT_FRACTION = 0.1
+
+
+def build_dynamic_model(backbone: str, num_classes: int, input_shape: Sequence[int] = (32, 32, 3),
+                        mean=None, std=None, name: str | None = None,
+                        **backbone_kwargs) -> keras.Model:  # noqa: F821  (keras is imported inside)
+    """A multi-exit backbone with its exits as ``head_1 … head_C`` (shallow → deep).
+
+    Args:
+        backbone: a registered backbone whose builder returns ``exits`` (``msdnet``).
+        num_classes: N.
+        input_shape: ``(H, W, C)``.
+        mean: per-channel mean of the training pixels.
+        std: per-channel std of the training pixels.
+        name: model name (default ``dynamic_<backbone>``).
+        **backbone_kwargs: passed to the builder (e.g. ``blocks=5``).
+
+    Returns:
+        A functional model, input ``image`` (raw pixels), output ``sila_logits`` ``(B, C·N)``.
+
+    Raises:
+        ValueError: unknown backbone, input too small, or a backbone without exits.
+
+    Example:
+        >>> m = build_dynamic_model("msdnet", 10, blocks=2, base=1, step=1)
+        >>> m.output.shape
+        (None, 20)
+    """
+    import keras
+    from keras import layers
+
+    from sila_keras.heads import build_backbone, head_name, sila_output
+
+    inputs, out = build_backbone(backbone, num_classes, input_shape, mean, std, **backbone_kwargs)
+    if not out.exits:
+        raise ModelError(
+            f"--mode dynamic needs a multi-exit backbone (one with early-exit classifiers, "
+            f"e.g. msdnet); backbone '{backbone}' has none. Received: model={backbone}"
+        )
+    heads = [layers.Identity(name=head_name(c))(z) for c, z in enumerate(out.exits, start=1)]
+    return keras.Model(inputs, sila_output(heads, mode="dynamic"), name=name or f"dynamic_{backbone}")
+
+
+def holdout_for(data, seed: int = 0, fraction: float = HOLDOUT_FRACTION, holdout=None):
+    """``((x, y), source)``: ``holdout`` (set aside before training), else a training slice.
+
+    :meth:`DynamicMode.prepare_data` keeps a truly held-out slice as ``mode.holdout``;
+    without it, a class-balanced ``fraction`` of the training images (seen in training,
+    so the thresholds are optimistic) is used.
+    """
+    from sila_keras.data import holdout_split
+
+    if holdout is not None:
+        return holdout, "held-out training slice (not trained on)"
+    if len(data.train_y) < 2:
+        return (data.train_x, data.train_y), "training images (seen in training)"
+    _, _, x_val, y_val = holdout_split(data.train_x, data.train_y, fraction, seed)
+    return (x_val, y_val), "training slice (seen in training)"
+
+
+@register_mode
+class DynamicMode(Mode):
+    """Dynamic SiLa (Eq. 11) or, with ``--no-sila``, MSDNet's sum of per-exit CE.
+
+    Attributes:
+        holdout: ``(x, y)`` training images set aside by :meth:`prepare_data` to choose
+            the exit thresholds, or ``None`` (before it ran, or too few images).
+    """
+
+    name = "dynamic"
+    help = "multi-exit network (paper B)"
+    options = ("no_sila",)
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.holdout = None
+
+    def prepare_data(self, data):
+        """Set a class-balanced :data:`HOLDOUT_FRACTION` of the training images aside
+        (kept as :attr:`holdout`, noted in ``data.notes``); too few images: unchanged."""
+        if len(data.train_y) < 2 * max(2, data.num_classes):
+            return data
+        from sila_keras.data import holdout_split
+
+        x_tr, y_tr, x_val, y_val = holdout_split(data.train_x, data.train_y, HOLDOUT_FRACTION,
+                                                 self.config.seed)
+        self.holdout = (x_val, y_val)
+        note = (f"{len(y_val)} training images held out to choose the exit thresholds "
+                f"(--mode {self.name})")
+        return dataclasses.replace(data, train_x=x_tr, train_y=y_tr, notes=[*data.notes, note])
+
+    def build_model(self, data):
+        mean, std = data.channel_stats()
+        return build_dynamic_model(self.config.model, data.num_classes, data.input_shape, mean, std,
+                                   **self.config.backbone_kwargs)
+
+    def loss(self, num_classes: int, num_heads: int):
+        return exits_loss(num_classes, num_heads, self.config.betas, sila=not self.config.no_sila)
+
+    def metrics(self, num_classes: int, num_heads: int) -> list:
+        """Also Top-5 and NLL of the last (deepest) exit."""
+        return super().metrics(num_classes, num_heads) + last_head_metrics(num_classes, num_heads)
+
+    def evaluate(self, model, data, run_dir, rows: list[dict]) -> dict:
+        """``dynamic``: anytime + budgeted results (and their CSV/PNG files)."""
+        from sila_keras.anytime import evaluate_dynamic
+
+        holdout, source = holdout_for(data, self.config.seed, holdout=self.holdout)
+        result = evaluate_dynamic(model, data, run_dir, holdout=holdout,
+                                  batch_size=self.config.batch_size, title=self.config.model,
+                                  threshold_source=source)
+        return {"dynamic": result}
+
+    @classmethod
+    def label(cls, config) -> str:
+        return "MSDNet" if option(config, "no_sila") else "Dynamic SiLa"
+
+
+def exits_loss(num_classes: int, num_exits: int, betas: Sequence[float] | None = None,
+               sila: bool = True):
+    """Eq. 11 (``SilaLoss`` with β_c, default all 1) or, with ``sila=False``, Σ_c β_c·CE_N.
+
+    Raises:
+        ConfigError: ``len(betas) != num_exits``.
+    """
+    from sila_keras.losses import MutualLoss, SilaLoss
+
+    betas = [1.0] * num_exits if betas is None else [float(b) for b in betas]
+    if len(betas) != num_exits:
+        raise ConfigError(
+            f"--mode dynamic trains {num_exits} classifiers (exits), so --betas needs {num_exits} "
+            f"weights. Received: betas={betas}"
+        )
+    if sila:
+        return SilaLoss(num_classes, betas=betas)
+    return MutualLoss(num_classes, betas=betas, sila=False, dml=False, name="exits_ce")

@@ -1,0 +1,169 @@
+"""Explicit registration: a light ``import sila_keras``, every mode's model reloads in a fresh
+process after only ``import sila_keras``, modes as a registry, no import cycles."""
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sila_keras.config import TrainConfig
+from sila_keras.errors import ConfigError
+from sila_keras.modes import Mode, get_mode, list_modes, make_mode, method_label, register_mode
+
+PACKAGE = Path(__file__).resolve().parents[1] / "sila_keras"
+
+# Loads every path in argv with nothing imported but sila_keras (then keras, which
+# triggers the registration), and only afterwards asks the model what it is.
+LOAD_ALL = """
+import json, sys
+import sila_keras
+light = not any(m in sys.modules for m in ("tensorflow", "keras"))
+import keras
+models = [keras.models.load_model(p) for p in sys.argv[1:]]
+from sila_keras.heads import head_names_of, mode_of
+print(json.dumps({"light": light, "modes": sila_keras.list_modes(), "models": [
+    [type(m.loss).__name__, type(m.optimizer).__name__, mode_of(m), head_names_of(m),
+     int(m.output.shape[-1])] for m in models]}))
+"""
+
+
+@pytest.mark.slow
+def test_every_mode_model_reloads_in_a_fresh_process(finished_run, user_model_run, mutual_runs,
+                                                     dynamic_runs):
+    runs = {"sila": finished_run, "user .keras": user_model_run, "mutual": mutual_runs / "homo",
+            "mutual --dml": mutual_runs / "hetero_dml", "dml": mutual_runs / "dml",
+            "dynamic": dynamic_runs / "sila", "dynamic --no-sila": dynamic_runs / "msdnet"}
+    out = subprocess.run([sys.executable, "-c", LOAD_ALL,
+                          *(str(r / "model.keras") for r in runs.values())],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["light"], "import sila_keras must not import TensorFlow/Keras"
+    assert got["modes"] == ["sila", "mutual", "dml", "dynamic"]
+    two = ["head_1", "head_2"]
+    three = ["head_1", "head_2", "head_3"]
+    assert dict(zip(runs, got["models"])) == {
+        "sila": ["SilaLoss", "SGDL2", "sila", three, 30],  # 10 CIFAR classes × 3 heads
+        "user .keras": ["SilaLoss", "SGDL2", "sila", two, 20],
+        "mutual": ["MutualLoss", "SGDL2", "mutual", two, 6],  # 3 classes × 2 nets
+        "mutual --dml": ["MutualLoss", "SGDL2", "mutual", two, 6],
+        "dml": ["MutualLoss", "SGDL2", "dml", two, 6],
+        "dynamic": ["SilaLoss", "SGDL2", "dynamic", three, 9],  # 3 classes × 3 exits
+        "dynamic --no-sila": ["MutualLoss", "SGDL2", "dynamic", three, 9],
+    }
+
+
+@pytest.mark.slow
+def test_summary_method_labels(finished_run, mutual_runs, dynamic_runs):
+    def method(run_dir):
+        return json.loads((run_dir / "summary.json").read_text())["method"]
+
+    assert method(finished_run) == "SiLa (M=3)"
+    assert [method(mutual_runs / n) for n in ("homo", "hetero_dml", "dml")] == \
+        ["SiLa", "SiLa+DML", "DML"]
+    assert [method(dynamic_runs / n) for n in ("sila", "msdnet")] == ["Dynamic SiLa", "MSDNet"]
+
+
+@pytest.mark.parametrize("config, label", [
+    ({"mode": "sila", "heads": 1}, "IND"), ({"mode": "sila", "heads": 3}, "SiLa (M=3)"),
+    ({}, "IND"), ({"mode": "mutual"}, "SiLa"), ({"mode": "mutual", "dml": True}, "SiLa+DML"),
+    ({"mode": "mutual", "no_sila": True}, "IND pair"),
+    ({"mode": "mutual", "no_sila": True, "dml": True}, "DML"), ({"mode": "dml"}, "DML"),
+    ({"mode": "dynamic"}, "Dynamic SiLa"), ({"mode": "dynamic", "no_sila": True}, "MSDNet"),
+])
+def test_method_label_from_a_config_dict(config, label):
+    assert method_label(config) == label
+
+
+def test_unknown_mode_lists_the_registered_ones():
+    with pytest.raises(ConfigError, match=r"Unknown mode 'mutal'\. Did you mean 'mutual'\?.*"
+                                          r"Available: sila, mutual, dml, dynamic"):
+        TrainConfig(dataset="x", model="resnet20", mode="mutal")
+
+
+def test_a_mode_is_one_registered_class():
+    @register_mode
+    class Probe(Mode):
+        name = "probe_mode"
+        options = ("no_sila",)
+
+    try:
+        assert "probe_mode" in list_modes() and get_mode("probe_mode") is Probe
+        with pytest.raises(ValueError, match="already registered"):
+            register_mode(Probe)
+        config = TrainConfig(dataset="x", model="resnet20", mode="probe_mode", no_sila=True)
+        assert make_mode(config).label(config) == "probe_mode"
+        # The options a mode accepts decide the messages of the others.
+        with pytest.raises(ConfigError, match="--no-sila only applies to --mode mutual or "
+                                              "dynamic or probe_mode"):
+            make_mode(config.replace(mode="dml"))
+    finally:
+        from sila_keras.modes import base
+
+        base._REGISTRY.pop("probe_mode", None)
+
+
+def test_a_model_file_needs_mode_sila():
+    config = TrainConfig(dataset="x", model="mine.keras", mode="dynamic")
+    with pytest.raises(ConfigError, match="--mode dynamic needs a registered backbone.*"
+                                          "--mode sila. Received: model=mine.keras"):
+        make_mode(config)
+
+
+def _module_imports(path: Path, modules: set[str]) -> set[str]:
+    """The package modules ``path`` imports (anywhere in the file, lazy imports included)."""
+    deps = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            deps |= {a.name for a in node.names if a.name in modules}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for a in node.names:
+                full = f"{node.module}.{a.name}"
+                if full in modules:
+                    deps.add(full)
+                elif node.module in modules:
+                    deps.add(node.module)
+    return deps
+
+
+def test_no_import_cycles():
+    paths = {}
+    for p in PACKAGE.rglob("*.py"):
+        parts = list(p.relative_to(PACKAGE.parent).with_suffix("").parts)
+        paths[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
+    graph = {m: _module_imports(p, set(paths)) - {m} for m, p in paths.items()}
+
+    def cycle_from(start):
+        stack, seen = [(start, [start])], set()
+        while stack:
+            node, path = stack.pop()
+            for dep in graph[node]:
+                if dep == start:
+                    return path + [start]
+                if dep not in seen:
+                    seen.add(dep)
+                    stack.append((dep, path + [dep]))
+        return None
+
+    cycles = [c for c in map(cycle_from, graph) if c]
+    assert not cycles, f"import cycles: {cycles[:3]}"
+
+
+def test_models_saved_before_silalogits_still_read(tmp_path):
+    """A plain ``Concatenate`` named sila_logits (older runs): heads by position, no mode."""
+    import keras
+
+    from sila_keras.heads import extract_head, head_names_of, mode_of, sila_output
+
+    x = keras.Input((4,), name="image")
+    heads = [keras.layers.Dense(3, name=f"head_{k}")(x) for k in (1, 2)]
+    old = keras.Model(x, keras.layers.Concatenate(name="sila_logits")(heads))
+    new = keras.Model(x, sila_output(heads, mode="mutual"))
+    new.save(tmp_path / "new.keras")
+    new = keras.models.load_model(tmp_path / "new.keras")
+    assert head_names_of(old) == head_names_of(new) == ["head_1", "head_2"]
+    assert (mode_of(old), mode_of(new)) == (None, "mutual")
+    assert extract_head(old, 2).output.shape == (None, 3)
