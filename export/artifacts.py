@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sila_keras.errors import ConfigError
+
 FORMATS = ("keras", "savedmodel", "tflite", "onnx")
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
 MIN_OPSET, MAX_OPSET = 9, 18  # tf2onnx 1.17 supports up to opset 18
@@ -88,10 +90,10 @@ def parse_choices(value, choices: Sequence[str], flag: str) -> tuple[str, ...]:
     items = value.split(",") if isinstance(value, str) else list(value)
     items = [str(v).strip().lower() for v in items if str(v).strip()]
     if not items:
-        raise ValueError(f"`{flag}` needs at least one of {', '.join(choices)}. Received: {flag}={value!r}")
+        raise ConfigError(f"`{flag}` needs at least one of {', '.join(choices)}. Received: {flag}={value!r}")
     unknown = [v for v in items if v not in choices]
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"Unknown {flag} value(s) {', '.join(map(repr, unknown))}. Available: {', '.join(choices)}. "
             f"Received: {flag}={value!r}"
         )
@@ -164,7 +166,7 @@ def write_tflite(saved_model: Path, path: Path, quantization: str,
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     elif quantization == "int8":
         if calibration is None or len(calibration) == 0:
-            raise ValueError("int8 quantization needs calibration images. Received: calibration=None")
+            raise ConfigError("int8 quantization needs calibration images. Received: calibration=None")
         images = np.asarray(calibration, dtype=np.float32)
 
         def representative():

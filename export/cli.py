@@ -162,7 +162,7 @@ def load_data(args, src, needs_calibration: bool) -> dict:
     dataset = cfg.get("dataset")
     if not dataset or (args.eval and not needs_calibration):
         if needs_calibration:
-            raise ValueError(
+            raise ConfigError(
                 "int8 quantization needs calibration images and SOURCE has no run config naming its "
                 "training data. Received: --quantize int8 without --calibration. Pass --calibration "
                 "DATASET (folder:PATH or a tfds name) or drop int8 from --quantize.")
@@ -173,7 +173,7 @@ def load_data(args, src, needs_calibration: bool) -> dict:
                                download=cfg.get("download", "auto"), seed=int(cfg.get("seed", 0)))
     except ValueError as e:
         if needs_calibration:
-            raise ValueError(
+            raise ConfigError(
                 f"int8 quantization needs calibration images, and the run's training data "
                 f"({dataset}) could not be loaded: {e} Pass --calibration DATASET.") from None
         print(f"{PROG}: note: the run's data ({dataset}) could not be loaded ({e}); parity is checked "
@@ -188,7 +188,7 @@ def load_data(args, src, needs_calibration: bool) -> dict:
 
 def _check_classes(data, src, flag: str) -> None:
     if data.num_classes != src.num_classes:
-        raise ValueError(
+        raise ConfigError(
             f"{flag} data has {data.num_classes} classes but the model has {src.num_classes}. "
             f"Pass a dataset with the model's classes ({', '.join(src.class_names[:10])}…). "
             f"Received: {data.source}")

@@ -27,7 +27,7 @@ import numpy as np
 from export import artifacts as art
 from export import deps, inputs, outdir, parity, report
 from export.outdir import prepare_out_dir
-from sila_keras.errors import RunFailed
+from sila_keras.errors import ConfigError, RunFailed
 
 DEFAULT_QUANTIZE = ("none",)
 
@@ -101,7 +101,7 @@ def export_head(model, head: int, out_dir, formats: str | Sequence[str] = art.FO
     input_shape = tuple(int(d) for d in model.input_shape[1:])
     cal = inputs.calibration_images(calibration, input_shape)
     if any(s.quantization == "int8" for s in plan) and cal is None:
-        raise ValueError(
+        raise ConfigError(
             "int8 quantization needs calibration images (a representative set of real inputs). "
             "Received: calibration=None. Pass --calibration DATASET (folder:PATH or a tfds name), "
             "export from a run directory whose training data can be loaded, or drop int8 from --quantize."
@@ -219,11 +219,11 @@ def check_options(formats, quantize, opset: int = 17, tolerances=None) -> dict:
     formats = art.parse_choices(formats, art.FORMATS, "--formats")
     quantize = art.parse_choices(quantize, art.QUANTIZATIONS, "--quantize")
     if quantize != DEFAULT_QUANTIZE and "tflite" not in formats:
-        raise ValueError(f"--quantize applies to TFLite artifacts: add tflite to --formats. "
+        raise ConfigError(f"--quantize applies to TFLite artifacts: add tflite to --formats. "
                          f"Received: formats={','.join(formats)}, quantize={','.join(quantize)}")
     if isinstance(opset, bool) or not isinstance(opset, (int, np.integer)) \
             or not art.MIN_OPSET <= opset <= art.MAX_OPSET:
-        raise ValueError(f"`--opset` must be an integer in {art.MIN_OPSET}..{art.MAX_OPSET} "
+        raise ConfigError(f"`--opset` must be an integer in {art.MIN_OPSET}..{art.MAX_OPSET} "
                          f"(tf2onnx 1.17 supports opsets up to 18). Received: opset={opset}")
     tol = parity.resolve_tolerances(tolerances)
     deps.require(sorted({f for f in formats if f in deps.REQUIREMENTS}))
@@ -240,7 +240,7 @@ def check_head(model, head) -> int:
 
     m = num_heads_of(model)  # ValueError for a model without sila_logits
     if isinstance(head, bool) or not isinstance(head, (int, np.integer)) or not 1 <= head <= m:
-        raise ValueError(
+        raise ConfigError(
             f"Head index out of range: model '{model.name}' has heads 1..{m} "
             f"({', '.join(f'head_{k}' for k in range(1, m + 1))}; head_1 is the base model). "
             f"Received: head={head}"
@@ -252,7 +252,7 @@ def _validate(model, head, formats, quantize, opset, tolerances):
     options = check_options(formats, quantize, opset, tolerances)
     check_head(model, head)
     if any(d is None for d in model.input_shape[1:]):
-        raise ValueError(f"The model input needs a fixed (H, W, C) to export. "
+        raise ConfigError(f"The model input needs a fixed (H, W, C) to export. "
                          f"Received: input_shape={model.input_shape}")
     return art.plan(options["formats"], options["quantize"]), options
 

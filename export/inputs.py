@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from export.source import check_images
+from sila_keras.errors import DataError
 
 SLICE_TOLERANCE = 1e-6  # scaled, like the float32 parity check
 
@@ -26,7 +27,7 @@ def check_class_names(class_names, model) -> list[str] | None:
     names = [str(c) for c in class_names]
     n = int(model.get_layer("head_1").output.shape[-1])
     if len(names) != n:
-        raise ValueError(f"`class_names` needs one name per class ({n}). "
+        raise DataError(f"`class_names` needs one name per class ({n}). "
                          f"Received: {len(names)} names")
     return names
 
@@ -55,7 +56,7 @@ def eval_arrays(eval_data, input_shape):
     x = check_images(x, input_shape, "Eval")
     y = np.asarray(y).reshape(-1)
     if len(y) != len(x) or len(x) == 0:
-        raise ValueError(f"Eval data needs one label per image and at least one image. "
+        raise DataError(f"Eval data needs one label per image and at least one image. "
                          f"Received: {len(x)} images, {len(y)} labels")
     return x, y
 

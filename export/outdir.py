@@ -19,6 +19,7 @@ from pathlib import Path
 
 from export.artifacts import ARTIFACTS
 from export.report import MANIFEST_KIND
+from sila_keras.errors import RunDirError
 from sila_keras.rundir import RunDir
 
 MANIFEST = "manifest.json"
@@ -42,14 +43,14 @@ def prepare_out_dir(out_dir) -> Path:
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise PermissionError(
+        raise RunDirError(
             f"Cannot write to the output folder '{out}' ({e.strerror or type(e).__name__}). "
             f"Pass a writable --out DIR. Received: out={str(out_dir)!r}"
         ) from None
     recover(out)
     foreign = [s.file for s in ARTIFACTS.values() if (out / s.file).exists()]
     if foreign and not previous_manifest(out):
-        raise ValueError(
+        raise RunDirError(
             f"The output folder '{out}' holds {', '.join(foreign)} but no {MANIFEST} from an earlier "
             f"export; writing there would overwrite them. Pass an empty or new --out DIR. "
             f"Received: out={str(out_dir)!r}"

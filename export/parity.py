@@ -23,6 +23,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from sila_keras.errors import ConfigError
+
 DEFAULT_TOLERANCES: dict[str, float] = {
     "float32": 1e-4,   # max |Δlogit| / max(1, max|logit|)
     "float16": 1e-2,   # same measure
@@ -41,12 +43,12 @@ def resolve_tolerances(overrides: Mapping[str, float] | None = None) -> dict[str
     tol = dict(DEFAULT_TOLERANCES)
     for key, value in (overrides or {}).items():
         if key not in tol:
-            raise ValueError(f"Unknown tolerance '{key}'. Available: {', '.join(tol)}. "
+            raise ConfigError(f"Unknown tolerance '{key}'. Available: {', '.join(tol)}. "
                              f"Received: {key}={value}")
         value = float(value)
         if value < 0 or (key in AGREEMENT_CHECKS and value > 1):
             bound = "in [0, 1] (a fraction of images)" if key in AGREEMENT_CHECKS else ">= 0"
-            raise ValueError(f"Tolerance '{key}' must be {bound}. Received: {key}={value}")
+            raise ConfigError(f"Tolerance '{key}' must be {bound}. Received: {key}={value}")
         tol[key] = value
     return tol
 
@@ -62,10 +64,10 @@ def parse_tolerances(text: str) -> dict[str, float]:
         key, sep, value = item.partition("=")
         try:
             if not sep:
-                raise ValueError(item)
+                raise ConfigError(item)
             out[key.strip()] = float(value)
         except ValueError:
-            raise ValueError(f"Tolerances are KIND=VALUE pairs, e.g. float16=0.05,int8=0.9. "
+            raise ConfigError(f"Tolerances are KIND=VALUE pairs, e.g. float16=0.05,int8=0.9. "
                              f"Received: {item!r}") from None
     resolve_tolerances(out)
     return out

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from export.artifacts import INPUT_NAME, SIGNATURE
+from sila_keras.errors import ConfigError
 
 MANIFEST_KIND = "sila-export"
 MANIFEST_VERSION = 1
@@ -27,7 +28,7 @@ def build_manifest(*, model, head_model, head, out_dir, source, class_names, inp
     n = int(head_model.output.shape[-1])
     names = list(class_names) if class_names else [f"class_{i}" for i in range(n)]
     if len(names) != n:
-        raise ValueError(f"`class_names` needs one name per class ({n}). Received: {len(names)} names")
+        raise ConfigError(f"`class_names` needs one name per class ({n}). Received: {len(names)} names")
     total, base, own = (trainable_params(model), trainable_params(extract_head(model, 1)),
                         trainable_params(head_model))
     eval_block = None

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sila_keras.errors import ModelError
 from sila_keras.rundir import RunDir
 
 MODEL_FILE = RunDir.MODEL
@@ -69,7 +70,7 @@ def load_source(source: str | os.PathLike) -> ExportSource:
 
     path = Path(source).expanduser()
     if not path.exists():
-        raise FileNotFoundError(
+        raise ModelError(
             f"SOURCE not found: '{source}'. Pass a run directory written by sila-train "
             f"(holding {MODEL_FILE}) or a .keras file. Received: SOURCE={str(source)!r}"
         )
@@ -77,16 +78,16 @@ def load_source(source: str | os.PathLike) -> ExportSource:
     if path.is_dir():
         run_dir, path = path, path / MODEL_FILE
         if not path.is_file():
-            raise ValueError(
+            raise ModelError(
                 f"'{run_dir}' is not a run directory: it has no {MODEL_FILE}. Pass a run directory "
                 f"written by sila-train or a .keras file. Received: SOURCE={str(source)!r}"
             )
     elif path.suffix != ".keras":
-        raise ValueError(
+        raise ModelError(
             f"SOURCE must be a run directory or a .keras file. Received: SOURCE={str(source)!r}"
         )
     if not os.access(path, os.R_OK):
-        raise PermissionError(f"Cannot read '{path}': permission denied. Received: SOURCE={str(source)!r}")
+        raise ModelError(f"Cannot read '{path}': permission denied. Received: SOURCE={str(source)!r}")
     model = _load_model(path)
     num_heads_of(model)  # raises ValueError when there is no sila_logits layer
     config = _read_json(RunDir(run_dir).config_path) if run_dir else {}
@@ -104,7 +105,7 @@ def _load_model(path: Path):
         return keras.models.load_model(path, compile=False)
     except Exception as e:  # noqa: BLE001 - Keras raises many types for a bad file
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise ValueError(
+        raise ModelError(
             f"Cannot read the Keras model '{path}' ({type(e).__name__}: {first}). "
             "Pass a model saved by sila-train (model.keras) or by keras.Model.save."
         ) from None
@@ -164,7 +165,7 @@ def check_images(x: np.ndarray, input_shape, what: str) -> np.ndarray:
     """
     x = np.asarray(x)
     if x.ndim != 4 or tuple(x.shape[1:]) != tuple(input_shape):
-        raise ValueError(
+        raise ModelError(
             f"{what} images must be (n, {', '.join(map(str, input_shape))}) to fit the model input. "
             f"Received: shape={list(x.shape)}"
         )

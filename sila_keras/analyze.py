@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sila_keras.cli import Command, HelpFormatter, run_command
+from sila_keras.errors import ConfigError
 from sila_keras.rundir import RunDir
 
 DEFAULT_SIGMAS = (0.0, 0.005, 0.01, 0.02)
@@ -196,17 +197,17 @@ def noise_curve(model, x, y, sigmas: Sequence[float], trials: int = 5, head: int
 def check_noise_args(runs, sigmas, trials, limit, labels, batch_size) -> None:
     """Validate the noise-analysis arguments before any model is loaded."""
     if not runs:
-        raise ValueError("Pass at least one run directory. Received: runs=[]")
+        raise ConfigError("Pass at least one run directory. Received: runs=[]")
     if not sigmas or any(s < 0 for s in sigmas):
-        raise ValueError(f"`--sigmas` must be non-negative numbers. Received: sigmas={list(sigmas)}")
+        raise ConfigError(f"`--sigmas` must be non-negative numbers. Received: sigmas={list(sigmas)}")
     if trials < 1:
-        raise ValueError(f"`--trials` must be >= 1. Received: trials={trials}")
+        raise ConfigError(f"`--trials` must be >= 1. Received: trials={trials}")
     if limit is not None and limit < 1:
-        raise ValueError(f"`--limit` must be >= 1. Received: limit={limit}")
+        raise ConfigError(f"`--limit` must be >= 1. Received: limit={limit}")
     if batch_size < 1:
-        raise ValueError(f"`--batch-size` must be >= 1. Received: batch_size={batch_size}")
+        raise ConfigError(f"`--batch-size` must be >= 1. Received: batch_size={batch_size}")
     if labels is not None and len(labels) != len(runs):
-        raise ValueError(f"`--labels` needs one label per run ({len(runs)}). "
+        raise ConfigError(f"`--labels` needs one label per run ({len(runs)}). "
                          f"Received: labels={list(labels)}")
     for r in runs:
         check_run_dir(r)

@@ -26,6 +26,8 @@ import keras
 import numpy as np
 from keras import layers
 
+from sila_keras.errors import ConfigError
+
 # --------------------------------------------------------------------------- FLOPs
 
 
@@ -144,7 +146,7 @@ def check_budgets(budgets: Sequence[float], costs: Sequence[float]) -> list[floa
     lo, hi = float(costs[0]), float(costs[-1])
     bad = [b for b in budgets if not lo * (1 - 1e-9) <= float(b) <= hi * (1 + 1e-9)]
     if bad:
-        raise ValueError(
+        raise ConfigError(
             f"Budgets must lie within the model's average FLOPs range per image "
             f"[{lo:.4g}, {hi:.4g}] (all images leave at exit 1 … all reach the last exit). "
             f"Received: budgets={[float(b) for b in bad]}"
@@ -229,7 +231,7 @@ def evaluate_dynamic(model: keras.Model, data, run_dir, *, holdout=None, budgets
     costs = [r["cumulative_flops"] for r in flops]
     budgets = check_budgets(budgets, costs) if budgets is not None else default_budgets(costs, num_budgets)
     if holdout is None or len(holdout[1]) == 0:
-        raise ValueError("Budgeted batch classification needs held-out images to choose thresholds. "
+        raise ConfigError("Budgeted batch classification needs held-out images to choose thresholds. "
                          "Received: holdout=None (pass holdout=(x, y) from the training data).")
     n, c = data.num_classes, num_heads_of(model)
 

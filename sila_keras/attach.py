@@ -33,6 +33,7 @@ from pathlib import Path
 import keras
 from keras import layers
 
+from sila_keras.errors import ModelError
 from sila_keras.heads import SILA_OUTPUT, assemble
 from sila_keras.models.registry import Tap
 
@@ -85,7 +86,7 @@ def attach_heads(model: keras.Model, num_heads: int = 3, taps: Sequence[str] | N
     if taps is None:
         chosen = find_taps(model)
         if not chosen and num_heads > 1:
-            raise ValueError(
+            raise ModelError(
                 f"No attach point found in model '{model.name}': its main path has no 4-D feature "
                 "map that ends a resolution stage before the last one. If the backbone is a nested "
                 "model (a keras.Model used as a layer), build it flat instead (keras.applications "
@@ -112,7 +113,7 @@ def find_taps(model: keras.Model) -> list[Tap]:
     graph = _Graph(model.inputs[0], _logits(model, quiet=True))
     h, w = model.inputs[0].shape[1:3]
     if h is None or w is None:
-        raise ValueError(
+        raise ModelError(
             "Finding attach points automatically needs a fixed input size (the resolution "
             f"stages are found from the feature-map sizes). Received: input shape "
             f"{tuple(model.inputs[0].shape)}. Rebuild the model with e.g. input_shape=(32, 32, 3), "
@@ -158,15 +159,15 @@ def load_and_attach(path, num_heads: int = 3, num_classes: int | None = None) ->
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"Model file not found. Received: path='{path}'")
+        raise ModelError(f"Model file not found. Received: path='{path}'")
     if path.suffix not in (".keras", ".h5"):
-        raise ValueError(
+        raise ModelError(
             "A model file must be a Keras '.keras' (or legacy '.h5') file; save yours with "
             f"model.save('my_model.keras'). Received: path='{path}'"
         )
     model = keras.models.load_model(path, compile=False)
     if any(layer.name == SILA_OUTPUT for layer in model.layers):
-        raise ValueError(
+        raise ModelError(
             f"'{path}' is already a SiLa model (it has 'sila_logits'). Train a plain classifier "
             "file, or extract its base first: sila_keras.extract_head(model, 1). "
             f"Received: path='{path}'"
@@ -174,7 +175,7 @@ def load_and_attach(path, num_heads: int = 3, num_classes: int | None = None) ->
     _check_model(model)
     width = model.outputs[0].shape[-1]
     if num_classes is not None and width != int(num_classes):
-        raise ValueError(
+        raise ModelError(
             f"The model in '{path}' outputs {width} classes but the dataset has {num_classes}. "
             f"Rebuild its classifier with {num_classes} outputs (e.g. classes={num_classes}). "
             f"Received: output shape {tuple(model.outputs[0].shape)}"
@@ -207,7 +208,7 @@ class _Graph:
                 reach.add(id(t))
                 self.order.append(t)
         if id(sink) not in reach:
-            raise ValueError("The model's output does not depend on its input.")
+            raise ModelError("The model's output does not depend on its input.")
         self.parents = {k: [p for p in v if id(p) in reach] for k, v in parents.items()
                         if k in reach}
         self._depth: dict[int, int] = {}
@@ -323,19 +324,19 @@ def _check_model(model) -> None:
             f"Received: model '{model.name}' of type {type(model).__name__}"
         )
     if len(inputs) != 1 or len(inputs[0].shape) != 4:
-        raise ValueError(
+        raise ModelError(
             "attach_heads needs one image input (B, H, W, C). "
             f"Received: inputs {[tuple(i.shape) for i in inputs]}"
         )
     if len(outputs) != 1 or len(outputs[0].shape) != 2:
-        raise ValueError(
+        raise ModelError(
             "attach_heads needs one classifier output (B, N). "
             f"Received: outputs {[tuple(o.shape) for o in outputs]}"
         )
     clash = [la.name for la in model.layers
              if la.name in RESERVED or (la.name.startswith("head_") and la.name[5:6].isdigit())]
     if clash:
-        raise ValueError(
+        raise ModelError(
             "Layer names 'sila_logits' and 'head_<k>…' are reserved for the SiLa heads; rename "
             f"these layers. Received: {clash}"
         )
@@ -376,7 +377,7 @@ def _taps_by_name(model: keras.Model, names: Sequence[str]) -> list[Tap]:
         names = [names]
     names = list(names)
     if len(set(names)) != len(names):
-        raise ValueError(f"`taps` must name each layer once. Received: taps={names}")
+        raise ModelError(f"`taps` must name each layer once. Received: taps={names}")
     graph = _Graph(model.inputs[0], _logits(model, quiet=True))
     on_graph = {id(t) for t in graph.order}
     h = model.inputs[0].shape[1]
@@ -386,12 +387,12 @@ def _taps_by_name(model: keras.Model, names: Sequence[str]) -> list[Tap]:
             t = model.get_layer(n).output
         except (ValueError, AttributeError):
             auto = _auto_names(model)
-            raise ValueError(
+            raise ModelError(
                 f"`taps` must name single-use layers of model '{model.name}'. Received: taps "
                 f"entry '{n}'. Automatic candidates: {auto}"
             ) from None
         if len(t.shape) != 4 or id(t) not in on_graph:
-            raise ValueError(
+            raise ModelError(
                 f"A tap must be a 4-D feature map (B, H, W, C) between the input and the "
                 f"classifier. Received: '{n}' with output shape {tuple(t.shape)}. Automatic "
                 f"candidates: {_auto_names(model)}"

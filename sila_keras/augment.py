@@ -32,6 +32,8 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
+from sila_keras.errors import DataError
+
 AUGMENTATIONS: dict[str, Callable] = {}
 
 
@@ -40,7 +42,7 @@ def register_augmentation(name: str):
 
     def deco(fn):
         if name in AUGMENTATIONS:
-            raise ValueError(f"Augmentation '{name}' is already registered.")
+            raise DataError(f"Augmentation '{name}' is already registered.")
         AUGMENTATIONS[name] = fn
         return fn
 
@@ -70,7 +72,7 @@ def pad_crop_flip(image, seed):
 def get_augmentation(name: str) -> Callable:
     """The augmentation registered as ``name``."""
     if name not in AUGMENTATIONS:
-        raise ValueError(f"Unknown augmentation '{name}'. Available: {', '.join(sorted(AUGMENTATIONS))}")
+        raise DataError(f"Unknown augmentation '{name}'. Available: {', '.join(sorted(AUGMENTATIONS))}")
     return AUGMENTATIONS[name]
 
 
@@ -273,9 +275,9 @@ def apply_op(image, name: str, magnitude, sign=1.0, num_bins: int = NUM_BINS):
         ValueError: unknown operation or magnitude out of range.
     """
     if name not in OPS:
-        raise ValueError(f"Unknown augmentation op '{name}'. Available: {', '.join(OP_NAMES)}")
+        raise DataError(f"Unknown augmentation op '{name}'. Available: {', '.join(OP_NAMES)}")
     if not 0 <= magnitude <= num_bins - 1:
-        raise ValueError(f"`magnitude` must be in [0, {num_bins - 1}]. Received: magnitude={magnitude}")
+        raise DataError(f"`magnitude` must be in [0, {num_bins - 1}]. Received: magnitude={magnitude}")
     x = tf.cast(image, tf.float32)
     level = tf.constant(float(magnitude) / (num_bins - 1), tf.float32)
     out = OPS[name](x, level, tf.cast(sign, tf.float32))
@@ -344,7 +346,7 @@ def auto_augment(image, seed):
 def rand_augment(image, seed, num_ops: int = 2, magnitude: int = 9, num_bins: int = 31):
     """RandAugment: ``num_ops`` uniformly drawn operations at ``magnitude``/(num_bins−1), uint8 → uint8."""
     if not 0 <= magnitude <= num_bins - 1:
-        raise ValueError(f"`magnitude` must be in [0, {num_bins - 1}]. Received: magnitude={magnitude}")
+        raise DataError(f"`magnitude` must be in [0, {num_bins - 1}]. Received: magnitude={magnitude}")
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int32), 2 * num_ops)
     table = tf.constant([OP_NAMES.index(n) for n in RANDAUGMENT_OPS], tf.int32)
     level = tf.constant(magnitude / (num_bins - 1), tf.float32)

@@ -63,11 +63,6 @@ EXIT_CODES: tuple[tuple[type[BaseException], int, str], ...] = (
     (KeyboardInterrupt, EXIT_INTERRUPTED, "interrupted"),
     (SilaError, EXIT_BAD_INPUT, "error"),
     (RunFailed, EXIT_FAILED, "failed"),
-    # Transitional, until every user-facing raise is a SilaError (the next commit):
-    (ValueError, EXIT_BAD_INPUT, "error"),
-    (FileNotFoundError, EXIT_BAD_INPUT, "error"),
-    (FileExistsError, EXIT_BAD_INPUT, "error"),
-    (PermissionError, EXIT_BAD_INPUT, "error"),
 )
 
 # CPU flags with which TensorFlow turns oneDNN on by itself (tensorflow/core/util/util.cc).

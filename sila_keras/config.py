@@ -13,6 +13,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sila_keras.errors import ConfigError
+
 PAPER_MILESTONES = (30, 55, 80, 105, 135, 160, 180, 200, 220, 240)
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
 DOWNLOAD_MODES = ("auto", "never")
@@ -79,20 +81,20 @@ class TrainConfig:
             if value is None:
                 return
             if value < 0 or (value == 0 and not allow_zero):
-                raise ValueError(
+                raise ConfigError(
                     f"`{name}` must be {'>= 0' if allow_zero else '> 0'}. Received: {name}={value}"
                 )
 
         if self.heads < 1:
-            raise ValueError(f"`--heads` must be >= 1 (1 = the base model). Received: heads={self.heads}")
+            raise ConfigError(f"`--heads` must be >= 1 (1 = the base model). Received: heads={self.heads}")
         if self.beta < 0:
-            raise ValueError(f"`--beta` must be >= 0. Received: beta={self.beta}")
+            raise ConfigError(f"`--beta` must be >= 0. Received: beta={self.beta}")
         if self.lam < 0:
-            raise ValueError(f"`--lam` must be >= 0. Received: lam={self.lam}")
+            raise ConfigError(f"`--lam` must be >= 0. Received: lam={self.lam}")
         if self.betas is not None:
             object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
             if any(b < 0 for b in self.betas):
-                raise ValueError(f"Every `--betas` entry must be >= 0. Received: betas={list(self.betas)}")
+                raise ConfigError(f"Every `--betas` entry must be >= 0. Received: betas={list(self.betas)}")
         for name in ("epochs", "batch_size", "lr"):
             positive(name, getattr(self, name))
         for name in ("momentum", "weight_decay", "gamma"):
@@ -103,18 +105,18 @@ class TrainConfig:
         ms = tuple(int(m) for m in self.milestones)
         object.__setattr__(self, "milestones", ms)
         if any(m <= 0 for m in ms) or list(ms) != sorted(set(ms)):
-            raise ValueError(
+            raise ConfigError(
                 f"`--milestones` must be increasing positive epochs. Received: milestones={list(ms)}"
             )
         from sila_keras.modes import get_mode
 
         get_mode(self.mode)  # an unknown mode raises, listing the registered ones
         if self.strategy not in STRATEGIES:
-            raise ValueError(f"Unknown strategy '{self.strategy}'. Available: {', '.join(STRATEGIES)}")
+            raise ConfigError(f"Unknown strategy '{self.strategy}'. Available: {', '.join(STRATEGIES)}")
         if self.download not in DOWNLOAD_MODES:
-            raise ValueError(f"Unknown download mode '{self.download}'. Available: {', '.join(DOWNLOAD_MODES)}")
+            raise ConfigError(f"Unknown download mode '{self.download}'. Available: {', '.join(DOWNLOAD_MODES)}")
         if self.name is not None and (not self.name or "/" in self.name or self.name in (".", "..")):
-            raise ValueError(f"`--name` must be a plain folder name. Received: name={self.name!r}")
+            raise ConfigError(f"`--name` must be a plain folder name. Received: name={self.name!r}")
 
     @property
     def run_dir(self) -> Path:

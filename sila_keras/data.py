@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sila_keras.errors import DataError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 
@@ -84,7 +86,7 @@ def load_dataset(dataset: str, *, data_dir: str | None = None, limit_train: int 
         data = _load_tfds(dataset, data_dir, limit_train, limit_test, seed, download)
     for split, y in (("train", data.train_y), ("test", data.test_y)):
         if len(y) and (y.min() < 0 or y.max() >= data.num_classes):
-            raise ValueError(
+            raise DataError(
                 f"Labels of the {split} split must lie in [0, {data.num_classes}). "
                 f"Received: min={y.min()}, max={y.max()} in {dataset}"
             )
@@ -110,7 +112,7 @@ def holdout_split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int = 0):
         ``(x_train, y_train, x_val, y_val)``.
     """
     if not 0.0 < fraction < 1.0:
-        raise ValueError(f"The validation fraction must be in (0, 1). Received: {fraction}")
+        raise DataError(f"The validation fraction must be in (0, 1). Received: {fraction}")
     n_val = max(1, int(round(len(y) * fraction)))
     val = balanced_subset(y, n_val, seed + 7919)
     mask = np.ones(len(y), dtype=bool)
@@ -140,7 +142,7 @@ def _load_folder(path: str, limit_train, limit_test, seed, cache_dir, skip_bad=F
             notes.append(f"skipped {len(bad)} unreadable image file(s): "
                          + ", ".join(bad[:5]) + (" …" if len(bad) > 5 else ""))
         if not len(train_y):
-            raise ValueError(f"No readable training images left in '{root}' after skipping bad files.")
+            raise DataError(f"No readable training images left in '{root}' after skipping bad files.")
     size, channels = _probe_image(train_files[0])
     train_x = decode_images(train_files, size, channels)
     test_x = decode_images(test_files, size, channels)
@@ -151,13 +153,13 @@ def resolve_folder(path: str, cache_dir: str | None = None) -> Path:
     """The dataset root for ``folder:PATH``, extracting an archive once if needed."""
     p = Path(path).expanduser()
     if not p.exists():
-        raise ValueError(
+        raise DataError(
             f"Dataset folder not found: '{path}'. Pass folder:PATH with PATH a folder holding "
             "train/<class>/* and test/<class>/* images (or a .tar.gz of one)."
         )
     if p.is_file():
         if not p.name.endswith(ARCHIVE_SUFFIXES):
-            raise ValueError(
+            raise DataError(
                 f"'{path}' is a file but not an archive ({', '.join(ARCHIVE_SUFFIXES)}). "
                 "Pass a folder with train/ and test/, or an archive of one."
             )
@@ -201,7 +203,7 @@ def extract_archive(archive: Path, cache_dir: str | None = None) -> Path:
             if not target.is_dir():
                 raise
     except (tarfile.TarError, zipfile.BadZipFile, EOFError) as e:
-        raise ValueError(f"Cannot read archive '{archive}': {e}. Re-download or re-create it.") from None
+        raise DataError(f"Cannot read archive '{archive}': {e}. Re-download or re-create it.") from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -224,23 +226,23 @@ def scan_folder(root: Path):
     """
     for split in ("train", "test"):
         if not (root / split).is_dir():
-            raise ValueError(
+            raise DataError(
                 f"Dataset folder '{root}' has no '{split}/' subfolder. Expected "
                 f"{root}/train/<class>/*.jpg and {root}/test/<class>/*.jpg."
             )
     train, test = _class_dirs(root / "train"), _class_dirs(root / "test")
     if len(train) < 2:
-        raise ValueError(f"'{root / 'train'}' needs at least 2 class folders. Received: {sorted(train)}")
+        raise DataError(f"'{root / 'train'}' needs at least 2 class folders. Received: {sorted(train)}")
     for split, classes in (("train", train), ("test", test)):
         empty = [c for c, files in classes.items() if not files]
         if empty:
-            raise ValueError(
+            raise DataError(
                 f"Class folder(s) {', '.join(repr(str(root / split / c)) for c in empty)} hold no "
                 f"images ({', '.join(IMAGE_EXTENSIONS)}). Add images or remove the folder."
             )
     unknown = sorted(set(test) - set(train))
     if unknown:
-        raise ValueError(
+        raise DataError(
             f"Test class folder(s) {unknown} have no counterpart in '{root / 'train'}'. "
             "Train and test must use the same class folder names."
         )
@@ -268,7 +270,7 @@ def _probe_image(path: str) -> tuple[tuple[int, int], int]:
         with Image.open(path) as im:
             return (im.height, im.width), (1 if im.mode in ("L", "I;16", "1") else 3)
     except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"Cannot read image file '{path}': {e}. Replace or remove it.") from None
+        raise DataError(f"Cannot read image file '{path}': {e}. Replace or remove it.") from None
 
 
 def decode_images(files: list[str], size: tuple[int, int], channels: int) -> np.ndarray:
@@ -297,7 +299,7 @@ def decode_images(files: list[str], size: tuple[int, int], channels: int) -> np.
         return np.concatenate(list(ds.as_numpy_iterator()), axis=0)
     except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:
         bad = (_find_bad_images(files) or ["<unknown file>"])[0]
-        raise ValueError(
+        raise DataError(
             f"Cannot decode image file '{bad}' ({str(e).splitlines()[0][:120]}). "
             "Replace or remove the file, or pass --skip-bad-images to skip and count such files."
         ) from None
@@ -349,7 +351,7 @@ def _load_tfds(name, data_dir, limit_train, limit_test, seed, download) -> Image
             raise
         known = tfds.list_builders()
         close = difflib.get_close_matches(name, known, n=3)
-        raise ValueError(
+        raise DataError(
             f"Unknown dataset '{name}'. It is neither a tensorflow-datasets name "
             f"(closest: {', '.join(close) or 'none'}; e.g. cifar10, cifar100, mnist) nor "
             "folder:PATH (a folder with train/<class>/* and test/<class>/*)."
@@ -357,7 +359,7 @@ def _load_tfds(name, data_dir, limit_train, limit_test, seed, download) -> Image
     splits = _tfds_splits(tfds, name, data_dir, download)
     label = builder.info.features["label"] if "label" in builder.info.features else None
     if label is None or not hasattr(label, "names"):
-        raise ValueError(f"tfds dataset '{name}' has no class label feature; it is not an image classification dataset.")
+        raise DataError(f"tfds dataset '{name}' has no class label feature; it is not an image classification dataset.")
     arrays = [_to_numpy(ds) for ds in splits]
     (tx, ty), (vx, vy) = arrays
     ti, vi = balanced_subset(ty, limit_train, seed), balanced_subset(vy, limit_test, seed + 1)
@@ -373,7 +375,7 @@ def _tfds_splits(tfds, name, data_dir, download):
         pass  # not prepared in data_dir
     where = data_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets")
     if download == "never" or not network_available():
-        raise ValueError(
+        raise DataError(
             f"tfds dataset '{name}' is not downloaded in {where} and "
             f"{'downloading is off' if download == 'never' else 'there is no network'}. "
             f"Prepare it on a machine with network (tfds build {name}) and pass --data-dir DIR, "

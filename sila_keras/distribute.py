@@ -24,6 +24,8 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from sila_keras.errors import ConfigError
+
 TF_CONFIG_EXAMPLE = (
     "Example for 2 machines (same list on both, index 0 on the first — the chief — and 1 on "
     "the second): TF_CONFIG='{\"cluster\": {\"worker\": [\"10.0.0.1:12345\", "
@@ -78,7 +80,7 @@ def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
         if key not in _STRATEGIES:
             _STRATEGIES[key] = tf.distribute.MirroredStrategy(list(devices))
         return _STRATEGIES[key]
-    raise ValueError(f"Unknown strategy '{name}'. Available: auto, default, mirrored, multiworker")
+    raise ConfigError(f"Unknown strategy '{name}'. Available: auto, default, mirrored, multiworker")
 
 
 def strategy_name(strategy: tf.distribute.Strategy) -> str:
@@ -109,7 +111,7 @@ def parse_tf_config(raw: str | None = None) -> dict:
     raw = os.environ.get("TF_CONFIG") if raw is None else raw
 
     def bad(rule: str) -> ValueError:
-        return ValueError(f"--strategy multiworker needs a valid TF_CONFIG: {rule}. "
+        return ConfigError(f"--strategy multiworker needs a valid TF_CONFIG: {rule}. "
                           f"{TF_CONFIG_EXAMPLE}")
 
     if not raw or not raw.strip():

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 import keras
 from keras import layers
 
+from sila_keras.errors import ModelError
 from sila_keras.models.registry import Tap, get_backbone
 
 SILA_OUTPUT = "sila_logits"
@@ -88,7 +89,7 @@ def sila_output(head_logits: Sequence, mode: str = "sila", names: Sequence[str] 
     """
     names = [head_name(k) for k in range(1, len(head_logits) + 1)] if names is None else names
     if len(names) != len(head_logits):
-        raise ValueError(f"`names` needs one name per head ({len(head_logits)}). "
+        raise ModelError(f"`names` needs one name per head ({len(head_logits)}). "
                          f"Received: names={list(names)}")
     return SilaLogits(heads=names, mode=mode, axis=-1, name=SILA_OUTPUT,
                       dtype="float32")(list(head_logits))
@@ -101,10 +102,10 @@ def place_heads(taps: Sequence[Tap], num_heads: int, model_name: str = "this mod
         ValueError: ``num_heads < 1`` or more heads than the model can place.
     """
     if num_heads < 1:
-        raise ValueError(f"`num_heads` must be >= 1 (1 = the base model). Received: num_heads={num_heads}")
+        raise ModelError(f"`num_heads` must be >= 1 (1 = the base model). Received: num_heads={num_heads}")
     max_heads = len(taps) + 1
     if num_heads > max_heads:
-        raise ValueError(
+        raise ModelError(
             f"{model_name} can place at most {max_heads} heads (1 + {len(taps)} attach points: "
             f"{', '.join(t.name for t in taps) or 'none'}). Received: num_heads={num_heads}"
         )
@@ -130,7 +131,7 @@ def normalizer(num_channels: int, mean=None, std=None) -> layers.Layer:
     mean = list(DEFAULT_MEAN[:1] * num_channels if mean is None else mean)
     std = list(DEFAULT_STD[:1] * num_channels if std is None else std)
     if len(mean) != num_channels or len(std) != num_channels:
-        raise ValueError(
+        raise ModelError(
             f"`mean` and `std` need one value per channel ({num_channels}). "
             f"Received: mean={mean}, std={std}"
         )
@@ -156,12 +157,12 @@ def build_backbone(backbone: str, num_classes: int, input_shape: Sequence[int] =
     """
     spec = get_backbone(backbone)
     if int(num_classes) < 2:
-        raise ValueError(f"`num_classes` must be >= 2. Received: num_classes={num_classes}")
+        raise ModelError(f"`num_classes` must be >= 2. Received: num_classes={num_classes}")
     input_shape = tuple(int(d) for d in input_shape)
     if len(input_shape) != 3:
-        raise ValueError(f"`input_shape` must be (H, W, C). Received: input_shape={input_shape}")
+        raise ModelError(f"`input_shape` must be (H, W, C). Received: input_shape={input_shape}")
     if min(input_shape[:2]) < spec.min_input_size:
-        raise ValueError(
+        raise ModelError(
             f"Backbone '{backbone}' needs inputs of at least {spec.min_input_size}×"
             f"{spec.min_input_size} pixels (it downsamples that much). "
             f"Received: input_shape={input_shape}. Resize the images or pick another backbone."
@@ -233,7 +234,7 @@ def sila_layer(model: keras.Model) -> layers.Layer:
     try:
         return model.get_layer(SILA_OUTPUT)
     except ValueError:
-        raise ValueError(
+        raise ModelError(
             f"Model '{model.name}' is not a SiLa model: it has no layer named 'sila_logits'. "
             "Build it with sila_keras.build_sila_model or sila_keras.attach_heads."
         ) from None
@@ -252,7 +253,7 @@ def extract_head(model: keras.Model, head: int) -> keras.Model:
     names = head_names_of(model)
     m = len(names)
     if not 1 <= int(head) <= m:
-        raise ValueError(
+        raise ModelError(
             f"Head index out of range: model '{model.name}' has heads 1..{m} "
             f"({', '.join(names)}). Received: head={head}"
         )

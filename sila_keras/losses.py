@@ -31,6 +31,8 @@ from collections.abc import Sequence
 import keras
 from keras import ops
 
+from sila_keras.errors import ConfigError
+
 
 def set_weights(num_sets: int, beta: float = 0.1, lam: float = 0.5,
                 betas: Sequence[float] | None = None) -> list[float]:
@@ -49,21 +51,21 @@ def set_weights(num_sets: int, beta: float = 0.1, lam: float = 0.5,
         ValueError: negative weights, or ``len(betas) != num_sets``.
     """
     if num_sets < 1:
-        raise ValueError(f"The number of label sets must be >= 1. Received: num_sets={num_sets}")
+        raise ConfigError(f"The number of label sets must be >= 1. Received: num_sets={num_sets}")
     if betas is not None:
         betas = [float(b) for b in betas]
         if len(betas) != num_sets:
-            raise ValueError(
+            raise ConfigError(
                 "`betas` needs one weight per label set (head). "
                 f"Received: len(betas)={len(betas)} for {num_sets} sets (betas={betas})"
             )
         if any(b < 0 for b in betas):
-            raise ValueError(f"Every entry of `betas` must be >= 0. Received: betas={betas}")
+            raise ConfigError(f"Every entry of `betas` must be >= 0. Received: betas={betas}")
         return betas
     if beta < 0:
-        raise ValueError(f"`beta` must be >= 0 (it weights the Siamese label sets). Received: beta={beta}")
+        raise ConfigError(f"`beta` must be >= 0 (it weights the Siamese label sets). Received: beta={beta}")
     if lam < 0:
-        raise ValueError(f"`lam` must be >= 0 (it is the decay of beta per set). Received: lam={lam}")
+        raise ConfigError(f"`lam` must be >= 0 (it is the decay of beta per set). Received: lam={lam}")
     return [1.0] + [float(lam) ** (i - 1) * float(beta) for i in range(1, num_sets)]
 
 
@@ -83,7 +85,7 @@ def sila_loss(y_true, y_pred, num_classes: int, weights: Sequence[float]):
     width = y_pred.shape[-1]
     num_sets = len(weights)
     if width is not None and width != num_sets * num_classes:
-        raise ValueError(
+        raise ConfigError(
             f"SiLa logits must have width M·N = {num_sets}·{num_classes} = "
             f"{num_sets * num_classes} for {num_sets} label sets of {num_classes} classes. "
             f"Received: y_pred.shape={tuple(y_pred.shape)}"
@@ -124,7 +126,7 @@ class SilaLoss(keras.losses.Loss):
                  betas: Sequence[float] | None = None, name: str = "sila_loss", **kwargs):
         super().__init__(name=name, **kwargs)
         if int(num_classes) < 1:
-            raise ValueError(f"`num_classes` must be >= 1. Received: num_classes={num_classes}")
+            raise ConfigError(f"`num_classes` must be >= 1. Received: num_classes={num_classes}")
         self.num_classes = int(num_classes)
         self.beta = float(beta)
         self.lam = float(lam)
@@ -137,7 +139,7 @@ class SilaLoss(keras.losses.Loss):
     def num_sets_for(self, width: int) -> int:
         """M for a logits width, checking that the width is a multiple of N."""
         if width % self.num_classes:
-            raise ValueError(
+            raise ConfigError(
                 f"SiLa logits width must be a multiple of num_classes={self.num_classes}. "
                 f"Received: width={width}"
             )
@@ -151,7 +153,7 @@ class SilaLoss(keras.losses.Loss):
     def call(self, y_true, y_pred):
         width = y_pred.shape[-1]
         if width is None:
-            raise ValueError("SilaLoss needs a static logits width. Received: y_pred.shape[-1]=None")
+            raise ConfigError("SilaLoss needs a static logits width. Received: y_pred.shape[-1]=None")
         return sila_loss(y_true, y_pred, self.num_classes, self.weights_for(int(width)))
 
     def get_config(self):
@@ -206,7 +208,7 @@ def mutual_loss(y_true, y_pred, num_classes: int, betas: Sequence[float], sila: 
     num_sets = len(betas)
     width = y_pred.shape[-1]
     if width is not None and width != num_sets * num_classes:
-        raise ValueError(
+        raise ConfigError(
             f"The logits of {num_sets} classifiers with {num_classes} classes need width "
             f"{num_sets * num_classes}. Received: y_pred.shape={tuple(y_pred.shape)}"
         )
@@ -248,7 +250,7 @@ class MutualLoss(keras.losses.Loss):
                  dml: bool = False, name: str = "mutual_loss", **kwargs):
         super().__init__(name=name, **kwargs)
         if int(num_classes) < 1:
-            raise ValueError(f"`num_classes` must be >= 1. Received: num_classes={num_classes}")
+            raise ConfigError(f"`num_classes` must be >= 1. Received: num_classes={num_classes}")
         self.num_classes = int(num_classes)
         self.betas = set_weights(len(list(betas)), betas=list(betas))  # validates
         self.sila = bool(sila)

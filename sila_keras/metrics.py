@@ -14,6 +14,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from sila_keras.errors import ConfigError
+
 
 def head_logits(y_pred, head: int, num_classes: int):
     """Slice the logits of head ``head`` (1-based) out of ``sila_logits``."""
@@ -52,7 +54,7 @@ class _HeadMetric(keras.metrics.MeanMetricWrapper):
     def __init__(self, head: int = 1, num_classes: int = 10, name: str | None = None,
                  dtype=None, **fn_kwargs):
         if head < 1:
-            raise ValueError(f"Heads are numbered from 1. Received: head={head}")
+            raise ConfigError(f"Heads are numbered from 1. Received: head={head}")
         self.head = int(head)
         self.num_classes = int(num_classes)
         self._fn_kwargs = fn_kwargs

@@ -35,6 +35,8 @@ import inspect
 import keras
 import tensorflow as tf
 
+from sila_keras.errors import ConfigError, DependencyError
+
 KERAS_MIN = (3, 0)
 KERAS_MAX = (4, 0)  # exclusive: re-check keras#20585 before widening
 TESTED_ON = "3.15.1"
@@ -63,7 +65,7 @@ def check_supported() -> None:
     """
     version = keras_version()
     if not KERAS_MIN <= version < KERAS_MAX:
-        raise ValueError(
+        raise DependencyError(
             "--strategy multiworker patches Keras' fit (keras#20585) and supports Keras "
             f"{'.'.join(map(str, KERAS_MIN))} to <{'.'.join(map(str, KERAS_MAX))} (tested on "
             f"{TESTED_ON}). Received: keras=={keras.__version__}. Install a supported Keras "
@@ -74,7 +76,7 @@ def check_supported() -> None:
         build = module.TensorFlowTrainer._maybe_symbolic_build
         reduce = module.reduce_per_replica
     except (ImportError, AttributeError) as e:
-        raise ValueError(
+        raise ConfigError(
             f"--strategy multiworker cannot patch this Keras ({keras.__version__}): {e}. "
             "Use --strategy mirrored on one machine."
         ) from None
@@ -82,7 +84,7 @@ def check_supported() -> None:
             != ["self", "iterator", "data_batch"]
             or list(inspect.signature(_ORIGINALS.get("reduce", reduce)).parameters)
             != ["values", "strategy", "reduction"]):
-        raise ValueError(
+        raise ConfigError(
             f"--strategy multiworker: Keras {keras.__version__} changed the functions its fix "
             "replaces (TensorFlowTrainer._maybe_symbolic_build, reduce_per_replica). "
             f"Install Keras {TESTED_ON} or use --strategy mirrored on one machine."
@@ -142,7 +144,7 @@ def agree_on_epoch(strategy, epoch: int) -> None:
     per_replica = strategy.run(lambda: tf.constant([float(epoch)]))
     epochs = sorted({int(e) for e in strategy.gather(per_replica, axis=0).numpy()})
     if len(epochs) > 1:
-        raise ValueError(
+        raise ConfigError(
             "Cannot resume: the workers' last checkpoints are from different epochs "
             f"(chief and workers hold epochs {epochs}). Copy the chief's '<run>/checkpoints' "
             "folder over each worker's '<run>/.workers/<type>_<id>/checkpoints' and start all "

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import keras
 from keras import ops
 
+from sila_keras.errors import ConfigError
+
 
 @keras.saving.register_keras_serializable(package="sila_keras")
 class SGDL2(keras.optimizers.SGD):
@@ -32,7 +34,7 @@ class SGDL2(keras.optimizers.SGD):
         kwargs.pop("weight_decay", None)
         super().__init__(**kwargs)
         if l2 < 0:
-            raise ValueError(f"Weight decay must be >= 0. Received: l2={l2}")
+            raise ConfigError(f"Weight decay must be >= 0. Received: l2={l2}")
         self.l2 = float(l2)
 
     def update_step(self, gradient, variable, learning_rate):

@@ -26,6 +26,7 @@ import json
 import sys
 
 from sila_keras.cli import Command, HelpFormatter, run_command
+from sila_keras.errors import ConfigError
 
 MIB = 4 / 2**20
 
@@ -126,7 +127,7 @@ def num_classes_of(dataset: str) -> int:
         return DATASETS[text]
     if text.isdigit() and int(text) >= 2:
         return int(text)
-    raise ValueError(
+    raise ConfigError(
         "`--dataset` must be cifar10, cifar100 or a number of classes >= 2. "
         f"Received: dataset={dataset!r}"
     )
@@ -212,14 +213,14 @@ def collect(dataset: str, num_heads: int, models: str | None = None) -> dict:
     """``param_table`` for each named (or every registered) model; inputs checked first."""
     n = num_classes_of(dataset)
     if num_heads < 1:
-        raise ValueError(f"`--heads` must be >= 1 (1 = the base model). Received: heads={num_heads}")
+        raise ConfigError(f"`--heads` must be >= 1 (1 = the base model). Received: heads={num_heads}")
     from tqdm import tqdm
 
     from sila_keras.models import get_backbone, list_backbones
 
     names = list_backbones() if not models else [m.strip() for m in models.split(",") if m.strip()]
     if not names:
-        raise ValueError(f"`--models` names no model. Received: models={models!r}")
+        raise ConfigError(f"`--models` names no model. Received: models={models!r}")
     for name in names:
         get_backbone(name)  # unknown names fail before any model is built
     rows, skipped = {}, []
@@ -234,7 +235,7 @@ def collect(dataset: str, num_heads: int, models: str | None = None) -> dict:
         print(f"sila-params: note: skipped {', '.join(skipped)} (fewer than {num_heads - 1} "
               "attach points; name them with --models to see each maximum)", file=sys.stderr)
     if not rows:
-        raise ValueError(f"No registered model can place {num_heads} heads. Received: heads={num_heads}")
+        raise ConfigError(f"No registered model can place {num_heads} heads. Received: heads={num_heads}")
     return rows
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import keras
 
+from sila_keras.errors import ConfigError
+
 FLOAT32 = "float32"
 # CPU flags with native bfloat16 arithmetic (otherwise every bf16 op is emulated).
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "avx_ne_convert")
@@ -69,7 +71,7 @@ def check_mixed_precision(model_name: str, mixed: bool) -> None:
         ValueError: with the fix.
     """
     if mixed and str(model_name).endswith((".keras", ".h5")):
-        raise ValueError(
+        raise ConfigError(
             f"--mixed-precision cannot be applied to a saved model: '{model_name}' keeps the dtype "
             "policy it was saved with. Rebuild it after "
             "keras.mixed_precision.set_global_policy('mixed_float16') (or 'mixed_bfloat16' on CPU) "
@@ -130,7 +132,7 @@ def as_float32(model: keras.Model) -> keras.Model:
         clone = model.__class__.from_config(_to_float32_config(model.get_config()))
         clone.set_weights(model.get_weights())
     except Exception as e:  # noqa: BLE001 - Keras raises many types for a config it can't rebuild
-        raise ValueError(
+        raise ConfigError(
             f"Model '{model.name}' was trained with mixed precision and could not be rebuilt in "
             f"float32 for export ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}). "
             "Give its custom layers a get_config, or rebuild it under the float32 policy and "

@@ -192,7 +192,7 @@ def validate_model_name(model: str) -> None:
 
     if model.endswith((".keras", ".h5")):
         if not Path(model).is_file():
-            raise FileNotFoundError(f"Model file not found: '{model}'. Pass a saved Keras classifier "
+            raise ConfigError(f"Model file not found: '{model}'. Pass a saved Keras classifier "
                                     "(.keras) or a registered backbone name.")
         return
     get_backbone(model)

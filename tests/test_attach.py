@@ -7,6 +7,7 @@ from helpers import small_cnn
 
 from sila_keras import extract_head, trainable_params
 from sila_keras.attach import attach_heads, find_taps, load_and_attach
+from sila_keras.errors import ModelError
 from sila_keras.losses import SilaLoss
 
 N = 10
@@ -134,7 +135,7 @@ def test_load_and_attach(tmp_path):
     assert sila.output.shape == (None, 2 * N)
     with pytest.raises(ValueError, match=r"outputs 10 classes but the dataset has 5"):
         load_and_attach(path, num_heads=2, num_classes=5)
-    with pytest.raises(FileNotFoundError, match="Model file not found"):
+    with pytest.raises(ModelError, match="Model file not found"):
         load_and_attach(tmp_path / "missing.keras")
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(ValueError, match=r"'\.keras'"):

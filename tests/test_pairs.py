@@ -14,6 +14,7 @@ import helpers as testing
 import numpy as np
 import pytest
 
+from sila_keras.errors import DataError
 from sila_keras.pairs import cli, data, experiment, models
 from sila_keras.pairs.cli import main
 
@@ -357,7 +358,7 @@ def test_missing_idx_files_are_named(tmp_path, capsys):
                  str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "t10k-images-idx3-ubyte.gz" in err and "t10k-labels-idx1-ubyte.gz" in err
-    with pytest.raises(FileNotFoundError, match="MNIST folder not found"):
+    with pytest.raises(DataError, match="MNIST folder not found"):
         data.pools_from_idx(tmp_path / "nowhere")
 
 

@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 
 from sila_keras.config import TrainConfig
+from sila_keras.errors import ConfigError, DependencyError
 
 TUNERS = ("random", "bayesian", "hyperband")
 OBJECTIVE_RE = re.compile(r"(?:val_)?head_(\d+)_acc")
@@ -39,7 +40,7 @@ def parse_range(text: str, flag: str) -> tuple[float, float]:
             raise ValueError
         lo, hi = float(parts[0]), float(parts[1])
     except ValueError:
-        raise ValueError(
+        raise ConfigError(
             f"`{flag}` must be two comma-separated numbers LO,HI (e.g. {flag} 0.01,1.0). "
             f"Received: {flag}={text!r}"
         ) from None
@@ -60,7 +61,7 @@ def normalize_objective(name: str, min_heads: int) -> str:
     m = OBJECTIVE_RE.fullmatch(str(name).strip())
     if not m or not 1 <= int(m.group(1)) <= min_heads:
         heads = f"{min_heads} head{'s' if min_heads > 1 else ''}"
-        raise ValueError(
+        raise ConfigError(
             f"Unknown objective '{name}'. Valid objectives for this search (every trial has at "
             f"least {heads}): {', '.join(valid_objectives(min_heads))} (a 'val_' prefix is "
             f"accepted too; the value is always measured on the validation split). "
@@ -124,39 +125,39 @@ class SearchConfig:
 
     def __post_init__(self):
         if self.tuner not in TUNERS:
-            raise ValueError(f"Unknown tuner '{self.tuner}'. Available: {', '.join(TUNERS)}. "
+            raise ConfigError(f"Unknown tuner '{self.tuner}'. Available: {', '.join(TUNERS)}. "
                              f"Received: tuner={self.tuner!r}")
         if int(self.max_trials) < 1:
-            raise ValueError(f"`--max-trials` must be >= 1 (the number of configurations to try). "
+            raise ConfigError(f"`--max-trials` must be >= 1 (the number of configurations to try). "
                              f"Received: max_trials={self.max_trials}")
         mode = getattr(self.train, "mode", "sila")
         if mode != "sila":
-            raise ValueError("sila-tune searches β/λ of the SilaNet heads, so it needs --mode sila. "
+            raise ConfigError("sila-tune searches β/λ of the SilaNet heads, so it needs --mode sila. "
                              f"Received: mode={mode!r}")
         heads = self.train.heads
         if heads < 2:
-            raise ValueError("β and λ weight the auxiliary heads, so the search needs `--heads` >= 2. "
+            raise ConfigError("β and λ weight the auxiliary heads, so the search needs `--heads` >= 2. "
                              f"Received: heads={heads}")
         if self.tune_heads and heads < 3:
-            raise ValueError("`--tune-heads` searches M in 2..--heads, so `--heads` must be >= 3. "
+            raise ConfigError("`--tune-heads` searches M in 2..--heads, so `--heads` must be >= 3. "
                              f"Received: heads={heads}")
         object.__setattr__(self, "beta_range", self._check_range("--beta-range", self.beta_range, log=True))
         object.__setattr__(self, "lam_range", self._check_range("--lam-range", self.lam_range, log=False))
         object.__setattr__(self, "objective", normalize_objective(self.objective, self.min_heads))
         if not 0.0 < self.val_split < 1.0:
-            raise ValueError("`--val-split` is the fraction of training images held out for the "
+            raise ConfigError("`--val-split` is the fraction of training images held out for the "
                              f"objective and must be in (0, 1). Received: val_split={self.val_split}")
         if self.final_epochs is not None and int(self.final_epochs) < 1:
-            raise ValueError("`--final-epochs` must be >= 1 (leave it out to skip the final run). "
+            raise ConfigError("`--final-epochs` must be >= 1 (leave it out to skip the final run). "
                              f"Received: final_epochs={self.final_epochs}")
         if int(self.hyperband_factor) < 2:
-            raise ValueError(f"`--hyperband-factor` must be >= 2. Received: hyperband_factor={self.hyperband_factor}")
+            raise ConfigError(f"`--hyperband-factor` must be >= 2. Received: hyperband_factor={self.hyperband_factor}")
         if not self.out:
-            raise ValueError(f"`--out` must name a folder. Received: out={self.out!r}")
+            raise ConfigError(f"`--out` must name a folder. Received: out={self.out!r}")
         if self.tuner == "bayesian":
             missing = _unimportable("scipy", "sklearn")
             if missing:
-                raise ValueError(
+                raise DependencyError(
                     f"`--tuner bayesian` needs scipy and scikit-learn, which cannot be imported "
                     f"({'; '.join(missing)}). Install with: pip install 'keras-tuner[bayesian]' "
                     "(or pip install scipy scikit-learn), or use --tuner random/hyperband."
@@ -166,14 +167,14 @@ class SearchConfig:
     def _check_range(flag: str, rng, log: bool) -> tuple[float, float]:
         lo, hi = (float(v) for v in rng)
         if not (math.isfinite(lo) and math.isfinite(hi)):
-            raise ValueError(f"`{flag}` bounds must be finite numbers. Received: {flag}={lo},{hi}")
+            raise ConfigError(f"`{flag}` bounds must be finite numbers. Received: {flag}={lo},{hi}")
         if lo >= hi:
-            raise ValueError(f"`{flag}` needs min < max. Received: {flag}={lo},{hi}")
+            raise ConfigError(f"`{flag}` needs min < max. Received: {flag}={lo},{hi}")
         if log and lo <= 0:
-            raise ValueError(f"`{flag}` is sampled log-uniformly, so both bounds must be > 0. "
+            raise ConfigError(f"`{flag}` is sampled log-uniformly, so both bounds must be > 0. "
                              f"Received: {flag}={lo},{hi}")
         if lo < 0:
-            raise ValueError(f"`{flag}` bounds must be >= 0 (SiLa set weights are non-negative). "
+            raise ConfigError(f"`{flag}` bounds must be >= 0 (SiLa set weights are non-negative). "
                              f"Received: {flag}={lo},{hi}")
         return lo, hi
 

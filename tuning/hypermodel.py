@@ -21,6 +21,7 @@ from sila_keras import train as sk_train
 from sila_keras.callbacks import NonFiniteGuard
 from sila_keras.config import TrainConfig
 from sila_keras.data import ImageData, holdout_split
+from sila_keras.errors import ConfigError
 from sila_keras.pipeline import steps_per_epoch
 
 EPOCHS_RUN = "epochs_run"  # extra per-trial value recorded with the metrics
@@ -49,11 +50,11 @@ class SearchData:
             ValueError: too few training images to leave both parts non-empty.
         """
         if len(data.train_y) < 2:
-            raise ValueError("A search needs at least 2 training images (train + validation). "
+            raise ConfigError("A search needs at least 2 training images (train + validation). "
                              f"Received: {len(data.train_y)} training images from {data.source}")
         x_tr, y_tr, x_val, y_val = holdout_split(data.train_x, data.train_y, fraction, seed)
         if len(y_tr) == 0:
-            raise ValueError(f"`--val-split` {fraction} leaves no training images "
+            raise ConfigError(f"`--val-split` {fraction} leaves no training images "
                              f"({len(data.train_y)} in total). Lower it or use more data.")
         return cls(x_tr, y_tr, x_val, y_val, list(data.class_names), data.source)
 
@@ -192,7 +193,7 @@ class SilaHyperModel(kt.HyperModel):
         names = self.logged_metrics(min_heads)
         if objective not in names:
             valid = [n.removeprefix("val_") for n in names if re.fullmatch(r"val_head_\d+_acc", n)]
-            raise ValueError(f"Unknown objective '{objective}': the model logs no such metric. "
+            raise ConfigError(f"Unknown objective '{objective}': the model logs no such metric. "
                              f"Valid objectives: {', '.join(valid)}. Received: objective={objective!r}")
 
 

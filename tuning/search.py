@@ -21,7 +21,7 @@ from pathlib import Path
 
 from sila_keras import io
 from sila_keras import train as sk_train
-from sila_keras.errors import RunDirError, RunFailed
+from sila_keras.errors import ConfigError, RunDirError, RunFailed
 from sila_keras.rundir import SearchDir, check_resume
 from tuning.config import SearchConfig
 
@@ -45,7 +45,7 @@ def distributed_role() -> str:
         return "single"
     missing = [v for v in ("KERASTUNER_ORACLE_PORT", "KERASTUNER_TUNER_ID") if not os.environ.get(v)]
     if missing:
-        raise ValueError(
+        raise ConfigError(
             f"Distributed search: KERASTUNER_ORACLE_IP is set but {', '.join(missing)} "
             f"{'is' if len(missing) == 1 else 'are'} not. Set KERASTUNER_TUNER_ID=chief on one "
             "process and tuner0, tuner1, … on the workers, all with the same "

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from keras import layers
 
+from sila_keras.errors import ModelError
 from sila_keras.models.layers import bn_relu, check_spatial
 from sila_keras.models.registry import BackboneOutput, Tap, register_backbone
 
@@ -53,7 +54,7 @@ def densenet(x, num_classes: int, blocks, growth: int = 32, *, reduction: float 
         BackboneOutput with a pre-activation tap at every transition.
     """
     if not 0 < reduction <= 1:
-        raise ValueError(f"`reduction` must be in (0, 1]. Received: reduction={reduction}")
+        raise ModelError(f"`reduction` must be in (0, 1]. Received: reduction={reduction}")
     check_spatial(x, 2 ** (len(blocks) - 1), "densenet")
     x = _conv(2 * growth, 3, "stem_conv")(x)
     taps, depth = [], 1

@@ -5,6 +5,8 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
+from sila_keras.errors import ModelError
+
 
 def conv_bn_relu(x, filters: int, kernel_size=3, strides: int = 1, *, name: str,
                  use_bias: bool = False, relu: bool = True, padding: str = "same"):
@@ -36,7 +38,7 @@ def check_spatial(x, min_size: int, model: str) -> None:
     """
     h, w = x.shape[1], x.shape[2]
     if any(d is not None and d < min_size for d in (h, w)):
-        raise ValueError(
+        raise ModelError(
             f"Backbone '{model}' needs inputs of at least {min_size}×{min_size} pixels (it "
             f"downsamples that much). Received: input of {h}×{w}. Resize the images or pick "
             "another backbone."

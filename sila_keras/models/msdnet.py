@@ -42,6 +42,7 @@ from collections.abc import Sequence
 
 from keras import layers
 
+from sila_keras.errors import ModelError
 from sila_keras.models.layers import conv_bn_relu
 from sila_keras.models.registry import BackboneOutput, register_backbone
 
@@ -67,22 +68,22 @@ def _check(blocks, step, base, stepmode, channels, growth, scales, gr_factor, bn
                         ("growth", growth), ("scales", scales),
                         ("classifier_channels", classifier_channels)):
         if int(value) < 1:
-            raise ValueError(f"MSDNet `{name}` must be >= 1. Received: {name}={value}")
+            raise ModelError(f"MSDNet `{name}` must be >= 1. Received: {name}={value}")
     if stepmode not in STEPMODES:
-        raise ValueError(f"Unknown MSDNet stepmode '{stepmode}'. Available: {', '.join(STEPMODES)}")
+        raise ModelError(f"Unknown MSDNet stepmode '{stepmode}'. Available: {', '.join(STEPMODES)}")
     for name, value in (("gr_factor", gr_factor), ("bn_factor", bn_factor)):
         if len(value) != scales or any(int(v) < 1 for v in value):
-            raise ValueError(
+            raise ModelError(
                 f"MSDNet `{name}` needs one positive factor per scale ({scales}). "
                 f"Received: {name}={list(value)}"
             )
     if any(growth * g % 2 for g in gr_factor[1:]):
-        raise ValueError(
+        raise ModelError(
             "MSDNet `growth`·gr_factor must be even at every coarser scale (half of the new maps "
             f"come from each neighbouring scale). Received: growth={growth}, gr_factor={list(gr_factor)}"
         )
     if not 0 <= reduction <= 1:
-        raise ValueError(f"MSDNet `reduction` must be in [0, 1]. Received: reduction={reduction}")
+        raise ModelError(f"MSDNet `reduction` must be in [0, 1]. Received: reduction={reduction}")
 
 
 def msd_conv(x, filters: int, strides: int, bn_width: int, bottleneck: bool, *, name: str):

@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from sila_keras.errors import ModelError
+
 
 @dataclass(frozen=True)
 class Tap:
@@ -63,7 +65,7 @@ class BackboneOutput:
     def __post_init__(self):
         depths = [t.depth for t in self.taps]
         if depths != sorted(depths) or len(set(t.name for t in self.taps)) != len(self.taps):
-            raise ValueError(
+            raise ModelError(
                 "Backbone taps must be ordered shallow → deep with unique names. "
                 f"Received: {[(t.name, t.depth) for t in self.taps]}"
             )
@@ -93,7 +95,7 @@ def register_backbone(name: str, *, min_input_size: int = 32, description: str =
 
     def decorator(fn):
         if name in _REGISTRY:
-            raise ValueError(
+            raise ModelError(
                 f"Backbone '{name}' is already registered (by {_REGISTRY[name].builder.__module__}). "
                 "Pick another name."
             )
@@ -119,7 +121,7 @@ def get_backbone(name: str) -> BackboneSpec:
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, _REGISTRY, n=3)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise ValueError(
+        raise ModelError(
             f"Unknown backbone '{name}'.{hint} Available: {', '.join(sorted(_REGISTRY))}"
         )
     return _REGISTRY[name]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from keras import layers
 
+from sila_keras.errors import ModelError
 from sila_keras.models.layers import PadShortcut, conv_bn_relu
 from sila_keras.models.registry import BackboneOutput, Tap, register_backbone
 
@@ -28,7 +29,7 @@ def basic_block(x, filters: int, strides: int, *, name: str):
 def cifar_resnet(x, num_classes: int, depth: int, widths=(16, 32, 64)) -> BackboneOutput:
     """Build a CIFAR ResNet of ``depth`` = 6n + 2 layers on ``x``."""
     if (depth - 2) % 6:
-        raise ValueError(f"CIFAR ResNet depth must be 6n + 2 (20, 32, 44, 56, 110). Received: depth={depth}")
+        raise ModelError(f"CIFAR ResNet depth must be 6n + 2 (20, 32, 44, 56, 110). Received: depth={depth}")
     n = (depth - 2) // 6
     x = conv_bn_relu(x, widths[0], 3, 1, name="stem")
     taps, layers_done = [], 1

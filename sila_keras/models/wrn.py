@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from keras import layers
 
+from sila_keras.errors import ModelError
 from sila_keras.models.layers import bn_relu, check_spatial
 from sila_keras.models.registry import BackboneOutput, Tap, register_backbone
 
@@ -59,7 +60,7 @@ def wrn(x, num_classes: int, depth: int, widen: int, *, dropout: float = 0.3) ->
         ValueError: bad depth, or an input smaller than 4×4.
     """
     if depth < 10 or (depth - 4) % 6:
-        raise ValueError(f"WRN depth must be 6n + 4 (16, 22, 28, 40, …). Received: depth={depth}")
+        raise ModelError(f"WRN depth must be 6n + 4 (16, 22, 28, 40, …). Received: depth={depth}")
     check_spatial(x, 4, f"wrn{depth}_{widen}")
     n = (depth - 4) // 6
     x = _conv(16, 3, 1, "stem_conv")(x)

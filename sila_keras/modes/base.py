@@ -152,9 +152,9 @@ def register_mode(cls: type[Mode]) -> type[Mode]:
         ValueError: no name, or the name is already registered.
     """
     if not cls.name:
-        raise ValueError(f"A mode needs a name. Received: {cls.__name__}.name={cls.name!r}")
+        raise ConfigError(f"A mode needs a name. Received: {cls.__name__}.name={cls.name!r}")
     if cls.name in _REGISTRY:
-        raise ValueError(f"Mode '{cls.name}' is already registered (by "
+        raise ConfigError(f"Mode '{cls.name}' is already registered (by "
                          f"{_REGISTRY[cls.name].__module__}). Pick another name.")
     _REGISTRY[cls.name] = cls
     return cls

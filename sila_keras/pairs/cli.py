@@ -19,7 +19,7 @@ from pathlib import Path
 
 from sila_keras import io
 from sila_keras.cli import Command, HelpFormatter, run_command
-from sila_keras.errors import ConfigError
+from sila_keras.errors import ConfigError, RunDirError
 from sila_keras.rundir import PairsDir
 
 PROG = "sila-pairs"
@@ -146,18 +146,18 @@ def configs_from_args(args: argparse.Namespace) -> tuple[str, list]:
     from sila_keras.pairs.experiment import PairConfig
 
     if args.grid and args.table:
-        raise ValueError("--grid and --table are separate experiments; run them one at a time.")
+        raise ConfigError("--grid and --table are separate experiments; run them one at a time.")
     if not args.table and args.arch is None:
         raise ConfigError(f"--arch is required (one of {', '.join(pmodels.ARCHS)}), unless --table.")
     if args.grid and (args.lr is not None or args.batch_size is not None):
-        raise ValueError("--grid searches lr and batch size itself; drop --lr/--batch-size.")
+        raise ConfigError("--grid searches lr and batch size itself; drop --lr/--batch-size.")
     rounds = args.rounds if args.rounds is not None else (20 if args.table else 10)
     common = dict(sila=args.sila, rounds=rounds, epochs=args.epochs, pairs=args.pairs,
                   val_split=args.val_split, aux_weight=args.aux_weight, beta=args.beta,
                   momentum=args.momentum, normalize=args.normalize, seed=args.seed)
     if args.table:
         if args.arch is not None or args.no_aux or args.no_share:
-            raise ValueError("--table runs its own four configurations; "
+            raise ConfigError("--table runs its own four configurations; "
                              "drop --arch/--no-aux/--no-share.")
         lr = _given(args.lr, pmodels.TABLE2_HPARAMS["lr"])
         bs = _given(args.batch_size, pmodels.TABLE2_HPARAMS["batch_size"])
@@ -191,20 +191,20 @@ def _out_dir(args) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     if args.resume:
         if not args.out:
-            raise ValueError("--resume needs --out: the folder of the run to continue.")
+            raise ConfigError("--resume needs --out: the folder of the run to continue.")
         if not (Path(args.out) / DONE_DIR).is_dir():
-            raise FileNotFoundError(f"Cannot resume: '{Path(args.out) / DONE_DIR}' not found (no finished "
+            raise ConfigError(f"Cannot resume: '{Path(args.out) / DONE_DIR}' not found (no finished "
                                     "configuration to continue from). Run without --resume.")
         return Path(args.out)
     out = Path(args.out) if args.out else Path("runs") / "pairs" / f"{mode}-{stamp}"
     existing = PairsDir(out).existing_results()
     if existing:
-        raise FileExistsError(f"'{out}' already holds {', '.join(existing)}; nothing is overwritten. "
+        raise RunDirError(f"'{out}' already holds {', '.join(existing)}; nothing is overwritten. "
                               "Add --resume to continue that run, or choose another --out.")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise PermissionError(f"Cannot create the output folder '{out}': {e.strerror}. "
+        raise ConfigError(f"Cannot create the output folder '{out}': {e.strerror}. "
                               "Choose a writable --out.") from None
     return out
 

@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sila_keras.errors import DataError
+
 IMAGE_MAGIC = 2051  # IDX: unsigned byte, 3 dimensions
 LABEL_MAGIC = 2049  # IDX: unsigned byte, 1 dimension
 TEST_FILES = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
@@ -55,7 +57,7 @@ def _open_idx(path: Path) -> bytes:
                 return f.read()
         return path.read_bytes()
     except (OSError, EOFError, zlib.error) as e:
-        raise ValueError(
+        raise DataError(
             f"Cannot read IDX file '{path}': {e}. The file is corrupt or truncated; "
             "download it again (MNIST: t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz)."
         ) from None
@@ -70,19 +72,19 @@ def read_idx_images(path: str | os.PathLike) -> np.ndarray:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"MNIST image file not found: '{path}'.")
+        raise DataError(f"MNIST image file not found: '{path}'.")
     data = _open_idx(path)
     if len(data) < 16:
-        raise ValueError(f"'{path}' is too short to be an IDX image file ({len(data)} bytes).")
+        raise DataError(f"'{path}' is too short to be an IDX image file ({len(data)} bytes).")
     magic, n, rows, cols = struct.unpack(">IIII", data[:16])
     if magic != IMAGE_MAGIC:
-        raise ValueError(
+        raise DataError(
             f"'{path}' is not an IDX image file: magic number {magic}, expected {IMAGE_MAGIC}. "
             "Received a wrong or corrupt file (a label file has magic 2049)."
         )
     size = n * rows * cols
     if len(data) - 16 < size:
-        raise ValueError(
+        raise DataError(
             f"'{path}' is truncated: its header announces {n} images of {rows}×{cols} "
             f"({size} bytes) but only {len(data) - 16} bytes follow. Download it again."
         )
@@ -98,24 +100,24 @@ def read_idx_labels(path: str | os.PathLike) -> np.ndarray:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"MNIST label file not found: '{path}'.")
+        raise DataError(f"MNIST label file not found: '{path}'.")
     data = _open_idx(path)
     if len(data) < 8:
-        raise ValueError(f"'{path}' is too short to be an IDX label file ({len(data)} bytes).")
+        raise DataError(f"'{path}' is too short to be an IDX label file ({len(data)} bytes).")
     magic, n = struct.unpack(">II", data[:8])
     if magic != LABEL_MAGIC:
-        raise ValueError(
+        raise DataError(
             f"'{path}' is not an IDX label file: magic number {magic}, expected {LABEL_MAGIC}. "
             "Received a wrong or corrupt file (an image file has magic 2051)."
         )
     if len(data) - 8 < n:
-        raise ValueError(
+        raise DataError(
             f"'{path}' is truncated: its header announces {n} labels but only "
             f"{len(data) - 8} bytes follow. Download it again."
         )
     labels = np.frombuffer(data, np.uint8, n, offset=8).astype(np.int64)
     if n and labels.max() > 9:
-        raise ValueError(f"'{path}' holds labels outside 0–9 (max {labels.max()}); it is not MNIST.")
+        raise DataError(f"'{path}' holds labels outside 0–9 (max {labels.max()}); it is not MNIST.")
     return labels
 
 
@@ -139,17 +141,17 @@ def read_mnist_split(directory: str | os.PathLike,
     found = [_find(directory, f) for f in files]
     missing = [str(directory / f) for f, p in zip(files, found, strict=True) if p is None]
     if missing:
-        raise FileNotFoundError(
+        raise DataError(
             f"MNIST IDX file(s) not found: {', '.join(repr(m) for m in missing)}. Pass "
             f"--mnist-dir DIR with {' and '.join(files)} (the real MNIST test set is in "
             "../shared/data), or prepare tfds 'mnist' and pass --data-dir."
         )
     images, labels = read_idx_images(found[0]), read_idx_labels(found[1])
     if images.shape[1:] != (28, 28):
-        raise ValueError(
+        raise DataError(
             f"MNIST images must be 28×28. Received: shape {images.shape[1:]} in '{found[0]}'")
     if len(images) != len(labels):
-        raise ValueError(
+        raise DataError(
             f"Image and label counts differ: {len(images)} in '{found[0]}' vs {len(labels)} "
             f"in '{found[1]}'. Use the matching pair of files."
         )
@@ -169,7 +171,7 @@ def downsample(images: np.ndarray) -> np.ndarray:
         x = x[..., 0]
     n, h, w = x.shape
     if h % 2 or w % 2:
-        raise ValueError(f"Images need even height and width to pool 2×2. Received: {h}×{w}")
+        raise DataError(f"Images need even height and width to pool 2×2. Received: {h}×{w}")
     return x.reshape(n, h // 2, 2, w // 2, 2).mean(axis=(2, 4))
 
 
@@ -212,7 +214,7 @@ def pools_from_idx(mnist_dir: str | os.PathLike, seed: int = 0) -> DigitPools:
     """Pools from the IDX files in ``mnist_dir`` (see the module docstring)."""
     d = Path(mnist_dir).expanduser()
     if not d.is_dir():
-        raise FileNotFoundError(
+        raise DataError(
             f"MNIST folder not found: '{d}'. Pass --mnist-dir DIR holding "
             f"{' and '.join(TEST_FILES)} (../shared/data has them)."
         )
@@ -303,9 +305,9 @@ def make_pairs(images: np.ndarray, labels: np.ndarray, n: int, rng: np.random.Ge
         ValueError: the pool has fewer than ``2n`` images.
     """
     if n < 1:
-        raise ValueError(f"The number of pairs must be >= 1. Received: pairs={n}")
+        raise DataError(f"The number of pairs must be >= 1. Received: pairs={n}")
     if 2 * n > len(labels):
-        raise ValueError(
+        raise DataError(
             f"{n} pairs need {2 * n} distinct images but the pool has {len(labels)}. "
             f"Lower --pairs to at most {len(labels) // 2}."
         )
@@ -325,10 +327,10 @@ def round_pairs(pools: DigitPools, n: int, seed: int, round_index: int) -> tuple
 def split_validation(pairs: PairSet, fraction: float) -> tuple[PairSet, PairSet]:
     """Hold out the last ``fraction`` of the (already random) training pairs for validation."""
     if not 0.0 < fraction < 1.0:
-        raise ValueError(f"--val-split must be in (0, 1). Received: val_split={fraction}")
+        raise DataError(f"--val-split must be in (0, 1). Received: val_split={fraction}")
     n_val = int(round(len(pairs) * fraction))
     if n_val < 1 or n_val >= len(pairs):
-        raise ValueError(
+        raise DataError(
             f"--val-split {fraction} of {len(pairs)} pairs leaves an empty train or validation "
             "set. Use a fraction such as 0.2."
         )

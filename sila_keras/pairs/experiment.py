@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from sila_keras.errors import ConfigError
 from sila_keras.pairs import data as pdata
 from sila_keras.pairs import models as pmodels
 
@@ -73,36 +74,36 @@ class PairConfig:
         pmodels.check_arch(self.arch)
         if self.arch not in pmodels.TWO_BRANCH:
             if self.share is not None:
-                raise ValueError(
+                raise ConfigError(
                     f"--no-share is meaningless for '{self.arch}': it has no sub-networks whose "
                     f"weights could be shared. Use it with --arch siamese (giving parallel). "
                     f"Received: arch={self.arch}, share={self.share}"
                 )
             if not self.aux:
-                raise ValueError(
+                raise ConfigError(
                     f"--no-aux is meaningless for '{self.arch}': it has no digit heads, so it never "
                     f"has an auxiliary loss. Use it with parallel/siamese. Received: arch={self.arch}"
                 )
             if self.sila:
-                raise ValueError(
+                raise ConfigError(
                     f"--sila needs the digit heads of parallel/siamese (its second comparison head "
                     f"is computed from them). Received: arch={self.arch}"
                 )
         if self.arch == "parallel" and self.share:
-            raise ValueError("parallel never shares weights; use --arch siamese for sharing. "
+            raise ConfigError("parallel never shares weights; use --arch siamese for sharing. "
                              "Received: arch=parallel, share=True")
         for name, low in (("rounds", 1), ("epochs", 1), ("batch_size", 1), ("pairs", 2)):
             value = getattr(self, name)
             if not isinstance(value, int) or value < low:
-                raise ValueError(f"--{name.replace('_', '-')} must be an integer >= {low}. "
+                raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= {low}. "
                                  f"Received: {name}={value!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"--lr must be a positive number. Received: lr={self.lr}")
+            raise ConfigError(f"--lr must be a positive number. Received: lr={self.lr}")
         if self.val_split is not None and not 0.0 < self.val_split < 1.0:
-            raise ValueError("--val-split must be in (0, 1), e.g. 0.2. "
+            raise ConfigError("--val-split must be in (0, 1), e.g. 0.2. "
                              f"Received: val_split={self.val_split}")
         if self.aux_weight < 0 or self.beta < 0 or not 0 <= self.momentum < 1:
-            raise ValueError(
+            raise ConfigError(
                 "--aux-weight and --beta must be >= 0 and --momentum in [0, 1). Received: "
                 f"aux_weight={self.aux_weight}, beta={self.beta}, momentum={self.momentum}"
             )

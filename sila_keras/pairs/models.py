@@ -39,6 +39,7 @@ import math
 import keras
 from keras import layers, ops
 
+from sila_keras.errors import ModelError
 from sila_keras.heads import SILA_OUTPUT, sila_output
 
 ARCHS = ("fc", "conv", "parallel", "siamese")
@@ -65,7 +66,7 @@ TABLE2_HPARAMS = {"lr": 0.005, "batch_size": 50}
 def check_arch(arch: str) -> str:
     """Return ``arch`` or raise the lookup error listing the valid names."""
     if arch not in ARCHS:
-        raise ValueError(f"Unknown architecture '{arch}'. Available: {', '.join(ARCHS)}")
+        raise ModelError(f"Unknown architecture '{arch}'. Available: {', '.join(ARCHS)}")
     return arch
 
 
@@ -224,10 +225,10 @@ def build_pair_model(arch: str, share: bool | None = None, sila: bool = False,
     if arch in TWO_BRANCH:
         return build_two_branch(arch == "siamese" if share is None else share, sila, mean, std)
     if share is not None:
-        raise ValueError("Weight sharing applies only to parallel/siamese. "
+        raise ModelError("Weight sharing applies only to parallel/siamese. "
                          f"Received: arch={arch}, share={share}")
     if sila:
-        raise ValueError(f"--sila needs the digit heads of parallel/siamese. Received: arch={arch}")
+        raise ModelError(f"--sila needs the digit heads of parallel/siamese. Received: arch={arch}")
     return (build_fc if arch == "fc" else build_conv)(mean, std)
 
 
