@@ -79,6 +79,10 @@ class SavedModelRunner(Runner):
 
 
 class LiteRTRunner(Runner):
+    # One image per call, as on a phone: dynamic-range quantization picks activation ranges
+    # per call, so its outputs depend on what else is in a batch.
+    batch_size = 1
+
     def __init__(self, path: Path):
         from ai_edge_litert import interpreter as litert
 

@@ -1,7 +1,8 @@
 """The exporter (export/): heads → every format, independent parity per runtime, manifest, bad input.
 
-One tiny trained run (resnet20, 2 heads, 1 epoch on 80 CIFAR images) is exported
-once with ``--head all`` to every format and quantization; the tests then load
+One tiny trained run (resnet20, 2 heads, 3 epochs on 80 CIFAR images) is exported
+once with ``--head all`` to every format and quantization, judged on 100 real CIFAR
+test images (the int8 gate on); the tests then load
 each written artifact fresh in its own runtime — with code written here, not the
 exporter's runners — and compare it with the Keras head on real CIFAR images.
 Other backbones of the zoo convert their shallowest head (BN, depthwise,
@@ -38,13 +39,15 @@ ZOO = [b for b in ("mobilenetv1", "densenet121", "resnet18", "vgg11") if b in li
 
 @pytest.fixture(scope="session")
 def trained_run(cifar_folder, tmp_path_factory):
-    """A 2-head resnet20 run trained 1 epoch in-process (the sila-train chain)."""
+    """A 2-head resnet20 run trained 3 epochs in-process (the sila-train chain). lr 0.05: one
+    epoch at 0.1 leaves logits in the hundreds (BN statistics far off after 5 steps), where
+    int8 ties most classes; this model's predictions vary across images."""
     from sila_keras.train import main as train_main
 
     out = tmp_path_factory.mktemp("export_runs")
-    rc = train_main([f"folder:{cifar_folder}", "resnet20", "--heads", "2", "--epochs", "1",
-                     "--batch-size", "16", "--milestones", "", "--out", str(out), "--name", "r",
-                     "--verbose", "0"])
+    rc = train_main([f"folder:{cifar_folder}", "resnet20", "--heads", "2", "--epochs", "3",
+                     "--lr", "0.05", "--batch-size", "16", "--milestones", "", "--out", str(out),
+                     "--name", "r", "--verbose", "0"])
     assert rc == 0
     return out / "r"
 
@@ -62,14 +65,23 @@ def sila_model(trained_run):
 
 
 @pytest.fixture(scope="session")
-def exported(trained_run, cifar_folder, tmp_path_factory):
-    """``--head all`` to every format and quantization (thresholds of the quantized formats
-    off: a 1-epoch model's near-tied logits say nothing about int8; their figures are still
-    recorded and re-measured below)."""
+def phone_folder(tmp_path_factory, shared_dir):
+    """Real CIFAR-10 JPEGs: 1 train + 10 test per class (100 test images for the phone checks)."""
+    from sila_keras import testing
+
+    return testing.cifar_subset_folder(tmp_path_factory.mktemp("cifar_phone"), 1, 10)
+
+
+@pytest.fixture(scope="session")
+def exported(trained_run, phone_folder, tmp_path_factory):
+    """``--head all`` to every format and quantization, evaluated on 100 real test images.
+    The int8 gate is on (a weak model's int8 file may ship as int16x8, as the manifest
+    says); the dynamic-range bound is off (a 3-epoch model's near ties say little about
+    it; its figures are still recorded and re-measured below)."""
     out = tmp_path_factory.mktemp("exported") / "all"
     rc = main([str(trained_run), "--head", "all", "--formats", "keras,savedmodel,tflite,onnx",
-               "--quantize", ALL_QUANT, "--eval", f"folder:{cifar_folder}", "--eval-samples", "40",
-               "--calibration-samples", "40", "--latency-runs", "2", "--tolerance", "dynamic=0,int8=0",
+               "--quantize", ALL_QUANT, "--eval", f"folder:{phone_folder}", "--eval-samples", "100",
+               "--calibration-samples", "40", "--latency-runs", "2", "--tolerance", "dynamic=0",
                "--out", str(out), "--quiet"])
     assert rc == 0
     return out
@@ -100,7 +112,7 @@ def run_tflite(path, x, output="probabilities"):
         scale, zp = inp["quantization"]
         info = np.iinfo(inp["dtype"])
         x = np.clip(np.round(x / scale + zp), info.min, info.max).astype(inp["dtype"])
-    y = runner(image=x)[output]
+    y = np.concatenate([runner(image=x[i:i + 1])[output] for i in range(len(x))])  # batch 1, as phones
     if y.dtype != np.float32:
         scale, zp = outp["quantization"]
         y = (y.astype(np.float32) - zp) * scale
@@ -162,31 +174,40 @@ def test_float_artifacts_match_keras_in_their_runtimes(exported, sila_model, cif
 
 @pytest.mark.slow
 @pytest.mark.parametrize("head", [1, 2])
-def test_quantized_artifacts_are_quantized_and_figures_reproduce(exported, sila_model, cifar_test, head):
+def test_quantized_artifacts_are_quantized_and_figures_reproduce(exported, sila_model, phone_images,
+                                                                 head):
     from ai_edge_litert.interpreter import Interpreter
 
-    x, _ = cifar_test
+    x, _ = phone_images
+    x = x.astype(np.float32)
     ref = extract_head(sila_model, head).predict(x, verbose=0)
     folder = exported / f"head_{head}"
     manifest = json.loads((folder / "manifest.json").read_text())
     for name, file in (("tflite_dynamic", "model_dynamic.tflite"), ("tflite_int8", "model_int8.tflite")):
         got = run_tflite(folder / file, x)
-        agreement = float(np.mean(got.argmax(-1) == ref.argmax(-1)))
+        unique = (got == got.max(-1, keepdims=True)).sum(-1) == 1  # a tie at the top disagrees
+        agreement = float(np.mean(unique & (got.argmax(-1) == ref.argmax(-1))))
         assert agreement == pytest.approx(manifest["artifacts"][name]["parity"]["top1_agreement"])
+    int8 = manifest["artifacts"]["tflite_int8"]
+    assert int8["parity"]["top1_agreement"] >= 0.97  # the gate: never a silently worse int8 file
     details = Interpreter(model_path=str(folder / "model_int8.tflite")).get_signature_runner(
         "serving_default").get_input_details()["image"]
-    assert details["dtype"] == np.uint8  # phones: raw pixels, scale 1, zero point 0
+    if int8["scheme"] == "int8":
+        assert details["dtype"] == np.uint8  # phones: raw pixels, scale 1, zero point 0
+        assert details["quantization"] == (1.0, 0)
+    else:  # the int16x8 fallback, with the int8 figures that made it necessary
+        assert int8["scheme"] == "int16x8" and int8["int8_attempt"]["parity"]["top1_agreement"] < 0.97
+        assert details["dtype"] == np.float32
     scale, zero_point = details["quantization"]
-    assert (scale, zero_point) == (1.0, 0)
-    assert manifest["artifacts"]["tflite_int8"]["input"] == {"dtype": "uint8", "scale": scale,
-                                                             "zero_point": zero_point}
+    assert int8["input"] == {"dtype": np.dtype(details["dtype"]).name, "scale": scale,
+                             "zero_point": zero_point}
     sizes = {f: (folder / f).stat().st_size for f in TFLITE_FILES}
     assert sizes["model_int8.tflite"] < sizes["model_float16.tflite"] < sizes["model.tflite"]
 
 
 @pytest.mark.slow
-def test_manifest_fields(exported, sila_model, cifar_test):
-    _, y = cifar_test
+def test_manifest_fields(exported, sila_model, phone_images):
+    x, y = phone_images
     m = json.loads((exported / "head_2" / "manifest.json").read_text())
     assert m["kind"] == "sila-export" and m["head"] == 2 and m["num_heads"] == 2 and m["ok"]
     assert m["input"]["name"] == "image" and m["input"]["shape"] == [None, 32, 32, 3]
@@ -206,9 +227,9 @@ def test_manifest_fields(exported, sila_model, cifar_test):
         assert a["latency"]["median_ms"] > 0 and a["latency"]["batch"] == 1
         assert a["parity"]["passed"] and "criterion" in a["parity"]
         assert 0.0 <= m["eval"]["accuracy"][name] <= 1.0
-    ref = extract_head(sila_model, 2).predict(cifar_test[0], verbose=0)
+    ref = extract_head(sila_model, 2).predict(x.astype(np.float32), verbose=0)
     assert m["eval"]["accuracy"]["keras_reference"] == pytest.approx(np.mean(ref.argmax(-1) == y))
-    assert m["eval"]["images"] == 40 and m["calibration"]["images"] == 40
+    assert m["eval"]["images"] == 100 and m["calibration"]["images"] == 40
     assert m["parity_images"]["source"].startswith("eval data")
 
 
@@ -485,16 +506,12 @@ MEDIAPIPE_AGREEMENT = {"model.tflite": 0.99, "model_float16.tflite": 0.99,
 
 
 @pytest.fixture(scope="session")
-def phone_images(tmp_path_factory, shared_dir):
-    """100 real CIFAR-10 test images (10 per class) as uint8 HWC arrays, and their labels."""
-    from PIL import Image
-
-    from sila_keras import testing
-
-    root = testing.cifar_subset_folder(tmp_path_factory.mktemp("cifar_phone"), 0, 10)
-    files = sorted((root / "test").glob("*/*.jpg"))
-    x = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
-    return x, np.array([LABELS.index(f.parent.name) for f in files])
+def phone_images(phone_folder):
+    """The 100 real CIFAR-10 test images (10 per class) as uint8 HWC arrays, and their labels,
+    decoded by the loader the exporter uses (JPEG decoders differ by ±1 on some pixels)."""
+    data = load_dataset(f"folder:{phone_folder}")
+    assert len(data.test_y) == 100 and list(data.class_names) == list(LABELS)
+    return data.test_x.astype(np.uint8), np.asarray(data.test_y)
 
 
 def mediapipe_classify(path, images):
@@ -525,7 +542,9 @@ def test_mediapipe_classifies_real_images_with_every_variant(exported, sila_mode
             assert all(name == LABELS[i] for i, name, _ in cats), file  # names from the metadata
             assert all(0.0 <= s <= 1.0 for _, _, s in cats), file
             assert sum(s for _, _, s in cats) == pytest.approx(1.0, abs=0.05), file  # probabilities
-        figures[file] = float(np.mean([cats[0][0] == k for cats, k in zip(results, top1)]))
+        # top-1 agrees when MediaPipe's first category is Keras' class and is not tied
+        figures[file] = float(np.mean([cats[0][0] == k and cats[0][2] > cats[1][2]
+                                       for cats, k in zip(results, top1)]))
         assert figures[file] >= bound, (file, figures)
     manifest = json.loads((exported / "head_2" / "manifest.json").read_text())
     for name, a in manifest["artifacts"].items():
@@ -561,8 +580,7 @@ def test_metadata_round_trips(exported, trained_run):
         assert list(meta["files"]) == ["labels.txt"]
     int8 = manifest["artifacts"]["tflite_int8"]
     assert int8["metadata"]["labels"] == 10 and int8["metadata"]["input"]["color_space"] == "RGB"
-    assert int8["input"] == {"dtype": "uint8", "scale": 1.0, "zero_point": 0}
-    assert int8["output"]["dtype"] == "uint8" and int8["scheme"] == "int8"
+    assert int8["metadata"]["outputs"] == ["probabilities"]
     # re-populating replaces the metadata and the zip instead of stacking them
     data = (folder / "model.tflite").read_bytes()
     meta2 = md.ClassifierMetadata(name="n", description="d", version="2", author="a",
@@ -619,6 +637,16 @@ def test_int8_below_the_gate_ships_int16x8(sila_model, phone_images, tmp_path, m
     from ai_edge_litert.interpreter import Interpreter
 
     x = phone_images[0][:60].astype(np.float32)
+    # gate off: the plain uint8-in/uint8-out int8 file, as NNAPI-style accelerators want it
+    m = export.export_head(sila_model, 2, tmp_path / "u8", formats="tflite", quantize="int8",
+                           calibration=x, sample_images=x, latency_runs=1, verbose=0,
+                           tolerances={"int8": 0.0})
+    entry = m["artifacts"]["tflite_int8"]
+    assert entry["scheme"] == "int8" and "fallback" not in entry
+    assert entry["input"] == {"dtype": "uint8", "scale": 1.0, "zero_point": 0}
+    assert entry["output"] == {"name": "probabilities", "dtype": "uint8", "scale": 1 / 256, "zero_point": 0}
+    assert entry["mediapipe"]["runs"] and entry["mediapipe"]["category_names_ok"]
+    assert "int8 accelerators (NNAPI-style NPUs/DSPs)" in entry["targets"]
     _break_int8(monkeypatch, {"int8"})
     m = export.export_head(sila_model, 2, tmp_path / "fb", formats="tflite", quantize="int8",
                            calibration=x, sample_images=x, latency_runs=1, verbose=0)
