@@ -618,6 +618,13 @@ def test_a_model_needing_flex_ops_is_refused(tmp_path):
     reason = m["failed"]["tflite"]["reason"]
     assert "FlexCumprod (from cumprod_mix)" in reason and "--allow-flex" in reason
     assert json.loads((tmp_path / "manifest.json").read_text())["failed"]["tflite"]["reason"] == reason
+    m = export.export_head(flex_sila_model(), 2, tmp_path, formats="tflite", sample_images=x,
+                           latency_runs=1, verbose=0, allow_flex=True)  # accepted, and said so
+    entry = m["artifacts"]["tflite"]
+    assert m["ok"] and (tmp_path / "model.tflite").is_file()
+    assert entry["flex_ops"] == {"FlexCumprod": ["cumprod_mix"]} and entry["parity"]["checked"] is False
+    assert entry["targets"] == ["LiteRT with the Flex delegate only"]
+    assert "Flex" in entry["mediapipe"]["reason"]
 
 
 def _break_int8(monkeypatch, schemes):
