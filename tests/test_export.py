@@ -339,10 +339,13 @@ def test_zoo_backbone_converts(backbone, cifar_test, tmp_path):
     model = shallowest_head_model(backbone)
     head = num_heads_of(model)
     m = export.export_head(model, head, tmp_path, formats="tflite,onnx", sample_images=x,
-                           latency_runs=1, verbose=0)
+                           latency_runs=1, verbose=0, tflite_outputs="logits,probabilities")
     assert m["ok"], m["failed"]
     ref = extract_head(model, head).predict(x, verbose=0)
+    assert scaled_diff(ref, run_tflite(tmp_path / "model.tflite", x, "logits")) <= 1e-4
     assert scaled_diff(softmax(ref), run_tflite(tmp_path / "model.tflite", x)) <= 1e-4
+    assert m["artifacts"]["tflite"]["outputs"] == ["logits", "probabilities"]
+    assert "two outputs" in m["artifacts"]["tflite"]["mediapipe"]["reason"]  # not for phones
     assert scaled_diff(ref, run_onnx(tmp_path / "model.onnx", x)["logits"]) <= 1e-4
 
 
@@ -654,6 +657,12 @@ def test_int8_below_the_gate_ships_int16x8(sila_model, phone_images, tmp_path, m
     assert entry["output"] == {"name": "probabilities", "dtype": "uint8", "scale": 1 / 256, "zero_point": 0}
     assert entry["mediapipe"]["runs"] and entry["mediapipe"]["category_names_ok"]
     assert "int8 accelerators (NNAPI-style NPUs/DSPs)" in entry["targets"]
+    m = export.export_head(sila_model, 2, tmp_path / "i8", formats="tflite", quantize="int8",
+                           calibration=x, sample_images=x, latency_runs=1, verbose=0,
+                           tolerances={"int8": 0.0}, int8_io="int8")  # --int8-io int8
+    entry = m["artifacts"]["tflite_int8"]
+    assert entry["input"] == {"dtype": "int8", "scale": 1.0, "zero_point": -128}
+    assert entry["mediapipe"]["runs"] is None and "int8 input" in entry["mediapipe"]["reason"]
     _break_int8(monkeypatch, {"int8"})
     m = export.export_head(sila_model, 2, tmp_path / "fb", formats="tflite", quantize="int8",
                            calibration=x, sample_images=x, latency_runs=1, verbose=0)
