@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                         + ", ".join(f"{k}={v:g}" for k, v in DEFAULT_TOLERANCES.items())
                         + " (float: max|Δlogit| / max(1, max|logit|); dynamic/int8: min top-1 agreement)")
     g.add_argument("--latency-runs", type=int, default=30, help="timed batch-1 calls per artifact")
+    _add_phone_flags(p)
     g = p.add_argument_group("output")
     g.add_argument("--out", default=None,
                    help="output folder (default <run>/export/head_K, or <run>/export for --head all)")
@@ -65,6 +66,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 INTERRUPTED_HINT = "Nothing half-written is left in the output folder."
+
+
+def _add_phone_flags(p: argparse.ArgumentParser) -> None:
+    """Issue #13: TFLite files that phone runtimes' own clients (MediaPipe) take as-is."""
+    g = p.add_argument_group("phones (TFLite metadata, outputs, full-integer I/O; docs/export.md)")
+    g.add_argument("--tflite-outputs", default="probabilities", metavar="OUT[,OUT]",
+                   help="outputs of the TFLite files: probabilities (one output, what MediaPipe's "
+                        "ImageClassifier reads), logits, or logits,probabilities")
+    g.add_argument("--int8-io", default="uint8",
+                   help="input/output type of model_int8.tflite: uint8 (raw pixels, scale 1, zero "
+                        "point 0: phones, MediaPipe, NNAPI), int8, or float32")
+    g.add_argument("--allow-flex", action="store_true",
+                   help="accept TFLite files that need Flex (TF) ops; they do not run on stock "
+                        "mobile LiteRT, MediaPipe or the GPU/NNAPI delegates")
+    g.add_argument("--no-metadata", action="store_true",
+                   help="write TFLite files without metadata (MediaPipe then refuses them)")
+    g.add_argument("--labels", metavar="FILE", default=None,
+                   help="class names, one per line (default: the run's labels.txt)")
+    g.add_argument("--author", default=None, help="metadata author (default: sila_keras VERSION)")
+    g.add_argument("--model-version", default=None,
+                   help="metadata version (default: RUN/head_K)")
+
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,22 +108,32 @@ def run(args: argparse.Namespace) -> dict:
     from export.source import load_source
 
     options = exporter.check_options(args.formats, args.quantize, args.opset,
-                                     parity.parse_tolerances(args.tolerance))
+                                     parity.parse_tolerances(args.tolerance),
+                                     tflite_outputs=args.tflite_outputs, int8_io=args.int8_io,
+                                     allow_flex=args.allow_flex, metadata=not args.no_metadata)
     for flag in ("calibration_samples", "eval_samples", "parity_samples", "latency_runs"):
         if getattr(args, flag) < 1:
             raise ConfigError(f"`--{flag.replace('_', '-')}` must be >= 1. Received: {getattr(args, flag)}")
     heads = _parse_head(args.head)
     src = load_source(args.source)
+    class_names = _labels(args.labels, src) if args.labels else src.class_names
     for k in heads or []:
         exporter.check_head(src.model, k)
+    if options["metadata"] and "tflite" in options["formats"]:
+        from export.metadata import check_channels
+
+        check_channels(src.input_shape)  # before the output folder is created
     out = args.out or (src.default_out if heads is None else src.default_out / f"head_{heads[0]}")
     exporter.prepare_out_dir(out)
     for note in src.notes:
         print(f"{PROG}: note: {note}", file=sys.stderr)
     data = load_data(args, src, needs_calibration="int8" in options["quantize"])
     common = dict(formats=options["formats"], quantize=options["quantize"], opset=options["opset"],
-                  class_names=src.class_names, source=str(src.run_dir or src.model_path),
+                  class_names=class_names, source=str(src.run_dir or src.model_path),
                   tolerances=options["tolerances"],
+                  tflite_outputs=options["tflite_outputs"], int8_io=options["int8_io"],
+                  allow_flex=options["allow_flex"], metadata=options["metadata"],
+                  model_info={"author": args.author, "version": args.model_version},
                   latency_runs=args.latency_runs, parity_samples=args.parity_samples,
                   verbose=0 if args.quiet else 1, **data)
     if heads is None:
@@ -121,6 +154,28 @@ def run(args: argparse.Namespace) -> dict:
         f"{len(failed)} failed, not written: {'; '.join(failed)}. Details in manifest.json; "
         "relax a threshold with --tolerance KIND=VALUE only if the drift is acceptable.")
     return {"ok": ok, "message": message, "result": result}
+
+
+def _labels(path: str, src) -> list[str]:
+    """``--labels FILE``: one class name per line, exactly one per class of the model.
+
+    Raises:
+        sila_keras.errors.ConfigError: unreadable, or a count different from the model's.
+    """
+    from sila_keras.errors import ConfigError
+
+    try:
+        names = [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except OSError as e:
+        raise ConfigError(f"Cannot read the labels file ({e.strerror or type(e).__name__}). "
+                          f"Pass a text file with one class name per line. Received: --labels {path}"
+                          ) from None
+    if len(names) != src.num_classes:
+        raise ConfigError(
+            f"The labels file must hold one class name per line for each of the model's "
+            f"{src.num_classes} classes, in label order. Received: --labels {path} with "
+            f"{len(names)} names")
+    return names
 
 
 def _parse_head(value: str) -> list[int] | None:

@@ -1,6 +1,8 @@
 """Optional dependencies of the exporter, checked before any work starts.
 
-TFLite artifacts are checked in LiteRT (``ai-edge-litert``), ONNX artifacts are
+TFLite artifacts are checked in LiteRT (``ai-edge-litert``) and get their metadata
+from MediaPipe's schema classes (``mediapipe``, which also runs the ImageClassifier
+check), ONNX artifacts are
 written by ``tf2onnx`` and checked in ``onnxruntime``. They come with the
 ``export`` extra of the package.
 """
@@ -17,6 +19,8 @@ INSTALL_HINT = "pip install 'sila-keras[export]'"
 REQUIREMENTS: dict[str, tuple[str, ...]] = {
     "tflite": ("ai_edge_litert",),
     "onnx": ("tf2onnx", "onnx", "onnxruntime"),
+    # TFLite metadata (schema classes) and the ImageClassifier check: MediaPipe Tasks.
+    "tflite_metadata": ("mediapipe", "flatbuffers"),
 }
 
 
@@ -53,4 +57,5 @@ def require(families) -> None:
                 f"Exporting to {family} needs the optional package(s) {', '.join(missing)}, "
                 f"which are not installed. Received: formats including {family!r}. "
                 f"Install them with: {INSTALL_HINT}"
+                + (" (or pass --no-metadata)" if family == "tflite_metadata" else "")
             )

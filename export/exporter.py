@@ -8,8 +8,10 @@ The flow for head k (SilaNet's compression use: ship the small head-k model):
    ``sila_logits`` on the sample images;
 3. for each artifact: write it into a staging folder inside ``out_dir``, load
    it fresh in its own runtime, compare with Keras (:mod:`export.parity`),
-   time batch-1 calls; only an artifact that passes is moved into ``out_dir``
-   (an atomic rename), so no failing or half-written artifact is left there;
+   time batch-1 calls (TFLite files also get metadata, the int8 gate, LiteRT's GPU
+   verdict and a MediaPipe ImageClassifier pass: :mod:`export.phone`); only an
+   artifact that passes is moved into ``out_dir`` (an atomic rename), so no failing
+   or half-written artifact is left there;
 4. write ``labels.txt`` and ``manifest.json`` (atomically).
 """
 
@@ -27,6 +29,7 @@ import numpy as np
 from export import artifacts as art
 from export import deps, inputs, outdir, parity, report
 from export.outdir import prepare_out_dir
+from export.phone import export_tflite, phone_context
 from sila_keras.errors import ConfigError, RunFailed
 
 DEFAULT_QUANTIZE = ("none",)
@@ -46,6 +49,9 @@ def export_head(model, head: int, out_dir, formats: str | Sequence[str] = art.FO
                 sample_images=None, sample_note: str | None = None, parity_samples: int = 200,
                 source: str | None = None, data_notes: Mapping[str, str] | None = None,
                 tolerances: Mapping[str, float] | None = None, latency_runs: int = 30,
+                tflite_outputs: str | Sequence[str] = art.DEFAULT_TFLITE_OUTPUTS,
+                int8_io: str = "uint8", allow_flex: bool = False, metadata: bool = True,
+                model_info: Mapping[str, str] | None = None,
                 strict: bool = False, verbose: int = 1) -> dict:
     """Export head ``head`` of a SiLa model to deployable, parity-checked artifacts.
 
@@ -69,6 +75,16 @@ def export_head(model, head: int, out_dir, formats: str | Sequence[str] = art.FO
         data_notes: ``{"calibration": ..., "eval": ...}`` dataset descriptions.
         tolerances: overrides of :data:`export.parity.DEFAULT_TOLERANCES`.
         latency_runs: timed batch-1 calls per artifact (median reported).
+        tflite_outputs: outputs of the TFLite files, from ``logits, probabilities``
+            (default: ``probabilities`` only, the one output phone classifiers read).
+        int8_io: input/output type of the full-integer model: ``uint8`` (default: raw
+            pixels, scale 1, zero point 0, what MediaPipe takes), ``int8`` or ``float32``.
+        allow_flex: accept TFLite files that need Flex (TF) ops (they do not run on stock
+            mobile LiteRT); by default such a model fails naming the ops and layers.
+        metadata: write the TFLite metadata (:mod:`export.metadata`): RGB image input,
+            normalization, labels, score semantics. Needs an RGB input.
+        model_info: ``name``, ``description``, ``version``, ``author``, ``license`` for
+            the metadata (defaults derived from the model and ``source``).
         strict: raise :class:`ExportFailed` when an artifact fails (after writing the manifest).
         verbose: 0 silent, 1 progress lines and the summary table.
 
@@ -92,7 +108,9 @@ def export_head(model, head: int, out_dir, formats: str | Sequence[str] = art.FO
     from sila_keras.heads import extract_head
     from sila_keras.precision import as_float32, is_float32, mixed_policy
 
-    plan, options = _validate(model, head, formats, quantize, opset, tolerances)
+    plan, options = _validate(model, head, formats, quantize, opset, tolerances,
+                              tflite_outputs=tflite_outputs, int8_io=int8_io,
+                              allow_flex=allow_flex, metadata=metadata)
     if not is_float32(model):  # trained with --mixed-precision: deployed models are float32
         options = {**options, "trained_precision": mixed_policy(model)}
         _say(verbose, f"Model '{model.name}' computes in {options['trained_precision']}: "
@@ -112,28 +130,32 @@ def export_head(model, head: int, out_dir, formats: str | Sequence[str] = art.FO
                                                 parity_samples, input_shape)
     names = inputs.check_class_names(class_names, model)
 
-    sub = extract_head(model, int(head))
+    sub = art.to_builtin_layers(extract_head(model, int(head)))  # deployed heads: built-ins only
     _say(verbose, f"Head {head} of '{model.name}': checking it against sila_logits on {len(images)} images")
     reference = inputs.keras_logits(sub, images)
     slice_check = inputs.verify_slice(model, reference, images, int(head))
     export_model = art.build_export_model(sub)
+    tflite_model = (export_model if options["tflite_outputs"] == art.OUTPUTS
+                    else art.build_export_model(sub, options["tflite_outputs"]))
+    phone = phone_context(model, sub, int(head), names, source, model_info, options)
 
     results, failed, staged = {}, {}, {}
     staging = Path(tempfile.mkdtemp(prefix=outdir.STAGING_PREFIX, dir=out_dir))
     try:
         saved_model = None
-        if any(s.family == "tflite" for s in plan) and "savedmodel" not in options["formats"]:
-            try:  # TFLite is converted from a SavedModel; this one is not kept
-                saved_model = _write_quiet(lambda p: art.write_savedmodel(export_model, p, input_shape),
+        own_source = tflite_model is not export_model or "savedmodel" not in options["formats"]
+        if any(s.family == "tflite" for s in plan) and own_source:
+            try:  # TFLite is converted from a SavedModel with its outputs; this one is not kept
+                saved_model = _write_quiet(lambda p: art.write_savedmodel(tflite_model, p, input_shape),
                                            staging / "_tflite_source")
             except Exception as e:  # noqa: BLE001 - reported on each TFLite artifact
                 options = {**options, "savedmodel_error": _one_line(e)}
         for spec in plan:
             _say(verbose, f"  {spec.name:15s} → {spec.file} …")
             entry = _export_one(spec, staging, sub, export_model, saved_model, cal, input_shape,
-                                options, images, reference, labels, latency_runs)
+                                options, images, reference, labels, latency_runs, phone)
             path = entry.pop("staged", None)
-            if spec.family == "savedmodel" and path is not None:
+            if spec.family == "savedmodel" and path is not None and not own_source:
                 saved_model = path  # TFLite converts from the verified SavedModel
             if entry.get("error"):
                 reason = entry.pop("error")
@@ -186,7 +208,8 @@ def export_heads(model, out_dir, heads: Sequence[int] | None = None, *, strict: 
     heads = list(range(1, m + 1)) if heads is None else list(heads)
     for k in heads:
         _validate(model, k, kwargs.get("formats", art.FORMATS), kwargs.get("quantize", DEFAULT_QUANTIZE),
-                  kwargs.get("opset", 17), kwargs.get("tolerances"))
+                  kwargs.get("opset", 17), kwargs.get("tolerances"),
+                  **{key: kwargs[key] for key in PHONE_OPTIONS if key in kwargs})
     out = prepare_out_dir(out_dir)
     manifests = [export_head(model, k, out / f"head_{k}", verbose=verbose, **kwargs) for k in heads]
     rows = report.heads_rows(manifests)
@@ -205,17 +228,27 @@ def export_heads(model, out_dir, heads: Sequence[int] | None = None, *, strict: 
 # --------------------------------------------------------------------------- checks
 
 
-def check_options(formats, quantize, opset: int = 17, tolerances=None) -> dict:
+def check_options(formats, quantize, opset: int = 17, tolerances=None, *,
+                  tflite_outputs=art.DEFAULT_TFLITE_OUTPUTS, int8_io: str = "uint8",
+                  allow_flex: bool = False, metadata: bool = True) -> dict:
     """Validate the export options (cheap: call it before loading anything).
 
     Returns:
-        ``{"formats", "quantize", "opset", "tolerances"}`` normalized.
+        ``{"formats", "quantize", "opset", "tolerances", "tflite_outputs", "int8_io",
+        "allow_flex", "metadata"}`` normalized.
 
     Raises:
         ValueError: unknown format/quantization, quantization without TFLite, bad opset or
-            tolerance.
+            tolerance, unknown ``--tflite-outputs`` or ``--int8-io``.
         export.deps.MissingDependencyError: a package the formats need is not installed.
     """
+    from sila_keras.errors import ConfigError
+
+    outputs = art.parse_outputs(tflite_outputs)
+    if int8_io not in art.INT8_IO:
+        raise ConfigError(f"Unknown --int8-io value {int8_io!r}. Available: {', '.join(art.INT8_IO)} "
+                          "(uint8: raw pixels, what MediaPipe and NNAPI-style accelerators take). "
+                          f"Received: --int8-io {int8_io}")
     formats = art.parse_choices(formats, art.FORMATS, "--formats")
     quantize = art.parse_choices(quantize, art.QUANTIZATIONS, "--quantize")
     if quantize != DEFAULT_QUANTIZE and "tflite" not in formats:
@@ -227,7 +260,11 @@ def check_options(formats, quantize, opset: int = 17, tolerances=None) -> dict:
                          f"(tf2onnx 1.17 supports opsets up to 18). Received: opset={opset}")
     tol = parity.resolve_tolerances(tolerances)
     deps.require(sorted({f for f in formats if f in deps.REQUIREMENTS}))
-    return {"formats": formats, "quantize": quantize, "opset": int(opset), "tolerances": tol}
+    if metadata and "tflite" in formats:
+        deps.require(["tflite_metadata"])
+    return {"formats": formats, "quantize": quantize, "opset": int(opset), "tolerances": tol,
+            "tflite_outputs": outputs, "int8_io": int8_io, "allow_flex": bool(allow_flex),
+            "metadata": bool(metadata)}
 
 
 def check_head(model, head) -> int:
@@ -248,12 +285,19 @@ def check_head(model, head) -> int:
     return int(head)
 
 
-def _validate(model, head, formats, quantize, opset, tolerances):
-    options = check_options(formats, quantize, opset, tolerances)
+PHONE_OPTIONS = ("tflite_outputs", "int8_io", "allow_flex", "metadata")
+
+
+def _validate(model, head, formats, quantize, opset, tolerances, **phone):
+    from export import metadata as md
+
+    options = check_options(formats, quantize, opset, tolerances, **phone)
     check_head(model, head)
     if any(d is None for d in model.input_shape[1:]):
         raise ConfigError(f"The model input needs a fixed (H, W, C) to export. "
                          f"Received: input_shape={model.input_shape}")
+    if options["metadata"] and "tflite" in options["formats"]:
+        md.check_channels(model.input_shape[1:])
     return art.plan(options["formats"], options["quantize"]), options
 
 
@@ -261,12 +305,13 @@ def _validate(model, head, formats, quantize, opset, tolerances):
 
 
 def _export_one(spec, staging, sub, export_model, saved_model, cal, input_shape, options,
-                images, reference, labels, latency_runs) -> dict:
+                images, reference, labels, latency_runs, phone=None) -> dict:
     """Write one artifact into ``staging`` and verify it; ``entry["staged"]`` is its path
     (installed into the output folder only when the whole export commits), or
     ``entry["error"]`` says why it failed."""
-    from export.runtimes import open_artifact
-
+    if spec.family == "tflite":
+        return export_tflite(spec, staging, saved_model, cal, options, images, reference, labels,
+                             latency_runs, phone, verify=_verify, one_line=_one_line)
     path = staging / spec.file
     entry = {"file": spec.file, "format": spec.family, "quantization": spec.quantization,
              "runtime": spec.runtime}
@@ -276,31 +321,43 @@ def _export_one(spec, staging, sub, export_model, saved_model, cal, input_shape,
             art.write_keras(sub, path)
         elif spec.family == "savedmodel":
             _write_quiet(lambda p: art.write_savedmodel(export_model, p, input_shape), path)
-        elif spec.family == "tflite":
-            if saved_model is None:
-                raise RuntimeError("the SavedModel it is converted from could not be written"
-                                   + (f" ({options['savedmodel_error']})" if "savedmodel_error" in options
-                                      else ""))
-            art.write_tflite(saved_model, path, spec.quantization, cal)
         else:
             art.write_onnx(export_model, path, input_shape, options["opset"])
     except Exception as e:  # noqa: BLE001 - any converter failure is reported, not raised
         entry["error"] = f"conversion failed: {_one_line(e)}"
         return entry
     entry["convert_s"] = round(time.perf_counter() - t0, 2)
+    if spec.family == "keras":
+        entry["builtin_layers_only"] = True  # write_keras refuses custom classes
+    return _verify(entry, spec, path, options, images, reference, labels, latency_runs)
+
+
+def _verify(entry, spec, path, options, images, reference, labels, latency_runs) -> dict:
+    """Size, parity in the artifact's runtime, accuracy, latency; ``entry["staged"]`` if it passes."""
+    from export.runtimes import open_artifact
+
     entry["size_bytes"] = art.size_bytes(path)
     entry["size_mib"] = round(entry["size_bytes"] / 2**20, 3)
+    if entry.get("flex_ops"):  # --allow-flex: nothing here links the Flex delegate
+        entry["parity"] = {"passed": None, "checked": False, "criterion": (
+            "not checked: neither ai_edge_litert nor TF 2.21's tf.lite.Interpreter links the Flex "
+            "delegate; accepted unverified because of --allow-flex")}
+        entry["staged"] = path
+        return entry
     try:
         runner = open_artifact(spec, path)
-        logits = runner.predict(images)
+        outputs = runner.predict(images)
     except Exception as e:  # noqa: BLE001
         entry["error"] = f"could not run in {spec.runtime}: {_one_line(e)}"
         return entry
-    entry["parity"] = parity.compare(reference, logits, spec.check, options["tolerances"])
+    ref = reference if runner.output == "logits" else parity.softmax(reference)
+    entry["parity"] = parity.compare(ref, outputs, spec.check, options["tolerances"], runner.output)
     if labels is not None:
-        entry["accuracy"] = parity.accuracy(logits, labels)
+        entry["accuracy"] = parity.accuracy(outputs, labels)
     if hasattr(runner, "input_details"):
         entry["input"] = runner.input_details
+        entry["output"] = {"name": runner.output, **runner.output_details}
+        entry["outputs"] = list(runner.outputs)
     if not entry["parity"]["passed"]:
         entry["error"] = parity.failure_reason(entry["parity"])
         return entry

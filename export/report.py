@@ -49,8 +49,11 @@ def build_manifest(*, model, head_model, head, out_dir, source, class_names, inp
         "outputs": {
             "logits": f"float32 (batch, {n}): head_{head} logits",
             "probabilities": f"float32 (batch, {n}): softmax of the logits",
-            "note": f"SavedModel/TFLite signature '{SIGNATURE}' and ONNX outputs are named logits and "
-                    "probabilities; model.keras outputs the logits only",
+            "tflite": list(options.get("tflite_outputs", ("logits", "probabilities"))),
+            "note": f"SavedModel signature '{SIGNATURE}' and ONNX outputs are named logits and "
+                    "probabilities; the TFLite files have the outputs listed under 'tflite' "
+                    "(default: probabilities only, what phone classifiers read); model.keras "
+                    "outputs the logits only",
         },
         "class_names": names,
         "num_classes": n,
@@ -63,6 +66,9 @@ def build_manifest(*, model, head_model, head, out_dir, source, class_names, inp
         "options": {"formats": list(options["formats"]), "quantize": list(options["quantize"]),
                     "opset": options["opset"], "tolerances": options["tolerances"],
                     "planned": [s.name for s in plan],
+                    "tflite_outputs": list(options.get("tflite_outputs", ())),
+                    "int8_io": options.get("int8_io"), "allow_flex": options.get("allow_flex"),
+                    "metadata": options.get("metadata"),
                     "trained_precision": options.get("trained_precision", "float32")},
         "submodel_check": slice_check,
         "parity_images": {"source": image_note, "count": int(n_images)},
@@ -84,9 +90,10 @@ def input_block(model, input_shape) -> dict:
         "shape": [None, *(int(d) for d in input_shape)], "range": [0, 255],
         "preprocessing": "feed raw pixel values 0–255 as float32 (no scaling outside the model); "
                          "the model standardizes each channel inside: (x − mean) / std",
-        "int8_tflite": "model_int8.tflite takes int8 input q = round(x / scale + zero_point) with "
-                       "its scale/zero point in artifacts.tflite_int8.input (scale 1, zero point −128 "
-                       "maps pixels exactly) and gives int8 outputs to dequantize",
+        "int8_tflite": "model_int8.tflite (scheme int8) takes raw uint8 pixels by default (scale 1, "
+                       "zero point 0; --int8-io) and gives uint8 probabilities (scale 1/256); the "
+                       "exact values are in artifacts.tflite_int8.input/output. An int16x8 fallback "
+                       "takes float32 pixels 0–255",
     }
     try:
         layer = model.get_layer("normalize")
@@ -101,7 +108,8 @@ def versions() -> dict:
     import sila_keras
 
     out = {"sila_keras": sila_keras.__version__}
-    for dist in ("tensorflow", "keras", "ai-edge-litert", "tf2onnx", "onnx", "onnxruntime"):
+    for dist in ("tensorflow", "keras", "ai-edge-litert", "tf2onnx", "onnx", "onnxruntime",
+                 "mediapipe"):
         try:
             out[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
@@ -128,7 +136,8 @@ def summary_table(manifest: dict) -> str:
     if manifest.get("eval"):
         acc = manifest["eval"]["accuracy"]["keras_reference"]
         lines.append(f"{'keras (ref)':16s} {'-':22s} {'':>8s} {'':>12s} {'':>9s} {_pct(acc):>8s} {'':>8s}")
-    rows = [(k, v, "ok") for k, v in manifest["artifacts"].items()]
+    rows = [(k, v, "ok" if v.get("scheme") != "int16x8" else "ok (int16x8)")
+            for k, v in manifest["artifacts"].items()]
     rows += [(k, v, "FAILED") for k, v in manifest["failed"].items()]
     for name, entry, status in rows:
         par = entry.get("parity") or {}
@@ -139,6 +148,13 @@ def summary_table(manifest: dict) -> str:
             f"{_pct(entry.get('accuracy')):>8s} {_num(lat, '.2f'):>8s}  {status}")
     for name, entry in manifest["failed"].items():
         lines.append(f"  {name}: {entry['reason']}")
+    for name, entry in manifest["artifacts"].items():
+        if entry.get("fallback"):
+            lines.append(f"  {name}: {entry['fallback']}")
+        mp = entry.get("mediapipe") or {}
+        if mp.get("runs"):
+            lines.append(f"  {name}: MediaPipe ImageClassifier top-1 agreement "
+                         f"{mp['top1_agreement']:.1%} on {mp['images']} images")
     return "\n".join(lines)
 
 

@@ -2,9 +2,12 @@
 
 Each runner maps float32 raw-pixel images ``(n, H, W, C)`` to head logits
 ``(n, N)``: Keras for ``.keras``, TensorFlow for the SavedModel, LiteRT
-(``ai_edge_litert``) for ``.tflite``, onnxruntime for ``.onnx``. Full-integer
-TFLite models take int8 input and give int8 outputs: the runner quantizes the
-pixels with the model's own input scale/zero point and dequantizes the logits.
+(``ai_edge_litert``) for ``.tflite``, onnxruntime for ``.onnx``. A TFLite file
+whose only output is ``probabilities`` (the phone-facing default) gives those
+instead (``Runner.output`` says which). Full-integer TFLite models take uint8 or
+int8 input: the runner quantizes the pixels with the model's own input scale/zero
+point and dequantizes the outputs. :func:`mediapipe_check` classifies images with
+MediaPipe Tasks' ``ImageClassifier``, the client phone apps use.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ class Runner:
 
     batch_size = 32
     description = ""
+    output = "logits"
 
     def run(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
         raise NotImplementedError
@@ -75,20 +79,29 @@ class SavedModelRunner(Runner):
 
 
 class LiteRTRunner(Runner):
+    # One image per call, as on a phone: dynamic-range quantization picks activation ranges
+    # per call, so its outputs depend on what else is in a batch.
+    batch_size = 1
+
     def __init__(self, path: Path):
         from ai_edge_litert import interpreter as litert
 
         self._interpreter = litert.Interpreter(model_path=str(path))
         self._runner = self._interpreter.get_signature_runner(SIGNATURE)
         self._in = self._runner.get_input_details()[INPUT_NAME]
-        self._out = self._runner.get_output_details()["logits"]
+        outputs = self._runner.get_output_details()
+        self.outputs = sorted(outputs)
+        self.output = "logits" if "logits" in outputs else self.outputs[0]
+        self._out = outputs[self.output]
         self.description = "LiteRT (ai_edge_litert)"
 
     @property
     def input_details(self) -> dict:
-        scale, zero_point = self._in["quantization"]
-        return {"dtype": np.dtype(self._in["dtype"]).name, "scale": float(scale),
-                "zero_point": int(zero_point)}
+        return _quantization(self._in)
+
+    @property
+    def output_details(self) -> dict:
+        return _quantization(self._out)
 
     def run(self, x):
         dtype = np.dtype(self._in["dtype"])
@@ -96,11 +109,17 @@ class LiteRTRunner(Runner):
             scale, zero_point = self._in["quantization"]
             info = np.iinfo(dtype)
             x = np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(dtype)
-        y = self._runner(**{INPUT_NAME: x})["logits"]
+        y = self._runner(**{INPUT_NAME: x})[self.output]
         if y.dtype != np.float32:
             scale, zero_point = self._out["quantization"]
             y = (y.astype(np.float32) - zero_point) * scale
         return y
+
+
+def _quantization(details) -> dict:
+    scale, zero_point = details["quantization"]
+    return {"dtype": np.dtype(details["dtype"]).name, "scale": float(scale),
+            "zero_point": int(zero_point)}
 
 
 class OnnxRunner(Runner):
@@ -121,3 +140,51 @@ RUNNERS = {"keras": KerasRunner, "savedmodel": SavedModelRunner, "tflite": LiteR
 def open_artifact(spec: ArtifactSpec, path: Path) -> Runner:
     """Load ``path`` fresh in the runtime of ``spec``."""
     return RUNNERS[spec.family](Path(path))
+
+
+def mediapipe_check(path: Path, images: np.ndarray, keras_top1: np.ndarray,
+                    class_names, limit: int = 500) -> dict:
+    """Classify ``images`` with MediaPipe Tasks' ``vision.ImageClassifier`` loading ``path``
+    as a phone app would (metadata decides the preprocessing and the category names).
+
+    Args:
+        path: the ``.tflite`` file, metadata included.
+        images: float32 raw pixels ``(n, H, W, 3)``; sent as uint8 SRGB frames.
+        keras_top1: the Keras head's top-1 class per image.
+        class_names: the labels the categories must carry.
+        limit: at most this many images.
+
+    Returns:
+        ``{"runs": True, "images", "top1_agreement", "category_names_ok", "scores_in_0_1",
+        "runtime"}``.
+
+    Raises:
+        RuntimeError: MediaPipe refuses the file or returns no category.
+    """
+    import mediapipe as mp
+    from mediapipe.tasks import python as mp_tasks
+    from mediapipe.tasks.python import vision
+
+    x = np.clip(np.round(np.asarray(images[:limit], np.float32)), 0, 255).astype(np.uint8)
+    options = vision.ImageClassifierOptions(
+        base_options=mp_tasks.BaseOptions(model_asset_path=str(path)), max_results=len(class_names))
+    try:
+        classifier = vision.ImageClassifier.create_from_options(options)
+    except Exception as e:  # noqa: BLE001 - MediaPipe raises RuntimeError/ValueError
+        raise RuntimeError(f"MediaPipe ImageClassifier refused it: {str(e).strip()[:300]}") from None
+    agree, names_ok, scores_ok = 0, True, True
+    with classifier:
+        for i in range(len(x)):
+            result = classifier.classify(mp.Image(image_format=mp.ImageFormat.SRGB,
+                                                  data=np.ascontiguousarray(x[i])))
+            if len(result.classifications) != 1 or not result.classifications[0].categories:
+                raise RuntimeError(f"MediaPipe ImageClassifier returned {len(result.classifications)} "
+                                   "classification heads / no category (expected one head)")
+            cats = result.classifications[0].categories
+            untied = len(cats) == 1 or cats[0].score > cats[1].score  # a tie at the top disagrees
+            agree += int(untied and cats[0].index == int(keras_top1[i]))
+            names_ok &= all(c.category_name == class_names[c.index] for c in cats)
+            scores_ok &= all(0.0 <= c.score <= 1.0 for c in cats)
+    return {"runs": True, "images": int(len(x)), "top1_agreement": agree / max(1, len(x)),
+            "category_names_ok": bool(names_ok), "scores_in_0_1": bool(scores_ok),
+            "runtime": f"mediapipe {mp.__version__} vision.ImageClassifier"}

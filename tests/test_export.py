@@ -1,7 +1,8 @@
 """The exporter (export/): heads → every format, independent parity per runtime, manifest, bad input.
 
-One tiny trained run (resnet20, 2 heads, 1 epoch on 80 CIFAR images) is exported
-once with ``--head all`` to every format and quantization; the tests then load
+One tiny trained run (resnet20, 2 heads, 3 epochs on 80 CIFAR images) is exported
+once with ``--head all`` to every format and quantization, judged on 100 real CIFAR
+test images (the int8 gate on); the tests then load
 each written artifact fresh in its own runtime — with code written here, not the
 exporter's runners — and compare it with the Keras head on real CIFAR images.
 Other backbones of the zoo convert their shallowest head (BN, depthwise,
@@ -38,13 +39,15 @@ ZOO = [b for b in ("mobilenetv1", "densenet121", "resnet18", "vgg11") if b in li
 
 @pytest.fixture(scope="session")
 def trained_run(cifar_folder, tmp_path_factory):
-    """A 2-head resnet20 run trained 1 epoch in-process (the sila-train chain)."""
+    """A 2-head resnet20 run trained 3 epochs in-process (the sila-train chain). lr 0.05: one
+    epoch at 0.1 leaves logits in the hundreds (BN statistics far off after 5 steps), where
+    int8 ties most classes; this model's predictions vary across images."""
     from sila_keras.train import main as train_main
 
     out = tmp_path_factory.mktemp("export_runs")
-    rc = train_main([f"folder:{cifar_folder}", "resnet20", "--heads", "2", "--epochs", "1",
-                     "--batch-size", "16", "--milestones", "", "--out", str(out), "--name", "r",
-                     "--verbose", "0"])
+    rc = train_main([f"folder:{cifar_folder}", "resnet20", "--heads", "2", "--epochs", "3",
+                     "--lr", "0.05", "--batch-size", "16", "--milestones", "", "--out", str(out),
+                     "--name", "r", "--verbose", "0"])
     assert rc == 0
     return out / "r"
 
@@ -62,14 +65,23 @@ def sila_model(trained_run):
 
 
 @pytest.fixture(scope="session")
-def exported(trained_run, cifar_folder, tmp_path_factory):
-    """``--head all`` to every format and quantization (thresholds of the quantized formats
-    off: a 1-epoch model's near-tied logits say nothing about int8; their figures are still
-    recorded and re-measured below)."""
+def phone_folder(tmp_path_factory, shared_dir):
+    """Real CIFAR-10 JPEGs: 1 train + 10 test per class (100 test images for the phone checks)."""
+    import helpers as testing
+
+    return testing.cifar_subset_folder(tmp_path_factory.mktemp("cifar_phone"), 1, 10)
+
+
+@pytest.fixture(scope="session")
+def exported(trained_run, phone_folder, tmp_path_factory):
+    """``--head all`` to every format and quantization, evaluated on 100 real test images.
+    The int8 gate is on (a weak model's int8 file may ship as int16x8, as the manifest
+    says); the dynamic-range bound is off (a 3-epoch model's near ties say little about
+    it; its figures are still recorded and re-measured below)."""
     out = tmp_path_factory.mktemp("exported") / "all"
     rc = main([str(trained_run), "--head", "all", "--formats", "keras,savedmodel,tflite,onnx",
-               "--quantize", ALL_QUANT, "--eval", f"folder:{cifar_folder}", "--eval-samples", "40",
-               "--calibration-samples", "40", "--latency-runs", "2", "--tolerance", "dynamic=0,int8=0",
+               "--quantize", ALL_QUANT, "--eval", f"folder:{phone_folder}", "--eval-samples", "100",
+               "--calibration-samples", "40", "--latency-runs", "2", "--tolerance", "dynamic=0",
                "--out", str(out), "--quiet"])
     assert rc == 0
     return out
@@ -90,19 +102,27 @@ def run_savedmodel(path, x):
     return out["logits"].numpy(), out["probabilities"].numpy()
 
 
-def run_tflite(path, x):
+def run_tflite(path, x, output="probabilities"):
+    """``output`` of a TFLite file (phone-facing files have only ``probabilities``)."""
     from ai_edge_litert.interpreter import Interpreter
 
     runner = Interpreter(model_path=str(path)).get_signature_runner("serving_default")
-    inp, outp = runner.get_input_details()["image"], runner.get_output_details()["logits"]
-    if inp["dtype"] == np.int8:
+    inp, outp = runner.get_input_details()["image"], runner.get_output_details()[output]
+    if inp["dtype"] != np.float32:
         scale, zp = inp["quantization"]
-        x = np.clip(np.round(x / scale + zp), -128, 127).astype(np.int8)
-    y = runner(image=x)["logits"]
-    if y.dtype == np.int8:
+        info = np.iinfo(inp["dtype"])
+        x = np.clip(np.round(x / scale + zp), info.min, info.max).astype(inp["dtype"])
+    y = np.concatenate([runner(image=x[i:i + 1])[output] for i in range(len(x))])  # batch 1, as phones
+    if y.dtype != np.float32:
         scale, zp = outp["quantization"]
         y = (y.astype(np.float32) - zp) * scale
     return y
+
+
+def softmax(z):
+    z = np.asarray(z, np.float64)
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
 
 
 def run_onnx(path, x):
@@ -142,41 +162,52 @@ def test_float_artifacts_match_keras_in_their_runtimes(exported, sila_model, cif
     logits, probs = run_savedmodel(folder / "saved_model", x)  # whole batch: dynamic batch axis
     assert scaled_diff(ref, logits) <= 1e-4
     np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)
-    assert scaled_diff(ref, run_tflite(folder / "model.tflite", x)) <= 1e-4
+    probs = softmax(ref)  # the phone-facing TFLite files output probabilities only
+    assert scaled_diff(probs, run_tflite(folder / "model.tflite", x)) <= 1e-4
     onnx_out = run_onnx(folder / "model.onnx", x)
     assert set(onnx_out) == {"logits", "probabilities"}
     assert scaled_diff(ref, onnx_out["logits"]) <= 1e-4
     fp16 = run_tflite(folder / "model_float16.tflite", x)
-    assert scaled_diff(ref, fp16) <= 1e-2
-    assert scaled_diff(ref, fp16) > 0  # it really is a different (fp16-weight) model
+    assert scaled_diff(probs, fp16) <= 1e-2
+    assert scaled_diff(probs, fp16) > 0  # it really is a different (fp16-weight) model
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("head", [1, 2])
-def test_quantized_artifacts_are_quantized_and_figures_reproduce(exported, sila_model, cifar_test, head):
+def test_quantized_artifacts_are_quantized_and_figures_reproduce(exported, sila_model, phone_images,
+                                                                 head):
     from ai_edge_litert.interpreter import Interpreter
 
-    x, _ = cifar_test
+    x, _ = phone_images
+    x = x.astype(np.float32)
     ref = extract_head(sila_model, head).predict(x, verbose=0)
     folder = exported / f"head_{head}"
     manifest = json.loads((folder / "manifest.json").read_text())
     for name, file in (("tflite_dynamic", "model_dynamic.tflite"), ("tflite_int8", "model_int8.tflite")):
         got = run_tflite(folder / file, x)
-        agreement = float(np.mean(got.argmax(-1) == ref.argmax(-1)))
+        unique = (got == got.max(-1, keepdims=True)).sum(-1) == 1  # a tie at the top disagrees
+        agreement = float(np.mean(unique & (got.argmax(-1) == ref.argmax(-1))))
         assert agreement == pytest.approx(manifest["artifacts"][name]["parity"]["top1_agreement"])
+    int8 = manifest["artifacts"]["tflite_int8"]
+    assert int8["parity"]["top1_agreement"] >= 0.97  # the gate: never a silently worse int8 file
     details = Interpreter(model_path=str(folder / "model_int8.tflite")).get_signature_runner(
         "serving_default").get_input_details()["image"]
-    assert details["dtype"] == np.int8
+    if int8["scheme"] == "int8":
+        assert details["dtype"] == np.uint8  # phones: raw pixels, scale 1, zero point 0
+        assert details["quantization"] == (1.0, 0)
+    else:  # the int16x8 fallback, with the int8 figures that made it necessary
+        assert int8["scheme"] == "int16x8" and int8["int8_attempt"]["parity"]["top1_agreement"] < 0.97
+        assert details["dtype"] == np.float32
     scale, zero_point = details["quantization"]
-    assert manifest["artifacts"]["tflite_int8"]["input"] == {"dtype": "int8", "scale": scale,
-                                                             "zero_point": zero_point}
+    assert int8["input"] == {"dtype": np.dtype(details["dtype"]).name, "scale": scale,
+                             "zero_point": zero_point}
     sizes = {f: (folder / f).stat().st_size for f in TFLITE_FILES}
     assert sizes["model_int8.tflite"] < sizes["model_float16.tflite"] < sizes["model.tflite"]
 
 
 @pytest.mark.slow
-def test_manifest_fields(exported, sila_model, cifar_test):
-    _, y = cifar_test
+def test_manifest_fields(exported, sila_model, phone_images):
+    x, y = phone_images
     m = json.loads((exported / "head_2" / "manifest.json").read_text())
     assert m["kind"] == "sila-export" and m["head"] == 2 and m["num_heads"] == 2 and m["ok"]
     assert m["input"]["name"] == "image" and m["input"]["shape"] == [None, 32, 32, 3]
@@ -196,9 +227,9 @@ def test_manifest_fields(exported, sila_model, cifar_test):
         assert a["latency"]["median_ms"] > 0 and a["latency"]["batch"] == 1
         assert a["parity"]["passed"] and "criterion" in a["parity"]
         assert 0.0 <= m["eval"]["accuracy"][name] <= 1.0
-    ref = extract_head(sila_model, 2).predict(cifar_test[0], verbose=0)
+    ref = extract_head(sila_model, 2).predict(x.astype(np.float32), verbose=0)
     assert m["eval"]["accuracy"]["keras_reference"] == pytest.approx(np.mean(ref.argmax(-1) == y))
-    assert m["eval"]["images"] == 40 and m["calibration"]["images"] == 40
+    assert m["eval"]["images"] == 100 and m["calibration"]["images"] == 40
     assert m["parity_images"]["source"].startswith("eval data")
 
 
@@ -309,10 +340,13 @@ def test_zoo_backbone_converts(backbone, cifar_test, tmp_path):
     model = shallowest_head_model(backbone)
     head = num_heads_of(model)
     m = export.export_head(model, head, tmp_path, formats="tflite,onnx", sample_images=x,
-                           latency_runs=1, verbose=0)
+                           latency_runs=1, verbose=0, tflite_outputs="logits,probabilities")
     assert m["ok"], m["failed"]
     ref = extract_head(model, head).predict(x, verbose=0)
-    assert scaled_diff(ref, run_tflite(tmp_path / "model.tflite", x)) <= 1e-4
+    assert scaled_diff(ref, run_tflite(tmp_path / "model.tflite", x, "logits")) <= 1e-4
+    assert scaled_diff(softmax(ref), run_tflite(tmp_path / "model.tflite", x)) <= 1e-4
+    assert m["artifacts"]["tflite"]["outputs"] == ["logits", "probabilities"]
+    assert "two outputs" in m["artifacts"]["tflite"]["mediapipe"]["reason"]  # not for phones
     assert scaled_diff(ref, run_onnx(tmp_path / "model.onnx", x)["logits"]) <= 1e-4
 
 
@@ -466,3 +500,249 @@ def test_recover_restores_a_folder_artifact_caught_mid_swap(tmp_path):
     assert outdir.recover(tmp_path) == ["saved_model"]
     assert (tmp_path / "saved_model" / "saved_model.pb").read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["saved_model"]
+
+
+# --------------------------------------------------------------------------- phones (issue #13)
+
+LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+MEDIAPIPE_AGREEMENT = {"model.tflite": 0.99, "model_float16.tflite": 0.99,
+                       "model_dynamic.tflite": 0.97, "model_int8.tflite": 0.97}
+
+
+@pytest.fixture(scope="session")
+def phone_images(phone_folder):
+    """The 100 real CIFAR-10 test images (10 per class) as uint8 HWC arrays, and their labels,
+    decoded by the loader the exporter uses (JPEG decoders differ by ±1 on some pixels)."""
+    data = load_dataset(f"folder:{phone_folder}")
+    assert len(data.test_y) == 100 and list(data.class_names) == list(LABELS)
+    return data.test_x.astype(np.uint8), np.asarray(data.test_y)
+
+
+def mediapipe_classify(path, images):
+    """MediaPipe Tasks' ImageClassifier on ``path`` as exported: [(index, name, score)] per image."""
+    import mediapipe as mp
+    from mediapipe.tasks import python as mp_tasks
+    from mediapipe.tasks.python import vision
+
+    options = vision.ImageClassifierOptions(
+        base_options=mp_tasks.BaseOptions(model_asset_path=str(path)), max_results=10)
+    out = []
+    with vision.ImageClassifier.create_from_options(options) as classifier:
+        for img in images:
+            result = classifier.classify(mp.Image(image_format=mp.ImageFormat.SRGB, data=img))
+            assert len(result.classifications) == 1  # one output: one classification head
+            out.append([(c.index, c.category_name, c.score) for c in result.classifications[0].categories])
+    return out
+
+
+@pytest.mark.slow
+def test_mediapipe_classifies_real_images_with_every_variant(exported, sila_model, phone_images):
+    x, _ = phone_images
+    top1 = extract_head(sila_model, 2).predict(x.astype(np.float32), verbose=0).argmax(-1)
+    figures = {}
+    for file, bound in MEDIAPIPE_AGREEMENT.items():
+        results = mediapipe_classify(exported / "head_2" / file, x)
+        for cats in results:
+            assert all(name == LABELS[i] for i, name, _ in cats), file  # names from the metadata
+            assert all(0.0 <= s <= 1.0 for _, _, s in cats), file
+            assert sum(s for _, _, s in cats) == pytest.approx(1.0, abs=0.05), file  # probabilities
+        # top-1 agrees when MediaPipe's first category is Keras' class and is not tied
+        figures[file] = float(np.mean([cats[0][0] == k and cats[0][2] > cats[1][2]
+                                       for cats, k in zip(results, top1)]))
+        assert figures[file] >= bound, (file, figures)
+    manifest = json.loads((exported / "head_2" / "manifest.json").read_text())
+    for name, a in manifest["artifacts"].items():
+        if a["format"] == "tflite":
+            assert a["mediapipe"]["runs"] and a["mediapipe"]["category_names_ok"], name
+            assert a["outputs"] == ["probabilities"] and a["gpu_delegate"]["verdict"], name
+            assert isinstance(a["gpu_delegate"]["compatible"], bool), name
+
+
+@pytest.mark.slow
+def test_metadata_round_trips(exported, trained_run):
+    from export import metadata as md
+
+    folder = exported / "head_2"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for file in TFLITE_FILES:
+        meta = md.read(folder / file)
+        assert meta["name"] == f"{trained_run.name} head 2"  # the run's name
+        assert "Head 2 of the SiLa model" in meta["description"] and "probabilities" in meta["description"]
+        assert meta["version"] == f"{trained_run.name}/head_2" and meta["author"].startswith("sila_keras ")
+        assert meta["min_parser_version"] == "1.0.0" and meta["subgraph"] == "image_classifier"
+        assert meta["input"] == {
+            "name": "image", "description": md.ClassifierMetadata.input_description,
+            "color_space": "RGB", "default_size": [32, 32], "mean": [0.0], "std": [1.0],
+            "stats": {"min": [0.0], "max": [255.0]}}
+        (out,) = meta["outputs"]
+        assert out["name"] == "probabilities" and out["description"] == md.SCORE_KINDS["probabilities"]
+        assert out["stats"] == {"min": [0.0], "max": [1.0]}
+        assert out["associated_files"] == [{"name": "labels.txt", "type": "TENSOR_AXIS_LABELS",
+                                            "description": "class names, one per line, in the order "
+                                                           "of the scores"}]
+        assert meta["labels"] == list(LABELS) == (trained_run / "labels.txt").read_text().split()
+        assert list(meta["files"]) == ["labels.txt"]
+    int8 = manifest["artifacts"]["tflite_int8"]
+    assert int8["metadata"]["labels"] == 10 and int8["metadata"]["input"]["color_space"] == "RGB"
+    assert int8["metadata"]["outputs"] == ["probabilities"]
+    # re-populating replaces the metadata and the zip instead of stacking them
+    data = (folder / "model.tflite").read_bytes()
+    meta2 = md.ClassifierMetadata(name="n", description="d", version="2", author="a",
+                                  labels=tuple(f"k{i}" for i in range(10)), license="MIT")
+    again = md.read(md.populate(data, meta2))
+    assert (again["name"], again["version"], again["license"]) == ("n", "2", "MIT")
+    assert again["labels"] == [f"k{i}" for i in range(10)] and list(again["files"]) == ["labels.txt"]
+    with pytest.raises(ValueError, match=r"Output 'probabilities' must be \(batch, N\)"):
+        md.populate(data, md.ClassifierMetadata(name="n", description="d", version="1", author="a",
+                                                labels=("a", "b")))
+
+
+class CumprodMix(keras.layers.Layer):
+    """A layer computing a TF op (Cumprod) that TFLite has only as a Flex op."""
+
+    def call(self, x):
+        return keras.ops.cumprod(x, axis=-1)
+
+
+def flex_sila_model():
+    inputs = keras.Input((8, 8, 3), name="image")
+    x = keras.layers.Conv2D(4, 3, padding="same", name="conv")(inputs)
+    x = CumprodMix(name="cumprod_mix")(x)
+    pooled = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    heads = [keras.layers.Identity(name="head_1")(keras.layers.Dense(3, name="fc1")(pooled)),
+             keras.layers.Identity(name="head_2")(keras.layers.Dense(3, name="fc2")(pooled))]
+    return keras.Model(inputs, keras.layers.Concatenate(name="sila_logits")(heads), name="flexy")
+
+
+def test_a_model_needing_flex_ops_is_refused(tmp_path):
+    x = np.random.default_rng(0).uniform(0, 255, (4, 8, 8, 3)).astype(np.float32)
+    m = export.export_head(flex_sila_model(), 2, tmp_path, formats="tflite", sample_images=x,
+                           latency_runs=1, verbose=0)
+    assert not m["ok"] and not (tmp_path / "model.tflite").exists()
+    reason = m["failed"]["tflite"]["reason"]
+    assert "FlexCumprod (from cumprod_mix)" in reason and "--allow-flex" in reason
+    assert json.loads((tmp_path / "manifest.json").read_text())["failed"]["tflite"]["reason"] == reason
+    m = export.export_head(flex_sila_model(), 2, tmp_path, formats="tflite", sample_images=x,
+                           latency_runs=1, verbose=0, allow_flex=True)  # accepted, and said so
+    entry = m["artifacts"]["tflite"]
+    assert m["ok"] and (tmp_path / "model.tflite").is_file()
+    assert entry["flex_ops"] == {"FlexCumprod": ["cumprod_mix"]} and entry["parity"]["checked"] is False
+    assert entry["targets"] == ["LiteRT with the Flex delegate only"]
+    assert "Flex" in entry["mediapipe"]["reason"]
+
+
+def _break_int8(monkeypatch, schemes):
+    """Calibrate the given schemes on flat grey images: their activation ranges are wrong."""
+    real = art._convert
+
+    def convert(saved_model, quantization, calibration, int8_io, scheme, flex):
+        if scheme in schemes:
+            calibration = np.full_like(calibration, 128.0)
+        return real(saved_model, quantization, calibration, int8_io, scheme, flex)
+
+    monkeypatch.setattr(art, "_convert", convert)
+
+
+@pytest.mark.slow
+def test_int8_below_the_gate_ships_int16x8(sila_model, phone_images, tmp_path, monkeypatch):
+    from ai_edge_litert.interpreter import Interpreter
+
+    x = phone_images[0][:60].astype(np.float32)
+    # gate off: the plain uint8-in/uint8-out int8 file, as NNAPI-style accelerators want it
+    m = export.export_head(sila_model, 2, tmp_path / "u8", formats="tflite", quantize="int8",
+                           calibration=x, sample_images=x, latency_runs=1, verbose=0,
+                           tolerances={"int8": 0.0})
+    entry = m["artifacts"]["tflite_int8"]
+    assert entry["scheme"] == "int8" and "fallback" not in entry
+    assert entry["input"] == {"dtype": "uint8", "scale": 1.0, "zero_point": 0}
+    assert entry["output"] == {"name": "probabilities", "dtype": "uint8", "scale": 1 / 256, "zero_point": 0}
+    assert entry["mediapipe"]["runs"] and entry["mediapipe"]["category_names_ok"]
+    assert "int8 accelerators (NNAPI-style NPUs/DSPs)" in entry["targets"]
+    m = export.export_head(sila_model, 2, tmp_path / "i8", formats="tflite", quantize="int8",
+                           calibration=x, sample_images=x, latency_runs=1, verbose=0,
+                           tolerances={"int8": 0.0}, int8_io="int8")  # --int8-io int8
+    entry = m["artifacts"]["tflite_int8"]
+    assert entry["input"] == {"dtype": "int8", "scale": 1.0, "zero_point": -128}
+    assert entry["mediapipe"]["runs"] is None and "int8 input" in entry["mediapipe"]["reason"]
+    _break_int8(monkeypatch, {"int8"})
+    m = export.export_head(sila_model, 2, tmp_path / "fb", formats="tflite", quantize="int8",
+                           calibration=x, sample_images=x, latency_runs=1, verbose=0)
+    assert m["ok"], m["failed"]
+    entry = m["artifacts"]["tflite_int8"]
+    assert entry["scheme"] == "int16x8" and "shipped int16x8" in entry["fallback"]
+    assert entry["int8_attempt"]["scheme"] == "int8"
+    assert entry["int8_attempt"]["parity"]["top1_agreement"] < 0.97 <= entry["parity"]["top1_agreement"]
+    interp = Interpreter(model_path=str(tmp_path / "fb" / "model_int8.tflite"))
+    assert interp.get_input_details()[0]["dtype"] == np.float32
+    assert any(t["dtype"] == np.int16 for t in interp.get_tensor_details())  # 16-bit activations
+    assert entry["mediapipe"]["runs"] and entry["input"]["dtype"] == "float32"
+    assert "int8 accelerators (NNAPI-style NPUs/DSPs)" not in entry["targets"]
+    _break_int8(monkeypatch, {"int8", "int16x8"})  # both lose accuracy: nothing is shipped
+    m = export.export_head(sila_model, 2, tmp_path / "none", formats="tflite", quantize="int8",
+                           calibration=x, sample_images=x, latency_runs=1, verbose=0)
+    assert not m["ok"] and not (tmp_path / "none" / "model_int8.tflite").exists()
+    assert "and so did the int16x8 fallback" in m["failed"]["tflite_int8"]["reason"]
+
+
+PLAIN_KERAS_LOAD = r"""
+import sys
+import keras
+for path in sys.argv[1:]:
+    model = keras.saving.load_model(path)
+    print(path, model.output_shape, sorted({type(l).__name__ for l in model.layers}))
+assert "sila_keras" not in sys.modules, "loading imported sila_keras"
+"""
+
+
+@pytest.mark.slow
+def test_exported_heads_load_with_plain_keras(exported, cifar_test, tmp_path, monkeypatch):
+    """The head of a new run, and of a run saved with the old custom PadShortcut layer."""
+    from sila_keras.models import layers as model_layers
+    from sila_keras.models import resnet_cifar
+
+    monkeypatch.setattr(resnet_cifar, "pad_shortcut", lambda x, f, s, name: model_layers.PadShortcut(
+        f, s, name=name)(x))
+    old = shallowest_head_model("resnet20")  # built as before: PadShortcut layers
+    assert any(isinstance(layer, model_layers.PadShortcut) for layer in old.layers)
+    m = export.export_head(old, 2, tmp_path / "old", formats="keras", sample_images=cifar_test[0][:8],
+                           latency_runs=1, verbose=0)
+    assert m["ok"], m["failed"]  # the rewrite reproduced sila_logits' slice (submodel check)
+    paths = [exported / "head_2" / "model.keras", tmp_path / "old" / "model.keras"]
+    assert [art.custom_classes(p) for p in paths] == [[], []]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", PLAIN_KERAS_LOAD, *map(str, paths)], cwd=tmp_path,
+                          env={**env, "TF_CPP_MIN_LOG_LEVEL": "3"}, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "PadShortcut" not in proc.stdout and "ZeroPadding2D" in proc.stdout
+
+
+@pytest.mark.parametrize("family", sorted({get_backbone(b).family for b in list_backbones()}))
+def test_every_backbone_family_is_built_from_keras_layers(family):
+    backbone = next(b for b in list_backbones() if get_backbone(b).family == family)
+    model = shallowest_head_model(backbone)
+    custom = {type(layer).__name__ for layer in model._flatten_layers()
+              if not type(layer).__module__.startswith("keras")}
+    assert custom == set(), f"{backbone}: {custom}"
+
+
+def test_phone_bad_input(trained_run, tmp_path, capsys):
+    rc, err = run_cli(capsys, trained_run, "--head", "2", "--int8-io", "int4", "--out", tmp_path / "o")
+    assert rc == 2 and "Unknown --int8-io value 'int4'. Available: uint8, int8, float32" in err
+    rc, err = run_cli(capsys, trained_run, "--head", "2", "--tflite-outputs", "scores",
+                      "--out", tmp_path / "o")
+    assert rc == 2 and "Unknown --tflite-outputs value(s) 'scores'" in err
+    (tmp_path / "three.txt").write_text("a\nb\nc\n")
+    rc, err = run_cli(capsys, trained_run, "--head", "2", "--labels", tmp_path / "three.txt",
+                      "--out", tmp_path / "o")
+    assert rc == 2 and "one class name per line for each of the model's 10 classes" in err
+    assert "with 3 names" in err
+    assert not (tmp_path / "o").exists()
+    inputs = keras.Input((8, 8, 1), name="image")  # a grayscale model: no RGB image metadata
+    pooled = keras.layers.GlobalAveragePooling2D()(inputs)
+    heads = [keras.layers.Identity(name=f"head_{k}")(keras.layers.Dense(3)(pooled)) for k in (1, 2)]
+    keras.Model(inputs, keras.layers.Concatenate(name="sila_logits")(heads)).save(tmp_path / "g.keras")
+    rc, err = run_cli(capsys, tmp_path / "g.keras", "--head", "2", "--formats", "tflite",
+                      "--out", tmp_path / "g")
+    assert rc == 2 and "needs an RGB input (H, W, 3)" in err and "--no-metadata" in err
+    assert not (tmp_path / "g").exists()

@@ -45,11 +45,38 @@ def check_spatial(x, min_size: int, model: str) -> None:
         )
 
 
+def pad_shortcut(x, filters: int, strides: int = 2, *, name: str):
+    """Parameter-free 'option A' shortcut of He et al.'s CIFAR ResNets, in built-in layers.
+
+    Subsamples ``x`` by ``strides`` (a 1×1 max-pool: it keeps ``x[:, ::s, ::s, :]``) and
+    zero-pads the channels up to ``filters`` (half before, half after). The padding is a
+    ``ZeroPadding2D`` read as ``channels_first``: on an NHWC tensor its "rows, cols" are W
+    and C, so ``((0, 0), (before, after))`` pads the channels only. Exactly
+    :class:`PadShortcut`, but a model built from it loads with plain Keras and converts to
+    single builtin TFLite ops (MAX_POOL_2D, PAD). Layers: ``{name}_pool``, ``{name}_pad``.
+
+    Example:
+        >>> x = keras.Input((32, 32, 16))
+        >>> tuple(pad_shortcut(x, 32, 2, name="s").shape)
+        (None, 16, 16, 32)
+    """
+    if int(strides) != 1:
+        x = layers.MaxPooling2D(pool_size=1, strides=int(strides), name=f"{name}_pool")(x)
+    extra = int(filters) - int(x.shape[-1])
+    if extra > 0:
+        x = layers.ZeroPadding2D(((0, 0), (extra // 2, extra - extra // 2)),
+                                 data_format="channels_first", name=f"{name}_pad")(x)
+    return x
+
+
 @keras.saving.register_keras_serializable(package="sila_keras")
 class PadShortcut(layers.Layer):
-    """Parameter-free 'option A' shortcut of He et al.'s CIFAR ResNets.
+    """Parameter-free 'option A' shortcut of He et al.'s CIFAR ResNets (custom layer).
 
     Subsamples the input by ``strides`` and zero-pads channels up to ``filters``.
+    Kept registered so models saved before :func:`pad_shortcut` replaced it still
+    load; new models use :func:`pad_shortcut` (built-in layers only), and the
+    exporter rewrites this layer into those built-ins.
     """
 
     def __init__(self, filters: int, strides: int = 2, **kwargs):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from keras import layers
 
 from sila_keras.errors import ModelError
-from sila_keras.models.layers import PadShortcut, conv_bn_relu
+from sila_keras.models.layers import conv_bn_relu, pad_shortcut
 from sila_keras.models.registry import BackboneOutput, Tap, register_backbone
 
 
@@ -19,7 +19,7 @@ def basic_block(x, filters: int, strides: int, *, name: str):
     """Two 3×3 conv-BN layers with an identity (or option-A) shortcut."""
     shortcut = x
     if strides != 1 or x.shape[-1] != filters:
-        shortcut = PadShortcut(filters, strides, name=f"{name}_shortcut")(x)
+        shortcut = pad_shortcut(x, filters, strides, name=f"{name}_shortcut")
     y = conv_bn_relu(x, filters, 3, strides, name=f"{name}_1")
     y = conv_bn_relu(y, filters, 3, 1, name=f"{name}_2", relu=False)
     y = layers.Add(name=f"{name}_add")([shortcut, y])
