@@ -219,7 +219,7 @@ def dataset_options(strategy: tf.distribute.Strategy) -> tf.data.Options | None:
 
 # --------------------------------------------------------------------------- speed settings
 
-GPU_STEPS_PER_EXECUTION = 32  # --steps-per-execution auto on GPUs (1 on CPUs)
+GPU_STEPS_PER_EXECUTION = 32  # --steps-per-execution auto on one GPU (1 on CPUs, replicas > 1)
 SYNC_BN_BELOW = 32  # --sync-bn auto: on when replicas > 1 and the per-replica batch is smaller
 
 
@@ -270,12 +270,37 @@ def has_gpu(strategy: tf.distribute.Strategy | None = None) -> bool:
     return bool(tf.config.list_logical_devices("GPU"))
 
 
-def resolve_steps_per_execution(value: int | str, gpu: bool) -> int:
+def resolve_steps_per_execution(value: int | str, gpu: bool, replicas: int = 1) -> int:
     """``auto`` → 1 on CPUs (a step is long; the host sync is cheap) and
-    :data:`GPU_STEPS_PER_EXECUTION` on GPUs (one host round trip per 32 steps)."""
+    :data:`GPU_STEPS_PER_EXECUTION` on one GPU (one host round trip per 32 steps).
+
+    With several replicas Keras 3 cannot run more than one step per call: its multi-step
+    loop puts ``strategy.run`` inside a ``tf.cond``, and the optimizer's cross-replica
+    ``merge_call`` there fails ("You must feed a value for placeholder tensor",
+    keras-team/keras#19246, reproduced with Keras 3.15 on 2 logical CPUs), so ``auto`` is 1
+    there and an explicit value above 1 is refused.
+
+    Raises:
+        ConfigError: an explicit value above 1 with several replicas.
+    """
+    from sila_keras.errors import ConfigError
+
     if value == "auto":
-        return GPU_STEPS_PER_EXECUTION if gpu else 1
+        return GPU_STEPS_PER_EXECUTION if gpu and replicas == 1 else 1
+    if int(value) > 1 and replicas > 1:
+        raise ConfigError(
+            f"--steps-per-execution above 1 fails in Keras {_keras_version()} with several "
+            "replicas (its multi-step loop cannot hold the cross-replica gradient update, "
+            "keras-team/keras#19246). Use --steps-per-execution auto (1 with several "
+            f"replicas) or one device. Received: steps_per_execution={value}, "
+            f"replicas={replicas}")
     return int(value)
+
+
+def _keras_version() -> str:
+    import keras
+
+    return keras.__version__
 
 
 def resolve_sync_bn(value: bool | None, replicas: int, global_batch: int) -> bool:
@@ -293,8 +318,9 @@ def resolve_speed(config, strategy: tf.distribute.Strategy) -> SpeedSettings:
     cannot compile synchronized BatchNorm there, so auto sync-BN stays off with ``--jit``.
 
     Raises:
-        ConfigError: ``--jit`` with an explicit ``--sync-bn`` on several replicas, or a
-            global batch smaller than the number of replicas.
+        ConfigError: ``--jit`` with an explicit ``--sync-bn`` on several replicas, an explicit
+            ``--steps-per-execution`` above 1 on several replicas, or a global batch smaller
+            than the number of replicas.
     """
     from sila_keras.errors import ConfigError
 
@@ -316,7 +342,7 @@ def resolve_speed(config, strategy: tf.distribute.Strategy) -> SpeedSettings:
     gpu = has_gpu(strategy)
     return SpeedSettings(replicas=replicas, global_batch=int(config.batch_size),
                          steps_per_execution=resolve_steps_per_execution(
-                             config.steps_per_execution, gpu),
+                             config.steps_per_execution, gpu, replicas),
                          jit=jit, sync_bn=sync, has_gpu=gpu)
 
 

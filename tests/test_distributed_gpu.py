@@ -226,6 +226,9 @@ def test_steps_per_execution_auto_and_the_resolved_settings(capsys):
     assert resolve_steps_per_execution("auto", gpu=False) == 1
     assert resolve_steps_per_execution("auto", gpu=True) == GPU_STEPS_PER_EXECUTION >= 32
     assert resolve_steps_per_execution(4, gpu=True) == 4
+    assert resolve_steps_per_execution("auto", gpu=True, replicas=2) == 1  # keras#19246
+    with pytest.raises(ConfigError, match=r"keras#19246.*steps_per_execution=2, replicas=2"):
+        resolve_steps_per_execution(2, gpu=True, replicas=2)
     assert TrainConfig("d", "m").steps_per_execution == "auto"
     with pytest.raises(ConfigError, match=r"'auto' or an integer >= 1.*steps_per_execution='x'"):
         TrainConfig("d", "m", steps_per_execution="x")
@@ -236,6 +239,19 @@ def test_steps_per_execution_auto_and_the_resolved_settings(capsys):
                                    "steps per execution 1")
     with pytest.raises(ConfigError, match=r"--batch-size 2 or more.*batch_size=1"):
         resolve_speed(TrainConfig("d", "m", batch_size=1), make_strategy("mirrored"))
+
+
+def test_keras_multi_step_loop_with_two_replicas_still_fails():
+    """Why several replicas run one step per call (keras#19246): when this test fails, Keras
+    fixed it and resolve_steps_per_execution may allow more."""
+    x, y = batch()
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8).repeat()
+    with make_strategy("mirrored").scope():
+        model = tiny_bn_model()
+        model.compile(keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True), steps_per_execution=2)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="must feed a value for placeholder"):
+        model.fit(ds, epochs=1, steps_per_epoch=2, verbose=0)
 
 
 # --------------------------------------------------------------------------- checkpoint cadence
