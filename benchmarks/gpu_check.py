@@ -26,6 +26,7 @@ import argparse
 import os
 import platform
 import re
+import statistics
 import sys
 import time
 import traceback
@@ -45,9 +46,11 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=None,
                    help="throughput batch (default 128 on GPU, 32 with --cpu)")
     p.add_argument("--steps", type=int, default=None,
-                   help="timed steps per throughput case (default 200 on GPU, 6 with --cpu)")
+                   help="timed steps per round (default 200 on GPU, 8 with --cpu)")
     p.add_argument("--gpu-memory-mb", type=int, default=4096,
                    help="memory of each of the 2 logical GPUs carved out of GPU 0")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="timed rounds per throughput case, alternating the cases (median)")
     p.add_argument("--quick", action="store_true", help="fewer steps and shorter drains")
     return p.parse_args(argv)
 
@@ -234,8 +237,9 @@ def case_multi_step_two_replicas(strategy) -> str:
 # --------------------------------------------------------------------------- throughput
 
 
-def throughput(policy: str, spe: int, batch: int, steps: int, device: str) -> float:
-    """img/s of ResNet-20 + 3 SiLa heads on ``device`` under ``policy`` (after warm-up)."""
+def bench_model(policy: str, spe: int, batch: int, device: str):
+    """ResNet-20 + 3 SiLa heads on ``device`` under ``policy``, traced and warmed up, with
+    its synthetic input (one batch held in memory, repeated)."""
     import keras
 
     from sila_keras import build_sila_model
@@ -251,13 +255,18 @@ def throughput(policy: str, spe: int, batch: int, steps: int, device: str) -> fl
                              steps_per_execution=spe)
         with strategy.scope():
             model = compile_model(build_sila_model("resnet20", 10, 3), config, 10, steps=1)
-        steps = max(spe, steps - steps % spe)
         model.fit(ds, epochs=1, steps_per_epoch=spe if spe > 1 else 2, verbose=0)  # warm-up
-        t = time.perf_counter()
-        model.fit(ds, epochs=1, steps_per_epoch=steps, verbose=0)
-        return steps * batch / (time.perf_counter() - t)
+        return model, ds
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def images_per_second(model, ds, batch: int, steps: int) -> float:
+    spe = model.steps_per_execution
+    steps = max(spe, steps - steps % spe)
+    t = time.perf_counter()
+    model.fit(ds, epochs=1, steps_per_epoch=steps, verbose=0)
+    return steps * batch / (time.perf_counter() - t)
 
 
 def augmentation_rate(name: str, x, y, batch: int, seconds: float) -> float:
@@ -300,19 +309,23 @@ def main(argv=None) -> int:
 
     gpu = not args.cpu
     batch = args.batch_size or (128 if gpu else 32)
-    steps = args.steps or ((60 if args.quick else 200) if gpu else (3 if args.quick else 6))
+    steps = args.steps or ((60 if args.quick else 200) if gpu else (4 if args.quick else 8))
     auto = resolve_steps_per_execution("auto", gpu)
-    print(f"== ResNet-20 + 3 SiLa heads, batch {batch}, {steps} timed steps on {devices[0]} "
-          f"(img/s; step time)")
+    print(f"== ResNet-20 + 3 SiLa heads, batch {batch}, {steps} timed steps × {args.rounds} "
+          f"rounds on {devices[0]} (img/s; step time)")
     spes = [1, auto] if auto != 1 else [1, 32]
     cases = [("float32", spe) for spe in dict.fromkeys(spes)]
     cases += [("mixed_bfloat16", auto), ("mixed_float16", auto)]
-    for policy, spe in cases:
-        rate = throughput(policy, spe, batch, steps, devices[0])
+    models = [bench_model(policy, spe, batch, devices[0]) for policy, spe in cases]
+    rates = [[] for _ in cases]
+    for _ in range(args.rounds):  # alternate the cases: a busy machine slows them alike
+        for i, (model, ds) in enumerate(models):
+            rates[i].append(images_per_second(model, ds, batch, steps))
+    for (policy, spe), r in zip(cases, rates):
+        rate = statistics.median(r)
         label = f"{policy}, steps-per-execution {spe}" + (" (auto)" if spe == auto else "")
-        print(f"  {label:<46} {rate:9.0f} img/s  {1000 * batch / rate:8.1f} ms/step",
-              flush=True)
-
+        print(f"  {label:<46} {rate:9.0f} img/s  {1000 * batch / rate:8.1f} ms/step "
+              f"(median of {len(r)})", flush=True)
     print("== augmentation (training input pipeline alone)")
     x, y = fake_cifar(2048 if gpu else 512)
     for name in AUGMENTATIONS:

@@ -109,7 +109,8 @@ def _add_speed_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
     g.add_argument("--jit", action="store_true",
                    help="XLA-compile the train step (per replica when there are several)")
     g.add_argument("--steps-per-execution", type=_steps, default=d.steps_per_execution,
-                   help="train steps per tf.function call: auto = 1 on CPU, 32 on GPU")
+                   help="train steps per tf.function call: auto = 32 on one GPU, 1 on CPUs "
+                        "and with several replicas (keras#19246)")
     g.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=d.sync_bn,
                    help="BatchNorm statistics over the global batch (all replicas); default: "
                         "on when replicas > 1 and the per-replica batch < 32")

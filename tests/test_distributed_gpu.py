@@ -174,6 +174,15 @@ def test_bfloat16_is_the_default_on_gpus_that_have_it():
     assert policy_for(False, has_gpu=True, gpu_bf16=True) == "float32"
 
 
+def test_resume_under_another_precision_policy_is_refused():
+    from sila_keras.precision import check_resumed_policy
+
+    model = tiny_bn_model()
+    check_resumed_policy(model, "float32")
+    with pytest.raises(ConfigError, match=r"trained with the float32 policy.*mixed_float16"):
+        check_resumed_policy(model, "mixed_float16")
+
+
 # --------------------------------------------------------------------------- resume + speed flags
 
 
