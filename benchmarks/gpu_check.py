@@ -17,7 +17,9 @@
 4. **Augmentation**: img/s of the training input pipeline (standard, autoaugment,
    randaugment) drained without a model.
 
-On one GPU, about 3–6 minutes (mostly XLA/graph compilation); ``--quick`` shortens timings.
+On one GPU expected 3–6 minutes, mostly graph and XLA compilation (not yet run on a GPU:
+this was written on a CPU-only machine); ``--quick`` shortens timings. On the 2-core test
+CPU, ``--cpu`` takes 3–6 minutes.
 """
 
 from __future__ import annotations
