@@ -306,7 +306,10 @@ def main(argv=None) -> int:
     print(f"  replica devices: {', '.join(devices)}", flush=True)
 
     print("== correctness on 2 replicas")
-    strategy = tf.distribute.MirroredStrategy(devices)
+    # NCCL refuses two ranks on one physical GPU: reduce through one device when GPU 0 is split.
+    shared_gpu = not args.cpu and len(tf.config.list_physical_devices("GPU")) == 1
+    strategy = tf.distribute.MirroredStrategy(
+        devices, cross_device_ops=tf.distribute.ReductionToOneDevice() if shared_gpu else None)
     results = [
         check("a training batch leaves one replica empty", lambda: case_empty_replica(strategy)),
         check("--jit with 2 replicas", lambda: case_jit_two_replicas(strategy)),
