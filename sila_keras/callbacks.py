@@ -19,6 +19,7 @@ from pathlib import Path
 import keras
 
 from sila_keras import io
+from sila_keras.errors import ConfigError
 from sila_keras.optim import current_lr
 from sila_keras.rundir import RunDir, read_checkpoint, write_checkpoint
 
@@ -142,24 +143,41 @@ class ProgressBar(keras.callbacks.Callback):
 
 
 class ResumeCheckpoint(keras.callbacks.Callback):
-    """Saves the whole model (weights + optimizer state) after every epoch, crash-safe.
+    """Saves the whole model (weights + optimizer state) every ``every`` epochs, crash-safe.
 
     Files: ``<dir>/epoch-<e>.keras`` (the newest only) and ``<dir>/state.json``
     (``{"epoch": e, "model": "epoch-<e>.keras", ...}``), written in that order, each
     atomically; ``state.json`` commits the checkpoint (see the module docstring).
+
+    With ``every`` = K > 1 (``--checkpoint-every K``) it saves after epochs K, 2K, … and
+    after ``last_epoch`` (and when training stops early); a run killed in between resumes
+    from the last saved epoch and redoes the later ones exactly (the data order and
+    augmentation are a function of (seed, epoch), the lr of the optimizer's step count).
     """
 
     STATE = RunDir.STATE
 
-    def __init__(self, directory, extra_state=None, guard: NonFiniteGuard | None = None):
+    def __init__(self, directory, extra_state=None, guard: NonFiniteGuard | None = None,
+                 every: int = 1, last_epoch: int | None = None):
         super().__init__()
+        if every < 1:
+            raise ConfigError(f"`every` must be >= 1 epoch. Received: every={every}")
         self.guard = guard
         self.dir = Path(directory)
         self.extra_state = extra_state or (lambda: {})
+        self.every = int(every)
+        self.last_epoch = last_epoch
+
+    def due(self, epoch: int) -> bool:
+        """Whether the checkpoint is written after (1-based) ``epoch``."""
+        return epoch % self.every == 0 or epoch == self.last_epoch or (
+            self.model is not None and bool(self.model.stop_training))
 
     def on_epoch_end(self, epoch, logs=None):
         if self.guard is not None and self.guard.failure:
             return  # keep the last good checkpoint
+        if not self.due(epoch + 1):
+            return
         write_checkpoint(self.dir, self.model, epoch + 1, self.extra_state())
 
     @classmethod

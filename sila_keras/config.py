@@ -26,7 +26,8 @@ BACKBONE_NAMES = ("densenet121", "inceptionv3", "mobilenetv1", "msdnet", "resnet
 AUGMENT_NAMES = ("autoaugment", "crop", "none", "randaugment", "standard")
 
 # Fields that may differ between a run and its --resume continuation.
-RESUME_MUTABLE = ("resume", "epochs", "verbose", "debug", "steps_per_execution", "jit")
+RESUME_MUTABLE = ("resume", "epochs", "verbose", "debug", "steps_per_execution", "jit",
+                  "sync_bn", "checkpoint_every")
 
 
 @dataclass(frozen=True)
@@ -69,12 +70,15 @@ class TrainConfig:
     skip_bad_images: bool = False
     mixed_precision: bool = False
     jit: bool = False
-    steps_per_execution: int = 1
+    steps_per_execution: int | str = "auto"
     mode: str = "sila"
     peer: str | None = None
     dml: bool = False
     no_sila: bool = False
     backbone_kwargs: dict = field(default_factory=dict)
+    # issue 18: GPU-suited defaults (resolved per machine by sila_keras.distribute.resolve_speed)
+    sync_bn: bool | None = None  # None: on when replicas > 1 and the per-replica batch < 32
+    checkpoint_every: int = 1  # epochs between checkpoints (the last epoch always)
 
     def __post_init__(self):
         def positive(name, value, allow_zero=False):
@@ -99,7 +103,13 @@ class TrainConfig:
             positive(name, getattr(self, name))
         for name in ("momentum", "weight_decay", "gamma"):
             positive(name, getattr(self, name), allow_zero=True)
-        positive("steps_per_execution", self.steps_per_execution)
+        if self.steps_per_execution != "auto":
+            spe = self.steps_per_execution
+            if isinstance(spe, bool) or not isinstance(spe, int):
+                raise ConfigError("`--steps-per-execution` must be 'auto' or an integer >= 1. "
+                                 f"Received: steps_per_execution={self.steps_per_execution!r}")
+            positive("steps_per_execution", self.steps_per_execution)
+        positive("checkpoint_every", self.checkpoint_every)
         positive("limit_train", self.limit_train)
         positive("limit_test", self.limit_test)
         ms = tuple(int(m) for m in self.milestones)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import tensorflow as tf
@@ -218,3 +219,177 @@ def dataset_options(strategy: tf.distribute.Strategy) -> tf.data.Options | None:
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return options
+
+
+# --------------------------------------------------------------------------- speed settings
+
+GPU_STEPS_PER_EXECUTION = 32  # --steps-per-execution auto on one GPU (1 on CPUs, replicas > 1)
+SYNC_BN_BELOW = 32  # --sync-bn auto: on when replicas > 1 and the per-replica batch is smaller
+
+
+@dataclass(frozen=True)
+class SpeedSettings:
+    """The machine-dependent training settings of a run, resolved from its flags.
+
+    Applied to a freshly compiled model *and* to one loaded from a checkpoint (``--resume``
+    uses this machine's settings, not the checkpoint's compile settings).
+    """
+
+    replicas: int
+    global_batch: int
+    steps_per_execution: int
+    jit: bool
+    sync_bn: bool
+    has_gpu: bool
+
+    @property
+    def per_replica_batch(self) -> int:
+        return self.global_batch // self.replicas
+
+    @property
+    def jit_mode(self) -> str:
+        """``off``, ``whole step`` (one device) or ``per replica`` (see :mod:`replica_jit`)."""
+        return "off" if not self.jit else ("whole step" if self.replicas == 1 else "per replica")
+
+    def to_dict(self) -> dict:
+        return {"global_batch": self.global_batch, "per_replica_batch": self.per_replica_batch,
+                "replicas": self.replicas, "steps_per_execution": self.steps_per_execution,
+                "jit": self.jit_mode, "sync_bn": self.sync_bn}
+
+    def line(self) -> str:
+        """The log line: global and per-replica batch, and every resolved speed setting."""
+        return (f"Batch {self.global_batch} global = {self.per_replica_batch} per replica × "
+                f"{self.replicas} replica(s); steps per execution {self.steps_per_execution}; "
+                f"jit {self.jit_mode}; sync-BN {'on' if self.sync_bn else 'off'}")
+
+
+def has_gpu(strategy: tf.distribute.Strategy | None = None) -> bool:
+    """Whether training runs on GPUs (the strategy's devices; else any visible GPU)."""
+    try:
+        devices = strategy.extended.worker_devices if strategy is not None else None
+    except RuntimeError:  # the default strategy has no device list
+        devices = None
+    if devices:
+        return any("GPU" in d.upper() for d in devices)
+    return bool(tf.config.list_logical_devices("GPU"))
+
+
+def resolve_steps_per_execution(value: int | str, gpu: bool, replicas: int = 1) -> int:
+    """``auto`` → 1 on CPUs (a step is long; the host sync is cheap) and
+    :data:`GPU_STEPS_PER_EXECUTION` on one GPU (one host round trip per 32 steps).
+
+    With several replicas Keras 3 cannot run more than one step per call: its multi-step
+    loop puts ``strategy.run`` inside a ``tf.cond``, and the optimizer's cross-replica
+    ``merge_call`` there fails ("You must feed a value for placeholder tensor",
+    keras-team/keras#19246, reproduced with Keras 3.15 on 2 logical CPUs), so ``auto`` is 1
+    there and an explicit value above 1 is refused.
+
+    Raises:
+        ConfigError: an explicit value above 1 with several replicas.
+    """
+    from sila_keras.errors import ConfigError
+
+    if value == "auto":
+        return GPU_STEPS_PER_EXECUTION if gpu and replicas == 1 else 1
+    if int(value) > 1 and replicas > 1:
+        raise ConfigError(
+            f"--steps-per-execution above 1 fails in Keras {_keras_version()} with several "
+            "replicas (its multi-step loop cannot hold the cross-replica gradient update, "
+            "keras-team/keras#19246). Use --steps-per-execution auto (1 with several "
+            f"replicas) or one device. Received: steps_per_execution={value}, "
+            f"replicas={replicas}")
+    return int(value)
+
+
+def _keras_version() -> str:
+    import keras
+
+    return keras.__version__
+
+
+def resolve_sync_bn(value: bool | None, replicas: int, global_batch: int) -> bool:
+    """``None`` (auto) → on when ``replicas > 1`` and the per-replica batch is below
+    :data:`SYNC_BN_BELOW`; an explicit value holds (but one replica has nothing to sync)."""
+    if value is not None:
+        return bool(value) and replicas > 1
+    return replicas > 1 and global_batch // replicas < SYNC_BN_BELOW
+
+
+def resolve_speed(config, strategy: tf.distribute.Strategy) -> SpeedSettings:
+    """The run's :class:`SpeedSettings` on this machine (before any data or model).
+
+    ``--jit`` with several replicas compiles each replica's step (:mod:`replica_jit`); XLA
+    cannot compile synchronized BatchNorm there, so auto sync-BN stays off with ``--jit``.
+
+    Raises:
+        ConfigError: ``--jit`` with an explicit ``--sync-bn`` on several replicas, an explicit
+            ``--steps-per-execution`` above 1 on several replicas, or a global batch smaller
+            than the number of replicas.
+    """
+    from sila_keras.errors import ConfigError
+
+    replicas = int(strategy.num_replicas_in_sync)
+    if config.batch_size < replicas:
+        raise ConfigError(
+            f"`--batch-size` is global: every one of the {replicas} replicas needs at least one "
+            f"example per step. Use --batch-size {replicas} or more. "
+            f"Received: batch_size={config.batch_size}")
+    jit = bool(config.jit)
+    if jit and replicas > 1 and config.sync_bn:
+        raise ConfigError(
+            "--jit with several replicas cannot compile synchronized BatchNorm (an all-reduce "
+            "inside an XLA cluster is unsupported under MirroredStrategy). Drop --sync-bn "
+            "(BatchNorm per replica) or --jit. Received: jit=True, sync_bn=True, "
+            f"replicas={replicas}")
+    sync = False if jit and config.sync_bn is None else resolve_sync_bn(
+        config.sync_bn, replicas, config.batch_size)
+    gpu = has_gpu(strategy)
+    return SpeedSettings(replicas=replicas, global_batch=int(config.batch_size),
+                         steps_per_execution=resolve_steps_per_execution(
+                             config.steps_per_execution, gpu, replicas),
+                         jit=jit, sync_bn=sync, has_gpu=gpu)
+
+
+def set_sync_bn(model, on: bool) -> int:
+    """Switch every ``BatchNormalization`` of ``model`` (nested models included) to
+    synchronized (statistics over the global batch, one all-reduce per layer) or per-replica
+    statistics. Takes effect at the next trace. Returns the number of layers switched."""
+    import keras
+
+    def layers(m):
+        for layer in m.layers:
+            yield layer
+            if isinstance(layer, keras.Model):
+                yield from layers(layer)
+
+    count = 0
+    for layer in layers(model):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.synchronized = bool(on)
+            count += 1
+    return count
+
+
+def apply_speed(model, speed: SpeedSettings):
+    """Apply ``speed`` to a compiled model (fresh or loaded from a checkpoint): sync-BN,
+    steps per execution and jit (whole step on one device, per replica on several).
+    Returns ``model``.
+
+    Raises:
+        ConfigError: see :func:`sila_keras.replica_jit.check_supported`.
+    """
+    from sila_keras import replica_jit
+
+    set_sync_bn(model, speed.sync_bn)
+    model.steps_per_execution = speed.steps_per_execution
+    replica_jit.uninstall(model)
+    if speed.jit and speed.replicas > 1:
+        replica_jit.install(model)
+    else:
+        model.jit_compile = speed.jit
+    compile_config = getattr(getattr(model, "_compile_config", None), "config", None)
+    if isinstance(compile_config, dict):  # what the next checkpoint records
+        compile_config.update(steps_per_execution=speed.steps_per_execution,
+                              jit_compile=speed.jit and speed.replicas == 1)
+    model.train_function = model.test_function = model.predict_function = None
+    return model

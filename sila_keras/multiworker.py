@@ -184,17 +184,40 @@ def _maybe_symbolic_build(self, iterator=None, data_batch=None):
 
 
 def _reduce_per_replica(values, strategy, reduction):
-    """Fix 2: mean-reduce scalar metrics with ``axis=None`` (multi-worker only)."""
+    """Fix 2: mean-reduce scalar metrics with ``axis=None`` (multi-worker only), all of a
+    step's scalars stacked into **one** cross-worker all-reduce (not one per metric)."""
     original = _ORIGINALS["reduce"]
     if not in_multi_worker_mode(strategy) or reduction not in ("auto", "mean"):
         return original(values, strategy, reduction)
+    return reduce_scalars_stacked(values, strategy,
+                                  other=lambda v: original(v, strategy, reduction))
 
-    def one(v):
-        if _rank(v) == 0:
-            return strategy.reduce("MEAN", v, axis=None)
-        return original(v, strategy, reduction)
 
-    return tf.nest.map_structure(one, values)
+def reduce_scalars_stacked(values, strategy, other=None):
+    """Mean over all replicas of every scalar leaf of ``values``, with one ``strategy.reduce``.
+
+    The per-replica scalars are stacked into one float32 vector per replica, reduced once,
+    and split back (each cast to its own dtype): the same means as one reduction per leaf.
+    Leaves that are not scalars go to ``other`` (unchanged when it is None).
+    """
+    leaves = tf.nest.flatten(values)
+    scalar = [i for i, v in enumerate(leaves) if _rank(v) == 0]
+    out = [v if other is None else other(v) if i not in scalar else None
+           for i, v in enumerate(leaves)]
+    if scalar:
+        picked = [leaves[i] for i in scalar]
+        stacked = strategy.run(lambda *xs: tf.stack([tf.cast(x, tf.float32) for x in xs]),
+                               args=tuple(picked))
+        means = strategy.reduce("MEAN", stacked, axis=None)
+        for j, i in enumerate(scalar):
+            out[i] = tf.cast(means[j], _dtype(leaves[i]))
+    return tf.nest.pack_sequence_as(values, out)
+
+
+def _dtype(v):
+    if isinstance(v, tf.distribute.DistributedValues):
+        v = v.values[0]
+    return getattr(v, "dtype", tf.float32)
 
 
 def _rank(v) -> int | None:

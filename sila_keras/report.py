@@ -23,7 +23,8 @@ from sila_keras.rundir import RunDir
 
 # Config keys that never distinguish arms.
 IGNORED = {"name", "out", "resume", "seed", "verbose", "debug", "data_dir", "download", "epochs",
-           "steps_per_execution", "jit", "strategy", "deterministic", "skip_bad_images", "backbone_kwargs"}
+           "steps_per_execution", "jit", "strategy", "deterministic", "skip_bad_images", "backbone_kwargs",
+           "sync_bn", "checkpoint_every"}
 LABEL_KEYS = ("mode", "heads", "beta", "lam", "betas", "peer", "dml", "no_sila", "augment")
 
 

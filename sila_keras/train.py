@@ -94,10 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--strategy", default=d.strategy, choices=STRATEGIES,
                    help="auto = MirroredStrategy when >1 GPU is visible")
     g.add_argument("--mixed-precision", action="store_true",
-                   help="mixed_float16 on GPU, mixed_bfloat16 on CPU (loss and softmax stay float32)")
-    g.add_argument("--jit", action="store_true", help="XLA-compile the train step (jit_compile)")
-    g.add_argument("--steps-per-execution", type=int, default=d.steps_per_execution,
-                   help="train steps per tf.function call (fewer Python round trips)")
+                   help="mixed_bfloat16 on CPUs and GPUs of compute capability >= 8.0, "
+                        "mixed_float16 (synchronized loss scaling) on older GPUs; loss and "
+                        "softmax stay float32")
     g.add_argument("--cpu-devices", type=int, default=None,
                    help="split the CPU into N logical devices (to try --strategy mirrored without GPUs)")
     g.add_argument("--verbose", type=int, default=None, choices=(0, 1, 2),
@@ -105,7 +104,33 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: 1 on a terminal, else 0); 2: also TensorFlow's start-up log")
     g.add_argument("--debug", action="store_true",
                    help="show tracebacks and TensorFlow's start-up log")
+    _add_speed_flags(p, d)
     return p
+
+
+def _add_speed_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
+    """Issue 18: devices, speed and checkpoint cadence (resolved per machine, see
+    :func:`sila_keras.distribute.resolve_speed`; a ``--resume`` applies the new values)."""
+    g = p.add_argument_group("devices and speed")
+    g.add_argument("--jit", action="store_true",
+                   help="XLA-compile the train step (per replica when there are several)")
+    g.add_argument("--steps-per-execution", type=_steps, default=d.steps_per_execution,
+                   help="train steps per tf.function call: auto = 32 on one GPU, 1 on CPUs "
+                        "and with several replicas (keras#19246)")
+    g.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=d.sync_bn,
+                   help="BatchNorm statistics over the global batch (all replicas); default: "
+                        "on when replicas > 1 and the per-replica batch < 32")
+    g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, metavar="K",
+                   help="checkpoint for --resume every K epochs (and after the last one)")
+
+
+def _steps(s: str) -> int | str:
+    if s == "auto":
+        return s
+    try:
+        return int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or an integer, got {s!r}") from None
 
 
 def _floats(s: str) -> tuple[float, ...]:
@@ -140,6 +165,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         peer=args.peer, dml=args.dml, no_sila=args.no_sila, mixed_precision=args.mixed_precision,
         jit=args.jit, steps_per_execution=args.steps_per_execution,
         deterministic=args.deterministic, skip_bad_images=args.skip_bad_images,
+        sync_bn=args.sync_bn, checkpoint_every=args.checkpoint_every,
     )
 
 
@@ -152,8 +178,8 @@ def default_run_name(dataset: str, model: str) -> str:
     return f"{ds}-{Path(model).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-INTERRUPTED_HINT = ("The last completed epoch is checkpointed; continue with the same command "
-                    "plus --resume.")
+INTERRUPTED_HINT = ("The last checkpoint (every --checkpoint-every epochs, 1 by default) is kept; "
+                    "continue with the same command plus --resume.")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -275,24 +301,34 @@ def build_model(config: TrainConfig, data, mode=None):
     return (mode or make_mode(config)).build_model(data)
 
 
-def compile_model(model, config: TrainConfig, num_classes: int, steps: int, num_heads: int | None = None,
-                  mode=None):
-    """Compile with the mode's loss and metrics (SiLa by default) and the papers' SGD."""
+def compile_model(model, config: TrainConfig, num_classes: int, steps: int,
+                  num_heads: int | None = None, mode=None, speed=None):
+    """Compile with the mode's loss and metrics (SiLa by default) and the papers' SGD.
+
+    Call inside the strategy's scope. ``mode``: the run's :class:`~sila_keras.modes.Mode`
+    (default: made from ``config``). ``speed``: the run's
+    :class:`~sila_keras.distribute.SpeedSettings` (default: resolved from ``config`` for the
+    current strategy); float16 mixed precision wraps the SGD in the replica-synchronized
+    :class:`~sila_keras.precision.SyncLossScaleOptimizer`.
+    """
+    import tensorflow as tf
+
+    from sila_keras.distribute import apply_speed, resolve_speed
     from sila_keras.heads import num_heads_of
     from sila_keras.modes import make_mode
     from sila_keras.optim import make_optimizer
+    from sila_keras.precision import wrap_optimizer
 
     mode = mode or make_mode(config)
     m = num_heads or num_heads_of(model)
     model.compile(
-        optimizer=make_optimizer(config.lr, config.momentum, config.weight_decay, config.milestones,
-                                 config.gamma, steps, config.nesterov),
+        optimizer=wrap_optimizer(make_optimizer(config.lr, config.momentum, config.weight_decay,
+                                                config.milestones, config.gamma, steps,
+                                                config.nesterov)),
         loss=mode.loss(num_classes, m),
         metrics=mode.metrics(num_classes, m),
-        jit_compile=bool(config.jit),
-        steps_per_execution=int(config.steps_per_execution),
     )
-    return model
+    return apply_speed(model, speed or resolve_speed(config, tf.distribute.get_strategy()))
 
 
 def make_datasets(config: TrainConfig, train_x, train_y, eval_x, eval_y, initial_epoch: int = 0,
@@ -411,10 +447,17 @@ def _run(config: TrainConfig) -> dict:
     import keras
 
     from sila_keras.callbacks import EpochLogger, NonFiniteGuard, ResumeCheckpoint
-    from sila_keras.distribute import dataset_options, make_strategy, process_run_dir, strategy_name
+    from sila_keras.distribute import (
+        apply_speed,
+        dataset_options,
+        make_strategy,
+        process_run_dir,
+        resolve_speed,
+        strategy_name,
+    )
     from sila_keras.heads import num_heads_of, trainable_params
     from sila_keras.multiworker import agree_on_epoch, barrier
-    from sila_keras.precision import set_precision
+    from sila_keras.precision import check_resumed_policy, set_precision
 
     mode = check_before_data(config)  # validates the mode's flags, once
     # Only the chief writes the run directory; other multi-workers write (and resume from)
@@ -426,6 +469,7 @@ def _run(config: TrainConfig) -> dict:
     # The strategy first: multi-worker collectives must be configured before any TF op runs.
     strategy = make_strategy(config.strategy)
     agree_on_epoch(strategy, state.initial_epoch)  # multi-worker: all resume after the same epoch
+    speed = resolve_speed(config, strategy)  # refuses impossible flag sets before any data
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         import tensorflow as tf
@@ -435,31 +479,35 @@ def _run(config: TrainConfig) -> dict:
     print(f"Data: {data.source}: {len(data.train_y)} train / {len(data.test_y)} test images, "
           f"{data.num_classes} classes, input {data.input_shape}"
           + "".join(f"\n  note: {n}" for n in data.notes), flush=True)
-    set_precision(config.mixed_precision)
+    policy = set_precision(config.mixed_precision)
     train_ds, eval_ds, steps = make_datasets(config, data.train_x, data.train_y, data.test_x,
                                              data.test_y, state.initial_epoch,
                                              options=dataset_options(strategy))
     with strategy.scope():
         if state.initial_epoch:
             model = keras.models.load_model(state.checkpoint)
+            check_resumed_policy(model, policy)
+            apply_speed(model, speed)  # this run's flags, not the checkpoint's compile settings
             print(f"Resuming {run_dir} after epoch {state.initial_epoch}", flush=True)
         else:
             model = compile_model(build_model(config, data, mode), config, data.num_classes, steps,
-                                  mode=mode)
+                                  mode=mode, speed=speed)
     create_run_dir(config, run_dir)
     num_heads = num_heads_of(model)
     print(f"Model: {config.model}, {num_heads} head(s), {trainable_params(model):,} trainable "
           f"parameters (summary.json's total_params; {model.count_params():,} with BatchNorm "
           "statistics and other non-trainable weights); "
           f"strategy {strategy_name(strategy)} × {strategy.num_replicas_in_sync} replica(s); "
-          f"run dir {run_dir}", flush=True)
+          f"run dir {run_dir}\n{speed.line()}; precision {policy}", flush=True)
     if state.initial_epoch >= config.epochs:
         print(f"Nothing to do: {state.initial_epoch} of {config.epochs} epochs are done.")
     guard = NonFiniteGuard()
     logger = EpochLogger(run.metrics_path, num_heads, state.rows, total_epochs=config.epochs,
                          guard=guard)
     elapsed = lambda: {"wall_time_s": state.wall_time_s + time.time() - t_start}  # noqa: E731
-    callbacks = [guard, logger, ResumeCheckpoint(run.checkpoints, elapsed, guard=guard),
+    callbacks = [guard, logger, ResumeCheckpoint(run.checkpoints, elapsed, guard=guard,
+                                                 every=config.checkpoint_every,
+                                                 last_epoch=config.epochs),
                  keras.callbacks.TensorBoard(str(run.tensorboard), write_graph=False,
                                              profile_batch=0)]
     if state.initial_epoch < config.epochs:  # Ctrl-C / SIGTERM (sila_keras.cli): exit 130
@@ -469,6 +517,7 @@ def _run(config: TrainConfig) -> dict:
         raise TrainingFailed(guard.failure)
     summary = save_run(run_dir, model, config, data, logger, strategy, elapsed()["wall_time_s"])
     summary = mode.after_training(model, data, run_dir, logger.rows, summary)
+    summary["speed"] = {**speed.to_dict(), "precision": policy}  # issue 18: resolved settings
     run.write_summary(summary)
     barrier(strategy)  # multi-worker: no process exits while a peer still needs it
     heads = "  ".join(f"head_{k} {100 * (v['final_acc'] or 0):.2f}% (best {100 * (v['best_acc'] or 0):.2f}%)"

@@ -1,12 +1,26 @@
 """Test setup. The CPU is split into 2 logical devices *before* TensorFlow starts,
-so MirroredStrategy tests run on a CPU-only machine."""
+so MirroredStrategy tests run on a CPU-only machine.
+
+GPUs are hidden (here and in every subprocess a test starts) unless ``SILA_TEST_GPU=1``:
+the suite asserts CPU behaviour (2 mirrored replicas, bfloat16 mixed precision), and a
+test process must not grab a GPU's memory. With ``SILA_TEST_GPU=1`` the GPUs stay visible
+with memory growth on, and only tests marked ``gpu`` use them (they skip without one).
+"""
 
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+USE_GPU = os.environ.get("SILA_TEST_GPU") == "1"
+if not USE_GPU:
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""  # inherited by subprocesses (multi-worker, CLI)
 
 import tensorflow as tf  # noqa: E402
 
+if USE_GPU:
+    for _gpu in tf.config.list_physical_devices("GPU"):
+        tf.config.experimental.set_memory_growth(_gpu, True)
+else:
+    tf.config.set_visible_devices([], "GPU")
 _cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
@@ -92,3 +106,13 @@ def dynamic_runs(tiny_folder, tmp_path_factory):
                         no_sila=no_sila, epochs=1, batch_size=8, milestones=(), out=str(out),
                         name=name, backbone_kwargs=testing.MSDNET_TINY, verbose=0))
     return out
+
+
+def pytest_collection_modifyitems(config, items):
+    """``gpu`` tests run only with ``SILA_TEST_GPU=1`` and a visible GPU."""
+    if USE_GPU and tf.config.list_logical_devices("GPU"):
+        return
+    skip = pytest.mark.skip(reason="needs a GPU and SILA_TEST_GPU=1")
+    for item in items:
+        if item.get_closest_marker("gpu") is not None:
+            item.add_marker(skip)

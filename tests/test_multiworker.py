@@ -224,7 +224,8 @@ def test_two_workers_equal_two_mirrored_replicas_on_one_machine(two_worker_run, 
 def test_two_workers_resume_exactly_from_their_own_checkpoints(two_worker_run, mirrored_reference,
                                                                tiny_folder):
     """Epoch 2 after ``--resume`` = epoch 2 of the uninterrupted run (each worker keeps its
-    own replica's BatchNorm statistics, so even the test metrics match)."""
+    own BatchNorm statistics — synchronized across workers by default here, 3 images per
+    replica — so even the test metrics match)."""
     import sila_keras.models  # noqa: F401
 
     run_workers([f"folder:{tiny_folder}", *TRAIN_ARGS, "--epochs", "2", "--resume",
