@@ -24,6 +24,12 @@ BACKBONE_NAMES = ("densenet121", "inceptionv3", "mobilenetv1", "msdnet", "resnet
                   "resnet32", "resnet34", "resnet56", "vgg11", "vgg13", "vgg16", "vgg19", "wrn16_8",
                   "wrn28_10", "wrn40_10")
 AUGMENT_NAMES = ("autoaugment", "crop", "none", "randaugment", "standard")
+# #15: the keras:<Name> backbones (sila_keras/models/applications.py; a test checks they agree).
+KERAS_APPLICATIONS = ("MobileNet", "MobileNetV2", "MobileNetV3Small", "MobileNetV3Large",
+                      "EfficientNetB0", "EfficientNetB1", "EfficientNetB2", "EfficientNetB3",
+                      "EfficientNetV2B0", "ResNet50")
+OPTIMIZERS = ("sgd", "adamw")  # #15 (sila_keras.optim)
+SCHEDULES = ("step", "cosine")  # #15
 
 # Fields that may differ between a run and its --resume continuation.
 RESUME_MUTABLE = ("resume", "epochs", "verbose", "debug", "steps_per_execution", "jit",
@@ -79,6 +85,16 @@ class TrainConfig:
     # issue 18: GPU-suited defaults (resolved per machine by sila_keras.distribute.resolve_speed)
     sync_bn: bool | None = None  # None: on when replicas > 1 and the per-replica batch < 32
     checkpoint_every: int = 1  # epochs between checkpoints (the last epoch always)
+    # #15: keras:<Name> backbones and the fine-tuning recipe (train.py resolves the CLI's
+    # per-model defaults; here the paper's recipe is the default).
+    weights: str = "none"
+    taps: tuple[str, ...] | None = None
+    freeze_epochs: int = 0
+    backbone_lr_mult: float = 1.0
+    optimizer: str = "sgd"
+    schedule: str = "step"
+    warmup_epochs: int = 0
+    label_smoothing: float = 0.0
 
     def __post_init__(self):
         def positive(name, value, allow_zero=False):
@@ -127,6 +143,57 @@ class TrainConfig:
             raise ConfigError(f"Unknown download mode '{self.download}'. Available: {', '.join(DOWNLOAD_MODES)}")
         if self.name is not None and (not self.name or "/" in self.name or self.name in (".", "..")):
             raise ConfigError(f"`--name` must be a plain folder name. Received: name={self.name!r}")
+        self._check_finetune()
+
+    def _check_finetune(self) -> None:  # #15
+        if self.taps is not None:
+            object.__setattr__(self, "taps", tuple(str(t) for t in self.taps))
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"Unknown optimizer '{self.optimizer}'. Available: "
+                              f"{', '.join(OPTIMIZERS)}. Received: optimizer={self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"Unknown schedule '{self.schedule}'. Available: "
+                              f"{', '.join(SCHEDULES)}. Received: schedule={self.schedule!r}")
+        if not 0 <= self.freeze_epochs < self.epochs:
+            raise ConfigError(
+                "`--freeze-epochs` must be >= 0 and < `--epochs` (the backbone has to be "
+                f"unfrozen for at least one epoch). Received: freeze_epochs={self.freeze_epochs}, "
+                f"epochs={self.epochs}")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise ConfigError("`--warmup-epochs` must be >= 0 and < `--epochs`. Received: "
+                              f"warmup_epochs={self.warmup_epochs}, epochs={self.epochs}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError("`--label-smoothing` must be in [0, 1). Received: "
+                              f"label_smoothing={self.label_smoothing}")
+        if self.label_smoothing and self.mode != "sila":
+            raise ConfigError("`--label-smoothing` applies to --mode sila. Received: "
+                              f"mode={self.mode}, label_smoothing={self.label_smoothing}")
+        if self.backbone_lr_mult < 0:
+            raise ConfigError("`--backbone-lr-mult` must be >= 0. Received: "
+                              f"backbone_lr_mult={self.backbone_lr_mult}")
+        keras_model = self.model.startswith("keras:")
+        only_keras = {"weights": self.weights != "none", "taps": self.taps is not None,
+                      "freeze_epochs": self.freeze_epochs > 0,
+                      "backbone_lr_mult": self.backbone_lr_mult != 1.0}
+        used = [k for k, v in only_keras.items() if v]
+        if used and not keras_model and self.model:
+            raise ConfigError(
+                f"`--{used[0].replace('_', '-')}` applies to keras:<Name> backbones only "
+                "(a pretrained keras.applications model). Received: "
+                f"model={self.model!r}, {used[0]}={getattr(self, used[0])!r}")
+        if keras_model:
+            from sila_keras.models.applications import check_weights, get_application
+
+            get_application(self.model)
+            check_weights(self.model, self.weights, check_file=False)
+
+    def with_epochs(self, epochs: int) -> TrainConfig:
+        """#15: this config for a run of ``epochs`` epochs (a tuning trial, a final run): the
+        freeze and warmup phases are cut to leave at least one epoch after them."""
+        epochs = int(epochs)
+        return self.replace(epochs=epochs,
+                            freeze_epochs=max(0, min(self.freeze_epochs, epochs - 1)),
+                            warmup_epochs=max(0, min(self.warmup_epochs, epochs - 1)))
 
     @property
     def run_dir(self) -> Path:

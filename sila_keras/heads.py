@@ -168,7 +168,8 @@ def build_backbone(backbone: str, num_classes: int, input_shape: Sequence[int] =
             f"Received: input_shape={input_shape}. Resize the images or pick another backbone."
         )
     inputs = keras.Input(input_shape, name="image")
-    x = normalizer(input_shape[-1], mean, std)(inputs)
+    # #15: raw_input backbones (keras: applications) bring their own preprocessing.
+    x = inputs if spec.raw_input else normalizer(input_shape[-1], mean, std)(inputs)
     return inputs, spec.builder(x, int(num_classes), **backbone_kwargs)
 
 
@@ -202,7 +203,8 @@ def build_sila_model(backbone: str, num_classes: int, num_heads: int = 3,
     """
     inputs, out = build_backbone(backbone, num_classes, input_shape, mean, std, **backbone_kwargs)
     return assemble(inputs, out.logits, out.taps, num_heads, int(num_classes),
-                    name or f"sila_{backbone}", model_name=f"Backbone '{backbone}'")
+                    name or f"sila_{backbone.replace(':', '_')}",  # #15: keras:<Name>
+                    model_name=f"Backbone '{backbone}'")
 
 
 def num_heads_of(model: keras.Model) -> int:

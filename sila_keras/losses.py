@@ -69,7 +69,8 @@ def set_weights(num_sets: int, beta: float = 0.1, lam: float = 0.5,
     return [1.0] + [float(lam) ** (i - 1) * float(beta) for i in range(1, num_sets)]
 
 
-def sila_loss(y_true, y_pred, num_classes: int, weights: Sequence[float]):
+def sila_loss(y_true, y_pred, num_classes: int, weights: Sequence[float],
+              label_smoothing: float = 0.0):
     """Per-example SiLa loss.
 
     Args:
@@ -77,6 +78,8 @@ def sila_loss(y_true, y_pred, num_classes: int, weights: Sequence[float]):
         y_pred: logits, shape ``(B, M·N)``.
         num_classes: N.
         weights: the M set weights (see :func:`set_weights`).
+        label_smoothing: ε; each set's target puts 1 − ε on its class and ε spread evenly
+            over that set's N entries (the same M·N softmax). 0 = the papers' loss.
 
     Returns:
         A float tensor of shape ``(B,)``: the loss of each example.
@@ -96,6 +99,9 @@ def sila_loss(y_true, y_pred, num_classes: int, weights: Sequence[float]):
     offsets = ops.arange(num_sets, dtype="int32") * num_classes
     targets = labels[:, None] + offsets[None, :]  # (B, M)
     picked = ops.take_along_axis(log_probs, targets, axis=-1)  # (B, M)
+    if label_smoothing:  # #15: ε spread over each set's own N entries
+        per_set = ops.mean(ops.reshape(log_probs, (-1, num_sets, num_classes)), axis=-1)
+        picked = (1.0 - float(label_smoothing)) * picked + float(label_smoothing) * per_set
     w = ops.convert_to_tensor(list(weights), dtype="float32")
     return -ops.sum(picked * w[None, :], axis=-1)
 
@@ -113,6 +119,7 @@ class SilaLoss(keras.losses.Loss):
         lam: λ, decay of β per further set (paper A). Default 0.5.
         betas: explicit weights β_1..β_M, one per set (paper B). When given,
             ``beta``/``lam`` are ignored and M must equal ``len(betas)``.
+        label_smoothing: ε in [0, 1) (see :func:`sila_loss`). Default 0.
         name: loss name.
 
     Example:
@@ -123,7 +130,8 @@ class SilaLoss(keras.losses.Loss):
     """
 
     def __init__(self, num_classes: int, beta: float = 0.1, lam: float = 0.5,
-                 betas: Sequence[float] | None = None, name: str = "sila_loss", **kwargs):
+                 betas: Sequence[float] | None = None, name: str = "sila_loss",
+                 label_smoothing: float = 0.0, **kwargs):
         super().__init__(name=name, **kwargs)
         if int(num_classes) < 1:
             raise ConfigError(f"`num_classes` must be >= 1. Received: num_classes={num_classes}")
@@ -131,6 +139,9 @@ class SilaLoss(keras.losses.Loss):
         self.beta = float(beta)
         self.lam = float(lam)
         self.betas = None if betas is None else [float(b) for b in betas]
+        if not 0.0 <= float(label_smoothing) < 1.0:
+            raise ConfigError(f"`label_smoothing` must be in [0, 1). Received: {label_smoothing}")
+        self.label_smoothing = float(label_smoothing)
         if self.betas is not None:
             set_weights(len(self.betas), betas=self.betas)  # validates entries
         else:
@@ -154,11 +165,13 @@ class SilaLoss(keras.losses.Loss):
         width = y_pred.shape[-1]
         if width is None:
             raise ConfigError("SilaLoss needs a static logits width. Received: y_pred.shape[-1]=None")
-        return sila_loss(y_true, y_pred, self.num_classes, self.weights_for(int(width)))
+        return sila_loss(y_true, y_pred, self.num_classes, self.weights_for(int(width)),
+                         self.label_smoothing)
 
     def get_config(self):
         config = super().get_config()
-        config.update(num_classes=self.num_classes, beta=self.beta, lam=self.lam, betas=self.betas)
+        config.update(num_classes=self.num_classes, beta=self.beta, lam=self.lam, betas=self.betas,
+                      label_smoothing=self.label_smoothing)
         return config
 
 

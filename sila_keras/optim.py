@@ -72,3 +72,154 @@ def current_lr(optimizer) -> float:
     """The learning rate the optimizer applies at its current iteration."""
     lr = optimizer.learning_rate
     return float(ops.convert_to_numpy(lr))
+
+
+# --------------------------------------------------------------------------- #15 fine-tuning
+# The recipe users expect when fine-tuning a pretrained backbone: AdamW or SGD, a step or
+# cosine schedule with linear warmup, and a smaller lr on the pretrained backbone than on the
+# new layers (classifier + SiLa heads). The paper's recipe (SGDL2 + step) is unchanged.
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("step", "cosine")
+
+
+@keras.saving.register_keras_serializable(package="sila_keras")
+class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
+    """``schedule(step) × min(1, (step + 1) / warmup_steps)``: a linear ramp into any schedule.
+
+    Example:
+        >>> s = LinearWarmup(0.1, warmup_steps=10)
+        >>> round(float(s(0)), 3)
+        0.01
+    """
+
+    def __init__(self, schedule, warmup_steps: int):
+        self.schedule = schedule
+        self.warmup_steps = int(warmup_steps)
+
+    def __call__(self, step):
+        base = self.schedule(step) if callable(self.schedule) else self.schedule
+        ramp = ops.minimum(1.0, (ops.cast(step, "float32") + 1.0) / float(max(1, self.warmup_steps)))
+        return ops.cast(base, "float32") * ramp
+
+    def get_config(self):
+        s = self.schedule
+        return {"schedule": keras.saving.serialize_keras_object(s) if callable(s) else float(s),
+                "warmup_steps": self.warmup_steps}
+
+    @classmethod
+    def from_config(cls, config):
+        s = config["schedule"]
+        s = keras.saving.deserialize_keras_object(s) if isinstance(s, dict) else s
+        return cls(s, config["warmup_steps"])
+
+
+def make_schedule(kind: str, lr: float, *, steps_per_epoch: int, epochs: int,
+                  milestones: Sequence[int] = (), gamma: float = 0.5, warmup_epochs: int = 0):
+    """The lr schedule, a function of ``optimizer.iterations`` (so resume continues exactly).
+
+    Args:
+        kind: ``"step"`` (× gamma at each milestone epoch) or ``"cosine"`` (cosine decay to 0
+            at ``epochs``).
+        lr: the peak learning rate.
+        steps_per_epoch: optimizer steps per epoch.
+        epochs: the run's epochs (cosine's end).
+        milestones: step schedule epochs.
+        gamma: step schedule factor.
+        warmup_epochs: linear warmup from ~0 to ``lr`` over this many epochs.
+
+    Raises:
+        ConfigError: unknown ``kind``.
+    """
+    warmup = int(warmup_epochs) * int(steps_per_epoch)
+    if kind == "cosine":
+        decay = max(1, (int(epochs) - int(warmup_epochs)) * int(steps_per_epoch))
+        if warmup:
+            return keras.optimizers.schedules.CosineDecay(0.0, decay, warmup_target=float(lr),
+                                                          warmup_steps=warmup)
+        return keras.optimizers.schedules.CosineDecay(float(lr), decay)
+    if kind != "step":
+        raise ConfigError(f"Unknown schedule '{kind}'. Available: {', '.join(SCHEDULES)}")
+    base = step_schedule(lr, milestones, gamma, steps_per_epoch)
+    return LinearWarmup(base, warmup) if warmup else base
+
+
+class _BackboneLR:
+    """Mixin: variables outside the new layers (the pretrained backbone) get
+    ``learning_rate × backbone_lr_mult``; variables whose path starts with one of
+    ``new_prefixes`` get the full learning rate."""
+
+    def _init_backbone_lr(self, backbone_lr_mult: float, new_prefixes: Sequence[str]):
+        if backbone_lr_mult < 0:
+            raise ConfigError(f"`backbone_lr_mult` must be >= 0. Received: {backbone_lr_mult}")
+        self.backbone_lr_mult = float(backbone_lr_mult)
+        self.new_prefixes = tuple(new_prefixes)
+
+    def update_step(self, gradient, variable, learning_rate):
+        # The TF backend hands over the tf.Variable ("classifier/kernel:0"), others the Keras one.
+        path = getattr(variable, "path", None) or variable.name
+        if self.backbone_lr_mult != 1.0 and not path.startswith(self.new_prefixes):
+            learning_rate = learning_rate * ops.cast(self.backbone_lr_mult, learning_rate.dtype)
+        super().update_step(gradient, variable, learning_rate)
+
+    def _backbone_lr_config(self) -> dict:
+        return {"backbone_lr_mult": self.backbone_lr_mult, "new_prefixes": list(self.new_prefixes)}
+
+
+@keras.saving.register_keras_serializable(package="sila_keras")
+class FineTuneSGD(_BackboneLR, SGDL2):
+    """:class:`SGDL2` with a separate lr multiplier for the pretrained backbone.
+
+    Example:
+        >>> opt = FineTuneSGD(backbone_lr_mult=0.1, new_prefixes=("head_", "classifier"))
+    """
+
+    def __init__(self, backbone_lr_mult: float = 1.0, new_prefixes: Sequence[str] = (), **kwargs):
+        super().__init__(**kwargs)
+        self._init_backbone_lr(backbone_lr_mult, new_prefixes)
+
+    def get_config(self):
+        return {**super().get_config(), **self._backbone_lr_config()}
+
+
+@keras.saving.register_keras_serializable(package="sila_keras")
+class FineTuneAdamW(_BackboneLR, keras.optimizers.AdamW):
+    """Keras ``AdamW`` (decoupled weight decay) with a separate lr multiplier for the
+    pretrained backbone.
+
+    Example:
+        >>> opt = FineTuneAdamW(backbone_lr_mult=0.1, new_prefixes=("head_", "classifier"))
+    """
+
+    def __init__(self, backbone_lr_mult: float = 1.0, new_prefixes: Sequence[str] = (), **kwargs):
+        super().__init__(**kwargs)
+        self._init_backbone_lr(backbone_lr_mult, new_prefixes)
+
+    def get_config(self):
+        return {**super().get_config(), **self._backbone_lr_config()}
+
+
+def optimizer_for(config, steps_per_epoch: int):
+    """The optimizer a :class:`~sila_keras.config.TrainConfig` asks for.
+
+    The paper's recipe (``sgd`` + ``step``, no warmup, backbone lr × 1) is exactly
+    :func:`make_optimizer`; anything else is the fine-tuning recipe.
+    """
+    from sila_keras.finetune import NEW_LAYER_PREFIXES
+
+    opt = getattr(config, "optimizer", "sgd")
+    schedule = getattr(config, "schedule", "step")
+    warmup = int(getattr(config, "warmup_epochs", 0))
+    mult = float(getattr(config, "backbone_lr_mult", 1.0))
+    if opt == "sgd" and schedule == "step" and not warmup and mult == 1.0:
+        return make_optimizer(config.lr, config.momentum, config.weight_decay, config.milestones,
+                              config.gamma, steps_per_epoch, config.nesterov)
+    lr = make_schedule(schedule, config.lr, steps_per_epoch=steps_per_epoch, epochs=config.epochs,
+                       milestones=config.milestones, gamma=config.gamma, warmup_epochs=warmup)
+    common = {"backbone_lr_mult": mult, "new_prefixes": NEW_LAYER_PREFIXES, "learning_rate": lr}
+    if opt == "adamw":
+        return FineTuneAdamW(weight_decay=config.weight_decay, **common)
+    if opt != "sgd":
+        raise ConfigError(f"Unknown optimizer '{opt}'. Available: {', '.join(OPTIMIZERS)}")
+    return FineTuneSGD(l2=config.weight_decay, momentum=config.momentum,
+                       nesterov=config.nesterov, **common)

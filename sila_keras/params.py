@@ -73,7 +73,8 @@ def reference(model_name: str, num_classes: int, num_heads: int) -> dict:
     return ref
 
 
-def param_table(model_name: str, num_classes: int, num_heads: int = 3) -> dict:
+def param_table(model_name: str, num_classes: int, num_heads: int = 3,
+                image_size: int | None = None) -> dict:
     """Trainable-parameter sizes of a registered backbone's SiLa model.
 
     Builds the model on a small symbolic input (32×32×3, or the backbone's
@@ -83,6 +84,9 @@ def param_table(model_name: str, num_classes: int, num_heads: int = 3) -> dict:
         model_name: a registered backbone (see ``list_backbones()``).
         num_classes: N.
         num_heads: M.
+        image_size: input side in pixels (default 32, or the backbone's minimum if larger);
+            it moves the heads' attach points of a ``keras:<Name>`` model, not the counts
+            of the zoo's all-convolutional backbones.
 
     Returns:
         ``{"base_params", "base_mib", "train_params", "train_mib",
@@ -104,9 +108,11 @@ def param_table(model_name: str, num_classes: int, num_heads: int = 3) -> dict:
     from sila_keras.train import head_table
 
     spec = get_backbone(model_name)
-    size = max(32, spec.min_input_size)
+    size = max(32, spec.min_input_size) if image_size is None else int(image_size)
+    extra = {"weights": "none"} if model_name.startswith("keras:") else {}  # #15
     try:
-        model = build_sila_model(model_name, int(num_classes), int(num_heads), (size, size, 3))
+        model = build_sila_model(model_name, int(num_classes), int(num_heads), (size, size, 3),
+                                 **extra)
         heads = head_table(model, int(num_classes))
         train = trainable_params(model)
     finally:
@@ -184,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heads", type=int, default=3, help="M heads (1 = base model only)")
     p.add_argument("--models", default=None,
                    help="comma-separated backbone names (default: every registered one)")
+    p.add_argument("--model", dest="models", default=None,
+                   help="alias of --models (e.g. --model keras:MobileNetV2 --image-size 224)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="input side in pixels (default 32; 224 for a phone keras: model)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object keyed by model name instead of a table")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -196,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    rows = collect(args.dataset, args.heads, args.models)
+    rows = collect(args.dataset, args.heads, args.models, args.image_size)
     n = num_classes_of(args.dataset)
     if args.json:
         out = {}
@@ -209,7 +219,8 @@ def _main(args: argparse.Namespace) -> int:
     return 0
 
 
-def collect(dataset: str, num_heads: int, models: str | None = None) -> dict:
+def collect(dataset: str, num_heads: int, models: str | None = None,
+            image_size: int | None = None) -> dict:
     """``param_table`` for each named (or every registered) model; inputs checked first."""
     n = num_classes_of(dataset)
     if num_heads < 1:
@@ -226,7 +237,7 @@ def collect(dataset: str, num_heads: int, models: str | None = None) -> dict:
     rows, skipped = {}, []
     for name in tqdm(names, desc="building", unit="model", file=sys.stderr, disable=None, leave=False):
         try:
-            rows[name] = param_table(name, n, num_heads)
+            rows[name] = param_table(name, n, num_heads, image_size)
         except ValueError as e:
             if models or "can place at most" not in str(e):
                 raise  # a model the user named must fit

@@ -24,7 +24,10 @@ from sila_keras.config import (
     AUGMENT_NAMES,
     BACKBONE_NAMES,
     DOWNLOAD_MODES,
+    KERAS_APPLICATIONS,
+    OPTIMIZERS,
     PAPER_MILESTONES,
+    SCHEDULES,
     STRATEGIES,
     TrainConfig,
 )
@@ -105,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--debug", action="store_true",
                    help="show tracebacks and TensorFlow's start-up log")
     _add_speed_flags(p, d)
+    _add_finetune_flags(p)  # #15
     return p
 
 
@@ -133,6 +137,81 @@ def _steps(s: str) -> int | str:
         raise argparse.ArgumentTypeError(f"expected 'auto' or an integer, got {s!r}") from None
 
 
+# --------------------------------------------------------------------------- #15 fine-tuning flags
+
+# The fine-tuning recipe, the CLI default for keras:<Name> backbones (the paper's CIFAR recipe
+# stays the default for the registry backbones and .keras files).
+FINETUNE_RECIPE = {"lr": 1e-3, "weight_decay": 0.01, "optimizer": "adamw", "schedule": "cosine",
+                   "label_smoothing": 0.1, "weights": "imagenet"}
+
+
+def _add_finetune_flags(p: argparse.ArgumentParser) -> None:
+    """Flags of issue #15: keras:<Name> backbones and the fine-tuning recipe."""
+    d = TrainConfig("", "")
+    g = p.add_argument_group(
+        "pretrained backbones (MODEL = keras:<Name>)",
+        f"keras.applications models: {', '.join('keras:' + n for n in KERAS_APPLICATIONS)}. Built with "
+        "include_top=False + global pooling + a Dense classifier (head_1); the application's "
+        "own preprocessing is inside the model (it takes raw 0–255 pixels). Unset options "
+        "follow the model: paper recipe (SGD lr 0.1, wd 5e-4, step) for the zoo, fine-tuning "
+        "recipe (AdamW lr 1e-3, wd 0.01, cosine, label smoothing 0.1, imagenet weights, "
+        "backbone lr × 0.1 when pretrained) for keras: models.")
+    g.add_argument("--weights", default=None,
+                   help="none | imagenet (Keras cache ~/.keras/models) | PATH of a .weights.h5 "
+                        "saved from the same application, include_top=False (default: imagenet "
+                        "for keras: models, else none)")
+    g.add_argument("--taps", type=_names, default=None,
+                   help="layer names where heads may attach (default: the stage ends)")
+    g.add_argument("--freeze-epochs", type=int, default=0,
+                   help="train only the classifier and the SiLa heads for the first K epochs "
+                        "(backbone BatchNorm in inference mode), then unfreeze")
+    g.add_argument("--backbone-lr-mult", type=float, default=None,
+                   help="lr multiplier of the pretrained backbone once unfrozen (default: 0.1 "
+                        "with pretrained keras: weights, else 1)")
+    g.add_argument("--optimizer", default=None, choices=OPTIMIZERS,
+                   help="sgd: momentum + coupled L2; adamw: decoupled weight decay "
+                        "(default: adamw for keras: models, else sgd)")
+    g.add_argument("--schedule", default=None, choices=SCHEDULES,
+                   help="step: ×gamma at --milestones; cosine: to 0 at --epochs (default: "
+                        "cosine for keras: models, else step)")
+    g.add_argument("--warmup-epochs", type=int, default=0, help="linear lr warmup epochs")
+    g.add_argument("--label-smoothing", type=float, default=None,
+                   help="ε of each head's target, --mode sila (default: 0.1 for keras: models, "
+                        "else 0)")
+    # Shown as the paper's values; a value the user did not type is resolved per model.
+    p.set_defaults(lr=_ModelDefault(d.lr), weight_decay=_ModelDefault(d.weight_decay))
+
+
+class _ModelDefault(float):
+    """#15: a flag default that the model's recipe may replace (the user did not type it)."""
+
+
+def _names(s: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in s.split(",") if v.strip())
+
+
+def _finetune_defaults(args: argparse.Namespace) -> dict:
+    """#15: the TrainConfig fields of the fine-tuning flags, unset ones (and ``args.lr``,
+    ``args.weight_decay``) from the model's recipe."""
+    d = TrainConfig("", "")
+    keras_model = str(args.model).startswith("keras:")
+    recipe = FINETUNE_RECIPE if keras_model else {
+        "lr": d.lr, "weight_decay": d.weight_decay, "optimizer": d.optimizer,
+        "schedule": d.schedule, "label_smoothing": d.label_smoothing, "weights": d.weights}
+    def given(k):
+        v = getattr(args, k, None)
+        return None if isinstance(v, _ModelDefault) else v
+
+    out = {k: (recipe[k] if given(k) is None else given(k)) for k in recipe}
+    args.lr, args.weight_decay = float(out.pop("lr")), float(out.pop("weight_decay"))
+    pretrained = out["weights"] != "none"
+    mult = getattr(args, "backbone_lr_mult", None)
+    out["backbone_lr_mult"] = (0.1 if keras_model and pretrained else 1.0) if mult is None else mult
+    out.update(taps=getattr(args, "taps", None), freeze_epochs=getattr(args, "freeze_epochs", 0),
+               warmup_epochs=getattr(args, "warmup_epochs", 0))
+    return out
+
+
 def _floats(s: str) -> tuple[float, ...]:
     try:
         return tuple(float(v) for v in s.split(",") if v.strip())
@@ -154,6 +233,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         if args.resume:
             raise ConfigError("--resume needs --name NAME: the run folder under --out to continue.")
         name = default_run_name(args.dataset, args.model)
+    finetune = _finetune_defaults(args)  # #15: sets args.lr/weight_decay; the new fields
     return TrainConfig(
         dataset=args.dataset, model=args.model, heads=args.heads, beta=args.beta, lam=args.lam,
         betas=args.betas, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
@@ -166,6 +246,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         jit=args.jit, steps_per_execution=args.steps_per_execution,
         deterministic=args.deterministic, skip_bad_images=args.skip_bad_images,
         sync_bn=args.sync_bn, checkpoint_every=args.checkpoint_every,
+        **finetune,
     )
 
 
@@ -175,7 +256,8 @@ def default_run_name(dataset: str, model: str) -> str:
     for suffix in (".tar.gz", ".tgz", ".tar", ".zip"):
         ds = ds.removesuffix(suffix)
     ds = re.sub(r"[^A-Za-z0-9_.-]+", "_", ds) or "data"
-    return f"{ds}-{Path(model).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    model = Path(model).stem.replace("keras:", "")  # #15: keras:<Name> → <Name>
+    return f"{ds}-{model}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 INTERRUPTED_HINT = ("The last checkpoint (every --checkpoint-every epochs, 1 by default) is kept; "
@@ -236,10 +318,19 @@ def check_before_data(config: TrainConfig):
     from sila_keras.precision import check_mixed_precision
 
     validate_model_name(config.model)
+    _check_weights_file(config)  # #15
     mode = make_mode(config)  # validates the mode's flags, once per run
     mode.check_before_data()
     check_mixed_precision(config.model, config.mixed_precision)
     return mode
+
+
+def _check_weights_file(config: TrainConfig) -> None:
+    """#15: a keras:<Name> ``--weights PATH`` must exist (checked before any data is read)."""
+    if config.model.startswith("keras:") and not config.resume:
+        from sila_keras.models.applications import check_weights
+
+        check_weights(config.model, config.weights)
 
 
 def check_run_dir(config: TrainConfig, run_dir: Path | None = None) -> ResumeState:
@@ -298,6 +389,9 @@ def build_model(config: TrainConfig, data, mode=None):
     """
     from sila_keras.modes import make_mode
 
+    if config.model.startswith("keras:"):  # #15: weights and taps go to the application builder
+        extra = {"weights": config.weights, "taps": config.taps}
+        mode = make_mode(config.replace(backbone_kwargs={**config.backbone_kwargs, **extra}))
     return (mode or make_mode(config)).build_model(data)
 
 
@@ -316,19 +410,26 @@ def compile_model(model, config: TrainConfig, num_classes: int, steps: int,
     from sila_keras.distribute import apply_speed, resolve_speed
     from sila_keras.heads import num_heads_of
     from sila_keras.modes import make_mode
-    from sila_keras.optim import make_optimizer
+    from sila_keras.optim import optimizer_for
     from sila_keras.precision import wrap_optimizer
 
     mode = mode or make_mode(config)
     m = num_heads or num_heads_of(model)
     model.compile(
-        optimizer=wrap_optimizer(make_optimizer(config.lr, config.momentum, config.weight_decay,
-                                                config.milestones, config.gamma, steps,
-                                                config.nesterov)),
-        loss=mode.loss(num_classes, m),
+        optimizer=wrap_optimizer(optimizer_for(config, steps)),  # paper SGD or #15's recipe
+        loss=_with_label_smoothing(mode.loss(num_classes, m), config),  # #15
         metrics=mode.metrics(num_classes, m),
     )
     return apply_speed(model, speed or resolve_speed(config, tf.distribute.get_strategy()))
+
+
+def _with_label_smoothing(loss, config: TrainConfig):
+    """#15: ``--label-smoothing`` on the SiLa loss (TrainConfig allows it for --mode sila only)."""
+    from sila_keras.losses import SilaLoss
+
+    if config.label_smoothing and isinstance(loss, SilaLoss):
+        loss.label_smoothing = float(config.label_smoothing)
+    return loss
 
 
 def make_datasets(config: TrainConfig, train_x, train_y, eval_x, eval_y, initial_epoch: int = 0,
@@ -344,12 +445,15 @@ def make_datasets(config: TrainConfig, train_x, train_y, eval_x, eval_y, initial
 
 
 def fit(model, train_ds, eval_ds, *, epochs: int, steps: int, initial_epoch: int = 0,
-        callbacks=(), verbose: int | None = None):
+        callbacks=(), verbose: int | None = None, freeze_epochs: int = 0):
     """The one training loop (Keras ``fit``), shared by train, tuning and pairs.
 
     ``verbose``: 0 none, 1 or 2 a batch progress bar of the training loss (default: on a
     terminal only). Keras' own bar is not used: it runs into the next printed line and
     names the test-split metrics ``val_*``; the epoch line comes from the callbacks.
+
+    ``freeze_epochs`` (#15): the backbone stays frozen for the first K epochs
+    (:class:`sila_keras.finetune.FreezeBackbone`, first in the callback list).
     """
     from sila_keras.callbacks import ProgressBar
 
@@ -358,6 +462,10 @@ def fit(model, train_ds, eval_ds, *, epochs: int, steps: int, initial_epoch: int
     callbacks = list(callbacks)
     if verbose:
         callbacks.insert(0, ProgressBar(steps))
+    if freeze_epochs:  # #15
+        from sila_keras.finetune import FreezeBackbone
+
+        callbacks = [FreezeBackbone(freeze_epochs), *callbacks]
     return model.fit(train_ds, validation_data=eval_ds, epochs=epochs, initial_epoch=initial_epoch,
                      steps_per_epoch=steps, callbacks=callbacks, verbose=0, shuffle=False)
 
@@ -512,7 +620,8 @@ def _run(config: TrainConfig) -> dict:
                                              profile_batch=0)]
     if state.initial_epoch < config.epochs:  # Ctrl-C / SIGTERM (sila_keras.cli): exit 130
         fit(model, train_ds, eval_ds, epochs=config.epochs, steps=steps,
-            initial_epoch=state.initial_epoch, callbacks=callbacks, verbose=config.verbose)
+            initial_epoch=state.initial_epoch, callbacks=callbacks, verbose=config.verbose,
+            freeze_epochs=config.freeze_epochs)  # #15
     if guard.failure:
         raise TrainingFailed(guard.failure)
     summary = save_run(run_dir, model, config, data, logger, strategy, elapsed()["wall_time_s"])

@@ -173,7 +173,7 @@ def final_run(config: SearchConfig, best: dict, data) -> dict:
     from sila_keras.distribute import make_strategy
 
     cfg = config.train.replace(beta=best["beta"], lam=best["lam"], heads=int(best["heads"]),
-                               epochs=int(config.final_epochs), betas=None)
+                               betas=None).with_epochs(int(config.final_epochs))  # #15
     print(f"Final run: β={cfg.beta:.4g}, λ={cfg.lam:.4g}, M={cfg.heads}, {cfg.epochs} epoch(s) on all "
           f"{len(data.train_y)} training images; then one evaluation on the test split.", flush=True)
     t0 = time.time()
@@ -185,7 +185,7 @@ def final_run(config: SearchConfig, best: dict, data) -> dict:
         model = sk_train.compile_model(sk_train.build_model(cfg, data), cfg, data.num_classes, steps)
     guard = NonFiniteGuard()
     sk_train.fit(model, train_ds, None, epochs=cfg.epochs, steps=steps, callbacks=[guard],
-                 verbose=cfg.verbose)
+                 verbose=cfg.verbose, freeze_epochs=cfg.freeze_epochs)  # #15
     if guard.failure:
         raise SearchFailed(f"Final run: {guard.failure}")
     test = model.evaluate(test_ds, verbose=0, return_dict=True)  # the only look at the test split

@@ -80,9 +80,26 @@ class BackboneSpec:
     min_input_size: int = 32
     description: str = ""
     family: str = ""
+    # #15: True when the builder takes raw 0–255 pixels and preprocesses itself
+    # (keras: applications); otherwise build_backbone normalizes first.
+    raw_input: bool = False
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
+# #15: name prefix → resolver(name) -> BackboneSpec, for families named by a prefix
+# (``keras:<Name>``, see sila_keras/models/applications.py).
+_PREFIXES: dict[str, Callable[[str], BackboneSpec]] = {}
+
+
+def register_prefix(prefix: str, resolver: Callable[[str], BackboneSpec]) -> None:
+    """Resolve every name starting with ``prefix`` through ``resolver`` (#15).
+
+    Raises:
+        ModelError: ``prefix`` is already registered.
+    """
+    if prefix in _PREFIXES:
+        raise ModelError(f"Backbone prefix '{prefix}' is already registered. Pick another prefix.")
+    _PREFIXES[prefix] = resolver
 
 
 def register_backbone(name: str, *, min_input_size: int = 32, description: str = "",
@@ -118,20 +135,26 @@ def get_backbone(name: str) -> BackboneSpec:
         ValueError: unknown name, listing the available ones.
     """
     load_families()
+    for prefix, resolver in _PREFIXES.items():  # #15: keras:<Name> and other prefixed names
+        if name.startswith(prefix):
+            return resolver(name)
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, _REGISTRY, n=3)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise ModelError(
             f"Unknown backbone '{name}'.{hint} Available: {', '.join(sorted(_REGISTRY))}"
+            + "".join(f", or {p}<Name>" for p in _PREFIXES)  # #15
         )
     return _REGISTRY[name]
 
 
 # The family modules of this package; importing one registers its backbones.
 FAMILIES = ("densenet", "inception", "mobilenet", "msdnet", "resnet", "resnet_cifar", "vgg", "wrn")
+# #15: prefix families, imported by load_families too (applications: the keras:<Name> prefix).
+PREFIX_FAMILIES = ("applications",)
 
 
 def load_families() -> None:
     """Import every family module, registering its backbones (idempotent)."""
-    for family in FAMILIES:
+    for family in FAMILIES + PREFIX_FAMILIES:
         importlib.import_module(f"sila_keras.models.{family}")

@@ -1,0 +1,95 @@
+"""Fine-tuning a pretrained backbone: freeze it for the first epochs, then train everything.
+
+``--freeze-epochs K`` trains only the new layers — the ``classifier`` (``head_1``) and the
+SiLa heads ``head_2 … head_M`` — for epochs 1..K, then unfreezes the backbone (whose lr is
+``--backbone-lr-mult`` × the lr, see :mod:`sila_keras.optim`). While frozen, the backbone's
+BatchNormalization layers are non-trainable, which in Keras 3 also runs them in inference
+mode: their moving statistics stay those of the pretrained model (the classic
+transfer-learning trap is to freeze the weights but let BN keep updating its statistics on
+the new data).
+
+:class:`FreezeBackbone` is a callback of the one training loop
+(:func:`sila_keras.train.fit`). The frozen state is a function of the epoch only, and the
+model is always *saved* unfrozen (checkpoints and ``model.keras`` hold the full trainable
+set the optimizer was built for), so ``--resume`` on either side of the switch continues
+exactly.
+
+Example:
+    >>> cb = FreezeBackbone(freeze_epochs=1)
+"""
+
+from __future__ import annotations
+
+import keras
+
+# Layers that are new on top of a pretrained backbone (full lr, trained while frozen).
+NEW_LAYER_PREFIXES = ("head_", "classifier", "sila_logits")
+# Fixed input preprocessing added around an application: never trained.
+FIXED_LAYER_PREFIXES = ("preprocess",)
+
+
+def is_new_layer(name: str) -> bool:
+    """Whether a layer (or variable path) belongs to the new classifier or the SiLa heads."""
+    return str(name).startswith(NEW_LAYER_PREFIXES)
+
+
+def backbone_layers(model: keras.Model) -> list:
+    """The pretrained backbone's layers that hold weights (not new, not fixed preprocessing)."""
+    return [la for la in model.layers
+            if la.weights and not is_new_layer(la.name)
+            and not la.name.startswith(FIXED_LAYER_PREFIXES)]
+
+
+def set_backbone_frozen(model: keras.Model, frozen: bool) -> None:
+    """Freeze (``trainable=False``: weights fixed, BatchNorm in inference mode) or unfreeze
+    every backbone layer; the new layers stay trainable."""
+    for layer in backbone_layers(model):
+        layer.trainable = not frozen
+
+
+class FreezeBackbone(keras.callbacks.Callback):
+    """Keep the backbone frozen for the first ``freeze_epochs`` epochs of ``fit``.
+
+    At the start of each epoch the model is put in the state that epoch needs; when that
+    state changes, Keras' train function is remade (one per state, kept), because the
+    trainable set is fixed when the step is traced. At the end of every epoch the flags are
+    set back to unfrozen, so callbacks that save the model after it (checkpoints) store the
+    full trainable set. Put it first in the callback list.
+
+    Args:
+        freeze_epochs: K; epochs 0..K−1 (0-based) train only the new layers.
+    """
+
+    def __init__(self, freeze_epochs: int):
+        super().__init__()
+        self.freeze_epochs = int(freeze_epochs)
+        self._functions: dict[bool, object] = {}
+        self._state: bool | None = None
+
+    def on_train_begin(self, logs=None):
+        self._state = False  # fit() starts from the saved (unfrozen) flags
+        self._functions = {}
+        set_backbone_frozen(self.model, False)
+        optimizer = self.model.optimizer
+        if optimizer is not None and not optimizer.built:
+            # Built for the full (unfrozen) trainable set, which a frozen step uses a part of.
+            with self.model.distribute_strategy.scope():
+                optimizer.build(self.model.trainable_variables)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        frozen = epoch < self.freeze_epochs
+        set_backbone_frozen(self.model, frozen)
+        if frozen != self._state:
+            self._functions[self._state] = self.model.train_function
+            if self._functions.get(frozen) is not None:
+                self.model.train_function = self._functions[frozen]
+            else:
+                self.model.make_train_function(force=True)  # traced with this trainable set
+            self._state = frozen
+
+    def on_epoch_end(self, epoch, logs=None):
+        # Flags only (the traced step is kept): what is saved after this is unfrozen.
+        set_backbone_frozen(self.model, False)
+
+    def on_train_end(self, logs=None):
+        set_backbone_frozen(self.model, False)
