@@ -14,8 +14,6 @@ only the functions here, so a mode is one place to look.
 
 from __future__ import annotations
 
-import dataclasses
-
 import sila_keras.augment  # noqa: F401  (registers autoaugment/randaugment for run(config))
 import sila_keras.models.msdnet  # noqa: F401  (registers the multi-exit backbone)
 from sila_keras import dynamic, mutual  # noqa: F401  (registers MutualLoss for load_model)
@@ -60,14 +58,14 @@ def prepare_data_for_mode(config, data):
     """
     if config.mode != "dynamic" or len(data.train_y) < 2 * max(2, data.num_classes):
         return data
-    from sila_keras.data import holdout_split
+    from sila_keras.data import holdout_indices
 
-    x_tr, y_tr, x_val, y_val = holdout_split(data.train_x, data.train_y, dynamic.HOLDOUT_FRACTION,
-                                             config.seed)
-    note = (f"{len(y_val)} training images held out to choose the exit thresholds "
+    # issue 14: data.train is an image set (streamed); split positions, hold-out as arrays
+    tr, val = holdout_indices(data.train_y, dynamic.HOLDOUT_FRACTION, config.seed)
+    note = (f"{len(val)} training images held out to choose the exit thresholds "
             "(--mode dynamic)")
-    out = dataclasses.replace(data, train_x=x_tr, train_y=y_tr, notes=[*data.notes, note])
-    out.holdout = (x_val, y_val)
+    out = data.with_train(data.train.take(tr), note)
+    out.holdout = (data.train.take(val).to_array(), data.train_y[val])
     return out
 
 

@@ -1,13 +1,22 @@
-"""tf.data input pipelines: in-memory images → (augmented) float32 batches.
+"""tf.data input pipelines: image sets → (augmented) float32 batches.
 
-The training pipeline is a pure function of ``(seed, epoch)``: epoch e shuffles
-with seed ``(seed, e)`` and augments example i with the stateless seed
-``(seed·7 + e, i)``. A resumed run therefore sees exactly the data order and
-augmentations the uninterrupted run would have seen, and parallel map stays
-deterministic.
+The training pipeline is a pure function of ``(seed, epoch)``: epoch e visits the
+examples in the order of a stateless permutation seeded ``(seed, e)`` (a seeded shuffle
+buffer for streamed tfds splits and disk caches), and augments example i with the seed
+``(seed·7 + e, index_i)``, whatever batch it lands in. A resumed run therefore sees exactly
+the data order and augmentations the uninterrupted run would have seen, and parallel
+decoding stays deterministic.
 
-Augmentations are registered by name in :data:`AUGMENTATIONS` (``fn(image, seed)``
-on one uint8 HWC image with a ``[2]`` int32 seed, returning uint8 HWC).
+Images are decoded (and resized) per example, in parallel; augmentation runs per
+*batch* (:data:`BATCH_AUGMENTATIONS`, vectorised over the batch, randomness from
+:func:`batch_uniform`, a counter-based hash of each example's seed). Augmentations
+registered only per image (:data:`AUGMENTATIONS`: ``fn(image uint8 HWC, seed[2])``) run
+per example inside the batch.
+
+Training batches: with ``drop_remainder`` (any run with more than one replica) every
+batch is full, so no replica is ever left without examples; evaluation batches keep the
+remainder, so every held-out image is counted once. ``shard=(num, index)`` makes this
+process read only its part of each global batch (multi-worker), before decoding.
 """
 
 from __future__ import annotations
@@ -18,19 +27,64 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
+from sila_keras.data.sets import ArraySet, ImageSet
+
 AUGMENTATIONS: dict[str, Callable] = {}
+BATCH_AUGMENTATIONS: dict[str, Callable] = {}
+SHUFFLE_BUFFER = 10_000  # streamed sets (tfds, disk cache): examples mixed per epoch
 
 
-def register_augmentation(name: str):
-    """Register ``fn(image_uint8_hwc, seed[2]) -> image_uint8_hwc`` under ``name``."""
+def register_augmentation(name: str, batched: bool = False):
+    """Register ``fn(image_uint8_hwc, seed[2]) -> image_uint8_hwc`` under ``name``, or with
+    ``batched=True`` its vectorised form ``fn(images_uint8_bhwc, seeds[B, 2]) -> images``."""
+    registry = BATCH_AUGMENTATIONS if batched else AUGMENTATIONS
 
     def deco(fn):
-        if name in AUGMENTATIONS:
+        if name in registry:
             raise ValueError(f"Augmentation '{name}' is already registered.")
-        AUGMENTATIONS[name] = fn
+        registry[name] = fn
         return fn
 
     return deco
+
+
+# --------------------------------------------------------------------------- randomness
+
+
+_M1, _M2, _GOLD = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB, 0x9E3779B97F4A7C15
+
+
+def _mix(z):
+    """SplitMix64 finalizer on uint64 (wrapping arithmetic)."""
+    def shr(v, k):
+        return tf.bitwise.right_shift(v, tf.constant(k, tf.uint64))
+
+    z = tf.bitwise.bitwise_xor(z, shr(z, 30)) * tf.constant(_M1, tf.uint64)
+    z = tf.bitwise.bitwise_xor(z, shr(z, 27)) * tf.constant(_M2, tf.uint64)
+    return tf.bitwise.bitwise_xor(z, shr(z, 31))
+
+
+def batch_uniform(seeds, count: int, salt: int = 0):
+    """``[B, count]`` uniforms in [0, 1), row b a pure function of ``(seeds[b], k, salt)``.
+
+    A counter-based hash (SplitMix64), vectorised over the batch: an example's draws do
+    not depend on which batch, or which position in it, the example is in.
+    """
+    s = tf.cast(tf.cast(seeds, tf.int64), tf.uint64)
+    key = _mix(_mix(s[:, 0] + tf.constant(_GOLD, tf.uint64)) ^ s[:, 1]) ^ tf.constant(
+        (salt * _GOLD) % 2**64, tf.uint64)
+    k = tf.range(count, dtype=tf.int64)
+    z = _mix(key[:, None] + tf.cast(k + 1, tf.uint64)[None, :] * tf.constant(_GOLD, tf.uint64))
+    return tf.cast(tf.bitwise.right_shift(z, tf.constant(11, tf.uint64)), tf.float64) * 2.0**-53
+
+
+def batch_randint(seeds, lo: int, hi: int, count: int = 1, salt: int = 0):
+    """``[B, count]`` integers uniform in ``[lo, hi)`` (see :func:`batch_uniform`)."""
+    u = batch_uniform(seeds, count, salt)
+    return lo + tf.cast(tf.floor(u * (hi - lo)), tf.int32)
+
+
+# --------------------------------------------------------------------------- augmentations
 
 
 @register_augmentation("none")
@@ -53,8 +107,43 @@ def pad_crop_flip(image, seed):
     return tf.image.stateless_random_flip_left_right(image, seed + 1)
 
 
+@register_augmentation("none", batched=True)
+def no_augment_batch(images, seeds):
+    return images
+
+
+def shift_flip_batch(images, dy, dx, flip, fill: float = 0.0):
+    """Per-example translation by ``(dy, dx)`` (filled with ``fill``) then optional horizontal
+    flip, as one nearest-neighbour projective transform: exact integer pixel moves."""
+    w = tf.cast(tf.shape(images)[2], tf.float32)
+    dy, dx, flip = (tf.cast(tf.reshape(v, [-1]), tf.float32) for v in (dy, dx, flip))
+    sx = 1.0 - 2.0 * flip  # output x samples input sx·x + tx
+    tx = flip * (w - 1.0) + dx
+    zero, one = tf.zeros_like(dy), tf.ones_like(dy)
+    transforms = tf.stack([sx, zero, tx, zero, one, dy, zero, zero], axis=1)
+    out = tf.raw_ops.ImageProjectiveTransformV3(
+        images=images, transforms=transforms, output_shape=tf.shape(images)[1:3],
+        fill_value=fill, interpolation="NEAREST", fill_mode="CONSTANT")
+    return tf.ensure_shape(out, images.shape)
+
+
+@register_augmentation("crop", batched=True)
+def pad_crop_batch(images, seeds, pad: int = 4):
+    """Vectorised ``crop``: a random shift in ``[-pad, pad]`` per example, zero fill."""
+    d = batch_randint(seeds, -pad, pad + 1, 2, salt=1)
+    return shift_flip_batch(images, d[:, 0], d[:, 1], tf.zeros_like(d[:, 0]))
+
+
+@register_augmentation("standard", batched=True)
+def pad_crop_flip_batch(images, seeds, pad: int = 4):
+    """Vectorised ``standard``: pad-4 random crop + random horizontal flip per example."""
+    d = batch_randint(seeds, -pad, pad + 1, 2, salt=1)
+    flip = batch_randint(seeds, 0, 2, 1, salt=2)[:, 0]
+    return shift_flip_batch(images, d[:, 0], d[:, 1], flip)
+
+
 def get_augmentation(name: str) -> Callable:
-    """The augmentation registered as ``name``."""
+    """The per-image augmentation registered as ``name``."""
     import sila_keras.augment  # noqa: F401  (registers autoaugment / randaugment; lazy: no cycle)
 
     if name not in AUGMENTATIONS:
@@ -62,46 +151,144 @@ def get_augmentation(name: str) -> Callable:
     return AUGMENTATIONS[name]
 
 
-def steps_per_epoch(num_examples: int, batch_size: int) -> int:
-    """Batches per epoch (the last one may be partial)."""
+def get_batch_augmentation(name: str) -> Callable:
+    """``fn(images [B,H,W,C] uint8, seeds [B,2] int32)``: the vectorised form of ``name``,
+    else the per-image one applied to each example of the batch."""
+    per_image = get_augmentation(name)
+    if name in BATCH_AUGMENTATIONS:
+        return BATCH_AUGMENTATIONS[name]
+
+    def per_example(images, seeds):
+        return tf.map_fn(lambda a: per_image(a[0], a[1]), (images, seeds),
+                         fn_output_signature=tf.TensorSpec(images.shape[1:], images.dtype))
+
+    return per_example
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+def steps_per_epoch(num_examples: int, batch_size: int, drop_remainder: bool = False) -> int:
+    """Batches per epoch: the last one may be partial unless ``drop_remainder``."""
+    if drop_remainder:
+        return max(1, num_examples // batch_size)
     return max(1, math.ceil(num_examples / batch_size))
 
 
-def train_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, *, seed: int = 0,
-                  augment: str = "standard", initial_epoch: int = 0, epochs: int = 1,
-                  options: tf.data.Options | None = None) -> tf.data.Dataset:
+def as_set(x, y=None) -> ImageSet:
+    """An :class:`ImageSet` as is; in-memory ``(x, y)`` arrays as an :class:`ArraySet`."""
+    return x if isinstance(x, ImageSet) else ArraySet(np.asarray(x), np.asarray(y))
+
+
+def fill_disk_cache(source: ImageSet, path: str) -> tf.data.Dataset:
+    """``source``'s decoded images cached in tf.data cache files at ``path`` (written once,
+    now, in full, so that a partly read epoch never leaves a half-written cache)."""
+    import os
+
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    ds = source.elements().cache(path)
+    if not os.path.exists(path + ".index"):
+        for _ in ds.batch(1024):
+            pass
+    return ds
+
+
+def train_dataset(x, y=None, batch_size: int = 128, *, seed: int = 0, augment: str = "standard",
+                  initial_epoch: int = 0, epochs: int = 1, options: tf.data.Options | None = None,
+                  drop_remainder: bool = False, steps: int | None = None, shard=None,
+                  cache_path: str | None = None) -> tf.data.Dataset:
     """Epochs ``initial_epoch … epochs-1`` of shuffled, augmented float32 batches.
 
-    Batches never straddle epochs; pass ``steps_per_epoch(len(y), batch_size)``
-    to ``fit``.
+    Args:
+        x, y: an :class:`ImageSet` (``y`` unused) or in-memory uint8 images and labels.
+        batch_size: the global batch size.
+        drop_remainder: drop each epoch's last partial batch (needed with > 1 replica).
+        steps: batches per epoch (default: one pass, :func:`steps_per_epoch`); more than
+            one pass continues with further permutations.
+        shard: ``(num, index)``: yield only this process's ``batch_size // num`` examples
+            of every global batch (chosen before decoding), in batches of that size.
+        cache_path: read decoded images from tf.data cache files there (see
+            :func:`fill_disk_cache`).
+
+    Batches never straddle epochs; pass the same ``steps`` to ``fit``.
     """
-    fn = get_augmentation(augment)
-    n = len(y)
-    images = tf.constant(x)
-    labels = tf.constant(np.asarray(y, np.int32))
+    source = as_set(x, y)
+    fn = get_batch_augmentation(augment)
+    n = len(source)
+    drop = drop_remainder or shard is not None
+    natural = steps_per_epoch(n, batch_size, drop)
+    total = n if (steps is None and not drop) else int(steps or natural) * batch_size
+    steps = int(steps or natural)
+    reps = max(1, math.ceil(total / max(n, 1)))
+    num, index = shard or (1, 0)
+    if batch_size % num:
+        raise ValueError(f"The global batch size must divide over {num} workers. "
+                         f"Received: batch_size={batch_size}")
+    local = batch_size // num
+    cached = fill_disk_cache(source, cache_path) if cache_path else None
+
+    def positions_for(epoch):
+        perms = [tf.random.experimental.stateless_shuffle(
+            tf.range(n, dtype=tf.int64), seed=tf.stack([tf.constant(seed + 1_000_003 * r, tf.int64),
+                                                        epoch])) for r in range(reps)]
+        pos = tf.concat(perms, 0)[:total]
+        if num > 1:  # this worker's slice of every global batch
+            pos = tf.reshape(tf.reshape(pos[:steps * batch_size], [steps, num, local])[:, index], [-1])
+        return pos
+
+    def streamed(epoch):
+        base = cached if cached is not None else source.raw()
+        ds = base.repeat(reps).shuffle(min(SHUFFLE_BUFFER, max(1, total)),
+                                       seed=tf.cast(seed, tf.int64) * 1_000_003 + epoch,
+                                       reshuffle_each_iteration=False).take(total)
+        if num > 1:
+            ds = ds.enumerate().filter(lambda k, e: (k // local) % num == index).map(lambda k, e: e)
+        if cached is None:
+            size, channels, policy = source.image_size, source.channels, source.resize
+            from sila_keras.data.images import preprocess
+
+            ds = ds.map(lambda b, lab, i: (preprocess(b, size, channels, policy), lab, i),
+                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return ds
 
     def one_epoch(epoch):
-        perm = tf.random.experimental.stateless_shuffle(
-            tf.range(n, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
-        order = tf.data.Dataset.from_tensor_slices(perm)
+        if source.random_access and cached is None:
+            ds = source.elements(positions_for(epoch))
+        else:
+            ds = streamed(epoch)
 
-        def load(i):
-            s = tf.stack([tf.cast(seed * 7 + epoch, tf.int32), tf.cast(i, tf.int32)])
-            img = fn(tf.gather(images, i), s)
-            return tf.cast(img, tf.float32), tf.gather(labels, i)
+        def augment_batch(images, labels, indices):
+            first = tf.cast(seed * 7 + epoch, tf.int32)
+            seeds = tf.stack([tf.fill(tf.shape(indices), first), tf.cast(indices, tf.int32)], 1)
+            return tf.cast(fn(images, seeds), tf.float32), labels
 
-        return (order.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-                .batch(batch_size))
+        return (ds.batch(local, drop_remainder=drop)
+                .map(augment_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+                .take(steps))
 
     ds = tf.data.Dataset.range(initial_epoch, max(epochs, initial_epoch + 1)).flat_map(one_epoch)
     ds = ds.prefetch(tf.data.AUTOTUNE)
     return ds.with_options(options) if options is not None else ds
 
 
-def eval_dataset(x: np.ndarray, y: np.ndarray, batch_size: int,
-                 options: tf.data.Options | None = None) -> tf.data.Dataset:
-    """Un-augmented float32 batches in a fixed order."""
-    ds = (tf.data.Dataset.from_tensor_slices((x, np.asarray(y, np.int32)))
-          .map(lambda a, b: (tf.cast(a, tf.float32), b), num_parallel_calls=tf.data.AUTOTUNE)
-          .batch(batch_size).prefetch(tf.data.AUTOTUNE))
+def eval_dataset(x, y=None, batch_size: int = 128, options: tf.data.Options | None = None,
+                 cache_path: str | None = None, replicas: int = 1) -> tf.data.Dataset:
+    """Un-augmented float32 batches in a fixed order; the last batch keeps the remainder.
+
+    With ``replicas`` > 1 the set is padded up to a multiple of ``replicas`` with blank images
+    of sample weight 0, so no replica gets an empty batch and the (weighted) metrics count
+    every image exactly once; batches are then ``(x, y, weight)``.
+    """
+    source = as_set(x, y)
+    ds = fill_disk_cache(source, cache_path) if cache_path else source.elements()
+    pads = (-len(source)) % replicas if replicas > 1 else 0
+    if replicas > 1:
+        ds = ds.map(lambda a, b, i: (a, b, tf.constant(1.0)))
+        blank = (tf.zeros(source.shape, tf.uint8), tf.constant(0, tf.int32), tf.constant(0.0))
+        ds = ds.concatenate(tf.data.Dataset.from_tensors(blank).repeat(pads))
+        cast = lambda a, b, w: (tf.cast(a, tf.float32), b, w)  # noqa: E731
+    else:
+        cast = lambda a, b, i: (tf.cast(a, tf.float32), b)  # noqa: E731
+    ds = ds.map(cast, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
     return ds.with_options(options) if options is not None else ds
