@@ -262,7 +262,9 @@ def train_dataset(x, y=None, batch_size: int = 128, *, seed: int = 0, augment: s
             seeds = tf.stack([tf.fill(tf.shape(indices), first), tf.cast(indices, tf.int32)], 1)
             return tf.cast(fn(images, seeds), tf.float32), labels
 
-        return (ds.batch(local, drop_remainder=drop)
+        # every epoch is already cut to whole batches when dropping: keep the batch dimension
+        # dynamic (None), as Keras and tf.distribute are used to
+        return (ds.batch(local)
                 .map(augment_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
                 .take(steps))
 
@@ -271,18 +273,31 @@ def train_dataset(x, y=None, batch_size: int = 128, *, seed: int = 0, augment: s
     return ds.with_options(options) if options is not None else ds
 
 
+def _eval_padding(n: int, batch_size: int, replicas: int) -> int:
+    """Blank images to append so that no replica gets an empty share of the last batch."""
+    if replicas <= 1 or n == 0:
+        return 0
+    last = n % batch_size or batch_size
+    if math.ceil(last / replicas) * (replicas - 1) < last:
+        return 0
+    return (-n) % replicas
+
+
 def eval_dataset(x, y=None, batch_size: int = 128, options: tf.data.Options | None = None,
                  cache_path: str | None = None, replicas: int = 1) -> tf.data.Dataset:
     """Un-augmented float32 batches in a fixed order; the last batch keeps the remainder.
 
-    With ``replicas`` > 1 the set is padded up to a multiple of ``replicas`` with blank images
-    of sample weight 0, so no replica gets an empty batch and the (weighted) metrics count
-    every image exactly once; batches are then ``(x, y, weight)``.
+    When the last batch would leave one of ``replicas`` without images (a distributed batch
+    of b images gives each replica ceil(b/replicas)), the set is padded up to a multiple of
+    ``replicas`` with blank images of sample weight 0, so that the weighted metrics
+    (``compile(weighted_metrics=…)``) still count every image exactly once; batches are then
+    ``(x, y, weight)``. (Keras' loss divides by the padded batch size: the test loss of such
+    a run is low by the factor n / (n + padding).)
     """
     source = as_set(x, y)
     ds = fill_disk_cache(source, cache_path) if cache_path else source.elements()
-    pads = (-len(source)) % replicas if replicas > 1 else 0
-    if replicas > 1:
+    pads = _eval_padding(len(source), batch_size, replicas)
+    if pads:
         ds = ds.map(lambda a, b, i: (a, b, tf.constant(1.0)))
         blank = (tf.zeros(source.shape, tf.uint8), tf.constant(0, tf.int32), tf.constant(0.0))
         ds = ds.concatenate(tf.data.Dataset.from_tensors(blank).repeat(pads))

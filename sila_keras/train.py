@@ -328,7 +328,8 @@ def compile_model(model, config: TrainConfig, num_classes: int, steps: int, num_
         optimizer=make_optimizer(config.lr, config.momentum, config.weight_decay, config.milestones,
                                  config.gamma, steps, config.nesterov),
         loss=loss_for_mode(config, num_classes, m),
-        metrics=metrics_for_mode(config, num_classes, m),
+        # weighted: padded evaluation images (weight 0, several replicas) are not counted
+        weighted_metrics=metrics_for_mode(config, num_classes, m),
         jit_compile=bool(config.jit),
         steps_per_execution=int(config.steps_per_execution),
     )
