@@ -8,10 +8,10 @@ the data order and augmentations the uninterrupted run would have seen, and para
 decoding stays deterministic.
 
 Images are decoded (and resized) per example, in parallel; augmentation runs per
-*batch* (:data:`BATCH_AUGMENTATIONS`, vectorised over the batch, randomness from
-:func:`batch_uniform`, a counter-based hash of each example's seed). Augmentations
-registered only per image (:data:`AUGMENTATIONS`: ``fn(image uint8 HWC, seed[2])``) run
-per example inside the batch.
+*batch* where it has a vectorised form (:data:`BATCH_AUGMENTATIONS`: ``none``, ``crop``,
+``standard``; randomness from :func:`batch_uniform`, a counter-based hash of each
+example's seed), else per example before batching (:data:`AUGMENTATIONS`:
+``fn(image uint8 HWC, seed[2])``; ``autoaugment``, ``randaugment``).
 
 Training batches: with ``drop_remainder`` (any run with more than one replica) every
 batch is full, so no replica is ever left without examples; evaluation batches keep the
@@ -112,26 +112,24 @@ def no_augment_batch(images, seeds):
     return images
 
 
-def shift_flip_batch(images, dy, dx, flip, fill: float = 0.0):
-    """Per-example translation by ``(dy, dx)`` (filled with ``fill``) then optional horizontal
-    flip, as one nearest-neighbour projective transform: exact integer pixel moves."""
-    w = tf.cast(tf.shape(images)[2], tf.float32)
-    dy, dx, flip = (tf.cast(tf.reshape(v, [-1]), tf.float32) for v in (dy, dx, flip))
-    sx = 1.0 - 2.0 * flip  # output x samples input sx·x + tx
-    tx = flip * (w - 1.0) + dx
-    zero, one = tf.zeros_like(dy), tf.ones_like(dy)
-    transforms = tf.stack([sx, zero, tx, zero, one, dy, zero, zero], axis=1)
-    out = tf.raw_ops.ImageProjectiveTransformV3(
-        images=images, transforms=transforms, output_shape=tf.shape(images)[1:3],
-        fill_value=fill, interpolation="NEAREST", fill_mode="CONSTANT")
-    return tf.ensure_shape(out, images.shape)
+def shift_flip_batch(images, dy, dx, flip, pad: int = 4, fill: int = 0):
+    """Per example: shift by ``(dy, dx)`` ∈ [-pad, pad]² (exposed pixels = ``fill``), then
+    flip horizontally where ``flip`` is 1 — i.e. a random crop of the ``pad``-padded image.
+    Two batched gathers on the padded batch: exact pixel moves, no interpolation."""
+    h, w = images.shape[1], images.shape[2]
+    padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]], constant_values=fill)
+    rows = pad + tf.reshape(dy, [-1, 1]) + tf.range(h)[None]
+    cols = tf.where(tf.reshape(flip, [-1, 1]) > 0, tf.range(w - 1, -1, -1)[None], tf.range(w)[None])
+    cols = pad + tf.reshape(dx, [-1, 1]) + cols
+    out = tf.gather(padded, rows, axis=1, batch_dims=1)
+    return tf.ensure_shape(tf.gather(out, cols, axis=2, batch_dims=1), images.shape)
 
 
 @register_augmentation("crop", batched=True)
 def pad_crop_batch(images, seeds, pad: int = 4):
     """Vectorised ``crop``: a random shift in ``[-pad, pad]`` per example, zero fill."""
     d = batch_randint(seeds, -pad, pad + 1, 2, salt=1)
-    return shift_flip_batch(images, d[:, 0], d[:, 1], tf.zeros_like(d[:, 0]))
+    return shift_flip_batch(images, d[:, 0], d[:, 1], tf.zeros_like(d[:, 0]), pad)
 
 
 @register_augmentation("standard", batched=True)
@@ -139,7 +137,7 @@ def pad_crop_flip_batch(images, seeds, pad: int = 4):
     """Vectorised ``standard``: pad-4 random crop + random horizontal flip per example."""
     d = batch_randint(seeds, -pad, pad + 1, 2, salt=1)
     flip = batch_randint(seeds, 0, 2, 1, salt=2)[:, 0]
-    return shift_flip_batch(images, d[:, 0], d[:, 1], flip)
+    return shift_flip_batch(images, d[:, 0], d[:, 1], flip, pad)
 
 
 def get_augmentation(name: str) -> Callable:
@@ -213,7 +211,8 @@ def train_dataset(x, y=None, batch_size: int = 128, *, seed: int = 0, augment: s
     Batches never straddle epochs; pass the same ``steps`` to ``fit``.
     """
     source = as_set(x, y)
-    fn = get_batch_augmentation(augment)
+    per_image, fn = get_augmentation(augment), get_batch_augmentation(augment)
+    batched = augment in BATCH_AUGMENTATIONS
     n = len(source)
     drop = drop_remainder or shard is not None
     natural = steps_per_epoch(n, batch_size, drop)
@@ -257,16 +256,25 @@ def train_dataset(x, y=None, batch_size: int = 128, *, seed: int = 0, augment: s
         else:
             ds = streamed(epoch)
 
+        first = tf.cast(seed * 7 + epoch, tf.int32)
+
         def augment_batch(images, labels, indices):
-            first = tf.cast(seed * 7 + epoch, tf.int32)
             seeds = tf.stack([tf.fill(tf.shape(indices), first), tf.cast(indices, tf.int32)], 1)
             return tf.cast(fn(images, seeds), tf.float32), labels
 
-        # every epoch is already cut to whole batches when dropping: keep the batch dimension
-        # dynamic (None), as Keras and tf.distribute are used to
-        return (ds.batch(local)
-                .map(augment_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-                .take(steps))
+        def augment_one(image, label, index):
+            seed_i = tf.stack([first, tf.cast(index, tf.int32)])
+            return tf.cast(per_image(image, seed_i), tf.float32), label
+
+        # Every epoch is already cut to whole batches when dropping: the batch dimension stays
+        # dynamic (None), as Keras and tf.distribute are used to. Augmentations without a
+        # vectorised form run per example, before batching (same seeds, same result).
+        par = dict(num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        if batched:
+            ds = ds.batch(local).map(augment_batch, **par)
+        else:
+            ds = ds.map(augment_one, **par).batch(local)
+        return ds.take(steps)
 
     ds = tf.data.Dataset.range(initial_epoch, max(epochs, initial_epoch + 1)).flat_map(one_epoch)
     ds = ds.prefetch(tf.data.AUTOTUNE)

@@ -20,6 +20,7 @@ from sila_keras.data.dataset import (
     ImageData,
     load_dataset,
     parse_cache,
+    run_dataset_kwargs,
 )
 from sila_keras.data.folders import (
     ARCHIVE_SUFFIXES,
@@ -45,5 +46,5 @@ __all__ = [
     "ARCHIVE_SUFFIXES", "CACHE_MODES", "IMAGE_EXTENSIONS", "MEMORY_CACHE_LIMIT", "RESIZE_POLICIES",
     "ArraySet", "FileSet", "ImageData", "ImageSet", "TfdsSet", "balanced_subset", "decode_files",
     "default_cache_dir", "extract_archive", "holdout_indices", "holdout_split", "load_dataset", "network_available",
-    "parse_cache", "parse_image_size", "resolve_folder", "scan_folder", "stratified_split",
+    "parse_cache", "parse_image_size", "run_dataset_kwargs", "resolve_folder", "scan_folder", "stratified_split",
 ]

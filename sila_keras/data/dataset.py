@@ -165,6 +165,16 @@ def load_dataset(dataset: str, *, data_dir: str | None = None, limit_train: int 
     return data
 
 
+def run_dataset_kwargs(config: dict) -> dict:
+    """``load_dataset`` keyword arguments that reproduce a run's data from its ``config.json``
+    (same size, resize policy and splits; limits left to the caller)."""
+    keys = ("data_dir", "image_size", "resize", "val_split", "train_split", "test_split",
+            "skip_bad_images")
+    out = {k: config[k] for k in keys if config.get(k) is not None}
+    out["seed"] = int(config.get("seed", 0))
+    return out
+
+
 def _limit(labels, limit, seed):
     return sets.balanced_subset(labels, limit, seed)
 
