@@ -1,8 +1,9 @@
 """tf.data input pipelines: image sets → (augmented) float32 batches.
 
 The training pipeline is a pure function of ``(seed, epoch)``: epoch e visits the
-examples in the order of a stateless permutation seeded ``(seed, e)`` (a seeded shuffle
-buffer for streamed tfds splits and disk caches), and augments example i with the seed
+examples in the order of a stateless permutation seeded ``(seed, e)`` (for streamed tfds
+splits and disk caches, which have no random access: stateless permutations within
+consecutive windows of :data:`SHUFFLE_BUFFER` examples), and augments example i with the seed
 ``(seed·7 + e, index_i)``, whatever batch it lands in. A resumed run therefore sees exactly
 the data order and augmentations the uninterrupted run would have seen, and parallel
 decoding stays deterministic.
@@ -31,7 +32,7 @@ from sila_keras.data.sets import ArraySet, ImageSet
 
 AUGMENTATIONS: dict[str, Callable] = {}
 BATCH_AUGMENTATIONS: dict[str, Callable] = {}
-SHUFFLE_BUFFER = 10_000  # streamed sets (tfds, disk cache): examples mixed per epoch
+SHUFFLE_BUFFER = 4096  # streamed sets (tfds, disk cache): examples shuffled within windows
 
 
 def register_augmentation(name: str, batched: bool = False):
@@ -225,6 +226,8 @@ def train_dataset(x, y=None, batch_size: int = 128, *, seed: int = 0, augment: s
                          f"Received: batch_size={batch_size}")
     local = batch_size // num
     cached = fill_disk_cache(source, cache_path) if cache_path else None
+    # streamed sources are opened here, not inside the per-epoch function (tfds.load is eager)
+    raw = source.raw() if cached is None and not source.random_access else None
 
     def positions_for(epoch):
         perms = [tf.random.experimental.stateless_shuffle(
@@ -236,10 +239,17 @@ def train_dataset(x, y=None, batch_size: int = 128, *, seed: int = 0, augment: s
         return pos
 
     def streamed(epoch):
-        base = cached if cached is not None else source.raw()
-        ds = base.repeat(reps).shuffle(min(SHUFFLE_BUFFER, max(1, total)),
-                                       seed=tf.cast(seed, tf.int64) * 1_000_003 + epoch,
-                                       reshuffle_each_iteration=False).take(total)
+        base = cached if cached is not None else raw
+        window = min(SHUFFLE_BUFFER, max(1, total))
+
+        def shuffle_window(w, items):  # stateless: a pure function of (seed, epoch, window)
+            perm = tf.random.experimental.stateless_shuffle(
+                tf.range(tf.shape(items[-1])[0]),
+                seed=tf.stack([tf.constant(seed, tf.int64) * 1_000_003 + epoch, w]))
+            return tf.data.Dataset.from_tensor_slices(tuple(tf.gather(t, perm) for t in items))
+
+        ds = (base.repeat(reps).take(total).batch(window).enumerate()
+              .flat_map(shuffle_window))
         if num > 1:
             ds = ds.enumerate().filter(lambda k, e: (k // local) % num == index).map(lambda k, e: e)
         if cached is None:

@@ -219,7 +219,8 @@ def test_tfds_split_plan():
 
 @pytest.mark.parametrize("name, extra, eval_split", [
     ("tf_flowers", [], "val-split 0.2 of 'train'"),
-    ("imagenette", ["--test-split", "validation", "--limit-train", "10"], "validation"),
+    ("imagenette", ["--test-split", "validation", "--limit-train", "10", "--cache", "none"],
+     "validation"),
 ])
 def test_tfds_photo_datasets_train_and_report(tmp_path, name, extra, eval_split):
     """Variable-size mocked photos (random sizes) stream, resize and train (issue 14)."""
@@ -348,3 +349,24 @@ def test_training_batches_are_a_pure_function_of_seed_and_epoch(augment):
     for a, b in zip(both[3:], second):
         np.testing.assert_array_equal(a, b)  # what --resume after epoch 1 sees
     assert not np.array_equal(both[0], both[3]) and not np.array_equal(both[0], epochs(0, 1)[0])
+
+
+def test_disk_cache_gives_the_images_of_the_files(tmp_path, images):
+    """--cache disk: decoded once into tf.data cache files, then read from there."""
+    from sila_keras.pipeline import eval_dataset, train_dataset
+
+    root = mixed_tree(tmp_path / "p", images, sizes=((16, 16),))
+    data = load_dataset(f"folder:{root}", cache=f"disk:{tmp_path / 'c'}")
+    assert data.cache.startswith("disk") and type(data.train).__name__ == "FileSet"
+    cache = str(tmp_path / "c" / "eval")
+    cached = np.concatenate([b[0] for b in eval_dataset(data.test, None, 4, cache_path=cache)])
+    assert list((tmp_path / "c").glob("eval*.index"))
+    np.testing.assert_array_equal(cached, data.test_x.astype(np.float32))
+
+    def epoch(path):
+        ds = train_dataset(data.train, None, 4, augment="none", cache_path=path)
+        return np.concatenate([b[0] for b in ds.as_numpy_iterator()])
+
+    a, b = epoch(str(tmp_path / "c" / "train")), epoch(str(tmp_path / "c" / "train"))
+    np.testing.assert_array_equal(a, b)  # a pure function of (seed, epoch) from the cache too
+    assert sorted(a.reshape(len(a), -1).sum(1)) == sorted(data.train_x.reshape(len(a), -1).sum(1))
