@@ -123,11 +123,10 @@ def load_run(run_dir):
 
 def training_images(config: dict, limit: int | None = None, seed: int = 0):
     """The run's training images (as it loaded them) and labels, optionally a balanced subset."""
-    from sila_keras.data import balanced_subset, load_dataset
+    from sila_keras.data import balanced_subset, load_dataset, run_dataset_kwargs
 
-    data = load_dataset(config["dataset"], data_dir=config.get("data_dir"),
-                        limit_train=config.get("limit_train"), limit_test=1,
-                        seed=int(config.get("seed", 0)), download="never")
+    data = load_dataset(config["dataset"], limit_train=config.get("limit_train"), limit_test=1,
+                        download="never", **run_dataset_kwargs(config))
     idx = balanced_subset(data.train_y, limit, seed)
     return data.train_x[idx], data.train_y[idx]
 

@@ -35,15 +35,19 @@ import tensorflow as tf
 from sila_keras.errors import DataError
 
 AUGMENTATIONS: dict[str, Callable] = {}
+# Vectorised forms (``fn(images_uint8_bhwc, seeds[B, 2])``), registered by sila_keras.pipeline.
+BATCH_AUGMENTATIONS: dict[str, Callable] = {}
 
 
-def register_augmentation(name: str):
-    """Register ``fn(image_uint8_hwc, seed[2]) -> image_uint8_hwc`` under ``name``."""
+def register_augmentation(name: str, batched: bool = False):
+    """Register ``fn(image_uint8_hwc, seed[2]) -> image_uint8_hwc`` under ``name``, or with
+    ``batched=True`` its vectorised form ``fn(images_uint8_bhwc, seeds[B, 2]) -> images``."""
+    registry = BATCH_AUGMENTATIONS if batched else AUGMENTATIONS
 
     def deco(fn):
-        if name in AUGMENTATIONS:
+        if name in registry:
             raise DataError(f"Augmentation '{name}' is already registered.")
-        AUGMENTATIONS[name] = fn
+        registry[name] = fn
         return fn
 
     return deco

@@ -95,6 +95,14 @@ class TrainConfig:
     schedule: str = "step"
     warmup_epochs: int = 0
     label_smoothing: float = 0.0
+    # --- issue 14: data sources, image size, streaming ---
+    image_size: tuple[int, int] | None = None  # (H, W); None: the images' one size
+    resize: str = "squash"  # squash | crop | pad
+    val_split: float | None = None  # held out when the source has no held-out split
+    train_split: str | None = None  # tfds split syntax, e.g. "train[:90%]"
+    test_split: str | None = None
+    cache: str = "auto"  # auto | none | memory | disk[:DIR]
+    steps_per_epoch: int | None = None  # None: one pass over the training images
 
     def __post_init__(self):
         def positive(name, value, allow_zero=False):
@@ -141,6 +149,7 @@ class TrainConfig:
             raise ConfigError(f"Unknown strategy '{self.strategy}'. Available: {', '.join(STRATEGIES)}")
         if self.download not in DOWNLOAD_MODES:
             raise ConfigError(f"Unknown download mode '{self.download}'. Available: {', '.join(DOWNLOAD_MODES)}")
+        self._validate_data_fields()
         if self.name is not None and (not self.name or "/" in self.name or self.name in (".", "..")):
             raise ConfigError(f"`--name` must be a plain folder name. Received: name={self.name!r}")
         self._check_finetune()
@@ -195,6 +204,24 @@ class TrainConfig:
                             freeze_epochs=max(0, min(self.freeze_epochs, epochs - 1)),
                             warmup_epochs=max(0, min(self.warmup_epochs, epochs - 1)))
 
+    def _validate_data_fields(self) -> None:
+        """Issue 14's fields: image size, resize policy, split fraction, cache, steps."""
+        from sila_keras.data.dataset import parse_cache
+        from sila_keras.data.images import RESIZE_POLICIES, parse_image_size
+        from sila_keras.errors import ConfigError
+
+        if self.image_size is not None:
+            object.__setattr__(self, "image_size", parse_image_size(self.image_size))
+        if self.resize not in RESIZE_POLICIES:
+            raise ConfigError(f"`--resize` must be one of {', '.join(RESIZE_POLICIES)}. "
+                              f"Received: resize={self.resize!r}")
+        if self.val_split is not None and not 0.0 < self.val_split < 1.0:
+            raise ConfigError(f"`--val-split` must be in (0, 1). Received: val_split={self.val_split}")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise ConfigError(f"`--steps-per-epoch` must be >= 1. "
+                              f"Received: steps_per_epoch={self.steps_per_epoch}")
+        parse_cache(self.cache)
+
     @property
     def run_dir(self) -> Path:
         """``<out>/<name>`` (name resolved by :func:`with_defaults`)."""
@@ -211,7 +238,7 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         d = {k: v for k, v in d.items() if k in known}
-        for k in ("betas", "milestones"):
+        for k in ("betas", "milestones", "image_size"):
             if d.get(k) is not None:
                 d[k] = tuple(d[k])
         return cls(**d)

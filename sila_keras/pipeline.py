@@ -1,71 +1,291 @@
-"""tf.data input pipelines: in-memory images → (augmented) float32 batches.
+"""tf.data input pipelines: image sets → (augmented) float32 batches.
 
-The training pipeline is a pure function of ``(seed, epoch)``: epoch e shuffles
-with seed ``(seed, e)`` and augments example i with the stateless seed
-``(seed·7 + e, i)``. A resumed run therefore sees exactly the data order and
-augmentations the uninterrupted run would have seen, and parallel map stays
-deterministic.
+The training pipeline is a pure function of ``(seed, epoch)``: epoch e visits the
+examples in the order of a stateless permutation seeded ``(seed, e)`` (for streamed tfds
+splits and disk caches, which have no random access: stateless permutations within
+consecutive windows of :data:`SHUFFLE_BUFFER` examples), and augments example i with the seed
+``(seed·7 + e, index_i)``, whatever batch it lands in. A resumed run therefore sees exactly
+the data order and augmentations the uninterrupted run would have seen, and parallel
+decoding stays deterministic.
 
-Augmentations are registered by name in :data:`sila_keras.augment.AUGMENTATIONS`
-(``fn(image, seed)`` on one uint8 HWC image with a ``[2]`` int32 seed, returning uint8 HWC).
+Images are decoded (and resized) per example, in parallel; augmentation runs per
+*batch* where it has a vectorised form (:data:`BATCH_AUGMENTATIONS`: ``none``, ``crop``,
+``standard``; randomness from :func:`batch_uniform`, a counter-based hash of each
+example's seed), else per example before batching (:data:`AUGMENTATIONS`:
+``fn(image uint8 HWC, seed[2])``; ``autoaugment``, ``randaugment``).
+
+Training batches: with ``drop_remainder`` (any run with more than one replica) every
+batch is full, so no replica is ever left without examples; evaluation batches keep the
+remainder, so every held-out image is counted once. ``shard=(num, index)`` makes this
+process read only its part of each global batch (multi-worker), before decoding.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
 
 from sila_keras.augment import (  # noqa: F401  (the augmentation registry lives there)
     AUGMENTATIONS,
+    BATCH_AUGMENTATIONS,
     get_augmentation,
     pad_crop,
     pad_crop_flip,
     register_augmentation,
 )
+from sila_keras.data.sets import ArraySet, ImageSet
+from sila_keras.errors import DataError
+
+SHUFFLE_BUFFER = 4096  # streamed sets (tfds, disk cache): examples shuffled within windows
 
 
-def steps_per_epoch(num_examples: int, batch_size: int) -> int:
-    """Batches per epoch (the last one may be partial)."""
+# --------------------------------------------------------------------------- randomness
+
+
+_M1, _M2, _GOLD = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB, 0x9E3779B97F4A7C15
+
+
+def _mix(z):
+    """SplitMix64 finalizer on uint64 (wrapping arithmetic)."""
+    def shr(v, k):
+        return tf.bitwise.right_shift(v, tf.constant(k, tf.uint64))
+
+    z = tf.bitwise.bitwise_xor(z, shr(z, 30)) * tf.constant(_M1, tf.uint64)
+    z = tf.bitwise.bitwise_xor(z, shr(z, 27)) * tf.constant(_M2, tf.uint64)
+    return tf.bitwise.bitwise_xor(z, shr(z, 31))
+
+
+def batch_uniform(seeds, count: int, salt: int = 0):
+    """``[B, count]`` uniforms in [0, 1), row b a pure function of ``(seeds[b], k, salt)``.
+
+    A counter-based hash (SplitMix64), vectorised over the batch: an example's draws do
+    not depend on which batch, or which position in it, the example is in.
+    """
+    s = tf.cast(tf.cast(seeds, tf.int64), tf.uint64)
+    key = _mix(_mix(s[:, 0] + tf.constant(_GOLD, tf.uint64)) ^ s[:, 1]) ^ tf.constant(
+        (salt * _GOLD) % 2**64, tf.uint64)
+    k = tf.range(count, dtype=tf.int64)
+    z = _mix(key[:, None] + tf.cast(k + 1, tf.uint64)[None, :] * tf.constant(_GOLD, tf.uint64))
+    return tf.cast(tf.bitwise.right_shift(z, tf.constant(11, tf.uint64)), tf.float64) * 2.0**-53
+
+
+def batch_randint(seeds, lo: int, hi: int, count: int = 1, salt: int = 0):
+    """``[B, count]`` integers uniform in ``[lo, hi)`` (see :func:`batch_uniform`)."""
+    u = batch_uniform(seeds, count, salt)
+    return lo + tf.cast(tf.floor(u * (hi - lo)), tf.int32)
+
+
+# --------------------------------------------------------------------------- augmentations
+
+
+@register_augmentation("none", batched=True)
+def no_augment_batch(images, seeds):
+    return images
+
+
+def shift_flip_batch(images, dy, dx, flip, pad: int = 4, fill: int = 0):
+    """Per example: shift by ``(dy, dx)`` ∈ [-pad, pad]² (exposed pixels = ``fill``), then
+    flip horizontally where ``flip`` is 1 — i.e. a random crop of the ``pad``-padded image.
+    Two batched gathers on the padded batch: exact pixel moves, no interpolation."""
+    h, w = images.shape[1], images.shape[2]
+    padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]], constant_values=fill)
+    rows = pad + tf.reshape(dy, [-1, 1]) + tf.range(h)[None]
+    cols = tf.where(tf.reshape(flip, [-1, 1]) > 0, tf.range(w - 1, -1, -1)[None], tf.range(w)[None])
+    cols = pad + tf.reshape(dx, [-1, 1]) + cols
+    out = tf.gather(padded, rows, axis=1, batch_dims=1)
+    return tf.ensure_shape(tf.gather(out, cols, axis=2, batch_dims=1), images.shape)
+
+
+@register_augmentation("crop", batched=True)
+def pad_crop_batch(images, seeds, pad: int = 4):
+    """Vectorised ``crop``: a random shift in ``[-pad, pad]`` per example, zero fill."""
+    d = batch_randint(seeds, -pad, pad + 1, 2, salt=1)
+    return shift_flip_batch(images, d[:, 0], d[:, 1], tf.zeros_like(d[:, 0]), pad)
+
+
+@register_augmentation("standard", batched=True)
+def pad_crop_flip_batch(images, seeds, pad: int = 4):
+    """Vectorised ``standard``: pad-4 random crop + random horizontal flip per example."""
+    d = batch_randint(seeds, -pad, pad + 1, 2, salt=1)
+    flip = batch_randint(seeds, 0, 2, 1, salt=2)[:, 0]
+    return shift_flip_batch(images, d[:, 0], d[:, 1], flip, pad)
+
+
+def get_batch_augmentation(name: str) -> Callable:
+    """``fn(images [B,H,W,C] uint8, seeds [B,2] int32)``: the vectorised form of ``name``,
+    else the per-image one applied to each example of the batch."""
+    per_image = get_augmentation(name)
+    if name in BATCH_AUGMENTATIONS:
+        return BATCH_AUGMENTATIONS[name]
+
+    def per_example(images, seeds):
+        return tf.map_fn(lambda a: per_image(a[0], a[1]), (images, seeds),
+                         fn_output_signature=tf.TensorSpec(images.shape[1:], images.dtype))
+
+    return per_example
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+def steps_per_epoch(num_examples: int, batch_size: int, drop_remainder: bool = False) -> int:
+    """Batches per epoch: the last one may be partial unless ``drop_remainder``."""
+    if drop_remainder:
+        return max(1, num_examples // batch_size)
     return max(1, math.ceil(num_examples / batch_size))
 
 
-def train_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, *, seed: int = 0,
-                  augment: str = "standard", initial_epoch: int = 0, epochs: int = 1,
-                  options: tf.data.Options | None = None) -> tf.data.Dataset:
+def as_set(x, y=None) -> ImageSet:
+    """An :class:`ImageSet` as is; in-memory ``(x, y)`` arrays as an :class:`ArraySet`."""
+    return x if isinstance(x, ImageSet) else ArraySet(np.asarray(x), np.asarray(y))
+
+
+def fill_disk_cache(source: ImageSet, path: str) -> tf.data.Dataset:
+    """``source``'s decoded images cached in tf.data cache files at ``path`` (written once,
+    now, in full, so that a partly read epoch never leaves a half-written cache)."""
+    import os
+
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    ds = source.elements().cache(path)
+    if not os.path.exists(path + ".index"):
+        for _ in ds.batch(1024):
+            pass
+    return ds
+
+
+def train_dataset(x, y=None, batch_size: int = 128, *, seed: int = 0, augment: str = "standard",
+                  initial_epoch: int = 0, epochs: int = 1, options: tf.data.Options | None = None,
+                  drop_remainder: bool = False, steps: int | None = None, shard=None,
+                  cache_path: str | None = None) -> tf.data.Dataset:
     """Epochs ``initial_epoch … epochs-1`` of shuffled, augmented float32 batches.
 
-    Batches never straddle epochs; pass ``steps_per_epoch(len(y), batch_size)``
-    to ``fit``.
+    Args:
+        x, y: an :class:`ImageSet` (``y`` unused) or in-memory uint8 images and labels.
+        batch_size: the global batch size.
+        drop_remainder: drop each epoch's last partial batch (needed with > 1 replica).
+        steps: batches per epoch (default: one pass, :func:`steps_per_epoch`); more than
+            one pass continues with further permutations.
+        shard: ``(num, index)``: yield only this process's ``batch_size // num`` examples
+            of every global batch (chosen before decoding), in batches of that size.
+        cache_path: read decoded images from tf.data cache files there (see
+            :func:`fill_disk_cache`).
+
+    Batches never straddle epochs; pass the same ``steps`` to ``fit``.
     """
-    fn = get_augmentation(augment)
-    n = len(y)
-    images = tf.constant(x)
-    labels = tf.constant(np.asarray(y, np.int32))
+    source = as_set(x, y)
+    per_image, fn = get_augmentation(augment), get_batch_augmentation(augment)
+    batched = augment in BATCH_AUGMENTATIONS
+    n = len(source)
+    drop = drop_remainder or shard is not None
+    natural = steps_per_epoch(n, batch_size, drop)
+    total = n if (steps is None and not drop) else int(steps or natural) * batch_size
+    steps = int(steps or natural)
+    reps = max(1, math.ceil(total / max(n, 1)))
+    num, index = shard or (1, 0)
+    if batch_size % num:
+        raise DataError(f"The global batch size must divide over {num} workers. "
+                         f"Received: batch_size={batch_size}")
+    local = batch_size // num
+    cached = fill_disk_cache(source, cache_path) if cache_path else None
+    # streamed sources are opened here, not inside the per-epoch function (tfds.load is eager)
+    raw = source.raw() if cached is None and not source.random_access else None
+
+    def positions_for(epoch):
+        perms = [tf.random.experimental.stateless_shuffle(
+            tf.range(n, dtype=tf.int64), seed=tf.stack([tf.constant(seed + 1_000_003 * r, tf.int64),
+                                                        epoch])) for r in range(reps)]
+        pos = tf.concat(perms, 0)[:total]
+        if num > 1:  # this worker's slice of every global batch
+            pos = tf.reshape(tf.reshape(pos[:steps * batch_size], [steps, num, local])[:, index], [-1])
+        return pos
+
+    def streamed(epoch):
+        base = cached if cached is not None else raw
+        window = min(SHUFFLE_BUFFER, max(1, total))
+
+        def shuffle_window(w, items):  # stateless: a pure function of (seed, epoch, window)
+            perm = tf.random.experimental.stateless_shuffle(
+                tf.range(tf.shape(items[-1])[0]),
+                seed=tf.stack([tf.constant(seed, tf.int64) * 1_000_003 + epoch, w]))
+            return tf.data.Dataset.from_tensor_slices(tuple(tf.gather(t, perm) for t in items))
+
+        ds = (base.repeat(reps).take(total).batch(window).enumerate()
+              .flat_map(shuffle_window))
+        if num > 1:
+            ds = ds.enumerate().filter(lambda k, e: (k // local) % num == index).map(lambda k, e: e)
+        if cached is None:
+            size, channels, policy = source.image_size, source.channels, source.resize
+            from sila_keras.data.images import preprocess
+
+            ds = ds.map(lambda b, lab, i: (preprocess(b, size, channels, policy), lab, i),
+                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return ds
 
     def one_epoch(epoch):
-        perm = tf.random.experimental.stateless_shuffle(
-            tf.range(n, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
-        order = tf.data.Dataset.from_tensor_slices(perm)
+        if source.random_access and cached is None:
+            ds = source.elements(positions_for(epoch))
+        else:
+            ds = streamed(epoch)
 
-        def load(i):
-            s = tf.stack([tf.cast(seed * 7 + epoch, tf.int32), tf.cast(i, tf.int32)])
-            img = fn(tf.gather(images, i), s)
-            return tf.cast(img, tf.float32), tf.gather(labels, i)
+        first = tf.cast(seed * 7 + epoch, tf.int32)
 
-        return (order.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-                .batch(batch_size))
+        def augment_batch(images, labels, indices):
+            seeds = tf.stack([tf.fill(tf.shape(indices), first), tf.cast(indices, tf.int32)], 1)
+            return tf.cast(fn(images, seeds), tf.float32), labels
+
+        def augment_one(image, label, index):
+            seed_i = tf.stack([first, tf.cast(index, tf.int32)])
+            return tf.cast(per_image(image, seed_i), tf.float32), label
+
+        # Every epoch is already cut to whole batches when dropping: the batch dimension stays
+        # dynamic (None), as Keras and tf.distribute are used to. Augmentations without a
+        # vectorised form run per example, before batching (same seeds, same result).
+        par = dict(num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        if batched:
+            ds = ds.batch(local).map(augment_batch, **par)
+        else:
+            ds = ds.map(augment_one, **par).batch(local)
+        return ds.take(steps)
 
     ds = tf.data.Dataset.range(initial_epoch, max(epochs, initial_epoch + 1)).flat_map(one_epoch)
     ds = ds.prefetch(tf.data.AUTOTUNE)
     return ds.with_options(options) if options is not None else ds
 
 
-def eval_dataset(x: np.ndarray, y: np.ndarray, batch_size: int,
-                 options: tf.data.Options | None = None) -> tf.data.Dataset:
-    """Un-augmented float32 batches in a fixed order."""
-    ds = (tf.data.Dataset.from_tensor_slices((x, np.asarray(y, np.int32)))
-          .map(lambda a, b: (tf.cast(a, tf.float32), b), num_parallel_calls=tf.data.AUTOTUNE)
-          .batch(batch_size).prefetch(tf.data.AUTOTUNE))
+def _eval_padding(n: int, batch_size: int, replicas: int) -> int:
+    """Blank images to append so that no replica gets an empty share of the last batch."""
+    if replicas <= 1 or n == 0:
+        return 0
+    last = n % batch_size or batch_size
+    if math.ceil(last / replicas) * (replicas - 1) < last:
+        return 0
+    return (-n) % replicas
+
+
+def eval_dataset(x, y=None, batch_size: int = 128, options: tf.data.Options | None = None,
+                 cache_path: str | None = None, replicas: int = 1) -> tf.data.Dataset:
+    """Un-augmented float32 batches in a fixed order; the last batch keeps the remainder.
+
+    When the last batch would leave one of ``replicas`` without images (a distributed batch
+    of b images gives each replica ceil(b/replicas)), the set is padded up to a multiple of
+    ``replicas`` with blank images of sample weight 0, so that the weighted metrics
+    (``compile(weighted_metrics=…)``) still count every image exactly once; batches are then
+    ``(x, y, weight)``. (Keras' loss divides by the padded batch size: the test loss of such
+    a run is low by the factor n / (n + padding).)
+    """
+    source = as_set(x, y)
+    ds = fill_disk_cache(source, cache_path) if cache_path else source.elements()
+    pads = _eval_padding(len(source), batch_size, replicas)
+    if pads:
+        ds = ds.map(lambda a, b, i: (a, b, tf.constant(1.0)))
+        blank = (tf.zeros(source.shape, tf.uint8), tf.constant(0, tf.int32), tf.constant(0.0))
+        ds = ds.concatenate(tf.data.Dataset.from_tensors(blank).repeat(pads))
+        cast = lambda a, b, w: (tf.cast(a, tf.float32), b, w)  # noqa: E731
+    else:
+        cast = lambda a, b, i: (tf.cast(a, tf.float32), b)  # noqa: E731
+    ds = ds.map(cast, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
     return ds.with_options(options) if options is not None else ds

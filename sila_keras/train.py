@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--limit-test", type=int, default=None, help="use N test images (class-balanced)")
     g.add_argument("--skip-bad-images", action="store_true",
                    help="folder datasets: skip and count undecodable image files instead of failing")
+    add_data_flags(g, d)
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=d.seed,
                    help="seed of weights, data order, augmentation and --limit-* subsets")
@@ -212,6 +213,28 @@ def _finetune_defaults(args: argparse.Namespace) -> dict:
     return out
 
 
+def add_data_flags(g, d: TrainConfig) -> None:
+    """Issue 14: image size, resize policy, splits, cache, steps per epoch."""
+    g.add_argument("--image-size", default=None, metavar="H[,W]",
+                   help="train at this size (default: the images' one size; required when "
+                        "they differ, 224 for variable-size tfds datasets)")
+    g.add_argument("--resize", default=d.resize, choices=("squash", "crop", "pad"),
+                   help="how images of another size are resized: squash (ignore aspect), "
+                        "crop (centred crop to aspect) or pad (fit inside, zero padding)")
+    g.add_argument("--val-split", type=float, default=None, metavar="F",
+                   help="fraction held out (class-stratified, by --seed) when the dataset has "
+                        "no held-out split: a folder of <class>/* or a train-only tfds "
+                        "dataset (default 0.2)")
+    g.add_argument("--train-split", default=None, help="tfds: training split (e.g. 'train[:90%%]')")
+    g.add_argument("--test-split", default=None,
+                   help="tfds: held-out split (default: test, else validation, else --val-split)")
+    g.add_argument("--cache", default=d.cache, metavar="MODE",
+                   help="decoded images: none (stream every epoch), memory, disk[:DIR]; auto = "
+                        "memory when they fit in 1 GiB, else none")
+    g.add_argument("--steps-per-epoch", type=int, default=None, metavar="N",
+                   help="train N batches per epoch (default: one pass over the training images)")
+
+
 def _floats(s: str) -> tuple[float, ...]:
     try:
         return tuple(float(v) for v in s.split(",") if v.strip())
@@ -247,6 +270,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         deterministic=args.deterministic, skip_bad_images=args.skip_bad_images,
         sync_bn=args.sync_bn, checkpoint_every=args.checkpoint_every,
         **finetune,
+        image_size=args.image_size, resize=args.resize, val_split=args.val_split,
+        train_split=args.train_split, test_split=args.test_split, cache=args.cache,
+        steps_per_epoch=args.steps_per_epoch,
     )
 
 
@@ -372,12 +398,23 @@ def create_run_dir(config: TrainConfig, run_dir: Path | None = None) -> Path:
 
 
 def load_data(config: TrainConfig):
-    """Load the dataset named in the config into memory."""
+    """Describe the dataset named in the config (decoded into memory only when small, see
+    :func:`sila_keras.data.load_dataset`) and check its size against the backbone."""
     from sila_keras.data import load_dataset
 
-    return load_dataset(config.dataset, data_dir=config.data_dir, limit_train=config.limit_train,
+    data = load_dataset(config.dataset, data_dir=config.data_dir, limit_train=config.limit_train,
                         limit_test=config.limit_test, seed=config.seed, download=config.download,
-                        skip_bad_images=config.skip_bad_images)
+                        skip_bad_images=config.skip_bad_images, image_size=config.image_size,
+                        resize=config.resize, val_split=config.val_split,
+                        train_split=config.train_split, test_split=config.test_split,
+                        cache=config.cache)
+    if not config.model.endswith((".keras", ".h5")):
+        from sila_keras.data.images import check_size_for_backbone
+        from sila_keras.models import get_backbone
+
+        check_size_for_backbone(data.image_size, get_backbone(config.model).min_input_size,
+                                config.model)
+    return data
 
 
 def build_model(config: TrainConfig, data, mode=None):
@@ -418,7 +455,8 @@ def compile_model(model, config: TrainConfig, num_classes: int, steps: int,
     model.compile(
         optimizer=wrap_optimizer(optimizer_for(config, steps)),  # paper SGD or #15's recipe
         loss=_with_label_smoothing(mode.loss(num_classes, m), config),  # #15
-        metrics=mode.metrics(num_classes, m),
+        # weighted: padded evaluation images (weight 0, several replicas) are not counted
+        weighted_metrics=mode.metrics(num_classes, m),
     )
     return apply_speed(model, speed or resolve_speed(config, tf.distribute.get_strategy()))
 
@@ -433,15 +471,57 @@ def _with_label_smoothing(loss, config: TrainConfig):
 
 
 def make_datasets(config: TrainConfig, train_x, train_y, eval_x, eval_y, initial_epoch: int = 0,
-                  options=None):
-    """(train dataset, eval dataset, steps per epoch); ``options``: ``tf.data.Options``
-    for both (e.g. :func:`sila_keras.distribute.dataset_options`)."""
-    from sila_keras.pipeline import eval_dataset, steps_per_epoch, train_dataset
+                  options=None, strategy=None):
+    """(train dataset, eval dataset, steps per epoch).
 
-    steps = steps_per_epoch(len(train_y), config.batch_size)
-    train = train_dataset(train_x, train_y, config.batch_size, seed=config.seed, augment=config.augment,
-                          initial_epoch=initial_epoch, epochs=config.epochs, options=options)
-    return train, eval_dataset(eval_x, eval_y, config.batch_size, options=options), steps
+    ``train_x``/``eval_x``: image sets (:class:`sila_keras.data.ImageSet`, the ``*_y`` are then
+    ignored) or in-memory arrays. ``options``: ``tf.data.Options`` for both (e.g.
+    :func:`sila_keras.distribute.dataset_options`). With ``strategy`` of several replicas,
+    training batches drop the remainder (no replica is left without examples), and under
+    multi-worker each worker reads only its part of every batch.
+    """
+    from sila_keras.pipeline import as_set, eval_dataset, steps_per_epoch, train_dataset
+
+    train_set, eval_set = as_set(train_x, train_y), as_set(eval_x, eval_y)
+    replicas = int(strategy.num_replicas_in_sync) if strategy is not None else 1
+    drop = replicas > 1
+    if config.batch_size % replicas:
+        from sila_keras.errors import ConfigError
+
+        raise ConfigError(f"`--batch-size` (global) must be a multiple of the {replicas} replicas, "
+                          f"so that each gets the same share. Received: batch_size={config.batch_size}")
+    steps = config.steps_per_epoch or steps_per_epoch(len(train_set), config.batch_size, drop)
+    train_cache, eval_cache = _disk_cache_paths(config)
+    kw = dict(seed=config.seed, augment=config.augment, initial_epoch=initial_epoch,
+              epochs=config.epochs, drop_remainder=drop, steps=steps, cache_path=train_cache)
+    from sila_keras.multiworker import in_multi_worker_mode
+
+    if strategy is not None and in_multi_worker_mode(strategy):
+        def per_worker(ctx):
+            return train_dataset(train_set, None, config.batch_size,
+                                 shard=(ctx.num_input_pipelines, ctx.input_pipeline_id), **kw)
+
+        train = strategy.distribute_datasets_from_function(per_worker)
+    else:
+        train = train_dataset(train_set, None, config.batch_size, options=options, **kw)
+    return train, eval_dataset(eval_set, None, config.batch_size, options=options,
+                               cache_path=eval_cache, replicas=replicas), steps
+
+
+def _disk_cache_paths(config: TrainConfig):
+    """(train, eval) tf.data cache file prefixes for ``--cache disk[:DIR]``, else (None, None)."""
+    import hashlib
+
+    from sila_keras.data import default_cache_dir, parse_cache
+
+    mode, where = parse_cache(config.cache)
+    if mode != "disk":
+        return None, None
+    key = "|".join(str(v) for v in (config.dataset, config.image_size, config.resize,
+                                     config.limit_train, config.limit_test, config.seed,
+                                     config.val_split, config.train_split, config.test_split))
+    base = Path(where or default_cache_dir() / "tfdata") / hashlib.sha1(key.encode()).hexdigest()[:12]
+    return str(base / "train"), str(base / "eval")
 
 
 def fit(model, train_ds, eval_ds, *, epochs: int, steps: int, initial_epoch: int = 0,
@@ -502,16 +582,19 @@ def save_run(run_dir: Path, model, config: TrainConfig, data, logger, strategy, 
                               "best_acc": best[f"head_{k}"], **heads[f"head_{k}"]}
     total = trainable_params(model)
     mean, std = data.channel_stats()
+    describe = getattr(data, "describe", None)
+    data_block = describe() if describe else {
+        "source": data.source, "train_examples": len(data.train_y),
+        "test_examples": len(data.test_y), "input_shape": list(data.input_shape),
+        "class_names": data.class_names, "notes": data.notes}
     summary = {
         "dataset": config.dataset, "model": config.model, "num_classes": data.num_classes,
         "num_heads": m, "heads": heads, "total_params": total, "train_mib": round(total * 4 / 2**20, 2),
         "base_params": heads["head_1"]["params"], "epochs_done": int(last.get("epoch", 0) or 0),
         "epochs": config.epochs, "top5": _f(last.get("top5")), "nll": _f(last.get("nll")),
         "wall_time_s": round(wall_time_s, 1), "strategy": strategy_name(strategy),
-        "replicas": int(strategy.num_replicas_in_sync), "data": {
-            "source": data.source, "train_examples": len(data.train_y),
-            "test_examples": len(data.test_y), "input_shape": list(data.input_shape),
-            "class_names": data.class_names, "mean": mean, "std": std, "notes": data.notes},
+        "replicas": int(strategy.num_replicas_in_sync),
+        "data": {**data_block, "mean": mean, "std": std},
     }
     run.write_summary(summary)
     if rows:
@@ -585,12 +668,13 @@ def _run(config: TrainConfig) -> dict:
         tf.config.experimental.enable_op_determinism()
     data = mode.prepare_data(load_data(config))
     print(f"Data: {data.source}: {len(data.train_y)} train / {len(data.test_y)} test images, "
-          f"{data.num_classes} classes, input {data.input_shape}"
+          f"{data.num_classes} classes, input {data.input_shape} (held out: "
+          f"{data.split_info.get('eval_split', 'test')}; cache {data.cache})"
           + "".join(f"\n  note: {n}" for n in data.notes), flush=True)
     policy = set_precision(config.mixed_precision)
-    train_ds, eval_ds, steps = make_datasets(config, data.train_x, data.train_y, data.test_x,
-                                             data.test_y, state.initial_epoch,
-                                             options=dataset_options(strategy))
+    train_ds, eval_ds, steps = make_datasets(config, data.train, None, data.test, None,
+                                             state.initial_epoch, options=dataset_options(strategy),
+                                             strategy=strategy)
     with strategy.scope():
         if state.initial_epoch:
             model = keras.models.load_model(state.checkpoint)

@@ -191,3 +191,16 @@ def test_sigkill_during_checkpoint_write_resumes_exactly(point, tiny_folder, tmp
     assert main([*args, "--resume"]) == 0
     assert _rows(tmp_path / "k" / "metrics.csv") == uninterrupted
     assert sorted(p.name for p in ck.iterdir()) == ["epoch-0003.keras", "state.json"]  # no temp left
+
+
+@pytest.mark.slow
+def test_sigkill_with_streamed_uncached_images_resumes_exactly(tiny_folder, tmp_path, uninterrupted):
+    """Issue 14: images decoded from the files every epoch (--cache none), killed while epoch 2
+    is committed: --resume ends with the metrics of the uninterrupted (in-memory) run."""
+    args = [f"folder:{tiny_folder}", *RUN3, "--cache", "none", "--out", str(tmp_path), "--name", "s"]
+    proc = subprocess.run([sys.executable, "-c", KILLER, "before_commit", "2", *args], env=ENV,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert main([*args, "--resume"]) == 0
+    assert json.loads((tmp_path / "s" / "summary.json").read_text())["data"]["cache"] == "none"
+    assert _rows(tmp_path / "s" / "metrics.csv") == uninterrupted

@@ -19,7 +19,6 @@ thresholds on it and writes ``anytime.csv/png`` and ``budgeted.csv/png``.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 
 from sila_keras.errors import ConfigError, ModelError
@@ -107,14 +106,15 @@ class DynamicMode(Mode):
         (kept as :attr:`holdout`, noted in ``data.notes``); too few images: unchanged."""
         if len(data.train_y) < 2 * max(2, data.num_classes):
             return data
-        from sila_keras.data import holdout_split
+        from sila_keras.data import holdout_indices
 
-        x_tr, y_tr, x_val, y_val = holdout_split(data.train_x, data.train_y, HOLDOUT_FRACTION,
-                                                 self.config.seed)
-        self.holdout = (x_val, y_val)
-        note = (f"{len(y_val)} training images held out to choose the exit thresholds "
+        # The training split is an image set (possibly streamed): split positions; the
+        # hold-out (a tenth) is decoded into arrays for choosing the thresholds.
+        tr, val = holdout_indices(data.train_y, HOLDOUT_FRACTION, self.config.seed)
+        self.holdout = (data.train.take(val).to_array(), data.train_y[val])
+        note = (f"{len(val)} training images held out to choose the exit thresholds "
                 f"(--mode {self.name})")
-        return dataclasses.replace(data, train_x=x_tr, train_y=y_tr, notes=[*data.notes, note])
+        return data.with_train(data.train.take(tr), note)
 
     def build_model(self, data):
         mean, std = data.channel_stats()
