@@ -27,6 +27,7 @@ import numpy as np
 from keras import layers
 
 from sila_keras.errors import ConfigError
+from sila_keras.rundir import RunDir
 
 # --------------------------------------------------------------------------- FLOPs
 
@@ -243,12 +244,12 @@ def evaluate_dynamic(model: keras.Model, data, run_dir, *, holdout=None, budgets
     test_y = np.asarray(data.test_y).reshape(-1)
     anytime = [{**r, "test_top1": float(np.mean(test_logits[r["exit"] - 1].argmax(1) == test_y))}
                for r in flops]
-    io.write_csv(run_dir / "anytime.csv", anytime, ["exit", "flops", "cumulative_flops", "test_top1"])
+    io.write_csv(RunDir(run_dir) / RunDir.ANYTIME, anytime, ["exit", "flops", "cumulative_flops", "test_top1"])
     budgeted = budgeted_batch(per_exit(*holdout), test_logits, test_y, costs, budgets)
     for row in budgeted:
         row["threshold_source"] = threshold_source
-    io.write_csv(run_dir / "budgeted.csv", budgeted)
-    plot_anytime(anytime, run_dir / "anytime.png", title)
-    plot_budgeted(budgeted, anytime, run_dir / "budgeted.png", title)
+    io.write_csv(RunDir(run_dir) / RunDir.BUDGETED, budgeted)
+    plot_anytime(anytime, RunDir(run_dir) / RunDir.ANYTIME_PLOT, title)
+    plot_budgeted(budgeted, anytime, RunDir(run_dir) / RunDir.BUDGETED_PLOT, title)
     return {"exits": anytime, "budgeted": budgeted, "threshold_source": threshold_source,
             "holdout_examples": int(len(holdout[1]))}

@@ -85,6 +85,11 @@ class RunDir:
     NOISE = "noise.csv"
     NOISE_PLOT = "noise.png"
 
+    @staticmethod
+    def net_curves(k: int) -> str:
+        """``curves_net_<k>.png``: test accuracy of net k (``--mode mutual/dml``)."""
+        return f"curves_net_{k}.png"
+
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
 

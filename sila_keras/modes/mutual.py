@@ -34,7 +34,6 @@ writes ``nets.csv`` (paper B Tables 1–2) and ``curves_net_k.png`` (Fig. 3).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 from sila_keras.errors import ConfigError
 from sila_keras.modes.base import Mode, last_head_metrics, option, register_mode
@@ -214,16 +213,17 @@ class MutualMode(Mode):
         ``curves_net_1.png``, ``curves_net_2.png``."""
         from sila_keras import io
         from sila_keras.plots import plot_net_curves
+        from sila_keras.rundir import RunDir
 
         config = self.config
         names = [config.model, config.peer or config.model]
         nets = net_summary(model, data, rows, batch_size=config.batch_size, names=names)
-        io.write_csv(Path(run_dir) / "nets.csv", [{"net": k, **v} for k, v in nets.items()],
+        io.write_csv(RunDir(run_dir) / RunDir.NETS, [{"net": k, **v} for k, v in nets.items()],
                      ["net", "model", "top1", "top5", "nll", "best", "params"])
         kind = self.label(config)
         if rows:
             for k, name in enumerate(names, start=1):
-                plot_net_curves(rows, k, Path(run_dir) / f"curves_net_{k}.png",
+                plot_net_curves(rows, k, RunDir(run_dir) / RunDir.net_curves(k),
                                 title=f"Net {k} ({name}), {kind}")
         return {"nets": nets}
 
