@@ -203,11 +203,11 @@ def test_extracted_head_exports_and_matches(finetune_setup, tmp_path):
     model = load(finetune_setup[0])
     x = images(4, seed=1)
     m = export.export_head(model, 2, tmp_path, formats="tflite", quantize="none", sample_images=x,
-                           latency_runs=1, verbose=0)
+                           latency_runs=1, verbose=0, tflite_outputs="logits")
     assert m["ok"], m["failed"]
     interpreter = Interpreter(model_path=str(tmp_path / "model.tflite"))
     runner = interpreter.get_signature_runner(interpreter.get_signature_list().popitem()[0])
-    got = np.concatenate([next(iter(runner(image=x[i:i + 1]).values())) for i in range(len(x))])
+    got = np.concatenate([runner(image=x[i:i + 1])["logits"] for i in range(len(x))])
     ref = extract_head(model, 2).predict(x, verbose=0)  # raw pixels in, preprocessing inside
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
 
