@@ -201,14 +201,16 @@ def load_data(args, src, needs_calibration: bool) -> dict:
     cfg = src.config
     data_dir = args.data_dir or cfg.get("data_dir")
     out: dict = {"data_notes": {}}
+    # Images at the model's input size, resized as the run was (#14/#15: mixed-size photos).
+    sized = {"image_size": tuple(src.input_shape[:2]), "resize": cfg.get("resize")}
     if args.eval:
-        ev = load_images(args.eval, train=1, test=args.eval_samples, data_dir=data_dir)
+        ev = load_images(args.eval, train=1, test=args.eval_samples, data_dir=data_dir, **sized)
         _check_classes(ev, src, "--eval")
         out["eval_data"] = (ev.test_x, ev.test_y)
         out["data_notes"]["eval"] = f"{args.eval} (test split, {len(ev.test_y)} images)"
     if args.calibration:
         cal = load_images(args.calibration, train=args.calibration_samples, test=args.parity_samples,
-                          data_dir=data_dir)
+                          data_dir=data_dir, **sized)
         _check_classes(cal, src, "--calibration")
         out["calibration"] = cal.train_x
         out["data_notes"]["calibration"] = f"{args.calibration} (train split, {len(cal.train_x)} images)"
@@ -225,7 +227,9 @@ def load_data(args, src, needs_calibration: bool) -> dict:
     try:
         run_data = load_images(dataset, train=args.calibration_samples if needs_calibration else 1,
                                test=args.parity_samples, data_dir=data_dir,
-                               download=cfg.get("download", "auto"), seed=int(cfg.get("seed", 0)))
+                               download=cfg.get("download", "auto"), seed=int(cfg.get("seed", 0)),
+                               val_split=cfg.get("val_split"), train_split=cfg.get("train_split"),
+                               test_split=cfg.get("test_split"), **sized)
     except ValueError as e:
         if needs_calibration:
             raise ConfigError(

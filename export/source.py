@@ -144,17 +144,19 @@ def _class_names(model, model_path: Path, summary: dict) -> tuple[list[str], lis
 
 
 def load_images(dataset: str, *, train: int | None, test: int | None, data_dir: str | None = None,
-                download: str = "auto", seed: int = 0):
+                download: str = "auto", seed: int = 0, **options):
     """Load ``dataset`` (``folder:PATH`` or a tfds name) with at most ``train``/``test`` images.
 
     A limit of 0 still decodes one training image (the loaders need one to
-    probe the image size); callers slice what they need.
+    probe the image size); callers slice what they need. ``options``: more
+    :func:`sila_keras.data.load_dataset` arguments (``image_size``, ``resize``, splits) —
+    the model's input size, so a folder of photos at mixed sizes loads as it trained.
     """
     from sila_keras.data import load_dataset
 
     return load_dataset(dataset, data_dir=data_dir, limit_train=max(1, train) if train is not None else None,
                         limit_test=max(1, test) if test is not None else None, seed=seed,
-                        download=download)
+                        download=download, **{k: v for k, v in options.items() if v is not None})
 
 
 def check_images(x: np.ndarray, input_shape, what: str) -> np.ndarray:
