@@ -48,9 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "(SilaNet, Gan et al.). Defaults follow the paper's CIFAR recipe.",
         formatter_class=HelpFormatter,
     )
-    p.add_argument("dataset", help="tfds name (cifar10, cifar100, mnist, …) or folder:PATH with "
-                                   "train/<class>/* and test/<class>/* (PATH may be a .tar.gz)")
-    p.add_argument("model", help=f"backbone: {', '.join(BACKBONE_NAMES)}; or a saved Keras "
+    p.add_argument("dataset", help="tfds name (cifar10, tf_flowers, imagenette, …) or folder:PATH: "
+                                   "PATH/<class>/* (split by --val-split), or with train/ + test/ "
+                                   "or val/ class folders (PATH may be a .tar.gz or .zip)")
+    p.add_argument("model", help=f"backbone: {', '.join(BACKBONE_NAMES)}; keras:<Name> (a "
+                                 "keras.applications model, see below); or a saved Keras "
                                  "classifier (.keras) to attach heads to")
     g = p.add_argument_group("SiLa")
     g.add_argument("--heads", type=int, default=d.heads, help="M label sets / heads (1 = base model)")

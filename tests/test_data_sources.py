@@ -215,10 +215,12 @@ def test_tfds_split_plan():
     assert plan_splits(["train", "test", "validation"], None, None) == ("train", "test")
     assert plan_splits(["train"], None, None) == ("train", None)
     assert plan_splits(["train"], "train[:90%]", "train[90%:]") == ("train[:90%]", "train[90%:]")
+    assert plan_splits([], None, None) == ("train", "test")  # unknown (not prepared, mocked)
+    assert plan_splits([], None, None, 0.1) == ("train", None)
 
 
 @pytest.mark.parametrize("name, extra, eval_split", [
-    ("tf_flowers", [], "val-split 0.2 of 'train'"),
+    ("tf_flowers", ["--val-split", "0.25"], "val-split 0.25 of 'train'"),
     ("imagenette", ["--test-split", "validation", "--limit-train", "10", "--cache", "none"],
      "validation"),
 ])

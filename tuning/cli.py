@@ -91,8 +91,9 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
             raise ConfigError("--resume needs --out DIR: the folder of the search to continue.")
         out = str(Path(TrainConfig("", "").out) / f"tune-{default_run_name(args.dataset, args.model)}")
     d = TrainConfig("", "")
+    # --val-split here is the search's hold-out (SearchConfig), not the dataset's (issue 14)
     ns = argparse.Namespace(**{**vars(args), "beta": d.beta, "lam": d.lam, "betas": None,
-                               "name": "trial", "resume": False, "out": out})
+                               "name": "trial", "resume": False, "out": out, "val_split": None})
     train = train_config(ns)
     return SearchConfig(
         train=train, out=out, tuner=args.tuner, max_trials=args.max_trials,

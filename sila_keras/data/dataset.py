@@ -220,7 +220,7 @@ def _tfds(name, data_dir, download, size, resize, val_split, seed, limit_train, 
     image_key, label_key = tfds_source.image_and_label_keys(builder)
     tfds_source.ensure_prepared(builder, name, data_dir, download)
     train_name, test_name = tfds_source.plan_splits(list(builder.info.splits), train_split,
-                                                    test_split)
+                                                    test_split, val_split)
     if test_name is not None and val_split is not None:
         raise ConfigError(f"`--val-split` applies only when the dataset has no held-out split; "
                           f"'{name}' has '{test_name}'. Received: val_split={val_split}")

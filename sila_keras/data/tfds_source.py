@@ -98,11 +98,19 @@ def ensure_prepared(builder, name: str, data_dir, download: str) -> None:
     builder.download_and_prepare()
 
 
-def plan_splits(available: list[str], train_split: str | None, test_split: str | None):
-    """``(train split, test split or None)``; None means: hold out ``--val-split`` of train."""
+def plan_splits(available: list[str], train_split: str | None, test_split: str | None,
+                val_split: float | None = None):
+    """``(train split, test split or None)``; None means: hold out ``--val-split`` of train.
+
+    ``available`` is the builder's split list; it is empty when unknown (data not prepared
+    yet, or ``tfds.testing.mock_data``): then ``test`` is assumed unless ``--val-split`` asks
+    for a split of ``train``.
+    """
     train = train_split or "train"
     if test_split:
         return train, test_split
+    if not available:
+        return train, (None if val_split is not None else "test")
     for name in ("test", "validation"):
         if name in available:
             return train, name
