@@ -241,10 +241,9 @@ class RunDir:
                          self.read_labels())
 
     def load_model(self, compile: bool = False):
-        """``model.keras`` (custom objects registered by ``import sila_keras``)."""
+        """``model.keras``. Its custom objects are registered: importing this module imported
+        the ``sila_keras`` package, which registers them when Keras loads."""
         import keras
-
-        import sila_keras  # noqa: F401  (registers the custom layers, losses and metrics)
 
         return keras.models.load_model(self.model_path, compile=compile)
 

@@ -652,6 +652,9 @@ def _run(config: TrainConfig) -> dict:
     from sila_keras.multiworker import agree_on_epoch, barrier
     from sila_keras.precision import check_resumed_policy, set_precision
 
+    # The strategy first: multi-worker collectives must be configured before any TF op runs
+    # (the checks below may build a model symbolically).
+    strategy = make_strategy(config.strategy)
     mode = check_before_data(config)  # validates the mode's flags, once
     # Only the chief writes the run directory; other multi-workers write (and resume from)
     # their own scratch copy <run>/.workers/<type>_<id>, so machines need no shared disk.
@@ -659,8 +662,6 @@ def _run(config: TrainConfig) -> dict:
     run = RunDir(run_dir)
     state = check_run_dir(config, run_dir)
     t_start = time.time()
-    # The strategy first: multi-worker collectives must be configured before any TF op runs.
-    strategy = make_strategy(config.strategy)
     agree_on_epoch(strategy, state.initial_epoch)  # multi-worker: all resume after the same epoch
     speed = resolve_speed(config, strategy)  # refuses impossible flag sets before any data
     keras.utils.set_random_seed(config.seed)

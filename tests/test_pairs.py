@@ -121,7 +121,7 @@ def test_tfds_path_with_mock_data(tmp_path):
         pools = data.load_pools(None, None)
         assert pools.source == "tfds:mnist"
         assert pools.train_x.shape[1:] == (14, 14)
-        rc = main(["--arch", "siamese", "--rounds", "1", "--epochs", "1", "--pairs", "16",
+        rc = main(["--arch", "siamese", "--rounds", "1", "--epochs", "1", "--pairs", "6",
                    "--out", str(tmp_path / "t")])
     assert rc == 0
     res = json.loads((tmp_path / "t" / "results.json").read_text())

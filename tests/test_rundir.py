@@ -95,6 +95,11 @@ OWNED = ("config.json", "metrics.csv", "summary.json", "labels.txt", "curves.png
          "results.json", "grid.json", "table.json")
 
 
+# Same file names, other concepts: the member of a .keras archive that holds its model
+# config, and the labels file zipped into a TFLite model's metadata.
+NOT_RUN_FILES = {("export/artifacts.py", "config.json"), ("export/metadata.py", "labels.txt")}
+
+
 def test_run_file_names_are_spelled_only_in_rundir():
     offenders = []
     for pkg in ("sila_keras", "tuning", "export"):
@@ -102,6 +107,8 @@ def test_run_file_names_are_spelled_only_in_rundir():
             if path.name == "rundir.py":
                 continue
             for name in OWNED:
+                if (path.relative_to(ROOT).as_posix(), name) in NOT_RUN_FILES:
+                    continue
                 if re.search(rf"[\"'/]{re.escape(name)}[\"']", path.read_text()):
                     offenders.append(f"{path.relative_to(ROOT)}: {name}")
     assert offenders == []

@@ -168,7 +168,7 @@ def test_existing_output_refused_and_resume_needs_a_search(tiny_folder, tmp_path
     (["--objective", "val_loss"], r"Unknown objective 'val_loss'"),
     (["--tune-heads", "--objective", "head_3_acc"], r"Valid objectives .*: head_1_acc, head_2_acc \("),
     (["--max-trials", "0"], r"`--max-trials` must be >= 1.*Received: max_trials=0"),
-    (["--val-split", "1.5"], r"`--val-split` .* must be in \(0, 1\)"),
+    (["--val-split", "1.5"], r"`--val-split`.* must be in \(0, 1\)"),
     (["--heads", "1"], r"needs `--heads` >= 2"),
     (["--tune-heads", "--heads", "2"], r"`--tune-heads` searches M in 2\.\.--heads"),
     (["--beta", "0.3"], r"`--beta` is not a sila-tune flag.*--beta-range"),
