@@ -108,8 +108,35 @@ def dynamic_runs(tiny_folder, tmp_path_factory):
     return out
 
 
+# Trained session runs: every test using one goes to the same xdist worker (pyproject sets
+# ``--dist loadgroup``), so each is trained once per suite, not once per worker.
+SHARED_RUNS = {"finished_run", "user_model_run", "mutual_runs", "dynamic_runs"}
+
+
+def _xdist_group(item):
+    """The worker group of a test: ``trained_runs`` if it uses a shared trained run, else its
+    module if it uses a module- or session-scoped fixture defined in that module (built once,
+    not once per worker), else none (the test may go to any worker)."""
+    names = set(getattr(item, "fixturenames", ()))
+    if names & SHARED_RUNS:
+        return "trained_runs"
+    module = item.nodeid.split("::")[0]
+    info = getattr(item, "_fixtureinfo", None)
+    defs = info.name2fixturedefs if info is not None else {}
+    for name in names:
+        if any(d.scope in ("module", "session") and d.baseid == module for d in defs.get(name, ())):
+            return module
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's hook reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
-    """``gpu`` tests run only with ``SILA_TEST_GPU=1`` and a visible GPU."""
+    """Group tests sharing a trained fixture on one worker; ``gpu`` tests run only with
+    ``SILA_TEST_GPU=1`` and a visible GPU."""
+    for item in items:
+        group = _xdist_group(item)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
     if USE_GPU and tf.config.list_logical_devices("GPU"):
         return
     skip = pytest.mark.skip(reason="needs a GPU and SILA_TEST_GPU=1")
