@@ -18,7 +18,7 @@ cluster is not supported under ``MirroredStrategy``, so :func:`install` refuses 
 
 Example:
     >>> from sila_keras import replica_jit
-    >>> replica_jit.install(model)  # after model.compile(...), inside strategy.scope()
+    >>> replica_jit.install(model)  # after compile, in strategy.scope()  # doctest: +SKIP
 """
 
 from __future__ import annotations

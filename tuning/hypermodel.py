@@ -88,11 +88,14 @@ class SilaHyperModel(kt.HyperModel):
 
     Example:
         >>> cfg = TrainConfig("folder:data", "resnet20", epochs=1)
-        >>> data = SearchData.from_training_split(sila_keras.train.load_data(cfg), 0.1)
-        >>> hm = SilaHyperModel(cfg, data, beta_range=(0.01, 1.0), lam_range=(0.1, 1.0))
-        >>> tuner = kt.RandomSearch(hm, objective=kt.Objective("val_head_1_acc", "max"),
+        >>> data = SearchData.from_training_split(  # doctest: +SKIP
+        ...     sila_keras.train.load_data(cfg), 0.1)
+        >>> hm = SilaHyperModel(cfg, data,  # doctest: +SKIP
+        ...                     beta_range=(0.01, 1.0), lam_range=(0.1, 1.0))
+        >>> tuner = kt.RandomSearch(hm,  # doctest: +SKIP
+        ...                         objective=kt.Objective("val_head_1_acc", "max"),
         ...                         max_trials=5, directory="runs", project_name="tune")
-        >>> tuner.search(epochs=1)
+        >>> tuner.search(epochs=1)  # doctest: +SKIP
     """
 
     def __init__(self, config: TrainConfig, data: SearchData, beta_range=(0.01, 1.0),
