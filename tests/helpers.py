@@ -6,8 +6,10 @@ Imported by ``tests/conftest.py`` (as ``helpers``) and by ``benchmarks/`` (as
 
 from __future__ import annotations
 
+import fcntl
 import io as _io
 import os
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -84,3 +86,29 @@ def small_cnn(num_classes: int, softmax_layer: bool = False):
     if softmax_layer:
         x = keras.layers.Softmax(name="probs")(x)
     return keras.Model(inputs, x, name="small")
+
+
+def train_once(tmp_path_factory, name: str, train) -> Path:
+    """A folder that ``train(folder)`` fills once per test session, shared by the xdist workers.
+
+    Under pytest-xdist every worker runs a session fixture itself; here the first worker to
+    ask trains, under an exclusive file lock in the workers' common temporary folder, and the
+    others wait for it and reuse the result (the pytest-xdist docs' pattern, with ``fcntl``
+    instead of ``filelock``). A failed training leaves no marker, so the next worker retries
+    (and fails the same way). Without xdist it is simply ``train(folder)``.
+    """
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # …/pytest-N/popen-gwK → …/pytest-N, common to this run's workers
+    out, done = root / f"shared_{name}", root / f"shared_{name}.done"
+    with open(root / f"shared_{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not done.exists():
+                shutil.rmtree(out, ignore_errors=True)
+                out.mkdir(parents=True)
+                train(out)
+                done.write_text("ok")
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return out

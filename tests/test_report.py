@@ -44,12 +44,9 @@ def test_not_a_run_dir(tmp_path, capsys):
     assert "not a finished run directory" in capsys.readouterr().err
 
 
-def test_report_of_a_real_run(cifar_folder, tmp_path):
-    from sila_keras.train import main as train
-
-    assert train([f"folder:{cifar_folder}", "resnet20", "--epochs", "1", "--batch-size", "16",
-                  "--milestones", "", "--heads", "2", "--out", str(tmp_path), "--name", "r"]) == 0
-    text = render([tmp_path / "r"], tmp_path / "report.md")
-    assert "ACC2" in text and "resnet20" in text
+def test_report_of_a_real_run(finished_run, tmp_path):
+    """The shared 2-epoch resnet20 SiLa run (tests/conftest.py), not a second training."""
+    text = render([finished_run], tmp_path / "report.md")
+    assert "ACC2" in text and "ACC3" in text and "resnet20" in text
     with pytest.raises(ValueError):
         render([tmp_path / "nope"], tmp_path / "x.md")

@@ -145,6 +145,7 @@ def test_mirrored_strategy_matches_default_first_steps():
 
 def test_mirrored_cli_run(cifar_folder, tmp_path):
     rc = main([f"folder:{cifar_folder}", "resnet20", *FAST, "--strategy", "mirrored",
+               "--limit-train", "32", "--limit-test", "20", "--verbose", "0",
                "--out", str(tmp_path), "--name", "m"])
     assert rc == 0
     s = json.loads((tmp_path / "m" / "summary.json").read_text())
