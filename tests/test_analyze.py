@@ -7,6 +7,7 @@ import sys
 import keras
 import numpy as np
 import pytest
+from helpers import train_once
 
 from sila_keras import extract_head
 from sila_keras.analyze import load_run, main, mean_nll, noise_curve, run_label, training_images
@@ -21,13 +22,14 @@ def read_csv(path):
 @pytest.fixture(scope="module")
 def ind_run(tiny_folder, tmp_path_factory):
     """Two real tiny runs on the same images, for overlays: IND (one head) and SiLa (3 heads)."""
-    out = tmp_path_factory.mktemp("noise_runs")
-    for name, heads in (("ind", "1"), ("sila", "3")):
-        rc = train_main([f"folder:{tiny_folder}", "resnet20", "--heads", heads, "--epochs", "1",
-                         "--batch-size", "8", "--milestones", "", "--verbose", "0",
-                         "--out", str(out), "--name", name])
-        assert rc == 0, name
-    return out
+    def train(out):
+        for name, heads in (("ind", "1"), ("sila", "3")):
+            rc = train_main([f"folder:{tiny_folder}", "resnet20", "--heads", heads, "--epochs", "1",
+                             "--batch-size", "8", "--milestones", "", "--verbose", "0",
+                             "--out", str(out), "--name", name])
+            assert rc == 0, name
+
+    return train_once(tmp_path_factory, "noise_runs", train)  # once for all xdist workers
 
 
 @pytest.mark.slow

@@ -255,6 +255,7 @@ def test_mixed_precision_run_keeps_float32_logits_and_a_finite_loss(tmp_path, ti
     try:
         code = main([f"folder:{tiny_folder}", "resnet20", "--mixed-precision", "--epochs", "1",
                      "--batch-size", "6", "--milestones", "", "--strategy", "default",
+                     "--limit-train", "6", "--limit-test", "6",  # one step: dtypes are the point
                      "--verbose", "0", "--out", str(tmp_path), "--name", "mp"])
     finally:
         keras.mixed_precision.set_global_policy("float32")
