@@ -19,6 +19,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from helpers import train_once
 
 import export
 from export import artifacts as art
@@ -50,12 +51,14 @@ def trained_run(cifar_folder, tmp_path_factory):
     on head_1) while the classes it predicts still vary across images."""
     from sila_keras.train import main as train_main
 
-    out = tmp_path_factory.mktemp("export_runs")
-    rc = train_main([f"folder:{cifar_folder}", "resnet20", "--heads", "2", "--epochs", "30",
-                     "--lr", "0.05", "--milestones", "20,26", "--augment", "none", "--deterministic",
-                     "--batch-size", "16", "--out", str(out), "--name", "r", "--verbose", "0"])
-    assert rc == 0
-    return out / "r"
+    def train(out):
+        rc = train_main([f"folder:{cifar_folder}", "resnet20", "--heads", "2", "--epochs", "30",
+                         "--lr", "0.05", "--milestones", "20,26", "--augment", "none",
+                         "--deterministic", "--batch-size", "16", "--out", str(out), "--name", "r",
+                         "--verbose", "0"])
+        assert rc == 0
+
+    return train_once(tmp_path_factory, "export_run", train) / "r"  # once for all xdist workers
 
 
 @pytest.fixture(scope="session")
@@ -84,13 +87,14 @@ def exported(trained_run, phone_folder, tmp_path_factory):
     The int8 gate is on (a weak model's int8 file may ship as int16x8, as the manifest
     says); the dynamic-range bound is off (an 80-image model's near ties say little about
     it; its figures are still recorded and re-measured below)."""
-    out = tmp_path_factory.mktemp("exported") / "all"
-    rc = main([str(trained_run), "--head", "all", "--formats", "keras,savedmodel,tflite,onnx",
-               "--quantize", ALL_QUANT, "--eval", f"folder:{phone_folder}", "--eval-samples", "100",
-               "--calibration-samples", "40", "--latency-runs", "2", "--tolerance", "dynamic=0",
-               "--out", str(out), "--quiet"])
-    assert rc == 0
-    return out
+    def export_all(out):
+        rc = main([str(trained_run), "--head", "all", "--formats", "keras,savedmodel,tflite,onnx",
+                   "--quantize", ALL_QUANT, "--eval", f"folder:{phone_folder}", "--eval-samples",
+                   "100", "--calibration-samples", "40", "--latency-runs", "2", "--tolerance",
+                   "dynamic=0", "--out", str(out / "all"), "--quiet"])
+        assert rc == 0
+
+    return train_once(tmp_path_factory, "exported", export_all) / "all"  # read-only in the tests
 
 
 # --------------------------------------------------------------------------- independent runtimes
