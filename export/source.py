@@ -8,13 +8,13 @@ its class names come from a ``labels.txt`` beside it when there is one.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from sila_keras import io
 from sila_keras.errors import ModelError
 from sila_keras.rundir import RunDir
 
@@ -90,7 +90,7 @@ def load_source(source: str | os.PathLike) -> ExportSource:
         raise ModelError(f"Cannot read '{path}': permission denied. Received: SOURCE={str(source)!r}")
     model = _load_model(path)
     num_heads_of(model)  # raises ValueError when there is no sila_logits layer
-    config = _read_json(RunDir(run_dir).config_path) if run_dir else {}
+    config = io.read_json_object(RunDir(run_dir).config_path) if run_dir else {}
     summary = RunDir(run_dir).read_summary() if run_dir else {}
     names, notes = _class_names(model, path, summary)
     return ExportSource(model, path, run_dir, names, config, summary, notes)
@@ -111,14 +111,6 @@ def _load_model(path: Path):
         ) from None
 
 
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def num_classes_of(model) -> int:

@@ -247,7 +247,6 @@ def noise_analysis(runs: Sequence, sigmas: Sequence[float] = DEFAULT_SIGMAS, tri
 
 def plot_noise(rows: list[dict], path, head: int = 1) -> None:
     """ΔNLL vs σ with ±std error bars, one line per run (paper B Fig. 7b)."""
-    from sila_keras import io
     from sila_keras.plots import plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
@@ -261,9 +260,9 @@ def plot_noise(rows: list[dict], path, head: int = 1) -> None:
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
-    with io.atomic_path(Path(path), suffix=".png") as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    from sila_keras.plots import save_png
+
+    save_png(fig, path)
 
 
 if __name__ == "__main__":

@@ -81,3 +81,15 @@ def read_json(path: str | os.PathLike):
     """Read a JSON file."""
     with open(path) as f:
         return json.load(f)
+
+
+def read_json_object(path: str | os.PathLike) -> dict:
+    """A JSON object, or ``{}`` when the file is missing, unreadable or not an object."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

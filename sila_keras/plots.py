@@ -28,9 +28,7 @@ def plot_curves(rows: list[dict], num_heads: int, path, title: str = "") -> None
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    with io.atomic_path(Path(path), suffix=".png") as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def plot_net_curves(rows: list[dict], net: int, path, title: str = "") -> None:
@@ -54,9 +52,7 @@ def plot_net_curves(rows: list[dict], net: int, path, title: str = "") -> None:
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title(title or f"Net {net}")
     fig.tight_layout()
-    with io.atomic_path(Path(path), suffix=".png") as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def plot_anytime(anytime: list[dict], path, title: str = "") -> None:
@@ -72,9 +68,7 @@ def plot_anytime(anytime: list[dict], path, title: str = "") -> None:
     ax.set_title(f"{title} anytime prediction".strip())
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    with io.atomic_path(Path(path), suffix=".png") as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def plot_budgeted(budgeted: list[dict], anytime: list[dict], path, title: str = "") -> None:
@@ -90,6 +84,11 @@ def plot_budgeted(budgeted: list[dict], anytime: list[dict], path, title: str = 
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
+    save_png(fig, path)
+
+
+def save_png(fig, path) -> None:
+    """Write a matplotlib figure to ``path`` as PNG, atomically, and close it."""
     with io.atomic_path(Path(path), suffix=".png") as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)

@@ -194,9 +194,9 @@ def plot_group(arms: list[Arm], path: Path, title: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    with io.atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    from sila_keras.plots import save_png
+
+    save_png(fig, path)
 
 
 def render(run_dirs: list[Path], out: Path) -> str:

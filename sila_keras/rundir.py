@@ -202,7 +202,7 @@ class RunDir:
         return io.read_json(self.config_path)
 
     def read_summary(self) -> dict:
-        return _read_dict(self.summary_path)
+        return io.read_json_object(self.summary_path)
 
     def read_metrics(self) -> list[dict]:
         return io.read_csv(self.metrics_path) if self.metrics_path.is_file() else []
@@ -333,17 +333,6 @@ def save_model(model, path: str | os.PathLike) -> Path:
     with io.atomic_path(path, suffix=".keras") as tmp:
         model.save(tmp)
     return path
-
-
-def _read_dict(path: Path) -> dict:
-    """A JSON object, or ``{}`` when the file is missing or unreadable."""
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 class SearchDir:

@@ -136,9 +136,9 @@ def plot_search(rows: list[dict], objective: str, path, title: str = "", beta_ra
     if done or failed:
         ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
-    with io.atomic_path(Path(path), suffix=".png") as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    from sila_keras.plots import save_png
+
+    save_png(fig, path)
 
 
 def write_results(out: Path, rows: list[dict], best: dict | None, config, data_info: dict) -> dict | None:

@@ -123,9 +123,9 @@ def plot_bands(results: list[dict], path, title: str = "") -> None:
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
-    with io.atomic_path(Path(path), suffix=".png") as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    from sila_keras.plots import save_png
+
+    save_png(fig, path)
 
 
 def write_run(out: Path, result: dict, table: str) -> list[Path]:
