@@ -138,7 +138,9 @@ class ProgressBar(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if self._bar is not None:
-            self._bar.update(self._seen, finalize=True)
+            target = self._bar.target
+            if target is None or self._seen < target:  # at the target Keras already finished it
+                self._bar.update(self._seen, finalize=True)
             self._bar = None
 
 
