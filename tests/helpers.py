@@ -112,3 +112,14 @@ def train_once(tmp_path_factory, name: str, train) -> Path:
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     return out
+
+
+def run_err(capsys, argv) -> str:
+    """``sila-train argv`` as bad input: exit 2 and one line on stderr, no traceback; returns it."""
+    from sila_keras.train import main
+
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    return err

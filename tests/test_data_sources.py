@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import run_err
 
 from sila_keras.data import load_dataset, stratified_split
 from sila_keras.errors import ConfigError, DataError
@@ -131,14 +132,6 @@ def test_same_size_images_need_no_image_size(tmp_path, images):
 
 
 # --------------------------------------------------------------------------- bad input
-
-
-def run_err(capsys, argv):
-    rc = main(argv)
-    err = capsys.readouterr().err
-    assert rc == 2, err
-    assert "Traceback" not in err and err.count("\n") == 1, err
-    return err
 
 
 @pytest.fixture

@@ -3,18 +3,11 @@
 import shutil
 
 import pytest
+from helpers import run_err
 
 from sila_keras.train import main
 
 FAST = ["--epochs", "1", "--batch-size", "8", "--milestones", ""]
-
-
-def run_err(capsys, argv):
-    rc = main(argv)
-    err = capsys.readouterr().err
-    assert rc == 2, err
-    assert "Traceback" not in err and err.count("\n") == 1, err
-    return err
 
 
 @pytest.fixture
