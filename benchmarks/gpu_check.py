@@ -162,18 +162,24 @@ def sila_model(config, strategy, steps: int):
         return compile_model(model, config, 10, steps)
 
 
+def fit_one_epoch(config, strategy, images: int):
+    """(model, steps, final loss) of one epoch on ``images`` fake CIFAR images; the loss must
+    be finite."""
+    x, y = fake_cifar(images)
+    ds, steps = train_data(config, x, y)
+    model = sila_model(config, strategy, steps)
+    loss = model.fit(ds, epochs=1, steps_per_epoch=steps, verbose=0).history["loss"][-1]
+    assert np.isfinite(loss), f"non-finite loss {loss}"
+    return model, steps, loss
+
+
 def case_empty_replica(strategy) -> str:
     """13 images, global batch 12, 2 replicas: the last batch has 1 image (one replica none)."""
     from sila_keras.config import TrainConfig
 
     config = TrainConfig("check", "resnet20", batch_size=12, epochs=1, milestones=(),
                          augment="none", sync_bn=False)
-    x, y = fake_cifar(13)
-    ds, steps = train_data(config, x, y)
-    model = sila_model(config, strategy, steps)
-    hist = model.fit(ds, epochs=1, steps_per_epoch=steps, verbose=0)
-    loss = hist.history["loss"][-1]
-    assert np.isfinite(loss), f"non-finite loss {loss}"
+    _, steps, loss = fit_one_epoch(config, strategy, 13)
     return f"{steps} steps, loss {loss:.3f}"
 
 
@@ -182,12 +188,7 @@ def case_jit_two_replicas(strategy) -> str:
 
     config = TrainConfig("check", "resnet20", batch_size=8, epochs=1, milestones=(),
                          augment="none", jit=True)
-    x, y = fake_cifar(16)
-    ds, steps = train_data(config, x, y)
-    model = sila_model(config, strategy, steps)
-    hist = model.fit(ds, epochs=1, steps_per_epoch=steps, verbose=0)
-    loss = hist.history["loss"][-1]
-    assert np.isfinite(loss), f"non-finite loss {loss}"
+    model, _, loss = fit_one_epoch(config, strategy, 16)
     from sila_keras import replica_jit
 
     mode = "per replica" if replica_jit.is_installed(model) else "whole step"
