@@ -93,7 +93,7 @@ def child_step(batch: int, steps: int) -> dict:
     from sila_keras.heads import build_sila_model
     from sila_keras.train import compile_model
 
-    cfg = TrainConfig("x", "mobilenetv1", milestones=())
+    cfg = TrainConfig.create("x", "mobilenetv1", milestones=())
     model = compile_model(build_sila_model("mobilenetv1", 10, 3, (160, 160, 3)), cfg, 10, steps=10)
     x = np.random.default_rng(0).uniform(0, 255, (batch, 160, 160, 3)).astype("float32")
     y = np.zeros(batch, "int32")

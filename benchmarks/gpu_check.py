@@ -158,7 +158,7 @@ def sila_model(config, strategy, steps: int):
     from sila_keras.train import compile_model
 
     with strategy.scope():
-        model = build_sila_model(config.model, 10, config.heads)
+        model = build_sila_model(config.net.model, 10, config.sila.heads)
         return compile_model(model, config, 10, steps)
 
 
@@ -177,7 +177,7 @@ def case_empty_replica(strategy) -> str:
     """13 images, global batch 12, 2 replicas: the last batch has 1 image (one replica none)."""
     from sila_keras.config import TrainConfig
 
-    config = TrainConfig("check", "resnet20", batch_size=12, epochs=1, milestones=(),
+    config = TrainConfig.create("check", "resnet20", batch_size=12, epochs=1, milestones=(),
                          augment="none", sync_bn=False)
     _, steps, loss = fit_one_epoch(config, strategy, 13)
     return f"{steps} steps, loss {loss:.3f}"
@@ -186,7 +186,7 @@ def case_empty_replica(strategy) -> str:
 def case_jit_two_replicas(strategy) -> str:
     from sila_keras.config import TrainConfig
 
-    config = TrainConfig("check", "resnet20", batch_size=8, epochs=1, milestones=(),
+    config = TrainConfig.create("check", "resnet20", batch_size=8, epochs=1, milestones=(),
                          augment="none", jit=True)
     model, _, loss = fit_one_epoch(config, strategy, 16)
     from sila_keras import replica_jit
@@ -254,7 +254,7 @@ def bench_model(policy: str, spe: int, batch: int, device: str):
         strategy = tf.distribute.OneDeviceStrategy(device)
         x, y = fake_cifar(batch)
         ds = tf.data.Dataset.from_tensors((x.astype(np.float32), y.astype(np.int32))).repeat()
-        config = TrainConfig("bench", "resnet20", batch_size=batch, milestones=(),
+        config = TrainConfig.create("bench", "resnet20", batch_size=batch, milestones=(),
                              steps_per_execution=spe)
         with strategy.scope():
             model = compile_model(build_sila_model("resnet20", 10, 3), config, 10, steps=1)

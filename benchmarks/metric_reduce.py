@@ -64,7 +64,7 @@ def worker(mode: str, steps: int, batch: int) -> None:
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     ds = ds.with_options(options)
-    config = TrainConfig("bench", "resnet20", batch_size=batch, milestones=(), sync_bn=False)
+    config = TrainConfig.create("bench", "resnet20", batch_size=batch, milestones=(), sync_bn=False)
     with strategy.scope():
         model = compile_model(build_sila_model("resnet20", 10, 3), config, 10, steps=1)
     model.fit(ds, epochs=1, steps_per_epoch=2, verbose=0)  # traces the train step once

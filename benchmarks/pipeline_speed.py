@@ -52,7 +52,7 @@ def drain(ds, seconds: float) -> float:
 
 def model_for(name: str, heads: int, batch: int):
     model = build_sila_model(name, 10, heads)
-    compile_model(model, TrainConfig("bench", name, heads=heads, milestones=()), 10, steps=1)
+    compile_model(model, TrainConfig.create("bench", name, heads=heads, milestones=()), 10, steps=1)
     return model
 
 

@@ -61,7 +61,7 @@ def measure_step_ms(model, batch: int, steps: int = 3) -> float:
     from sila_keras.config import TrainConfig
     from sila_keras.train import compile_model
 
-    compile_model(model, TrainConfig("bench", "m", milestones=()), 10, steps=1)
+    compile_model(model, TrainConfig.create("bench", "m", milestones=()), 10, steps=1)
     x = tf.constant(np.random.default_rng(0).uniform(0, 255, (batch, 32, 32, 3)).astype(np.float32))
     y = tf.constant(np.zeros(batch, np.int32))
     model.train_on_batch(x, y)

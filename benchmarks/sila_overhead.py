@@ -27,7 +27,7 @@ from sila_keras.train import compile_model  # noqa: E402
 
 def compiled(model_name: str, heads: int, batch: int):
     model = build_sila_model(model_name, 10, heads)
-    compile_model(model, TrainConfig("bench", model_name, heads=heads, milestones=()), 10, steps=1)
+    compile_model(model, TrainConfig.create("bench", model_name, heads=heads, milestones=()), 10, steps=1)
     rng = np.random.default_rng(0)
     x = tf.constant(rng.uniform(0, 255, (batch, 32, 32, 3)).astype(np.float32))
     y = tf.constant(rng.integers(0, 10, batch).astype(np.int32))

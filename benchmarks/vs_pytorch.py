@@ -173,7 +173,7 @@ class KerasRunner:
         from sila_keras.train import compile_model
 
         self.model = build_sila_model(name, 10, heads)
-        compile_model(self.model, TrainConfig("bench", name, heads=heads, milestones=(), jit=jit), 10, 1)
+        compile_model(self.model, TrainConfig.create("bench", name, heads=heads, milestones=(), jit=jit), 10, 1)
         self.x, self.y = tf.constant(x), tf.constant(y.astype(np.int32))
         self.params = trainable_params(self.model)
 

@@ -31,87 +31,93 @@ KERAS_APPLICATIONS = ("MobileNet", "MobileNetV2", "MobileNetV3Small", "MobileNet
 OPTIMIZERS = ("sgd", "adamw")  # #15 (sila_keras.optim)
 SCHEDULES = ("step", "cosine")  # #15
 
-# Fields that may differ between a run and its --resume continuation.
+# Fields that may differ between a run and its --resume continuation (flat names).
 RESUME_MUTABLE = ("resume", "epochs", "verbose", "debug", "steps_per_execution", "jit",
                   "sync_bn", "checkpoint_every")
 
 
+def _positive(name: str, value, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(
+            f"`{name}` must be {'>= 0' if allow_zero else '> 0'}. Received: {name}={value}")
+
+
+def _set(obj, name: str, value) -> None:
+    """Normalise a field of a frozen group (tuples from lists, parsed sizes)."""
+    object.__setattr__(obj, name, value)
+
+
+# ----------------------------------------------------------------------------- the groups
+# Each group owns its fields and their validation; checks that need two groups live in
+# TrainConfig.__post_init__. Field names are unique across groups (the "flat" names the CLI
+# flags, recipes, tuning and resume messages use).
+
+
 @dataclass(frozen=True)
-class TrainConfig:
-    """Everything a training run depends on. Validated on construction.
+class DataConfig:
+    """Where the images come from and how they reach the model (issue 14)."""
 
-    Example:
-        >>> cfg = TrainConfig(dataset="folder:data", model="resnet20", epochs=1)
-        >>> cfg.heads
-        3
-    """
-
-    dataset: str
-    model: str
-    heads: int = 3
-    beta: float = 0.1
-    lam: float = 0.5
-    betas: tuple[float, ...] | None = None
-    epochs: int = 260
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    milestones: tuple[int, ...] = PAPER_MILESTONES
-    gamma: float = 0.5
-    nesterov: bool = False
+    dataset: str = ""
     augment: str = "standard"
-    seed: int = 0
-    out: str = "runs"
-    name: str | None = None
-    resume: bool = False
-    strategy: str = "auto"
-    limit_train: int | None = None
-    limit_test: int | None = None
     data_dir: str | None = None
     download: str = "auto"
-    verbose: int | None = None
-    debug: bool = False
-    deterministic: bool = False
+    limit_train: int | None = None
+    limit_test: int | None = None
     skip_bad_images: bool = False
-    mixed_precision: bool = False
-    jit: bool = False
-    steps_per_execution: int | str = "auto"
-    mode: str = "sila"
-    peer: str | None = None
-    dml: bool = False
-    no_sila: bool = False
-    backbone_kwargs: dict = field(default_factory=dict)
-    # issue 18: GPU-suited defaults (resolved per machine by sila_keras.distribute.resolve_speed)
-    sync_bn: bool | None = None  # None: on when replicas > 1 and the per-replica batch < 32
-    checkpoint_every: int = 1  # epochs between checkpoints (the last epoch always)
-    # #15: keras:<Name> backbones and the fine-tuning recipe (train.py resolves the CLI's
-    # per-model defaults; here the paper's recipe is the default).
-    weights: str = "none"
-    taps: tuple[str, ...] | None = None
-    freeze_epochs: int = 0
-    backbone_lr_mult: float = 1.0
-    optimizer: str = "sgd"
-    schedule: str = "step"
-    warmup_epochs: int = 0
-    label_smoothing: float = 0.0
-    # --- issue 14: data sources, image size, streaming ---
     image_size: tuple[int, int] | None = None  # (H, W); None: the images' one size
     resize: str = "squash"  # squash | crop | pad
     val_split: float | None = None  # held out when the source has no held-out split
     train_split: str | None = None  # tfds split syntax, e.g. "train[:90%]"
     test_split: str | None = None
     cache: str = "auto"  # auto | none | memory | disk[:DIR]
-    steps_per_epoch: int | None = None  # None: one pass over the training images
 
     def __post_init__(self):
-        def positive(name, value, allow_zero=False):
-            if value is None:
-                return
-            if value < 0 or (value == 0 and not allow_zero):
-                raise ConfigError(
-                    f"`{name}` must be {'>= 0' if allow_zero else '> 0'}. Received: {name}={value}"
-                )
+        from sila_keras.data.dataset import parse_cache
+        from sila_keras.data.images import RESIZE_POLICIES, parse_image_size
+
+        _positive("limit_train", self.limit_train)
+        _positive("limit_test", self.limit_test)
+        if self.download not in DOWNLOAD_MODES:
+            raise ConfigError(f"Unknown download mode '{self.download}'. "
+                              f"Available: {', '.join(DOWNLOAD_MODES)}")
+        if self.image_size is not None:
+            _set(self, "image_size", parse_image_size(self.image_size))
+        if self.resize not in RESIZE_POLICIES:
+            raise ConfigError(f"`--resize` must be one of {', '.join(RESIZE_POLICIES)}. "
+                              f"Received: resize={self.resize!r}")
+        if self.val_split is not None and not 0.0 < self.val_split < 1.0:
+            raise ConfigError(f"`--val-split` must be in (0, 1). Received: val_split={self.val_split}")
+        parse_cache(self.cache)
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """The network: a backbone name, ``keras:<Name>`` (#15) or a ``.keras`` file."""
+
+    model: str = ""
+    backbone_kwargs: dict = field(default_factory=dict)
+    weights: str = "none"
+    taps: tuple[str, ...] | None = None
+
+    def __post_init__(self):
+        if self.taps is not None:
+            _set(self, "taps", tuple(str(t) for t in self.taps))
+
+
+@dataclass(frozen=True)
+class SilaConfig:
+    """The training method (``--mode``) and SiLa's sets: M heads, weights 1, β, λβ, … or β_c."""
+
+    mode: str = "sila"
+    heads: int = 3
+    beta: float = 0.1
+    lam: float = 0.5
+    betas: tuple[float, ...] | None = None
+
+    def __post_init__(self):
+        from sila_keras.modes import get_mode
 
         if self.heads < 1:
             raise ConfigError(f"`--heads` must be >= 1 (1 = the base model). Received: heads={self.heads}")
@@ -120,43 +126,57 @@ class TrainConfig:
         if self.lam < 0:
             raise ConfigError(f"`--lam` must be >= 0. Received: lam={self.lam}")
         if self.betas is not None:
-            object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+            _set(self, "betas", tuple(float(b) for b in self.betas))
             if any(b < 0 for b in self.betas):
                 raise ConfigError(f"Every `--betas` entry must be >= 0. Received: betas={list(self.betas)}")
+        get_mode(self.mode)  # an unknown mode raises, listing the registered ones
+
+
+@dataclass(frozen=True)
+class MutualConfig:
+    """``--mode mutual`` (paper B §3.2): the peer network and the DML term."""
+
+    peer: str | None = None
+    dml: bool = False
+
+
+@dataclass(frozen=True)
+class DynamicConfig:
+    """``--mode dynamic`` (paper B §3.3): MSDNet early exits."""
+
+    no_sila: bool = False
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimiser, schedule and the length of training."""
+
+    epochs: int = 260
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    milestones: tuple[int, ...] = PAPER_MILESTONES
+    gamma: float = 0.5
+    nesterov: bool = False
+    optimizer: str = "sgd"  # #15 (sila_keras.optim)
+    schedule: str = "step"
+    warmup_epochs: int = 0
+    label_smoothing: float = 0.0
+    freeze_epochs: int = 0  # #15: epochs with a frozen pretrained backbone
+    backbone_lr_mult: float = 1.0
+    steps_per_epoch: int | None = None  # None: one pass over the training images
+
+    def __post_init__(self):
         for name in ("epochs", "batch_size", "lr"):
-            positive(name, getattr(self, name))
+            _positive(name, getattr(self, name))
         for name in ("momentum", "weight_decay", "gamma"):
-            positive(name, getattr(self, name), allow_zero=True)
-        if self.steps_per_execution != "auto":
-            spe = self.steps_per_execution
-            if isinstance(spe, bool) or not isinstance(spe, int):
-                raise ConfigError("`--steps-per-execution` must be 'auto' or an integer >= 1. "
-                                 f"Received: steps_per_execution={self.steps_per_execution!r}")
-            positive("steps_per_execution", self.steps_per_execution)
-        positive("checkpoint_every", self.checkpoint_every)
-        positive("limit_train", self.limit_train)
-        positive("limit_test", self.limit_test)
+            _positive(name, getattr(self, name), allow_zero=True)
         ms = tuple(int(m) for m in self.milestones)
-        object.__setattr__(self, "milestones", ms)
+        _set(self, "milestones", ms)
         if any(m <= 0 for m in ms) or list(ms) != sorted(set(ms)):
             raise ConfigError(
-                f"`--milestones` must be increasing positive epochs. Received: milestones={list(ms)}"
-            )
-        from sila_keras.modes import get_mode
-
-        get_mode(self.mode)  # an unknown mode raises, listing the registered ones
-        if self.strategy not in STRATEGIES:
-            raise ConfigError(f"Unknown strategy '{self.strategy}'. Available: {', '.join(STRATEGIES)}")
-        if self.download not in DOWNLOAD_MODES:
-            raise ConfigError(f"Unknown download mode '{self.download}'. Available: {', '.join(DOWNLOAD_MODES)}")
-        self._validate_data_fields()
-        if self.name is not None and (not self.name or "/" in self.name or self.name in (".", "..")):
-            raise ConfigError(f"`--name` must be a plain folder name. Received: name={self.name!r}")
-        self._check_finetune()
-
-    def _check_finetune(self) -> None:  # #15
-        if self.taps is not None:
-            object.__setattr__(self, "taps", tuple(str(t) for t in self.taps))
+                f"`--milestones` must be increasing positive epochs. Received: milestones={list(ms)}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"Unknown optimizer '{self.optimizer}'. Available: "
                               f"{', '.join(OPTIMIZERS)}. Received: optimizer={self.optimizer!r}")
@@ -174,79 +194,189 @@ class TrainConfig:
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError("`--label-smoothing` must be in [0, 1). Received: "
                               f"label_smoothing={self.label_smoothing}")
-        if self.label_smoothing and self.mode != "sila":
-            raise ConfigError("`--label-smoothing` applies to --mode sila. Received: "
-                              f"mode={self.mode}, label_smoothing={self.label_smoothing}")
         if self.backbone_lr_mult < 0:
             raise ConfigError("`--backbone-lr-mult` must be >= 0. Received: "
                               f"backbone_lr_mult={self.backbone_lr_mult}")
-        keras_model = self.model.startswith("keras:")
-        only_keras = {"weights": self.weights != "none", "taps": self.taps is not None,
-                      "freeze_epochs": self.freeze_epochs > 0,
-                      "backbone_lr_mult": self.backbone_lr_mult != 1.0}
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise ConfigError(f"`--steps-per-epoch` must be >= 1. "
+                              f"Received: steps_per_epoch={self.steps_per_epoch}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Where the run is written, seeding, devices and speed (issue 18)."""
+
+    seed: int = 0
+    out: str = "runs"
+    name: str | None = None
+    resume: bool = False
+    strategy: str = "auto"
+    verbose: int | None = None
+    debug: bool = False
+    deterministic: bool = False
+    mixed_precision: bool = False
+    jit: bool = False
+    steps_per_execution: int | str = "auto"
+    sync_bn: bool | None = None  # None: on when replicas > 1 and the per-replica batch < 32
+    checkpoint_every: int = 1  # epochs between checkpoints (the last epoch always)
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"Unknown strategy '{self.strategy}'. Available: {', '.join(STRATEGIES)}")
+        if self.steps_per_execution != "auto":
+            spe = self.steps_per_execution
+            if isinstance(spe, bool) or not isinstance(spe, int):
+                raise ConfigError("`--steps-per-execution` must be 'auto' or an integer >= 1. "
+                                  f"Received: steps_per_execution={self.steps_per_execution!r}")
+            _positive("steps_per_execution", self.steps_per_execution)
+        _positive("checkpoint_every", self.checkpoint_every)
+        if self.name is not None and (not self.name or "/" in self.name or self.name in (".", "..")):
+            raise ConfigError(f"`--name` must be a plain folder name. Received: name={self.name!r}")
+
+
+# Group attribute → its class. A new mode or data source adds one entry (and its dataclass).
+GROUPS: dict[str, type] = {"data": DataConfig, "net": NetConfig, "sila": SilaConfig,
+                           "optim": OptimConfig, "run": RunConfig, "mutual": MutualConfig,
+                           "dynamic": DynamicConfig}
+# Flat field name → group attribute (names are unique across groups; a test checks it).
+FIELD_GROUP: dict[str, str] = {f.name: g for g, cls in GROUPS.items()
+                               for f in dataclasses.fields(cls)}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on, in groups (:data:`GROUPS`); validated on
+    construction. Build it from flat field names with :meth:`create`, change it with
+    :meth:`replace`, read a group's field directly (``cfg.optim.epochs``).
+
+    Example:
+        >>> cfg = TrainConfig.create(dataset="folder:data", model="resnet20", epochs=1)
+        >>> cfg.sila.heads, cfg.optim.epochs, cfg.data.dataset
+        (3, 1, 'folder:data')
+        >>> cfg.replace(beta=0.2).sila.beta
+        0.2
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    net: NetConfig = field(default_factory=NetConfig)
+    sila: SilaConfig = field(default_factory=SilaConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    mutual: MutualConfig = field(default_factory=MutualConfig)
+    dynamic: DynamicConfig = field(default_factory=DynamicConfig)
+
+    def __post_init__(self):
+        for g, cls in GROUPS.items():
+            if not isinstance(getattr(self, g), cls):
+                raise TypeError(f"TrainConfig.{g} must be a {cls.__name__}, "
+                                f"not {type(getattr(self, g)).__name__}")
+        self._check_across_groups()
+
+    def __getattr__(self, name: str):
+        # Only called for missing attributes: point old flat reads at their group.
+        group = FIELD_GROUP.get(name)
+        if group is not None:
+            raise AttributeError(f"TrainConfig has no field {name!r}; it is "
+                                 f"TrainConfig.{group}.{name} (fields are grouped)")
+        raise AttributeError(f"TrainConfig has no attribute {name!r}")
+
+    def _check_across_groups(self) -> None:
+        """Checks that read two groups: mode vs label smoothing, model vs pretrained flags."""
+        optim, net = self.optim, self.net
+        if optim.label_smoothing and self.sila.mode != "sila":
+            raise ConfigError("`--label-smoothing` applies to --mode sila. Received: "
+                              f"mode={self.sila.mode}, label_smoothing={optim.label_smoothing}")
+        keras_model = net.model.startswith("keras:")
+        only_keras = {"weights": net.weights != "none", "taps": net.taps is not None,
+                      "freeze_epochs": optim.freeze_epochs > 0,
+                      "backbone_lr_mult": optim.backbone_lr_mult != 1.0}
         used = [k for k, v in only_keras.items() if v]
-        if used and not keras_model and self.model:
+        if used and not keras_model and net.model:
             raise ConfigError(
                 f"`--{used[0].replace('_', '-')}` applies to keras:<Name> backbones only "
                 "(a pretrained keras.applications model). Received: "
-                f"model={self.model!r}, {used[0]}={getattr(self, used[0])!r}")
+                f"model={net.model!r}, {used[0]}={self.value(used[0])!r}")
         if keras_model:
             from sila_keras.models.applications import check_weights, get_application
 
-            get_application(self.model)
-            check_weights(self.model, self.weights, check_file=False)
+            get_application(net.model)
+            check_weights(net.model, net.weights, check_file=False)
+
+    # ------------------------------------------------------------------ flat names
+
+    @classmethod
+    def create(cls, dataset: str = "", model: str = "", **fields) -> TrainConfig:
+        """A config from flat field names (``epochs=1``, ``beta=0.2``, …); the rest default.
+
+        Raises:
+            TypeError: a name that is no field (a programming error, like a bad keyword).
+        """
+        return cls().replace(dataset=dataset, model=model, **fields)
+
+    def replace(self, **changes) -> TrainConfig:
+        """This config with flat fields (or whole groups: ``optim=OptimConfig(...)``) changed."""
+        groups = {g: changes.pop(g) for g in list(changes) if g in GROUPS}
+        per_group: dict[str, dict] = {}
+        for name, value in changes.items():
+            group = FIELD_GROUP.get(name)
+            if group is None:
+                raise TypeError(f"TrainConfig has no field {name!r}")
+            per_group.setdefault(group, {})[name] = value
+        for g, values in per_group.items():
+            groups[g] = dataclasses.replace(groups.get(g, getattr(self, g)), **values)
+        return dataclasses.replace(self, **groups)
+
+    def value(self, name: str):
+        """The value of the flat field ``name`` (for code that holds names: resume checks,
+        mode options, recipes)."""
+        group = FIELD_GROUP.get(name)
+        if group is None:
+            raise TypeError(f"TrainConfig has no field {name!r}")
+        return getattr(getattr(self, group), name)
+
+    def flat(self) -> dict:
+        """Every field by flat name (tuples as lists, as in JSON)."""
+        return {k: v for g in GROUPS for k, v in _jsonable(getattr(self, g)).items()}
 
     def with_epochs(self, epochs: int) -> TrainConfig:
         """#15: this config for a run of ``epochs`` epochs (a tuning trial, a final run): the
         freeze and warmup phases are cut to leave at least one epoch after them."""
         epochs = int(epochs)
         return self.replace(epochs=epochs,
-                            freeze_epochs=max(0, min(self.freeze_epochs, epochs - 1)),
-                            warmup_epochs=max(0, min(self.warmup_epochs, epochs - 1)))
-
-    def _validate_data_fields(self) -> None:
-        """Issue 14's fields: image size, resize policy, split fraction, cache, steps."""
-        from sila_keras.data.dataset import parse_cache
-        from sila_keras.data.images import RESIZE_POLICIES, parse_image_size
-        from sila_keras.errors import ConfigError
-
-        if self.image_size is not None:
-            object.__setattr__(self, "image_size", parse_image_size(self.image_size))
-        if self.resize not in RESIZE_POLICIES:
-            raise ConfigError(f"`--resize` must be one of {', '.join(RESIZE_POLICIES)}. "
-                              f"Received: resize={self.resize!r}")
-        if self.val_split is not None and not 0.0 < self.val_split < 1.0:
-            raise ConfigError(f"`--val-split` must be in (0, 1). Received: val_split={self.val_split}")
-        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
-            raise ConfigError(f"`--steps-per-epoch` must be >= 1. "
-                              f"Received: steps_per_epoch={self.steps_per_epoch}")
-        parse_cache(self.cache)
+                            freeze_epochs=max(0, min(self.optim.freeze_epochs, epochs - 1)),
+                            warmup_epochs=max(0, min(self.optim.warmup_epochs, epochs - 1)))
 
     @property
     def run_dir(self) -> Path:
-        """``<out>/<name>`` (name resolved by :func:`with_defaults`)."""
-        return Path(self.out) / (self.name or "unnamed")
+        """``<out>/<name>`` (name resolved by the CLI)."""
+        return Path(self.run.out) / (self.run.name or "unnamed")
+
+    # ------------------------------------------------------------------ JSON
 
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        for k, v in d.items():
-            if isinstance(v, tuple):
-                d[k] = list(v)
-        return d
+        """``{"data": {...}, "net": {...}, ...}``: what ``config.json`` holds."""
+        return {g: _jsonable(getattr(self, g)) for g in GROUPS}
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        d = {k: v for k, v in d.items() if k in known}
-        for k in ("betas", "milestones", "image_size"):
-            if d.get(k) is not None:
-                d[k] = tuple(d[k])
-        return cls(**d)
-
-    def replace(self, **changes) -> TrainConfig:
-        return dataclasses.replace(self, **changes)
+        """From :meth:`to_dict`'s form, or the flat form of runs written before the grouping.
+        Unknown keys (fields of newer or older versions) are ignored."""
+        return cls().replace(**{k: v for k, v in flat_dict(d).items() if k in FIELD_GROUP})
 
     def differences(self, other: TrainConfig, ignore=RESUME_MUTABLE) -> dict:
-        """Fields (outside ``ignore``) whose values differ: name → (self, other)."""
-        a, b = self.to_dict(), other.to_dict()
+        """Fields (outside ``ignore``) whose values differ: flat name → (self, other)."""
+        a, b = self.flat(), other.flat()
         return {k: (a[k], b[k]) for k in a if k not in ignore and a[k] != b[k]}
+
+
+def flat_dict(d: dict) -> dict:
+    """A ``config.json`` dict by flat field names, whether grouped (now) or flat (runs written
+    before the grouping). Values stay as JSON has them (lists; the groups make tuples)."""
+    if any(isinstance(d.get(g), dict) for g in GROUPS):
+        return {k: v for g in GROUPS if isinstance(d.get(g), dict) for k, v in d[g].items()}
+    return dict(d)
+
+
+def _jsonable(group) -> dict:
+    d = dataclasses.asdict(group)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}

@@ -329,24 +329,24 @@ def resolve_speed(config, strategy: tf.distribute.Strategy) -> SpeedSettings:
     from sila_keras.errors import ConfigError
 
     replicas = int(strategy.num_replicas_in_sync)
-    if config.batch_size < replicas:
+    if config.optim.batch_size < replicas:
         raise ConfigError(
             f"`--batch-size` is global: every one of the {replicas} replicas needs at least one "
             f"example per step. Use --batch-size {replicas} or more. "
-            f"Received: batch_size={config.batch_size}")
-    jit = bool(config.jit)
-    if jit and replicas > 1 and config.sync_bn:
+            f"Received: batch_size={config.optim.batch_size}")
+    jit = bool(config.run.jit)
+    if jit and replicas > 1 and config.run.sync_bn:
         raise ConfigError(
             "--jit with several replicas cannot compile synchronized BatchNorm (an all-reduce "
             "inside an XLA cluster is unsupported under MirroredStrategy). Drop --sync-bn "
             "(BatchNorm per replica) or --jit. Received: jit=True, sync_bn=True, "
             f"replicas={replicas}")
-    sync = False if jit and config.sync_bn is None else resolve_sync_bn(
-        config.sync_bn, replicas, config.batch_size)
+    sync = False if jit and config.run.sync_bn is None else resolve_sync_bn(
+        config.run.sync_bn, replicas, config.optim.batch_size)
     gpu = has_gpu(strategy)
-    return SpeedSettings(replicas=replicas, global_batch=int(config.batch_size),
+    return SpeedSettings(replicas=replicas, global_batch=int(config.optim.batch_size),
                          steps_per_execution=resolve_steps_per_execution(
-                             config.steps_per_execution, gpu, replicas),
+                             config.run.steps_per_execution, gpu, replicas),
                          jit=jit, sync_bn=sync, has_gpu=gpu)
 
 

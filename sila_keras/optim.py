@@ -207,19 +207,16 @@ def optimizer_for(config, steps_per_epoch: int):
     """
     from sila_keras.finetune import NEW_LAYER_PREFIXES
 
-    opt = getattr(config, "optimizer", "sgd")
-    schedule = getattr(config, "schedule", "step")
-    warmup = int(getattr(config, "warmup_epochs", 0))
-    mult = float(getattr(config, "backbone_lr_mult", 1.0))
+    o = config.optim
+    opt, schedule, warmup, mult = o.optimizer, o.schedule, o.warmup_epochs, o.backbone_lr_mult
     if opt == "sgd" and schedule == "step" and not warmup and mult == 1.0:
-        return make_optimizer(config.lr, config.momentum, config.weight_decay, config.milestones,
-                              config.gamma, steps_per_epoch, config.nesterov)
-    lr = make_schedule(schedule, config.lr, steps_per_epoch=steps_per_epoch, epochs=config.epochs,
-                       milestones=config.milestones, gamma=config.gamma, warmup_epochs=warmup)
+        return make_optimizer(o.lr, o.momentum, o.weight_decay, o.milestones, o.gamma,
+                              steps_per_epoch, o.nesterov)
+    lr = make_schedule(schedule, o.lr, steps_per_epoch=steps_per_epoch, epochs=o.epochs,
+                       milestones=o.milestones, gamma=o.gamma, warmup_epochs=warmup)
     common = {"backbone_lr_mult": mult, "new_prefixes": NEW_LAYER_PREFIXES, "learning_rate": lr}
     if opt == "adamw":
-        return FineTuneAdamW(weight_decay=config.weight_decay, **common)
+        return FineTuneAdamW(weight_decay=o.weight_decay, **common)
     if opt != "sgd":
         raise ConfigError(f"Unknown optimizer '{opt}'. Available: {', '.join(OPTIMIZERS)}")
-    return FineTuneSGD(l2=config.weight_decay, momentum=config.momentum,
-                       nesterov=config.nesterov, **common)
+    return FineTuneSGD(l2=o.weight_decay, momentum=o.momentum, nesterov=o.nesterov, **common)

@@ -199,7 +199,11 @@ class RunDir:
     # ------------------------------------------------------------------ reads
 
     def read_config(self) -> dict:
-        return io.read_json(self.config_path)
+        """The run's settings by flat field name (``{"epochs": 3, …}``), whether
+        ``config.json`` is grouped (:meth:`TrainConfig.to_dict`) or flat (older runs)."""
+        from sila_keras.config import flat_dict
+
+        return flat_dict(io.read_json(self.config_path))
 
     def read_summary(self) -> dict:
         return io.read_json_object(self.summary_path)

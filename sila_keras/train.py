@@ -86,20 +86,20 @@ def check_before_data(config: TrainConfig):
     from sila_keras.modes import make_mode
     from sila_keras.precision import check_mixed_precision
 
-    validate_model_name(config.model)
+    validate_model_name(config.net.model)
     _check_weights_file(config)  # #15
     mode = make_mode(config)  # validates the mode's flags, once per run
     mode.check_before_data()
-    check_mixed_precision(config.model, config.mixed_precision)
+    check_mixed_precision(config.net.model, config.run.mixed_precision)
     return mode
 
 
 def _check_weights_file(config: TrainConfig) -> None:
     """#15: a keras:<Name> ``--weights PATH`` must exist (checked before any data is read)."""
-    if config.model.startswith("keras:") and not config.resume:
+    if config.net.model.startswith("keras:") and not config.run.resume:
         from sila_keras.models.applications import check_weights
 
-        check_weights(config.model, config.weights)
+        check_weights(config.net.model, config.net.weights)
 
 
 def check_run_dir(config: TrainConfig, run_dir: Path | None = None) -> ResumeState:
@@ -116,7 +116,7 @@ def check_run_dir(config: TrainConfig, run_dir: Path | None = None) -> ResumeSta
     """
     run = RunDir(run_dir or config.run_dir)
     state = ResumeState()
-    if not config.resume:
+    if not config.run.resume:
         run.check_new()
         return state
     old = run.read_resumable_config(TrainConfig)
@@ -145,18 +145,18 @@ def load_data(config: TrainConfig):
     :func:`sila_keras.data.load_dataset`) and check its size against the backbone."""
     from sila_keras.data import load_dataset
 
-    data = load_dataset(config.dataset, data_dir=config.data_dir, limit_train=config.limit_train,
-                        limit_test=config.limit_test, seed=config.seed, download=config.download,
-                        skip_bad_images=config.skip_bad_images, image_size=config.image_size,
-                        resize=config.resize, val_split=config.val_split,
-                        train_split=config.train_split, test_split=config.test_split,
-                        cache=config.cache)
-    if not config.model.endswith((".keras", ".h5")):
+    d = config.data
+    data = load_dataset(d.dataset, data_dir=d.data_dir, limit_train=d.limit_train,
+                        limit_test=d.limit_test, seed=config.run.seed, download=d.download,
+                        skip_bad_images=d.skip_bad_images, image_size=d.image_size,
+                        resize=d.resize, val_split=d.val_split, train_split=d.train_split,
+                        test_split=d.test_split, cache=d.cache)
+    if not config.net.model.endswith((".keras", ".h5")):
         from sila_keras.data.images import check_size_for_backbone
         from sila_keras.models import get_backbone
 
-        check_size_for_backbone(data.image_size, get_backbone(config.model).min_input_size,
-                                config.model)
+        check_size_for_backbone(data.image_size, get_backbone(config.net.model).min_input_size,
+                                config.net.model)
     return data
 
 
@@ -164,14 +164,14 @@ def build_model(config: TrainConfig, data, mode=None):
     """The model for this config and data (normalization from the training pixels), built by
     the run's :class:`~sila_keras.modes.Mode` (``mode``; default: made from ``config``).
 
-    In ``--mode sila``, ``config.model`` may be a path to the user's own ``.keras``
+    In ``--mode sila``, ``config.net.model`` may be a path to the user's own ``.keras``
     classifier: SiLa heads are attached to it; it receives raw 0–255 pixels.
     """
     from sila_keras.modes import make_mode
 
-    if config.model.startswith("keras:"):  # #15: weights and taps go to the application builder
-        extra = {"weights": config.weights, "taps": config.taps}
-        mode = make_mode(config.replace(backbone_kwargs={**config.backbone_kwargs, **extra}))
+    if config.net.model.startswith("keras:"):  # #15: weights and taps go to the application builder
+        extra = {"weights": config.net.weights, "taps": config.net.taps}
+        mode = make_mode(config.replace(backbone_kwargs={**config.net.backbone_kwargs, **extra}))
     return (mode or make_mode(config)).build_model(data)
 
 
@@ -208,8 +208,8 @@ def _with_label_smoothing(loss, config: TrainConfig):
     """#15: ``--label-smoothing`` on the SiLa loss (TrainConfig allows it for --mode sila only)."""
     from sila_keras.losses import SilaLoss
 
-    if config.label_smoothing and isinstance(loss, SilaLoss):
-        loss.label_smoothing = float(config.label_smoothing)
+    if config.optim.label_smoothing and isinstance(loss, SilaLoss):
+        loss.label_smoothing = float(config.optim.label_smoothing)
     return loss
 
 
@@ -228,26 +228,26 @@ def make_datasets(config: TrainConfig, train_x, train_y, eval_x, eval_y, initial
     train_set, eval_set = as_set(train_x, train_y), as_set(eval_x, eval_y)
     replicas = int(strategy.num_replicas_in_sync) if strategy is not None else 1
     drop = replicas > 1
-    if config.batch_size % replicas:
+    if config.optim.batch_size % replicas:
         from sila_keras.errors import ConfigError
 
         raise ConfigError(f"`--batch-size` (global) must be a multiple of the {replicas} replicas, "
-                          f"so that each gets the same share. Received: batch_size={config.batch_size}")
-    steps = config.steps_per_epoch or steps_per_epoch(len(train_set), config.batch_size, drop)
+                          f"so that each gets the same share. Received: batch_size={config.optim.batch_size}")
+    steps = config.optim.steps_per_epoch or steps_per_epoch(len(train_set), config.optim.batch_size, drop)
     train_cache, eval_cache = _disk_cache_paths(config)
-    kw = dict(seed=config.seed, augment=config.augment, initial_epoch=initial_epoch,
-              epochs=config.epochs, drop_remainder=drop, steps=steps, cache_path=train_cache)
+    kw = dict(seed=config.run.seed, augment=config.data.augment, initial_epoch=initial_epoch,
+              epochs=config.optim.epochs, drop_remainder=drop, steps=steps, cache_path=train_cache)
     from sila_keras.multiworker import in_multi_worker_mode
 
     if strategy is not None and in_multi_worker_mode(strategy):
         def per_worker(ctx):
-            return train_dataset(train_set, None, config.batch_size,
+            return train_dataset(train_set, None, config.optim.batch_size,
                                  shard=(ctx.num_input_pipelines, ctx.input_pipeline_id), **kw)
 
         train = strategy.distribute_datasets_from_function(per_worker)
     else:
-        train = train_dataset(train_set, None, config.batch_size, options=options, **kw)
-    return train, eval_dataset(eval_set, None, config.batch_size, options=options,
+        train = train_dataset(train_set, None, config.optim.batch_size, options=options, **kw)
+    return train, eval_dataset(eval_set, None, config.optim.batch_size, options=options,
                                cache_path=eval_cache, replicas=replicas), steps
 
 
@@ -257,12 +257,13 @@ def _disk_cache_paths(config: TrainConfig):
 
     from sila_keras.data import default_cache_dir, parse_cache
 
-    mode, where = parse_cache(config.cache)
+    mode, where = parse_cache(config.data.cache)
     if mode != "disk":
         return None, None
-    key = "|".join(str(v) for v in (config.dataset, config.image_size, config.resize,
-                                     config.limit_train, config.limit_test, config.seed,
-                                     config.val_split, config.train_split, config.test_split))
+    d = config.data
+    key = "|".join(str(v) for v in (d.dataset, d.image_size, d.resize, d.limit_train,
+                                     d.limit_test, config.run.seed, d.val_split, d.train_split,
+                                     d.test_split))
     base = Path(where or default_cache_dir() / "tfdata") / hashlib.sha1(key.encode()).hexdigest()[:12]
     return str(base / "train"), str(base / "eval")
 
@@ -331,17 +332,17 @@ def save_run(run_dir: Path, model, config: TrainConfig, data, logger, strategy, 
         "test_examples": len(data.test_y), "input_shape": list(data.input_shape),
         "class_names": data.class_names, "notes": data.notes}
     summary = {
-        "dataset": config.dataset, "model": config.model, "num_classes": data.num_classes,
+        "dataset": config.data.dataset, "model": config.net.model, "num_classes": data.num_classes,
         "num_heads": m, "heads": heads, "total_params": total, "train_mib": round(total * 4 / 2**20, 2),
         "base_params": heads["head_1"]["params"], "epochs_done": int(last.get("epoch", 0) or 0),
-        "epochs": config.epochs, "top5": _f(last.get("top5")), "nll": _f(last.get("nll")),
+        "epochs": config.optim.epochs, "top5": _f(last.get("top5")), "nll": _f(last.get("nll")),
         "wall_time_s": round(wall_time_s, 1), "strategy": strategy_name(strategy),
         "replicas": int(strategy.num_replicas_in_sync),
         "data": {**data_block, "mean": mean, "std": std},
     }
     run.write_summary(summary)
     if rows:
-        plot_curves(rows, m, run.curves_path, title=f"{config.model} on {dataset_label(config.dataset)}")
+        plot_curves(rows, m, run.curves_path, title=f"{config.net.model} on {dataset_label(config.data.dataset)}")
     return summary
 
 
@@ -373,7 +374,7 @@ def run(config: TrainConfig) -> dict:
     try:
         return _run(config)
     finally:
-        if config.deterministic and not was_deterministic:
+        if config.run.deterministic and not was_deterministic:
             tf_config.disable_op_determinism()
 
 
@@ -395,18 +396,18 @@ def _run(config: TrainConfig) -> dict:
 
     # The strategy first: multi-worker collectives must be configured before any TF op runs
     # (the checks below may build a model symbolically).
-    strategy = make_strategy(config.strategy)
+    strategy = make_strategy(config.run.strategy)
     mode = check_before_data(config)  # validates the mode's flags, once
     # Only the chief writes the run directory; other multi-workers write (and resume from)
     # their own scratch copy <run>/.workers/<type>_<id>, so machines need no shared disk.
-    run_dir = process_run_dir(config.run_dir, config.strategy)
+    run_dir = process_run_dir(config.run_dir, config.run.strategy)
     run = RunDir(run_dir)
     state = check_run_dir(config, run_dir)
     t_start = time.time()
     agree_on_epoch(strategy, state.initial_epoch)  # multi-worker: all resume after the same epoch
     speed = resolve_speed(config, strategy)  # refuses impossible flag sets before any data
-    keras.utils.set_random_seed(config.seed)
-    if config.deterministic:
+    keras.utils.set_random_seed(config.run.seed)
+    if config.run.deterministic:
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
@@ -415,7 +416,7 @@ def _run(config: TrainConfig) -> dict:
           f"{data.num_classes} classes, input {data.input_shape} (held out: "
           f"{data.split_info.get('eval_split', 'test')}; cache {data.cache})"
           + "".join(f"\n  note: {n}" for n in data.notes), flush=True)
-    policy = set_precision(config.mixed_precision)
+    policy = set_precision(config.run.mixed_precision)
     train_ds, eval_ds, steps = make_datasets(config, data.train, None, data.test, None,
                                              state.initial_epoch, options=dataset_options(strategy),
                                              strategy=strategy)
@@ -430,26 +431,26 @@ def _run(config: TrainConfig) -> dict:
                                   mode=mode, speed=speed)
     create_run_dir(config, run_dir)
     num_heads = num_heads_of(model)
-    print(f"Model: {config.model}, {num_heads} head(s), {trainable_params(model):,} trainable "
+    print(f"Model: {config.net.model}, {num_heads} head(s), {trainable_params(model):,} trainable "
           f"parameters (summary.json's total_params; {model.count_params():,} with BatchNorm "
           "statistics and other non-trainable weights); "
           f"strategy {strategy_name(strategy)} × {strategy.num_replicas_in_sync} replica(s); "
           f"run dir {run_dir}\n{speed.line()}; precision {policy}", flush=True)
-    if state.initial_epoch >= config.epochs:
-        print(f"Nothing to do: {state.initial_epoch} of {config.epochs} epochs are done.")
+    if state.initial_epoch >= config.optim.epochs:
+        print(f"Nothing to do: {state.initial_epoch} of {config.optim.epochs} epochs are done.")
     guard = NonFiniteGuard()
-    logger = EpochLogger(run.metrics_path, num_heads, state.rows, total_epochs=config.epochs,
+    logger = EpochLogger(run.metrics_path, num_heads, state.rows, total_epochs=config.optim.epochs,
                          guard=guard)
     elapsed = lambda: {"wall_time_s": state.wall_time_s + time.time() - t_start}  # noqa: E731
     callbacks = [guard, logger, ResumeCheckpoint(run.checkpoints, elapsed, guard=guard,
-                                                 every=config.checkpoint_every,
-                                                 last_epoch=config.epochs),
+                                                 every=config.run.checkpoint_every,
+                                                 last_epoch=config.optim.epochs),
                  keras.callbacks.TensorBoard(str(run.tensorboard), write_graph=False,
                                              profile_batch=0)]
-    if state.initial_epoch < config.epochs:  # Ctrl-C / SIGTERM (sila_keras.cli): exit 130
-        fit(model, train_ds, eval_ds, epochs=config.epochs, steps=steps,
-            initial_epoch=state.initial_epoch, callbacks=callbacks, verbose=config.verbose,
-            freeze_epochs=config.freeze_epochs)  # #15
+    if state.initial_epoch < config.optim.epochs:  # Ctrl-C / SIGTERM (sila_keras.cli): exit 130
+        fit(model, train_ds, eval_ds, epochs=config.optim.epochs, steps=steps,
+            initial_epoch=state.initial_epoch, callbacks=callbacks, verbose=config.run.verbose,
+            freeze_epochs=config.optim.freeze_epochs)  # #15
     if guard.failure:
         raise TrainingFailed(guard.failure)
     summary = save_run(run_dir, model, config, data, logger, strategy, elapsed()["wall_time_s"])

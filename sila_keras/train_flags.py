@@ -18,6 +18,7 @@ from sila_keras.config import (
     AUGMENT_NAMES,
     BACKBONE_NAMES,
     DOWNLOAD_MODES,
+    FIELD_GROUP,
     KERAS_APPLICATIONS,
     OPTIMIZERS,
     PAPER_MILESTONES,
@@ -34,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``sila-train`` parser (imports nothing heavy: ``--help`` never loads TensorFlow)."""
     from sila_keras.modes import get_mode, list_modes
 
-    d = TrainConfig("", "")
+    d = TrainConfig()
     p = argparse.ArgumentParser(
         prog="sila-train",
         description="Train a classifier with Siamese Labels (SiLa) auxiliary heads "
@@ -48,34 +49,34 @@ def build_parser() -> argparse.ArgumentParser:
                                  "keras.applications model, see below); or a saved Keras "
                                  "classifier (.keras) to attach heads to")
     g = p.add_argument_group("SiLa")
-    g.add_argument("--heads", type=int, default=d.heads, help="M label sets / heads (1 = base model)")
-    g.add_argument("--beta", type=float, default=d.beta, help="β: weight of the first Siamese set")
-    g.add_argument("--lam", type=float, default=d.lam, help="λ: decay of β per further set")
+    g.add_argument("--heads", type=int, default=d.sila.heads, help="M label sets / heads (1 = base model)")
+    g.add_argument("--beta", type=float, default=d.sila.beta, help="β: weight of the first Siamese set")
+    g.add_argument("--lam", type=float, default=d.sila.lam, help="λ: decay of β per further set")
     g.add_argument("--betas", type=_floats, default=None,
                    help="explicit weight per set β_1,…,β_M (paper B Eq. 10); overrides β/λ")
-    g.add_argument("--mode", default=d.mode, choices=list_modes(),
+    g.add_argument("--mode", default=d.sila.mode, choices=list_modes(),
                    help="; ".join(f"{m}: {get_mode(m).help}" for m in list_modes()))
     g.add_argument("--peer", default=None, help="--mode mutual/dml: the second network's backbone")
     g.add_argument("--dml", action="store_true", help="--mode mutual: add Deep Mutual Learning KL terms")
     g.add_argument("--no-sila", action="store_true",
                    help="--mode dynamic: train the original MSDNet (sum of per-exit CE) instead of SiLa")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=d.epochs,
+    g.add_argument("--epochs", type=int, default=d.optim.epochs,
                    help="training epochs (the papers' 260; try 1-5 for a first look)")
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch size (all replicas)")
-    g.add_argument("--lr", type=float, default=d.lr, help="initial SGD learning rate")
-    g.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay,
+    g.add_argument("--batch-size", type=int, default=d.optim.batch_size, help="global batch size (all replicas)")
+    g.add_argument("--lr", type=float, default=d.optim.lr, help="initial SGD learning rate")
+    g.add_argument("--momentum", type=float, default=d.optim.momentum, help="SGD momentum")
+    g.add_argument("--weight-decay", type=float, default=d.optim.weight_decay,
                    help="coupled L2 as in PyTorch SGD (g += wd·w)")
     g.add_argument("--milestones", type=_ints, default=",".join(map(str, PAPER_MILESTONES)),
                    help="epochs at which lr *= gamma (comma-separated; '' for none)")
-    g.add_argument("--gamma", type=float, default=d.gamma, help="lr decay factor at each milestone")
+    g.add_argument("--gamma", type=float, default=d.optim.gamma, help="lr decay factor at each milestone")
     g.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
-    g.add_argument("--augment", default=d.augment, choices=AUGMENT_NAMES,
+    g.add_argument("--augment", default=d.data.augment, choices=AUGMENT_NAMES,
                    help="training augmentation (standard = pad 4 + crop + flip)")
     g = p.add_argument_group("data")
     g.add_argument("--data-dir", default=None, help="tfds data_dir with pre-downloaded data")
-    g.add_argument("--download", default=d.download, choices=DOWNLOAD_MODES,
+    g.add_argument("--download", default=d.data.download, choices=DOWNLOAD_MODES,
                    help="tfds: download when missing and online (auto) or never")
     g.add_argument("--limit-train", type=int, default=None, help="use N training images (class-balanced)")
     g.add_argument("--limit-test", type=int, default=None, help="use N test images (class-balanced)")
@@ -83,14 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder datasets: skip and count undecodable image files instead of failing")
     add_data_flags(g, d)
     g = p.add_argument_group("run")
-    g.add_argument("--seed", type=int, default=d.seed,
+    g.add_argument("--seed", type=int, default=d.run.seed,
                    help="seed of weights, data order, augmentation and --limit-* subsets")
     g.add_argument("--deterministic", action="store_true",
                    help="TF op determinism + seeds: identical metrics for identical CPU runs")
-    g.add_argument("--out", default=d.out, help="parent folder of run directories")
+    g.add_argument("--out", default=d.run.out, help="parent folder of run directories")
     g.add_argument("--name", default=None, help="run folder name (default <dataset>-<model>-<time>)")
     g.add_argument("--resume", action="store_true", help="continue the run in <out>/<name>")
-    g.add_argument("--strategy", default=d.strategy, choices=STRATEGIES,
+    g.add_argument("--strategy", default=d.run.strategy, choices=STRATEGIES,
                    help="auto = MirroredStrategy when >1 GPU is visible")
     g.add_argument("--mixed-precision", action="store_true",
                    help="mixed_bfloat16 on CPUs and GPUs of compute capability >= 8.0, "
@@ -114,13 +115,13 @@ def _add_speed_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
     g = p.add_argument_group("devices and speed")
     g.add_argument("--jit", action="store_true",
                    help="XLA-compile the train step (per replica when there are several)")
-    g.add_argument("--steps-per-execution", type=_steps, default=d.steps_per_execution,
+    g.add_argument("--steps-per-execution", type=_steps, default=d.run.steps_per_execution,
                    help="train steps per tf.function call: auto = 32 on one GPU, 1 on CPUs "
                         "and with several replicas (keras#19246)")
-    g.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=d.sync_bn,
+    g.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=d.run.sync_bn,
                    help="BatchNorm statistics over the global batch (all replicas); default: "
                         "on when replicas > 1 and the per-replica batch < 32")
-    g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, metavar="K",
+    g.add_argument("--checkpoint-every", type=int, default=d.run.checkpoint_every, metavar="K",
                    help="checkpoint for --resume every K epochs (and after the last one)")
 
 
@@ -143,7 +144,7 @@ FINETUNE_RECIPE = {"lr": 1e-3, "weight_decay": 0.01, "optimizer": "adamw", "sche
 
 def _add_finetune_flags(p: argparse.ArgumentParser) -> None:
     """Flags of issue #15: keras:<Name> backbones and the fine-tuning recipe."""
-    d = TrainConfig("", "")
+    d = TrainConfig()
     g = p.add_argument_group(
         "pretrained backbones (MODEL = keras:<Name>)",
         f"keras.applications models: {', '.join('keras:' + n for n in KERAS_APPLICATIONS)}. Built with "
@@ -175,7 +176,7 @@ def _add_finetune_flags(p: argparse.ArgumentParser) -> None:
                    help="ε of each head's target, --mode sila (default: 0.1 for keras: models, "
                         "else 0)")
     # Shown as the paper's values; a value the user did not type is resolved per model.
-    p.set_defaults(lr=_ModelDefault(d.lr), weight_decay=_ModelDefault(d.weight_decay))
+    p.set_defaults(lr=_ModelDefault(d.optim.lr), weight_decay=_ModelDefault(d.optim.weight_decay))
 
 
 class _ModelDefault(float):
@@ -189,11 +190,11 @@ def _names(s: str) -> tuple[str, ...]:
 def _finetune_defaults(args: argparse.Namespace) -> dict:
     """#15: the TrainConfig fields of the fine-tuning flags, unset ones (and ``args.lr``,
     ``args.weight_decay``) from the model's recipe."""
-    d = TrainConfig("", "")
+    d = TrainConfig()
     keras_model = str(args.model).startswith("keras:")
     recipe = FINETUNE_RECIPE if keras_model else {
-        "lr": d.lr, "weight_decay": d.weight_decay, "optimizer": d.optimizer,
-        "schedule": d.schedule, "label_smoothing": d.label_smoothing, "weights": d.weights}
+        "lr": d.optim.lr, "weight_decay": d.optim.weight_decay, "optimizer": d.optim.optimizer,
+        "schedule": d.optim.schedule, "label_smoothing": d.optim.label_smoothing, "weights": d.net.weights}
     def given(k):
         v = getattr(args, k, None)
         return None if isinstance(v, _ModelDefault) else v
@@ -213,7 +214,7 @@ def add_data_flags(g, d: TrainConfig) -> None:
     g.add_argument("--image-size", default=None, metavar="H[,W]",
                    help="train at this size (default: the images' one size; required when "
                         "they differ, 224 for variable-size tfds datasets)")
-    g.add_argument("--resize", default=d.resize, choices=("squash", "crop", "pad"),
+    g.add_argument("--resize", default=d.data.resize, choices=("squash", "crop", "pad"),
                    help="how images of another size are resized: squash (ignore aspect), "
                         "crop (centred crop to aspect) or pad (fit inside, zero padding)")
     g.add_argument("--val-split", type=float, default=None, metavar="F",
@@ -223,7 +224,7 @@ def add_data_flags(g, d: TrainConfig) -> None:
     g.add_argument("--train-split", default=None, help="tfds: training split (e.g. 'train[:90%%]')")
     g.add_argument("--test-split", default=None,
                    help="tfds: held-out split (default: test, else validation, else --val-split)")
-    g.add_argument("--cache", default=d.cache, metavar="MODE",
+    g.add_argument("--cache", default=d.data.cache, metavar="MODE",
                    help="decoded images: none (stream every epoch), memory, disk[:DIR]; auto = "
                         "memory when they fit in 1 GiB, else none")
     g.add_argument("--steps-per-epoch", type=int, default=None, metavar="N",
@@ -252,23 +253,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             raise ConfigError("--resume needs --name NAME: the run folder under --out to continue.")
         name = default_run_name(args.dataset, args.model)
     finetune = _finetune_defaults(args)  # #15: sets args.lr/weight_decay; the new fields
-    return TrainConfig(
-        dataset=args.dataset, model=args.model, heads=args.heads, beta=args.beta, lam=args.lam,
-        betas=args.betas, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        momentum=args.momentum, weight_decay=args.weight_decay, milestones=args.milestones,
-        gamma=args.gamma, nesterov=args.nesterov, augment=args.augment, seed=args.seed,
-        out=args.out, name=name, resume=args.resume, strategy=args.strategy,
-        limit_train=args.limit_train, limit_test=args.limit_test, data_dir=args.data_dir,
-        download=args.download, verbose=args.verbose, debug=args.debug, mode=args.mode,
-        peer=args.peer, dml=args.dml, no_sila=args.no_sila, mixed_precision=args.mixed_precision,
-        jit=args.jit, steps_per_execution=args.steps_per_execution,
-        deterministic=args.deterministic, skip_bad_images=args.skip_bad_images,
-        sync_bn=args.sync_bn, checkpoint_every=args.checkpoint_every,
-        **finetune,
-        image_size=args.image_size, resize=args.resize, val_split=args.val_split,
-        train_split=args.train_split, test_split=args.test_split, cache=args.cache,
-        steps_per_epoch=args.steps_per_epoch,
-    )
+    # Every flag whose dest is a TrainConfig field (a new flag with a field's name needs no
+    # line here); the name and the #15 fine-tuning values are resolved above.
+    values = {k: v for k, v in vars(args).items() if k in FIELD_GROUP}
+    return TrainConfig.create(**{**values, **finetune, "name": name})
 
 
 def default_run_name(dataset: str, model: str) -> str:

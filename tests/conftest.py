@@ -110,7 +110,7 @@ def dynamic_runs(tiny_folder, tmp_path_factory):
 
     def train(out):
         for name, no_sila in (("sila", False), ("msdnet", True)):
-            run(TrainConfig(dataset=f"folder:{tiny_folder}", model="msdnet", mode="dynamic",
+            run(TrainConfig.create(dataset=f"folder:{tiny_folder}", model="msdnet", mode="dynamic",
                             no_sila=no_sila, epochs=1, batch_size=8, milestones=(), out=str(out),
                             name=name, backbone_kwargs=testing.MSDNET_TINY, verbose=0))
 

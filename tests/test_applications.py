@@ -139,7 +139,7 @@ def finetune_setup(tmp_path_factory):
     keras.utils.set_random_seed(0)
     was_deterministic = tf_config.is_op_determinism_enabled()
     tf.config.experimental.enable_op_determinism()
-    config = TrainConfig("folder:x", "keras:MobileNet", epochs=2, freeze_epochs=1, batch_size=2,
+    config = TrainConfig.create("folder:x", "keras:MobileNet", epochs=2, freeze_epochs=1, batch_size=2,
                          optimizer="adamw", schedule="cosine", lr=1e-3, weight_decay=0.01,
                          backbone_lr_mult=0.5, label_smoothing=0.1)
     model = compile_model(small_mobilenet(), config, N, steps=1)
@@ -240,23 +240,23 @@ def test_cli_defaults_follow_the_model(tiny_folder, tmp_path):
         return config_from_args(build_parser().parse_args([f"folder:{tiny_folder}", *argv]))
 
     paper, tuned = config("resnet20"), config("keras:MobileNetV2")
-    assert (paper.optimizer, paper.schedule, paper.lr, paper.weight_decay, paper.weights) == (
+    assert (paper.optim.optimizer, paper.optim.schedule, paper.optim.lr, paper.optim.weight_decay, paper.net.weights) == (
         "sgd", "step", 0.1, 5e-4, "none")
-    assert (tuned.optimizer, tuned.schedule, tuned.lr, tuned.weights, tuned.backbone_lr_mult,
-            tuned.label_smoothing) == ("adamw", "cosine", 1e-3, "imagenet", 0.1, 0.1)
+    assert (tuned.optim.optimizer, tuned.optim.schedule, tuned.optim.lr, tuned.net.weights, tuned.optim.backbone_lr_mult,
+            tuned.optim.label_smoothing) == ("adamw", "cosine", 1e-3, "imagenet", 0.1, 0.1)
     scratch = config("keras:MobileNetV2", "--weights", "none", "--lr", "0.05")
-    assert scratch.backbone_lr_mult == 1.0 and scratch.lr == 0.05
+    assert scratch.optim.backbone_lr_mult == 1.0 and scratch.optim.lr == 0.05
     assert config("keras:MobileNetV2", "--lr", "0.1").lr == 0.1  # typed: kept, even if paper's
     assert json.loads(json.dumps(scratch.to_dict()))["taps"] is None
 
 
 def test_config_checks():
     with pytest.raises(ConfigError, match="`--taps` applies to keras:<Name> backbones only"):
-        TrainConfig("d", "resnet20", taps=("stage2",))
+        TrainConfig.create("d", "resnet20", taps=("stage2",))
     with pytest.raises(ConfigError, match=r"`--warmup-epochs` must be >= 0 and < `--epochs`"):
-        TrainConfig("d", "keras:MobileNetV2", epochs=2, warmup_epochs=2)
+        TrainConfig.create("d", "keras:MobileNetV2", epochs=2, warmup_epochs=2)
     with pytest.raises(ModelError, match="Unknown keras.applications model"):
-        TrainConfig("d", "keras:Nope")
+        TrainConfig.create("d", "keras:Nope")
 
 
 def test_params_table_of_a_keras_model(capsys):

@@ -238,16 +238,16 @@ def test_steps_per_execution_auto_and_the_resolved_settings(capsys):
     assert resolve_steps_per_execution("auto", gpu=True, replicas=2) == 1  # keras#19246
     with pytest.raises(ConfigError, match=r"keras#19246.*steps_per_execution=2, replicas=2"):
         resolve_steps_per_execution(2, gpu=True, replicas=2)
-    assert TrainConfig("d", "m").steps_per_execution == "auto"
+    assert TrainConfig.create("d", "m").steps_per_execution == "auto"
     with pytest.raises(ConfigError, match=r"'auto' or an integer >= 1.*steps_per_execution='x'"):
-        TrainConfig("d", "m", steps_per_execution="x")
-    speed = resolve_speed(TrainConfig("d", "m", batch_size=12), make_strategy("mirrored"))
+        TrainConfig.create("d", "m", steps_per_execution="x")
+    speed = resolve_speed(TrainConfig.create("d", "m", batch_size=12), make_strategy("mirrored"))
     assert speed == SpeedSettings(replicas=2, global_batch=12, steps_per_execution=1, jit=False,
                                   sync_bn=True, has_gpu=False)
     assert speed.line().startswith("Batch 12 global = 6 per replica × 2 replica(s); "
                                    "steps per execution 1")
     with pytest.raises(ConfigError, match=r"--batch-size 2 or more.*batch_size=1"):
-        resolve_speed(TrainConfig("d", "m", batch_size=1), make_strategy("mirrored"))
+        resolve_speed(TrainConfig.create("d", "m", batch_size=1), make_strategy("mirrored"))
 
 
 def test_keras_multi_step_loop_with_two_replicas_still_fails():

@@ -96,7 +96,7 @@ def test_dynamic_needs_a_multi_exit_backbone(tiny_folder, tmp_path, capsys):
 
 
 def test_betas_must_match_the_number_of_exits(tiny_folder, tmp_path):
-    config = TrainConfig(dataset=f"folder:{tiny_folder}", model="msdnet", mode="dynamic", epochs=1,
+    config = TrainConfig.create(dataset=f"folder:{tiny_folder}", model="msdnet", mode="dynamic", epochs=1,
                          milestones=(), heads=2, betas=(1.0, 1.0), out=str(tmp_path), name="b",
                          backbone_kwargs=TINY, verbose=0)
     with pytest.raises(ValueError, match="trains 3 classifiers.*needs 3 weights"):
@@ -146,7 +146,7 @@ def test_budgets_outside_the_flops_range_are_rejected(dynamic_runs, tiny_folder,
 
 def test_holdout_is_set_aside_before_training(tiny_folder):
     data = load_dataset(f"folder:{tiny_folder}")
-    config = TrainConfig(dataset="x", model="msdnet", mode="dynamic")
+    config = TrainConfig.create(dataset="x", model="msdnet", mode="dynamic")
     mode = make_mode(config)
     split = mode.prepare_data(data)
     (hx, hy), source = holdout_for(split, holdout=mode.holdout)

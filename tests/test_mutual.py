@@ -144,7 +144,7 @@ def test_bad_mutual_flags_exit_2(tiny_folder, tmp_path, capsys, argv, message):
     ("dml", {}, False, True, "DML"),
 ])
 def test_loss_and_method_per_mode(mode, flags, sila, dml, method):
-    config = TrainConfig(dataset="x", model="resnet20", mode=mode, heads=2, betas=(1.0, 0.5),
+    config = TrainConfig.create(dataset="x", model="resnet20", mode=mode, heads=2, betas=(1.0, 0.5),
                          **flags)
     mode = make_mode(config)
     loss = mode.loss(10, 2)

@@ -81,7 +81,7 @@ def test_method_label_from_a_config_dict(config, label):
 def test_unknown_mode_lists_the_registered_ones():
     with pytest.raises(ConfigError, match=r"Unknown mode 'mutal'\. Did you mean 'mutual'\?.*"
                                           r"Available: sila, mutual, dml, dynamic"):
-        TrainConfig(dataset="x", model="resnet20", mode="mutal")
+        TrainConfig.create(dataset="x", model="resnet20", mode="mutal")
 
 
 def test_a_mode_is_one_registered_class():
@@ -94,7 +94,7 @@ def test_a_mode_is_one_registered_class():
         assert "probe_mode" in list_modes() and get_mode("probe_mode") is Probe
         with pytest.raises(ValueError, match="already registered"):
             register_mode(Probe)
-        config = TrainConfig(dataset="x", model="resnet20", mode="probe_mode", no_sila=True)
+        config = TrainConfig.create(dataset="x", model="resnet20", mode="probe_mode", no_sila=True)
         assert make_mode(config).label(config) == "probe_mode"
         # The options a mode accepts decide the messages of the others.
         with pytest.raises(ConfigError, match="--no-sila only applies to --mode mutual or "
@@ -107,7 +107,7 @@ def test_a_mode_is_one_registered_class():
 
 
 def test_a_model_file_needs_mode_sila():
-    config = TrainConfig(dataset="x", model="mine.keras", mode="dynamic")
+    config = TrainConfig.create(dataset="x", model="mine.keras", mode="dynamic")
     with pytest.raises(ConfigError, match="--mode dynamic needs a registered backbone.*"
                                           "--mode sila. Received: model=mine.keras"):
         make_mode(config)

@@ -9,7 +9,7 @@ from sila_keras.report import main, render
 
 def fake_run(root, name, heads, seed, accs, params=(1000, 400, 100)):
     d = root / name
-    cfg = TrainConfig("folder:/data/cifar10", "resnet20", heads=heads, seed=seed, name=name, out=str(root))
+    cfg = TrainConfig.create("folder:/data/cifar10", "resnet20", heads=heads, seed=seed, name=name, out=str(root))
     io.write_json(d / "config.json", cfg.to_dict())
     rows = []
     for e, a in enumerate(accs, start=1):

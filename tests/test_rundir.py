@@ -15,19 +15,31 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_round_trip(tmp_path):
     run = RunDir(tmp_path / "r").create()
-    cfg = TrainConfig("folder:x", "resnet20", epochs=2).to_dict()
+    config = TrainConfig.create("folder:x", "resnet20", epochs=2)
+    cfg = config.to_dict()
     rows = [{"epoch": 1, "lr": 0.1, "loss": 2.0, "head_1_acc": 0.25}]
     run.write_config(cfg)
     run.write_metrics(rows, ["epoch", "lr", "loss", "head_1_acc"])
     run.write_summary({"num_heads": 1, "epochs_done": 1})
     run.write_labels(["cat", "dog"])
     loaded = run.load()
-    assert loaded.finished and loaded.config == cfg and loaded.summary["epochs_done"] == 1
+    assert loaded.finished and loaded.config == config.flat() and loaded.summary["epochs_done"] == 1
     assert loaded.rows == [{"epoch": "1", "lr": "0.1", "loss": "2.0", "head_1_acc": "0.25"}]
     assert loaded.class_names == ["cat", "dog"]
     assert sorted(p.name for p in run.path.iterdir()) == [
         "config.json", "labels.txt", "metrics.csv", "summary.json"]  # no temp files left
-    assert TrainConfig.from_dict(run.read_config()) == TrainConfig.from_dict(cfg)
+    assert TrainConfig.from_dict(run.read_config()) == TrainConfig.from_dict(cfg) == config
+
+
+def test_config_json_is_grouped_and_old_flat_runs_still_load(tmp_path):
+    config = TrainConfig.create("folder:x", "resnet20", epochs=2, beta=0.3, milestones=(1,))
+    on_disk = config.to_dict()
+    assert on_disk["optim"]["epochs"] == 2 and on_disk["sila"]["beta"] == 0.3
+    assert on_disk["optim"]["milestones"] == [1] and "epochs" not in on_disk
+    old = RunDir(tmp_path / "old").create()  # a run written before the grouping: one flat dict
+    old.write_config({**config.flat(), "a_field_of_another_version": 1})
+    assert old.read_config()["beta"] == 0.3
+    assert TrainConfig.from_dict(old.read_config()) == config
 
 
 def test_partial_run_loads_only_when_asked(tmp_path):
@@ -60,7 +72,7 @@ def test_create_names_an_unwritable_out(tmp_path):
 
 
 def test_resume_diff_lists_every_changed_setting():
-    old = TrainConfig("folder:x", "resnet20", heads=3, lr=0.1, epochs=2)
+    old = TrainConfig.create("folder:x", "resnet20", heads=3, lr=0.1, epochs=2)
     check_resume(old, old.replace(epochs=5), "'r'")  # epochs may grow
     with pytest.raises(RunDirError) as e:
         check_resume(old, old.replace(heads=2, lr=0.05), "'r'")
@@ -112,3 +124,17 @@ def test_run_file_names_are_spelled_only_in_rundir():
                 if re.search(rf"[\"'/]{re.escape(name)}[\"']", path.read_text()):
                     offenders.append(f"{path.relative_to(ROOT)}: {name}")
     assert offenders == []
+
+
+def test_config_groups_own_their_fields():
+    from sila_keras.config import FIELD_GROUP, GROUPS
+
+    names = [f for cls in GROUPS.values() for f in cls.__dataclass_fields__]
+    assert len(names) == len(set(names)) == len(FIELD_GROUP)  # flat names are unique
+    cfg = TrainConfig.create("folder:x", "resnet20", lr=0.05, seed=3, peer="resnet32")
+    assert (cfg.optim.lr, cfg.run.seed, cfg.mutual.peer) == (0.05, 3, "resnet32")
+    assert cfg.value("lr") == 0.05 and cfg.replace(lr=0.2).optim.lr == 0.2
+    with pytest.raises(AttributeError, match=r"TrainConfig\.optim\.lr"):
+        cfg.lr  # noqa: B018  (flat reads point at the group)
+    with pytest.raises(TypeError, match="no field 'lrr'"):
+        cfg.replace(lrr=1)

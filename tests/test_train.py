@@ -121,7 +121,7 @@ def test_mirrored_strategy_matches_default_first_steps():
     from sila_keras.train import compile_model
 
     assert len(tf.config.list_logical_devices("CPU")) == 2
-    cfg = TrainConfig("x", "resnet20", milestones=(), lr=0.05, weight_decay=5e-4)
+    cfg = TrainConfig.create("x", "resnet20", milestones=(), lr=0.05, weight_decay=5e-4)
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (8, 32, 32, 3)).astype(np.float32)
     y = rng.integers(0, 10, 8).astype(np.int32)

@@ -218,7 +218,7 @@ def _search_data(n_classes=3, per_class=4, size=8):
 
 
 def test_hypermodel_search_space():
-    cfg = TrainConfig("folder:x", "resnet20", heads=3, epochs=1, milestones=())
+    cfg = TrainConfig.create("folder:x", "resnet20", heads=3, epochs=1, milestones=())
     hm = SilaHyperModel(cfg, _search_data(), beta_range=(0.02, 0.5), lam_range=(0.2, 0.9),
                         tune_heads=True)
     hp = kt.HyperParameters()
@@ -227,10 +227,10 @@ def test_hypermodel_search_space():
     assert space["beta"].sampling == "log" and (space["beta"].min_value, space["beta"].max_value) == (0.02, 0.5)
     assert space["lam"].sampling == "linear" and (space["lam"].min_value, space["lam"].max_value) == (0.2, 0.9)
     assert (space["heads"].min_value, space["heads"].max_value) == (2, 3)
-    assert (trial.beta, trial.lam, trial.heads) == (0.1, 0.5, 3)  # TrainConfig defaults, in range
+    assert (trial.sila.beta, trial.sila.lam, trial.sila.heads) == (0.1, 0.5, 3)  # defaults, in range
     hp.values.update(beta=0.3, lam=0.25, heads=2)
     trial = hm.trial_config(hp)
-    assert (trial.beta, trial.lam, trial.heads, trial.epochs) == (0.3, 0.25, 2, 1)
+    assert (trial.sila.beta, trial.sila.lam, trial.sila.heads, trial.optim.epochs) == (0.3, 0.25, 2, 1)
     # with M = 2, λ has no effect and is not searched
     hm2 = SilaHyperModel(cfg.replace(heads=2), _search_data())
     hp2 = kt.HyperParameters()
@@ -239,7 +239,7 @@ def test_hypermodel_search_space():
 
 
 def test_non_finite_loss_fails_the_trial(monkeypatch):
-    hm = SilaHyperModel(TrainConfig("folder:x", "resnet20", epochs=1, milestones=()), _search_data())
+    hm = SilaHyperModel(TrainConfig.create("folder:x", "resnet20", epochs=1, milestones=()), _search_data())
 
     def nan_fit(model, train_ds, eval_ds, *, callbacks, **kwargs):
         guard = callbacks[0]
@@ -257,7 +257,7 @@ def test_non_finite_loss_fails_the_trial(monkeypatch):
 
 
 def test_objective_checked_against_the_models_metrics():
-    cfg = TrainConfig("folder:x", "resnet20", heads=2, epochs=1, milestones=(), batch_size=2)
+    cfg = TrainConfig.create("folder:x", "resnet20", heads=2, epochs=1, milestones=(), batch_size=2)
     hm = SilaHyperModel(cfg, _search_data(size=16))
     with pytest.raises(ValueError, match=r"logs no such metric\. Valid objectives: head_1_acc, head_2_acc\."):
         hm.check_objective("val_head_3_acc", 2)

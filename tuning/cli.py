@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     """``sila-train``'s parser plus the search flags."""
     from sila_keras.train import build_parser as train_parser
 
-    d, s = TrainConfig("", ""), SearchConfig.__dataclass_fields__
+    d, s = TrainConfig(), SearchConfig.__dataclass_fields__
     p = argparse.ArgumentParser(
         prog="sila-tune", parents=[train_parser()], conflict_handler="resolve",
         description="Search the SiLa loss weights β (log-uniform) and λ (uniform) — and optionally "
@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"search algorithm: {', '.join(TUNERS)}")
     g.add_argument("--max-trials", type=int, default=s["max_trials"].default,
                    help="configurations to try (a cap for hyperband); may grow on --resume")
-    g.add_argument("--epochs", type=int, default=d.epochs,
+    g.add_argument("--epochs", type=int, default=d.optim.epochs,
                    help="training epochs per trial (hyperband: max epochs per trial)")
     g.add_argument("--objective", default=s["objective"].default,
                    help="head_k_acc to maximise on the validation split (val_head_k_acc accepted)")
@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="LO,HI of β, sampled log-uniformly (LO > 0)")
     g.add_argument("--lam-range", default=_fmt(s["lam_range"].default),
                    help="LO,HI of λ, sampled uniformly (fixed when --heads 2: it has no effect)")
-    g.add_argument("--heads", type=int, default=d.heads,
+    g.add_argument("--heads", type=int, default=d.sila.heads,
                    help="M heads of every trial; with --tune-heads the largest M searched")
     g.add_argument("--tune-heads", action="store_true", help="also search M in 2..--heads")
     g.add_argument("--val-split", type=float, default=s["val_split"].default,
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="retrain the best config this long on all training images and evaluate "
                         "once on the test split (written to final_test.json)")
     g.add_argument("--out", default=None,
-                   help=f"search folder (default {d.out}/tune-<dataset>-<model>-<time>); must be "
+                   help=f"search folder (default {d.run.out}/tune-<dataset>-<model>-<time>); must be "
                         "new or empty unless --resume")
     g.add_argument("--resume", action="store_true",
                    help="continue the search in --out; finished trials are not rerun")
@@ -89,10 +89,10 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
     if out is None:
         if args.resume:
             raise ConfigError("--resume needs --out DIR: the folder of the search to continue.")
-        out = str(Path(TrainConfig("", "").out) / f"tune-{default_run_name(args.dataset, args.model)}")
-    d = TrainConfig("", "")
+        out = str(Path(TrainConfig().run.out) / f"tune-{default_run_name(args.dataset, args.model)}")
+    d = TrainConfig()
     # --val-split here is the search's hold-out (SearchConfig), not the dataset's (issue 14)
-    ns = argparse.Namespace(**{**vars(args), "beta": d.beta, "lam": d.lam, "betas": None,
+    ns = argparse.Namespace(**{**vars(args), "beta": d.sila.beta, "lam": d.sila.lam, "betas": None,
                                "name": "trial", "resume": False, "out": out, "val_split": None})
     train = train_config(ns)
     return SearchConfig(

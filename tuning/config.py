@@ -97,7 +97,7 @@ class SearchConfig:
             validation split.
         beta_range: (lo, hi) of β, sampled log-uniformly (lo > 0).
         lam_range: (lo, hi) of λ, sampled uniformly (lo ≥ 0).
-        tune_heads: also search M in ``2 … train.heads``.
+        tune_heads: also search M in ``2 … train.sila.heads``.
         val_split: fraction of the *training* images held out for the objective.
         resume: continue the search in ``out``.
         final_epochs: if set, retrain the best config for this many epochs on
@@ -105,7 +105,7 @@ class SearchConfig:
         hyperband_factor: Hyperband's reduction factor.
 
     Example:
-        >>> cfg = SearchConfig(TrainConfig("folder:data", "resnet20", epochs=1), out="search")
+        >>> cfg = SearchConfig(TrainConfig.create("folder:data", "resnet20", epochs=1), out="search")
         >>> cfg.objective
         'val_head_1_acc'
     """
@@ -130,11 +130,11 @@ class SearchConfig:
         if int(self.max_trials) < 1:
             raise ConfigError(f"`--max-trials` must be >= 1 (the number of configurations to try). "
                              f"Received: max_trials={self.max_trials}")
-        mode = getattr(self.train, "mode", "sila")
+        mode = self.train.sila.mode
         if mode != "sila":
             raise ConfigError("sila-tune searches β/λ of the SilaNet heads, so it needs --mode sila. "
                              f"Received: mode={mode!r}")
-        heads = self.train.heads
+        heads = self.train.sila.heads
         if heads < 2:
             raise ConfigError("β and λ weight the auxiliary heads, so the search needs `--heads` >= 2. "
                              f"Received: heads={heads}")
@@ -181,12 +181,12 @@ class SearchConfig:
     @property
     def min_heads(self) -> int:
         """The smallest M any trial uses."""
-        return 2 if self.tune_heads else self.train.heads
+        return 2 if self.tune_heads else self.train.sila.heads
 
     @property
     def max_heads(self) -> int:
         """The largest M any trial uses."""
-        return self.train.heads
+        return self.train.sila.heads
 
     @property
     def searches_lam(self) -> bool:

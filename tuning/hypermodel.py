@@ -84,10 +84,10 @@ class SilaHyperModel(kt.HyperModel):
         data: the search's training/validation images.
         beta_range: (lo, hi) of β, lo > 0.
         lam_range: (lo, hi) of λ.
-        tune_heads: search M in ``2 … config.heads``.
+        tune_heads: search M in ``2 … config.sila.heads``.
 
     Example:
-        >>> cfg = TrainConfig("folder:data", "resnet20", epochs=1)
+        >>> cfg = TrainConfig.create("folder:data", "resnet20", epochs=1)
         >>> data = SearchData.from_training_split(  # doctest: +SKIP
         ...     sila_keras.train.load_data(cfg), 0.1)
         >>> hm = SilaHyperModel(cfg, data,  # doctest: +SKIP
@@ -106,20 +106,20 @@ class SilaHyperModel(kt.HyperModel):
         self.beta_range = tuple(float(v) for v in beta_range)
         self.lam_range = tuple(float(v) for v in lam_range)
         self.tune_heads = bool(tune_heads)
-        self.steps = steps_per_epoch(len(data.train_y), config.batch_size)
+        self.steps = steps_per_epoch(len(data.train_y), config.optim.batch_size)
 
     # ----------------------------------------------------------------- hyperparameters
 
     def trial_config(self, hp: kt.HyperParameters) -> TrainConfig:
         """The TrainConfig of the trial whose values are in ``hp`` (declaring them if new)."""
-        heads = (hp.Int("heads", 2, self.config.heads, default=self.config.heads)
-                 if self.tune_heads else self.config.heads)
+        heads = (hp.Int("heads", 2, self.config.sila.heads, default=self.config.sila.heads)
+                 if self.tune_heads else self.config.sila.heads)
         beta = hp.Float("beta", *self.beta_range, sampling="log",
-                        default=_clip(self.config.beta, *self.beta_range))
-        if self.config.heads >= 3:
-            lam = hp.Float("lam", *self.lam_range, default=_clip(self.config.lam, *self.lam_range))
+                        default=_clip(self.config.sila.beta, *self.beta_range))
+        if self.config.sila.heads >= 3:
+            lam = hp.Float("lam", *self.lam_range, default=_clip(self.config.sila.lam, *self.lam_range))
         else:
-            lam = hp.Fixed("lam", self.config.lam)
+            lam = hp.Fixed("lam", self.config.sila.lam)
         return self.config.replace(beta=float(beta), lam=float(lam), heads=int(heads), betas=None)
 
     # ----------------------------------------------------------------- keras-tuner API
@@ -127,7 +127,7 @@ class SilaHyperModel(kt.HyperModel):
     def build(self, hp: kt.HyperParameters) -> keras.Model:
         """Build and compile the SiLa model of this trial (``sila_keras.train`` chain)."""
         config = self.trial_config(hp)
-        keras.utils.set_random_seed(config.seed)
+        keras.utils.set_random_seed(config.run.seed)
         model = sk_train.build_model(config, self.data)
         return sk_train.compile_model(model, config, self.data.num_classes, self.steps)
 
@@ -151,7 +151,7 @@ class SilaHyperModel(kt.HyperModel):
                 f"keywords={sorted(kwargs)}"
             )
         config = self.trial_config(hp)
-        epochs = int(epochs or config.epochs)
+        epochs = int(epochs or config.optim.epochs)
         config = config.with_epochs(epochs)  # #15: freeze/warmup fit in the trial
         d = self.data
         train_ds, val_ds, steps = sk_train.make_datasets(config, d.train_x, d.train_y, d.val_x,
@@ -159,8 +159,8 @@ class SilaHyperModel(kt.HyperModel):
         guard = NonFiniteGuard()
         history = sk_train.fit(model, train_ds, val_ds, epochs=epochs, steps=steps,
                                initial_epoch=initial_epoch, callbacks=[guard, *callbacks],
-                               verbose=config.verbose if verbose is None else verbose,
-                               freeze_epochs=config.freeze_epochs)  # #15
+                               verbose=config.run.verbose if verbose is None else verbose,
+                               freeze_epochs=config.optim.freeze_epochs)  # #15
         if guard.failure:
             raise kt.errors.FailedTrialError(guard.failure)
         n = len(history.epoch)

@@ -75,7 +75,7 @@ def best_row(rows: list[dict], objective: str) -> dict | None:
 
 def best_hparams(best: dict, config, rows: list[dict], data_info: dict) -> dict:
     """The content of ``best_hparams.json``."""
-    heads = best.get("heads") or config.train.heads
+    heads = best.get("heads") or config.train.sila.heads
     args = ["--beta", repr(best["beta"]), "--lam", repr(best["lam"]), "--heads", str(heads)]
     return {
         "beta": best["beta"], "lam": best["lam"], "heads": int(heads),
@@ -85,8 +85,8 @@ def best_hparams(best: dict, config, rows: list[dict], data_info: dict) -> dict:
         "objective_direction": "max", "objective_split": "validation (held out from the training split)",
         "trial": trial_number(best["trial_id"]), "trial_id": best["trial_id"], "tuner": config.tuner,
         "trials": {"total": len(rows), "completed": sum(r["status"] == COMPLETED for r in rows)},
-        "epochs_per_trial": config.train.epochs,
-        "dataset": config.train.dataset, "model": config.train.model, "data": data_info,
+        "epochs_per_trial": config.train.optim.epochs,
+        "dataset": config.train.data.dataset, "model": config.train.net.model, "data": data_info,
         "train_args": args,
     }
 
@@ -146,7 +146,7 @@ def write_results(out: Path, rows: list[dict], best: dict | None, config, data_i
     io.write_csv(out / SearchDir.TRIALS, rows,
                  trial_columns(config.objective, config.tune_heads, config.tuner == "hyperband"))
     plot_search(rows, config.objective, out / SearchDir.PLOT,
-                title=f"{config.train.model}: {config.objective} over β × λ ({len(rows)} trials)",
+                title=f"{config.train.net.model}: {config.objective} over β × λ ({len(rows)} trials)",
                 beta_range=config.beta_range, lam_range=config.lam_range if config.searches_lam else None)
     if best is None:
         return None

@@ -110,7 +110,7 @@ def load_search_data(config: SearchConfig, keep_test: bool):
     print(f"Data: {data.source}: {len(data.train_y)} train / {len(data.test_y)} test images, "
           f"{data.num_classes} classes, input {data.input_shape}"
           + "".join(f"\n  note: {n}" for n in data.notes), flush=True)
-    search = SearchData.from_training_split(data, config.val_split, config.train.seed)
+    search = SearchData.from_training_split(data, config.val_split, config.train.run.seed)
     print(f"Search split (from the training images, stratified): {len(search.train_y)} train / "
           f"{len(search.val_y)} validation; the test split is not used by the search.", flush=True)
     if not keep_test:
@@ -128,13 +128,13 @@ def make_tuner(config: SearchConfig, hypermodel, strategy=None):
     import keras_tuner as kt
 
     common = dict(hypermodel=hypermodel, objective=kt.Objective(config.objective, direction="max"),
-                  seed=config.train.seed + 1, directory=str(config.out), project_name=PROJECT,
+                  seed=config.train.run.seed + 1, directory=str(config.out), project_name=PROJECT,
                   overwrite=False, distribution_strategy=strategy)
     if config.tuner == "random":
         return kt.RandomSearch(max_trials=config.max_trials, **common)
     if config.tuner == "bayesian":
         return kt.BayesianOptimization(max_trials=config.max_trials, **common)
-    tuner = kt.Hyperband(max_epochs=config.train.epochs, factor=config.hyperband_factor, **common)
+    tuner = kt.Hyperband(max_epochs=config.train.optim.epochs, factor=config.hyperband_factor, **common)
     tuner.oracle.max_trials = config.max_trials  # a cap on top of Hyperband's schedule
     return tuner
 
@@ -149,9 +149,9 @@ def trial_strategy(name: str):
 
 def search(tuner, config: SearchConfig, callbacks=()) -> None:
     """``tuner.search`` with the per-trial epochs; surfaces keras-tuner's give-up as SearchFailed."""
-    kwargs = {"epochs": config.train.epochs, "callbacks": list(callbacks)}
-    if config.train.verbose is not None:
-        kwargs["verbose"] = config.train.verbose
+    kwargs = {"epochs": config.train.optim.epochs, "callbacks": list(callbacks)}
+    if config.train.run.verbose is not None:
+        kwargs["verbose"] = config.train.run.verbose
     try:
         tuner.search(**kwargs)
     except RuntimeError as e:
@@ -174,18 +174,18 @@ def final_run(config: SearchConfig, best: dict, data) -> dict:
 
     cfg = config.train.replace(beta=best["beta"], lam=best["lam"], heads=int(best["heads"]),
                                betas=None).with_epochs(int(config.final_epochs))  # #15
-    print(f"Final run: β={cfg.beta:.4g}, λ={cfg.lam:.4g}, M={cfg.heads}, {cfg.epochs} epoch(s) on all "
+    print(f"Final run: β={cfg.sila.beta:.4g}, λ={cfg.sila.lam:.4g}, M={cfg.sila.heads}, {cfg.optim.epochs} epoch(s) on all "
           f"{len(data.train_y)} training images; then one evaluation on the test split.", flush=True)
     t0 = time.time()
-    keras.utils.set_random_seed(cfg.seed)
-    strategy = make_strategy(cfg.strategy)
+    keras.utils.set_random_seed(cfg.run.seed)
+    strategy = make_strategy(cfg.run.strategy)
     train_ds, test_ds, steps = sk_train.make_datasets(cfg, data.train_x, data.train_y, data.test_x,
                                                       data.test_y)
     with strategy.scope():
         model = sk_train.compile_model(sk_train.build_model(cfg, data), cfg, data.num_classes, steps)
     guard = NonFiniteGuard()
-    sk_train.fit(model, train_ds, None, epochs=cfg.epochs, steps=steps, callbacks=[guard],
-                 verbose=cfg.verbose, freeze_epochs=cfg.freeze_epochs)  # #15
+    sk_train.fit(model, train_ds, None, epochs=cfg.optim.epochs, steps=steps, callbacks=[guard],
+                 verbose=cfg.run.verbose, freeze_epochs=cfg.optim.freeze_epochs)  # #15
     if guard.failure:
         raise SearchFailed(f"Final run: {guard.failure}")
     test = model.evaluate(test_ds, verbose=0, return_dict=True)  # the only look at the test split
@@ -196,14 +196,14 @@ def final_run(config: SearchConfig, best: dict, data) -> dict:
     result = {
         "split": "test", "note": "evaluated once, after the search; the test split played no part "
                                  "in choosing the hyperparameters",
-        "beta": cfg.beta, "lam": cfg.lam, "heads": cfg.heads, "epochs": cfg.epochs,
+        "beta": cfg.sila.beta, "lam": cfg.sila.lam, "heads": cfg.sila.heads, "epochs": cfg.optim.epochs,
         "train_examples": len(data.train_y), "test_examples": len(data.test_y),
         "test": {f"test_{k}": float(v) for k, v in test.items()},
         "model": str(final.model_path), "wall_time_s": round(time.time() - t0, 1),
     }
     io.write_json(search_dir / SearchDir.FINAL_TEST, result)
     heads = "  ".join(f"head_{k} {100 * result['test'][f'test_head_{k}_acc']:.2f}%"
-                      for k in range(1, cfg.heads + 1))
+                      for k in range(1, cfg.sila.heads + 1))
     print(f"FINAL (test split, evaluated once): {heads}", flush=True)
     return result
 
@@ -216,17 +216,17 @@ def run_search(config: SearchConfig) -> dict | None:
     from tuning.hypermodel import SilaHyperModel
 
     role = distributed_role()
-    sk_train.validate_model_name(config.train.model)
+    sk_train.validate_model_name(config.train.net.model)
     check_out_dir(config, role)
     t0 = time.time()
-    keras.utils.set_random_seed(config.train.seed)
+    keras.utils.set_random_seed(config.train.run.seed)
     data, full = load_search_data(config, keep_test=bool(config.final_epochs) and role != "worker")
     hypermodel = SilaHyperModel(config.train, data, config.beta_range, config.lam_range,
                                 config.tune_heads)
     hypermodel.check_objective(config.objective, config.min_heads)
     out = prepare_out_dir(config, role)  # only once the data and the objective are known good
-    tuner = make_tuner(config, hypermodel, trial_strategy(config.train.strategy))
-    print(f"Search: {config.tuner}, up to {config.max_trials} trial(s) × {config.train.epochs} "
+    tuner = make_tuner(config, hypermodel, trial_strategy(config.train.run.strategy))
+    print(f"Search: {config.tuner}, up to {config.max_trials} trial(s) × {config.train.optim.epochs} "
           f"epoch(s), objective {config.objective} (max); role {role}; folder {out}", flush=True)
     tensorboard = keras.callbacks.TensorBoard(str(out / SearchDir.TENSORBOARD), write_graph=False,
                                               profile_batch=0)
@@ -238,10 +238,10 @@ def run_search(config: SearchConfig) -> dict | None:
     rows = report.trial_rows(tuner.oracle, config.objective, config.tune_heads)
     best = report.best_row(rows, config.objective)
     if best is not None and not config.tune_heads:
-        best = {**best, "heads": config.train.heads}
+        best = {**best, "heads": config.train.sila.heads}
     data_info = {"source": data.source, "search_train_examples": len(data.train_y),
                  "validation_examples": len(data.val_y), "val_split": config.val_split,
-                 "seed": config.train.seed}
+                 "seed": config.train.run.seed}
     result = report.write_results(out, rows, best, config, data_info)
     if result is None:
         raise SearchFailed(f"No trial completed ({len(rows)} recorded); see 'message' in "

@@ -70,17 +70,17 @@ class Mode:
         """
         config = self.config
         for option, flag in OPTION_FLAGS.items():
-            value = getattr(config, option)
+            value = config.value(option)
             if value in (None, False) or option in self.options:
                 continue
             users = " or ".join(m for m in _REGISTRY if option in _REGISTRY[m].options)
             raise ConfigError(f"{flag} only applies to --mode {users}.{self.option_hints.get(option, '')}"
                               f" Received: mode={self.name}, {option}={value}")
-        if is_model_file(config.model) and not self.model_files:
+        if is_model_file(config.net.model) and not self.model_files:
             with_files = " or ".join(m for m, cls in _REGISTRY.items() if cls.model_files)
             raise ConfigError(f"--mode {self.name} needs a registered backbone as MODEL; a .keras "
                               f"model file trains with --mode {with_files}. "
-                              f"Received: model={config.model}")
+                              f"Received: model={config.net.model}")
 
     def check_before_data(self) -> None:
         """What the mode can check without data, before it is loaded (default: nothing)."""
@@ -134,10 +134,12 @@ def last_head_metrics(num_classes: int, num_heads: int) -> list:
 
 
 def option(config, name: str, default: Any = None) -> Any:
-    """``config.name`` of a ``TrainConfig`` or ``config[name]`` of a ``config.json`` dict."""
+    """The flat field ``name`` of a ``TrainConfig`` or of a ``config.json`` dict (either form)."""
     if isinstance(config, Mapping):
-        return config.get(name, default)
-    return getattr(config, name, default)
+        from sila_keras.config import flat_dict
+
+        return flat_dict(config).get(name, default)
+    return config.value(name)
 
 
 def is_model_file(model: str) -> bool:
@@ -179,8 +181,8 @@ def get_mode(name: str) -> type[Mode]:
 
 
 def make_mode(config) -> Mode:
-    """The validated :class:`Mode` instance of one run (``config.mode``)."""
-    return get_mode(config.mode)(config)
+    """The validated :class:`Mode` instance of one run (``config.sila.mode``)."""
+    return get_mode(config.sila.mode)(config)
 
 
 def method_label(config) -> str:

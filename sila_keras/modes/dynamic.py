@@ -110,7 +110,7 @@ class DynamicMode(Mode):
 
         # The training split is an image set (possibly streamed): split positions; the
         # hold-out (a tenth) is decoded into arrays for choosing the thresholds.
-        tr, val = holdout_indices(data.train_y, HOLDOUT_FRACTION, self.config.seed)
+        tr, val = holdout_indices(data.train_y, HOLDOUT_FRACTION, self.config.run.seed)
         self.holdout = (data.train.take(val).to_array(), data.train_y[val])
         note = (f"{len(val)} training images held out to choose the exit thresholds "
                 f"(--mode {self.name})")
@@ -118,11 +118,11 @@ class DynamicMode(Mode):
 
     def build_model(self, data):
         mean, std = data.channel_stats()
-        return build_dynamic_model(self.config.model, data.num_classes, data.input_shape, mean, std,
-                                   **self.config.backbone_kwargs)
+        return build_dynamic_model(self.config.net.model, data.num_classes, data.input_shape, mean, std,
+                                   **self.config.net.backbone_kwargs)
 
     def loss(self, num_classes: int, num_heads: int):
-        return exits_loss(num_classes, num_heads, self.config.betas, sila=not self.config.no_sila)
+        return exits_loss(num_classes, num_heads, self.config.sila.betas, sila=not self.config.dynamic.no_sila)
 
     def metrics(self, num_classes: int, num_heads: int) -> list:
         """Also Top-5 and NLL of the last (deepest) exit."""
@@ -132,9 +132,9 @@ class DynamicMode(Mode):
         """``dynamic``: anytime + budgeted results (and their CSV/PNG files)."""
         from sila_keras.anytime import evaluate_dynamic
 
-        holdout, source = holdout_for(data, self.config.seed, holdout=self.holdout)
+        holdout, source = holdout_for(data, self.config.run.seed, holdout=self.holdout)
         result = evaluate_dynamic(model, data, run_dir, holdout=holdout,
-                                  batch_size=self.config.batch_size, title=self.config.model,
+                                  batch_size=self.config.optim.batch_size, title=self.config.net.model,
                                   threshold_source=source)
         return {"dynamic": result}
 

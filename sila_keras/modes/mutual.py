@@ -175,33 +175,33 @@ class MutualMode(Mode):
         """
         super().validate()
         config = self.config
-        check_peer(config.peer or config.model)
-        if config.betas is not None and len(config.betas) != NUM_NETS:
+        check_peer(config.mutual.peer or config.net.model)
+        if config.sila.betas is not None and len(config.sila.betas) != NUM_NETS:
             raise ConfigError(
                 f"--mode {self.name} trains {NUM_NETS} networks, so --betas needs "
-                f"{NUM_NETS} weights (β_1,β_2). Received: betas={list(config.betas)}"
+                f"{NUM_NETS} weights (β_1,β_2). Received: betas={list(config.sila.betas)}"
             )
 
     def build_model(self, data):
         config = self.config
         mean, std = data.channel_stats()
-        return build_mutual_model(config.model, config.peer, data.num_classes, data.input_shape,
-                                  mean, std, backbone_kwargs=config.backbone_kwargs, mode=self.name)
+        return build_mutual_model(config.net.model, config.mutual.peer, data.num_classes, data.input_shape,
+                                  mean, std, backbone_kwargs=config.net.backbone_kwargs, mode=self.name)
 
     @property
     def sila(self) -> bool:
         """SiLa loss over both nets' logits (else one N-way CE per net)."""
-        return not self.config.no_sila
+        return not self.config.dynamic.no_sila
 
     @property
     def dml(self) -> bool:
         """Deep Mutual Learning KL terms."""
-        return bool(self.config.dml)
+        return bool(self.config.mutual.dml)
 
     def loss(self, num_classes: int, num_heads: int):
         from sila_keras.losses import MutualLoss
 
-        betas = self.config.betas or (1.0,) * NUM_NETS
+        betas = self.config.sila.betas or (1.0,) * NUM_NETS
         return MutualLoss(num_classes, betas=betas, sila=self.sila, dml=self.dml)
 
     def metrics(self, num_classes: int, num_heads: int) -> list:
@@ -216,8 +216,8 @@ class MutualMode(Mode):
         from sila_keras.rundir import RunDir
 
         config = self.config
-        names = [config.model, config.peer or config.model]
-        nets = net_summary(model, data, rows, batch_size=config.batch_size, names=names)
+        names = [config.net.model, config.mutual.peer or config.net.model]
+        nets = net_summary(model, data, rows, batch_size=config.optim.batch_size, names=names)
         io.write_csv(RunDir(run_dir) / RunDir.NETS, [{"net": k, **v} for k, v in nets.items()],
                      ["net", "model", "top1", "top5", "nll", "best", "params"])
         kind = self.label(config)

@@ -28,9 +28,9 @@ class SilaMode(Mode):
         """
         super().validate()
         c = self.config
-        if c.betas is not None and len(c.betas) != c.heads:
-            raise ConfigError(f"`--betas` needs one weight per head ({c.heads}). "
-                              f"Received: betas={list(c.betas)}")
+        if c.sila.betas is not None and len(c.sila.betas) != c.sila.heads:
+            raise ConfigError(f"`--betas` needs one weight per head ({c.sila.heads}). "
+                              f"Received: betas={list(c.sila.betas)}")
 
     def check_before_data(self) -> None:
         """``--heads`` fits the backbone (built symbolically, no data, ~1 s).
@@ -39,28 +39,28 @@ class SilaMode(Mode):
             ModelError: more heads than the backbone has attach points (+1).
         """
         c = self.config
-        if c.heads > 1 and not is_model_file(c.model):
+        if c.sila.heads > 1 and not is_model_file(c.net.model):
             from sila_keras.heads import check_heads_fit
 
-            check_heads_fit(c.model, c.heads)
+            check_heads_fit(c.net.model, c.sila.heads)
 
     def build_model(self, data):
         config = self.config
-        if is_model_file(config.model):
+        if is_model_file(config.net.model):
             from sila_keras.attach import load_and_attach
 
-            return load_and_attach(config.model, config.heads, data.num_classes)
+            return load_and_attach(config.net.model, config.sila.heads, data.num_classes)
         from sila_keras.heads import build_sila_model
 
         mean, std = data.channel_stats()
-        return build_sila_model(config.model, data.num_classes, config.heads, data.input_shape,
-                                mean=mean, std=std, **config.backbone_kwargs)
+        return build_sila_model(config.net.model, data.num_classes, config.sila.heads, data.input_shape,
+                                mean=mean, std=std, **config.net.backbone_kwargs)
 
     def loss(self, num_classes: int, num_heads: int):
         from sila_keras.losses import SilaLoss
 
         c = self.config
-        return SilaLoss(num_classes, beta=c.beta, lam=c.lam, betas=c.betas)
+        return SilaLoss(num_classes, beta=c.sila.beta, lam=c.sila.lam, betas=c.sila.betas)
 
     @classmethod
     def label(cls, config) -> str:
