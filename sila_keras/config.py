@@ -34,6 +34,8 @@ SCHEDULES = ("step", "cosine")  # #15
 # Fields that may differ between a run and its --resume continuation.
 RESUME_MUTABLE = ("resume", "epochs", "verbose", "debug", "steps_per_execution", "jit",
                   "sync_bn", "checkpoint_every")
+# recipes17: what a run records about where its values came from (never compared on --resume)
+RECORD_ONLY = ("recipe", "origins")
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,10 @@ class TrainConfig:
     test_split: str | None = None
     cache: str = "auto"  # auto | none | memory | disk[:DIR]
     steps_per_epoch: int | None = None  # None: one pass over the training images
+    # recipes17: the --recipe applied (sila_keras.recipes) and each field's origin:
+    # "flag" | "default" | "recipe:<name>" (recorded in config.json; --resume ignores both)
+    recipe: str | None = None
+    origins: dict = field(default_factory=dict)
 
     def __post_init__(self):
         def positive(name, value, allow_zero=False):
@@ -153,6 +159,7 @@ class TrainConfig:
         if self.name is not None and (not self.name or "/" in self.name or self.name in (".", "..")):
             raise ConfigError(f"`--name` must be a plain folder name. Received: name={self.name!r}")
         self._check_finetune()
+        self._check_recipe()  # recipes17
 
     def _check_finetune(self) -> None:  # #15
         if self.taps is not None:
@@ -195,6 +202,17 @@ class TrainConfig:
 
             get_application(self.model)
             check_weights(self.model, self.weights, check_file=False)
+
+    def _check_recipe(self) -> None:  # recipes17
+        if self.recipe is not None:
+            from sila_keras.recipes import get_recipe
+
+            get_recipe(self.recipe)  # an unknown name raises, listing the recipes
+        bad = {k: v for k, v in self.origins.items()
+               if not (v in ("flag", "default") or str(v).startswith("recipe:"))}
+        if bad:
+            raise ConfigError("`origins` values must be 'flag', 'default' or 'recipe:<name>'. "
+                              f"Received: {bad}")
 
     def with_epochs(self, epochs: int) -> TrainConfig:
         """#15: this config for a run of ``epochs`` epochs (a tuning trial, a final run): the
@@ -249,4 +267,5 @@ class TrainConfig:
     def differences(self, other: TrainConfig, ignore=RESUME_MUTABLE) -> dict:
         """Fields (outside ``ignore``) whose values differ: name → (self, other)."""
         a, b = self.to_dict(), other.to_dict()
-        return {k: (a[k], b[k]) for k in a if k not in ignore and a[k] != b[k]}
+        return {k: (a[k], b[k]) for k in a
+                if k not in ignore and k not in RECORD_ONLY and a[k] != b[k]}
