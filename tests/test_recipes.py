@@ -44,6 +44,12 @@ def test_silanet_cifar_is_paper_a_section_3_1():
     assert kinds["lr"] and kinds["heads"] and not kinds["gamma"] and not kinds["weight_decay"]
 
 
+def test_without_a_recipe_the_defaults_are_silanet_cifar():
+    d = TrainConfig("cifar10", "resnet20")
+    assert {k: getattr(d, k) for k in get_recipe("silanet-cifar").settings if hasattr(d, k)} == {
+        k: s.value for k, s in get_recipe("silanet-cifar").settings.items() if hasattr(d, k)}
+
+
 @pytest.mark.parametrize("model,dataset,beta,lam", [  # paper A, Table 1
     ("vgg19", "cifar10", 0.05, 0.8), ("vgg19", "folder:/d/cifar100-jpg.tar.gz", 0.3, 0.5),
     ("resnet18", "cifar10", 0.1, 0.5), ("resnet18", "cifar100", 0.1, 0.5),
