@@ -74,7 +74,9 @@ class Recipe:
             dataset), chosen by ``row_key(values)``; a missing row is an error naming the
             listed ones.
         row_key: resolved values → the row's key; ``None`` when the row does not apply.
-        row_names: what the key is, for messages (``"backbone and dataset"``).
+        row_names: what the key is, for messages (``"backbone/dataset"``).
+        derive: resolved values → values of a rule of the recipe (e.g. no reduced backbone
+            lr without pretrained weights); applied to fields the user did not type.
     """
 
     name: str
@@ -86,6 +88,7 @@ class Recipe:
     rows: Mapping[Any, Mapping[str, Setting]] = field(default_factory=dict)
     row_key: Callable[[Mapping], Any] | None = None
     row_names: str = ""
+    derive: Callable[[Mapping], Mapping[str, Any]] | None = None
 
     def settings_for(self, values: Mapping) -> dict[str, Setting]:
         """The settings for a run whose (flag and default) values are ``values``."""
@@ -171,9 +174,10 @@ def resolve(recipe: Recipe | None, explicit: Mapping[str, Any], defaults: Mappin
     for name, setting in recipe.settings_for(values).items():
         if name in values and name not in explicit:
             values[name], origins[name] = setting.value, f"recipe:{recipe.name}"
-    if recipe.name == FINETUNE and "backbone_lr_mult" not in explicit \
-            and values.get("weights") == "none":
-        values["backbone_lr_mult"] = 1.0  # nothing pretrained to protect
+    derived = recipe.derive(values) if recipe.derive is not None else {}
+    for name, value in derived.items():
+        if name in values and name not in explicit:
+            values[name], origins[name] = value, f"recipe:{recipe.name}"
     return values, origins
 
 
@@ -445,4 +449,5 @@ register(Recipe(
     {"lr": assumed(1e-3, _OURS), "weight_decay": assumed(0.01, _OURS),
      "optimizer": assumed("adamw", _OURS), "schedule": assumed("cosine", _OURS),
      "label_smoothing": assumed(0.1, _OURS), "weights": assumed("imagenet", _OURS),
-     "backbone_lr_mult": assumed(0.1, _OURS)}))
+     "backbone_lr_mult": assumed(0.1, _OURS)},
+    derive=lambda v: {"backbone_lr_mult": 1.0} if v.get("weights") == "none" else {}))
