@@ -259,6 +259,16 @@ def markdown(name: str) -> str:
     return "\n".join(lines)
 
 
+_DOC_BLOCK = re.compile(r"(<!-- recipe:(?P<name>[\w-]+) [^>]*-->\n).*?(\n<!-- /recipe -->)", re.S)
+
+
+def render_docs(text: str) -> str:
+    """``text`` with every ``<!-- recipe:NAME … -->`` … ``<!-- /recipe -->`` block replaced by
+    :func:`markdown` (NAME): how ``docs/*.md``'s tables are regenerated, e.g.
+    ``p.write_text(render_docs(p.read_text()))``."""
+    return _DOC_BLOCK.sub(lambda m: m.group(1) + markdown(m.group("name")) + m.group(3), text)
+
+
 def _md_rows(settings: Mapping[str, Setting], prefix: str) -> list[str]:
     groups: dict[tuple[bool, str], list[str]] = {}
     for key, s in settings.items():
@@ -293,9 +303,10 @@ _B_SGD = ("§4.1: \"all models are trained for 260 epochs using stochastic gradi
           "MultiStep, and milestones are [30, 55, 80, ...]\"")
 _GAMMA = ("not stated; ×0.5 at each of the ten milestones takes 0.1 to ≈1e-4 (×0.1 would end "
           "at 1e-11)")
-_MOMENTUM = "not stated; the usual CIFAR SGD momentum (PyTorch CIFAR zoos)"
-_WD = ("not stated; 5e-4 as the CIFAR-100 PyTorch zoo whose model definitions reproduce "
-       "Table 3's sizes, coupled L2 as PyTorch SGD")
+_ZOO = ("the CIFAR-100 PyTorch zoo whose model definitions reproduce Table 3's sizes "
+        "(weiaicunzai/pytorch-cifar100) trains with SGD(momentum=0.9, weight_decay=5e-4), batch 128")
+_MOMENTUM = f"not stated; {_ZOO}"
+_WD = f"not stated; {_ZOO} (coupled L2, as PyTorch SGD)"
 _STANDARD_AUG = "not stated; the standard CIFAR pad 4 + random 32×32 crop + horizontal flip"
 
 

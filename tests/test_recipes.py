@@ -11,7 +11,14 @@ from helpers import run_err
 
 from sila_keras.config import TrainConfig
 from sila_keras.errors import ConfigError, RunDirError
-from sila_keras.recipes import get_recipe, list_recipes, markdown, resolve, table1_dataset
+from sila_keras.recipes import (
+    get_recipe,
+    list_recipes,
+    markdown,
+    render_docs,
+    resolve,
+    table1_dataset,
+)
 from sila_keras.rundir import RunDir, check_resume
 from sila_keras.train_flags import build_parser, config_from_args
 
@@ -161,7 +168,10 @@ def test_recipe_list_prints_sources_and_assumptions_without_tensorflow():
     ("msdnet-dynamic", "paper_b.md"), ("pairs-003", "pairs.md"),
 ])
 def test_docs_tables_are_the_registry(name, doc):
-    assert markdown(name) in (DOCS / doc).read_text(), f"regenerate {doc}'s {name} table"
+    text = (DOCS / doc).read_text()
+    block = f"<!-- recipe:{name} (generated: sila_keras.recipes.render_docs) -->\n{markdown(name)}\n"
+    assert block in text and render_docs(text) == text, \
+        f"regenerate: p = Path('docs/{doc}'); p.write_text(render_docs(p.read_text()))"
 
 
 def test_pairs_recipe_fills_table_1_and_table_2_settings(capsys, tmp_path):
