@@ -11,7 +11,8 @@ recipe < flags the user typed and returns every value's origin (``"default"``, `
 Settings of fields this build does not have yet (another issue adds them) are kept in the
 registry and skipped by :func:`resolve` until the field exists.
 
-This module imports no TensorFlow (``--recipe list`` and ``--help`` stay fast).
+This module imports no TensorFlow (``--recipe list`` and ``--help`` stay fast). The argparse
+side (``--recipe``, telling typed flags from defaults) is in :mod:`sila_keras.train_flags`.
 
 Example:
     >>> values, origins = resolve(get_recipe("msdnet-dynamic"), {"epochs": 1},
@@ -22,7 +23,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -34,7 +34,6 @@ TRAIN, PAIRS = "sila-train", "sila-pairs"
 PAPER_A = "paper A (SilaNet, seeds 000/002)"
 PAPER_B = "paper B (SiLa learning, seeds 001/004)"
 PAPER_C = "digit pairs (Deng & Li, seed 003)"
-GIVEN_ATTR = "_given_flags"  # the Namespace attribute FlagParser sets: the dests typed
 
 
 @dataclass(frozen=True)
@@ -181,53 +180,7 @@ def resolve(recipe: Recipe | None, explicit: Mapping[str, Any], defaults: Mappin
     return values, origins
 
 
-# --------------------------------------------------------------------------- CLI edge
-
-
-class FlagParser(argparse.ArgumentParser):
-    """An ``ArgumentParser`` that records which flags the user typed (``args._given_flags``,
-    a set of dests), so a recipe can tell them from defaults while ``--help`` still shows
-    the real defaults: after the normal parse, the same arguments are parsed once more with
-    every default suppressed, which leaves exactly the typed dests in the namespace."""
-
-    def parse_known_args(self, args=None, namespace=None):
-        ns, extras = super().parse_known_args(args, namespace)
-        setattr(ns, GIVEN_ATTR, frozenset(self._typed(args)))
-        return ns, extras
-
-    def _typed(self, args) -> set[str]:
-        saved = [(a, a.default) for a in self._actions]
-        saved_defaults = dict(self._defaults)
-        try:
-            for a in self._actions:
-                a.default = argparse.SUPPRESS
-            self._defaults.clear()
-            probe, _ = argparse.ArgumentParser.parse_known_args(self, args, argparse.Namespace())
-        finally:
-            for a, d in saved:
-                a.default = d
-            self._defaults.update(saved_defaults)
-        return set(vars(probe))
-
-
-def given_flags(args: argparse.Namespace, parser_defaults: Mapping[str, Any]) -> set[str]:
-    """The dests the user typed: recorded by :class:`FlagParser`; for a namespace from
-    another parser (``sila-tune`` builds on ``sila-train``'s flags), the values that differ
-    from ``parser_defaults``."""
-    given = getattr(args, GIVEN_ATTR, None)
-    if given is not None:
-        return set(given)
-    return {k for k, v in vars(args).items() if k in parser_defaults and v != parser_defaults[k]}
-
-
-class ListRecipes(argparse.Action):
-    """``--recipe NAME``; ``--recipe list`` prints the registry and exits (like ``--help``)."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        if values == "list":
-            print(describe(), end="", flush=True)  # to stdout, as --help
-            parser.exit(0)
-        setattr(namespace, self.dest, values)
+# --------------------------------------------------------------------------- text
 
 
 def describe(names: list[str] | None = None) -> str:

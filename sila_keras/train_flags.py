@@ -12,7 +12,9 @@ import argparse
 import dataclasses
 import re
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from sila_keras.cli import HelpFormatter
 from sila_keras.config import (
@@ -28,7 +30,7 @@ from sila_keras.config import (
     TrainConfig,
 )
 from sila_keras.errors import ConfigError
-from sila_keras.recipes import FINETUNE, FlagParser, ListRecipes, get_recipe, given_flags, resolve
+from sila_keras.recipes import FINETUNE, get_recipe, resolve
 
 # --------------------------------------------------------------------------- CLI
 
@@ -110,19 +112,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_finetune_flags(p)  # #15
     add_recipe_flag(p, "sila-train")  # recipes17
     return p
-
-
-def add_recipe_flag(p: argparse.ArgumentParser, command: str) -> None:
-    """recipes17: ``--recipe NAME`` (``--recipe list`` prints them; see sila_keras.recipes)."""
-    from sila_keras.recipes import list_recipes
-
-    p.add_argument("--recipe", default=None, action=ListRecipes, metavar="NAME",
-                   help=f"set every training setting of one published experiment: "
-                        f"{', '.join(list_recipes(command))}; flags you type still win. "
-                        "'--recipe list' shows each value, its source and which are assumptions")
-    if command == "sila-train":
-        p.add_argument("--no-nesterov", dest="nesterov", action="store_false",
-                       help="plain momentum (overrides a recipe's Nesterov momentum)")
 
 
 def _add_speed_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
@@ -263,3 +252,69 @@ def default_run_name(dataset: str, model: str) -> str:
     ds = re.sub(r"[^A-Za-z0-9_.-]+", "_", ds) or "data"
     model = Path(model).stem.replace("keras:", "")  # #15: keras:<Name> → <Name>
     return f"{ds}-{model}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+# --------------------------------------------------------------------------- recipes17: typed flags
+
+GIVEN_ATTR = "_given_flags"  # the Namespace attribute FlagParser sets: the dests typed
+
+
+class FlagParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` that records which flags the user typed (``args._given_flags``,
+    a set of dests), so a recipe can tell them from defaults while ``--help`` still shows
+    the real defaults: after the normal parse, the same arguments are parsed once more with
+    every default suppressed, which leaves exactly the typed dests in the namespace."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        ns, extras = super().parse_known_args(args, namespace)
+        setattr(ns, GIVEN_ATTR, frozenset(self._typed(args)))
+        return ns, extras
+
+    def _typed(self, args) -> set[str]:
+        saved = [(a, a.default) for a in self._actions]
+        saved_defaults = dict(self._defaults)
+        try:
+            for a in self._actions:
+                a.default = argparse.SUPPRESS
+            self._defaults.clear()
+            probe, _ = argparse.ArgumentParser.parse_known_args(self, args, argparse.Namespace())
+        finally:
+            for a, d in saved:
+                a.default = d
+            self._defaults.update(saved_defaults)
+        return set(vars(probe))
+
+
+def given_flags(args: argparse.Namespace, parser_defaults: Mapping[str, Any]) -> set[str]:
+    """The dests the user typed: recorded by :class:`FlagParser`; for a namespace from
+    another parser (``sila-tune`` builds on ``sila-train``'s flags), the values that differ
+    from ``parser_defaults``."""
+    given = getattr(args, GIVEN_ATTR, None)
+    if given is not None:
+        return set(given)
+    return {k for k, v in vars(args).items() if k in parser_defaults and v != parser_defaults[k]}
+
+
+class ListRecipes(argparse.Action):
+    """``--recipe NAME``; ``--recipe list`` prints the registry and exits (like ``--help``)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if values == "list":
+            from sila_keras.recipes import describe
+
+            print(describe(), end="", flush=True)  # to stdout, as --help
+            parser.exit(0)
+        setattr(namespace, self.dest, values)
+
+
+def add_recipe_flag(p: argparse.ArgumentParser, command: str) -> None:
+    """recipes17: ``--recipe NAME`` (``--recipe list`` prints them; see sila_keras.recipes)."""
+    from sila_keras.recipes import list_recipes
+
+    p.add_argument("--recipe", default=None, action=ListRecipes, metavar="NAME",
+                   help=f"set every training setting of one published experiment: "
+                        f"{', '.join(list_recipes(command))}; flags you type still win. "
+                        "'--recipe list' shows each value, its source and which are assumptions")
+    if command == "sila-train":
+        p.add_argument("--no-nesterov", dest="nesterov", action="store_false",
+                       help="plain momentum (overrides a recipe's Nesterov momentum)")

@@ -20,8 +20,8 @@ from pathlib import Path
 from sila_keras import io
 from sila_keras.cli import Command, HelpFormatter, run_command
 from sila_keras.errors import ConfigError, RunDirError
-from sila_keras.recipes import FlagParser
 from sila_keras.rundir import PairsDir
+from sila_keras.train_flags import FlagParser, add_recipe_flag
 
 PROG = "sila-pairs"
 # The networks of sila_keras.pairs.models.ARCHS, named here so --help needs no Keras.
@@ -85,8 +85,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue a killed run in --out: configurations it finished are loaded from "
                         "<out>/done/, the others are run")
     g.add_argument("--debug", action="store_true", help="show tracebacks")
-    from sila_keras.train_flags import add_recipe_flag
-
     add_recipe_flag(p, "sila-pairs")  # recipes17
     return p
 
@@ -154,7 +152,8 @@ RECIPE_FIELDS = ("rounds", "epochs", "lr", "batch_size", "pairs", "aux_weight", 
 def apply_recipe(args: argparse.Namespace) -> dict:
     """recipes17: ``--recipe`` (``pairs-003``) fills the flags not typed, in ``args``; returns
     each flag's origin (``flag``, ``default`` or ``recipe:<name>``)."""
-    from sila_keras.recipes import PAIRS, get_recipe, given_flags, resolve
+    from sila_keras.recipes import PAIRS, get_recipe, resolve
+    from sila_keras.train_flags import given_flags
 
     recipe = get_recipe(args.recipe) if args.recipe is not None else None
     flat = {k: getattr(args, k) for k in (*RECIPE_FIELDS, "arch", "table", "grid")
