@@ -203,11 +203,8 @@ class TrainConfig:
             get_application(self.model)
             check_weights(self.model, self.weights, check_file=False)
 
-    def _check_recipe(self) -> None:  # recipes17
-        if self.recipe is not None:
-            from sila_keras.recipes import get_recipe
-
-            get_recipe(self.recipe)  # an unknown name raises, listing the recipes
+    def _check_recipe(self) -> None:  # recipes17 (the name is checked where it is resolved:
+        # a stored run whose recipe was renamed since must still load)
         bad = {k: v for k, v in self.origins.items()
                if not (v in ("flag", "default") or str(v).startswith("recipe:"))}
         if bad:
