@@ -34,6 +34,8 @@ SCHEDULES = ("step", "cosine")  # #15
 # Fields that may differ between a run and its --resume continuation (flat names).
 RESUME_MUTABLE = ("resume", "epochs", "verbose", "debug", "steps_per_execution", "jit",
                   "sync_bn", "checkpoint_every")
+# recipes17: what a run records about where its values came from (never compared on --resume)
+RECORD_ONLY = ("recipe", "origins")
 
 
 def _positive(name: str, value, allow_zero: bool = False) -> None:
@@ -219,6 +221,10 @@ class RunConfig:
     steps_per_execution: int | str = "auto"
     sync_bn: bool | None = None  # None: on when replicas > 1 and the per-replica batch < 32
     checkpoint_every: int = 1  # epochs between checkpoints (the last epoch always)
+    # The --recipe applied (sila_keras.recipes) and each field's origin: "flag" | "default" |
+    # "recipe:<name>" (recorded in config.json; --resume compares values, not these).
+    recipe: str | None = None
+    origins: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -232,6 +238,13 @@ class RunConfig:
         _positive("checkpoint_every", self.checkpoint_every)
         if self.name is not None and (not self.name or "/" in self.name or self.name in (".", "..")):
             raise ConfigError(f"`--name` must be a plain folder name. Received: name={self.name!r}")
+        # The recipe name is checked where it is resolved: a stored run whose recipe was
+        # renamed since must still load.
+        bad = {k: v for k, v in self.origins.items()
+               if not (v in ("flag", "default") or str(v).startswith("recipe:"))}
+        if bad:
+            raise ConfigError("`origins` values must be 'flag', 'default' or 'recipe:<name>'. "
+                              f"Received: {bad}")
 
 
 # Group attribute → its class. A new mode or data source adds one entry (and its dataclass).
@@ -364,9 +377,11 @@ class TrainConfig:
         return cls().replace(**{k: v for k, v in flat_dict(d).items() if k in FIELD_GROUP})
 
     def differences(self, other: TrainConfig, ignore=RESUME_MUTABLE) -> dict:
-        """Fields (outside ``ignore``) whose values differ: flat name → (self, other)."""
+        """Fields (outside ``ignore`` and :data:`RECORD_ONLY`) whose values differ: flat
+        name → (self, other)."""
         a, b = self.flat(), other.flat()
-        return {k: (a[k], b[k]) for k in a if k not in ignore and a[k] != b[k]}
+        return {k: (a[k], b[k]) for k in a
+                if k not in ignore and k not in RECORD_ONLY and a[k] != b[k]}
 
 
 def flat_dict(d: dict) -> dict:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import re
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from sila_keras.cli import HelpFormatter
 from sila_keras.config import (
@@ -22,11 +24,13 @@ from sila_keras.config import (
     KERAS_APPLICATIONS,
     OPTIMIZERS,
     PAPER_MILESTONES,
+    RECORD_ONLY,
     SCHEDULES,
     STRATEGIES,
     TrainConfig,
 )
 from sila_keras.errors import ConfigError
+from sila_keras.recipes import FINETUNE, get_recipe, resolve
 
 # --------------------------------------------------------------------------- CLI
 
@@ -36,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     from sila_keras.modes import get_mode, list_modes
 
     d = TrainConfig()
-    p = argparse.ArgumentParser(
+    p = FlagParser(
         prog="sila-train",
         description="Train a classifier with Siamese Labels (SiLa) auxiliary heads "
                     "(SilaNet, Gan et al.). Defaults follow the paper's CIFAR recipe.",
@@ -106,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="show tracebacks and TensorFlow's start-up log")
     _add_speed_flags(p, d)
     _add_finetune_flags(p)  # #15
+    add_recipe_flag(p, "sila-train")  # recipes17
     return p
 
 
@@ -136,12 +141,6 @@ def _steps(s: str) -> int | str:
 
 # --------------------------------------------------------------------------- #15 fine-tuning flags
 
-# The fine-tuning recipe, the CLI default for keras:<Name> backbones (the paper's CIFAR recipe
-# stays the default for the registry backbones and .keras files).
-FINETUNE_RECIPE = {"lr": 1e-3, "weight_decay": 0.01, "optimizer": "adamw", "schedule": "cosine",
-                   "label_smoothing": 0.1, "weights": "imagenet"}
-
-
 def _add_finetune_flags(p: argparse.ArgumentParser) -> None:
     """Flags of issue #15: keras:<Name> backbones and the fine-tuning recipe."""
     d = TrainConfig()
@@ -149,64 +148,31 @@ def _add_finetune_flags(p: argparse.ArgumentParser) -> None:
         "pretrained backbones (MODEL = keras:<Name>)",
         f"keras.applications models: {', '.join('keras:' + n for n in KERAS_APPLICATIONS)}. Built with "
         "include_top=False + global pooling + a Dense classifier (head_1); the application's "
-        "own preprocessing is inside the model (it takes raw 0–255 pixels). Unset options "
-        "follow the model: paper recipe (SGD lr 0.1, wd 5e-4, step) for the zoo, fine-tuning "
-        "recipe (AdamW lr 1e-3, wd 0.01, cosine, label smoothing 0.1, imagenet weights, "
-        "backbone lr × 0.1 when pretrained) for keras: models.")
-    g.add_argument("--weights", default=None,
+        "own preprocessing is inside the model (it takes raw 0–255 pixels). Without --recipe, "
+        "keras: models use the keras-finetune recipe for the options you do not type (AdamW "
+        "lr 1e-3, wd 0.01, cosine, label smoothing 0.1, imagenet weights, backbone lr × 0.1 "
+        "when pretrained); the defaults shown are the paper's, for the zoo.")
+    g.add_argument("--weights", default=d.net.weights,
                    help="none | imagenet (Keras cache ~/.keras/models) | PATH of a .weights.h5 "
-                        "saved from the same application, include_top=False (default: imagenet "
-                        "for keras: models, else none)")
+                        "saved from the same application, include_top=False")
     g.add_argument("--taps", type=_names, default=None,
                    help="layer names where heads may attach (default: the stage ends)")
     g.add_argument("--freeze-epochs", type=int, default=0,
                    help="train only the classifier and the SiLa heads for the first K epochs "
                         "(backbone BatchNorm in inference mode), then unfreeze")
-    g.add_argument("--backbone-lr-mult", type=float, default=None,
-                   help="lr multiplier of the pretrained backbone once unfrozen (default: 0.1 "
-                        "with pretrained keras: weights, else 1)")
-    g.add_argument("--optimizer", default=None, choices=OPTIMIZERS,
-                   help="sgd: momentum + coupled L2; adamw: decoupled weight decay "
-                        "(default: adamw for keras: models, else sgd)")
-    g.add_argument("--schedule", default=None, choices=SCHEDULES,
-                   help="step: ×gamma at --milestones; cosine: to 0 at --epochs (default: "
-                        "cosine for keras: models, else step)")
+    g.add_argument("--backbone-lr-mult", type=float, default=d.optim.backbone_lr_mult,
+                   help="lr multiplier of the pretrained backbone once unfrozen")
+    g.add_argument("--optimizer", default=d.optim.optimizer, choices=OPTIMIZERS,
+                   help="sgd: momentum + coupled L2; adamw: decoupled weight decay")
+    g.add_argument("--schedule", default=d.optim.schedule, choices=SCHEDULES,
+                   help="step: ×gamma at --milestones; cosine: to 0 at --epochs")
     g.add_argument("--warmup-epochs", type=int, default=0, help="linear lr warmup epochs")
-    g.add_argument("--label-smoothing", type=float, default=None,
-                   help="ε of each head's target, --mode sila (default: 0.1 for keras: models, "
-                        "else 0)")
-    # Shown as the paper's values; a value the user did not type is resolved per model.
-    p.set_defaults(lr=_ModelDefault(d.optim.lr), weight_decay=_ModelDefault(d.optim.weight_decay))
-
-
-class _ModelDefault(float):
-    """#15: a flag default that the model's recipe may replace (the user did not type it)."""
+    g.add_argument("--label-smoothing", type=float, default=d.optim.label_smoothing,
+                   help="ε of each head's target, --mode sila")
 
 
 def _names(s: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in s.split(",") if v.strip())
-
-
-def _finetune_defaults(args: argparse.Namespace) -> dict:
-    """#15: the TrainConfig fields of the fine-tuning flags, unset ones (and ``args.lr``,
-    ``args.weight_decay``) from the model's recipe."""
-    d = TrainConfig()
-    keras_model = str(args.model).startswith("keras:")
-    recipe = FINETUNE_RECIPE if keras_model else {
-        "lr": d.optim.lr, "weight_decay": d.optim.weight_decay, "optimizer": d.optim.optimizer,
-        "schedule": d.optim.schedule, "label_smoothing": d.optim.label_smoothing, "weights": d.net.weights}
-    def given(k):
-        v = getattr(args, k, None)
-        return None if isinstance(v, _ModelDefault) else v
-
-    out = {k: (recipe[k] if given(k) is None else given(k)) for k in recipe}
-    args.lr, args.weight_decay = float(out.pop("lr")), float(out.pop("weight_decay"))
-    pretrained = out["weights"] != "none"
-    mult = getattr(args, "backbone_lr_mult", None)
-    out["backbone_lr_mult"] = (0.1 if keras_model and pretrained else 1.0) if mult is None else mult
-    out.update(taps=getattr(args, "taps", None), freeze_epochs=getattr(args, "freeze_epochs", 0),
-               warmup_epochs=getattr(args, "warmup_epochs", 0))
-    return out
 
 
 def add_data_flags(g, d: TrainConfig) -> None:
@@ -252,11 +218,31 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         if args.resume:
             raise ConfigError("--resume needs --name NAME: the run folder under --out to continue.")
         name = default_run_name(args.dataset, args.model)
-    finetune = _finetune_defaults(args)  # #15: sets args.lr/weight_decay; the new fields
-    # Every flag whose dest is a TrainConfig field (a new flag with a field's name needs no
-    # line here); the name and the #15 fine-tuning values are resolved above.
-    values = {k: v for k, v in vars(args).items() if k in FIELD_GROUP}
-    return TrainConfig.create(**{**values, **finetune, "name": name})
+    # Every flag whose dest is a TrainConfig field (a new flag named like its field needs no
+    # line here).
+    flat = {k: v for k, v in vars(args).items() if k in FIELD_GROUP and k not in RECORD_ONLY}
+    flat["name"] = name
+    return config_with_recipe(flat, given_flags(args, _parser_defaults()) | {"dataset", "model"},
+                              getattr(args, "recipe", None))
+
+
+def config_with_recipe(flat: dict, given: set[str], recipe_name: str | None) -> TrainConfig:
+    """recipes17: flat field values (flags and defaults) → a :class:`TrainConfig` with the
+    recipe (``--recipe``; without one, ``keras-finetune`` for keras:<Name> backbones) applied
+    under the flags in ``given``, and every field's origin recorded."""
+    if recipe_name is None and str(flat.get("model", "")).startswith("keras:"):
+        recipe_name = FINETUNE  # #15: the fine-tuning recipe is the keras: models' default
+    recipe = get_recipe(recipe_name) if recipe_name is not None else None
+    explicit = {k: v for k, v in flat.items() if k in given}
+    defaults = {k: v for k, v in flat.items() if k not in given}
+    values, origins = resolve(recipe, explicit, defaults)
+    return TrainConfig.create(**values, recipe=recipe_name, origins=origins)
+
+
+def _parser_defaults() -> dict:
+    """The flags' parsed defaults (for a namespace whose typed flags were not recorded)."""
+    args = build_parser().parse_args(["dataset", "model"])
+    return {k: v for k, v in vars(args).items() if k not in ("dataset", "model")}
 
 
 def default_run_name(dataset: str, model: str) -> str:
@@ -267,3 +253,69 @@ def default_run_name(dataset: str, model: str) -> str:
     ds = re.sub(r"[^A-Za-z0-9_.-]+", "_", ds) or "data"
     model = Path(model).stem.replace("keras:", "")  # #15: keras:<Name> → <Name>
     return f"{ds}-{model}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+# --------------------------------------------------------------------------- recipes17: typed flags
+
+GIVEN_ATTR = "_given_flags"  # the Namespace attribute FlagParser sets: the dests typed
+
+
+class FlagParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` that records which flags the user typed (``args._given_flags``,
+    a set of dests), so a recipe can tell them from defaults while ``--help`` still shows
+    the real defaults: after the normal parse, the same arguments are parsed once more with
+    every default suppressed, which leaves exactly the typed dests in the namespace."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        ns, extras = super().parse_known_args(args, namespace)
+        setattr(ns, GIVEN_ATTR, frozenset(self._typed(args)))
+        return ns, extras
+
+    def _typed(self, args) -> set[str]:
+        saved = [(a, a.default) for a in self._actions]
+        saved_defaults = dict(self._defaults)
+        try:
+            for a in self._actions:
+                a.default = argparse.SUPPRESS
+            self._defaults.clear()
+            probe, _ = argparse.ArgumentParser.parse_known_args(self, args, argparse.Namespace())
+        finally:
+            for a, d in saved:
+                a.default = d
+            self._defaults.update(saved_defaults)
+        return set(vars(probe))
+
+
+def given_flags(args: argparse.Namespace, parser_defaults: Mapping[str, Any]) -> set[str]:
+    """The dests the user typed: recorded by :class:`FlagParser`; for a namespace from
+    another parser (``sila-tune`` builds on ``sila-train``'s flags), the values that differ
+    from ``parser_defaults``."""
+    given = getattr(args, GIVEN_ATTR, None)
+    if given is not None:
+        return set(given)
+    return {k for k, v in vars(args).items() if k in parser_defaults and v != parser_defaults[k]}
+
+
+class ListRecipes(argparse.Action):
+    """``--recipe NAME``; ``--recipe list`` prints the registry and exits (like ``--help``)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if values == "list":
+            from sila_keras.recipes import describe
+
+            print(describe(), end="", flush=True)  # to stdout, as --help
+            parser.exit(0)
+        setattr(namespace, self.dest, values)
+
+
+def add_recipe_flag(p: argparse.ArgumentParser, command: str) -> None:
+    """recipes17: ``--recipe NAME`` (``--recipe list`` prints them; see sila_keras.recipes)."""
+    from sila_keras.recipes import list_recipes
+
+    p.add_argument("--recipe", default=None, action=ListRecipes, metavar="NAME",
+                   help=f"set every training setting of one published experiment: "
+                        f"{', '.join(list_recipes(command))}; flags you type still win. "
+                        "'--recipe list' shows each value, its source and which are assumptions")
+    if command == "sila-train":
+        p.add_argument("--no-nesterov", dest="nesterov", action="store_false",
+                       help="plain momentum (overrides a recipe's Nesterov momentum)")

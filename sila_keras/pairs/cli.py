@@ -21,6 +21,7 @@ from sila_keras import io
 from sila_keras.cli import Command, HelpFormatter, run_command
 from sila_keras.errors import ConfigError, RunDirError
 from sila_keras.rundir import PairsDir
+from sila_keras.train_flags import FlagParser, add_recipe_flag
 
 PROG = "sila-pairs"
 # The networks of sila_keras.pairs.models.ARCHS, named here so --help needs no Keras.
@@ -37,7 +38,7 @@ TEST_SELECTION_NOTE = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = FlagParser(
         prog=PROG,
         description="Digit-pair comparison on MNIST (Deng & Li, 'Classification, weight sharing, "
                     "auxiliary losses'): is the first digit <= the second? Four networks, weight "
@@ -84,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue a killed run in --out: configurations it finished are loaded from "
                         "<out>/done/, the others are run")
     g.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_recipe_flag(p, "sila-pairs")  # recipes17
     return p
 
 
@@ -100,8 +102,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Validate every flag (before loading data or building a graph), then run the mode."""
+    origins = apply_recipe(args)  # recipes17
     mode, configs = configs_from_args(args)
     out = _out_dir(args)
+    io.write_json(out / PairsDir.RECIPE, {"recipe": args.recipe, "origins": origins})
     pools = _load_pools(args)
     _quiet_tf_warnings()
     if mode == "table":
@@ -138,6 +142,29 @@ def _run_or_load(config, pools, out: Path, position: str = "") -> dict:
     result = _run_one(config, pools, position)
     io.write_json(path, {"config": config.to_dict(), "data": pools.source, "result": result})
     return io.read_json(path)["result"]  # the same JSON form whether run now or loaded
+
+
+# recipes17: the flags a recipe may set (PairConfig fields; pair_draw once #17 item 4 adds it)
+RECIPE_FIELDS = ("rounds", "epochs", "lr", "batch_size", "pairs", "aux_weight", "momentum",
+                 "normalize", "pair_draw")
+
+
+def apply_recipe(args: argparse.Namespace) -> dict:
+    """recipes17: ``--recipe`` (``pairs-003``) fills the flags not typed, in ``args``; returns
+    each flag's origin (``flag``, ``default`` or ``recipe:<name>``)."""
+    from sila_keras.recipes import PAIRS, get_recipe, resolve
+    from sila_keras.train_flags import given_flags
+
+    recipe = get_recipe(args.recipe) if args.recipe is not None else None
+    flat = {k: getattr(args, k) for k in (*RECIPE_FIELDS, "arch", "table", "grid")
+            if hasattr(args, k)}
+    given = given_flags(args, {})
+    values, origins = resolve(recipe, {k: v for k, v in flat.items() if k in given},
+                              {k: v for k, v in flat.items() if k not in given}, command=PAIRS)
+    for k in RECIPE_FIELDS:
+        if k in values:
+            setattr(args, k, values[k])
+    return {k: origins[k] for k in RECIPE_FIELDS if k in origins}
 
 
 def configs_from_args(args: argparse.Namespace) -> tuple[str, list]:
