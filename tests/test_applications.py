@@ -246,8 +246,8 @@ def test_cli_defaults_follow_the_model(tiny_folder, tmp_path):
             tuned.optim.label_smoothing) == ("adamw", "cosine", 1e-3, "imagenet", 0.1, 0.1)
     scratch = config("keras:MobileNetV2", "--weights", "none", "--lr", "0.05")
     assert scratch.optim.backbone_lr_mult == 1.0 and scratch.optim.lr == 0.05
-    assert config("keras:MobileNetV2", "--lr", "0.1").lr == 0.1  # typed: kept, even if paper's
-    assert json.loads(json.dumps(scratch.to_dict()))["taps"] is None
+    assert config("keras:MobileNetV2", "--lr", "0.1").optim.lr == 0.1  # typed: kept, even if paper's
+    assert json.loads(json.dumps(scratch.to_dict()))["net"]["taps"] is None
 
 
 def test_config_checks():
