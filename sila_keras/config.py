@@ -103,6 +103,9 @@ class TrainConfig:
     test_split: str | None = None
     cache: str = "auto"  # auto | none | memory | disk[:DIR]
     steps_per_epoch: int | None = None  # None: one pass over the training images
+    # pd17: --mode dynamic's test protocols: anytime | budgeted | both (None: both). The
+    # training hold-out exists only for budgeted evaluation (modes/dynamic.py).
+    dynamic_eval: str | None = None
 
     def __post_init__(self):
         def positive(name, value, allow_zero=False):
@@ -153,6 +156,14 @@ class TrainConfig:
         if self.name is not None and (not self.name or "/" in self.name or self.name in (".", "..")):
             raise ConfigError(f"`--name` must be a plain folder name. Received: name={self.name!r}")
         self._check_finetune()
+        self._check_dynamic_eval()
+
+    def _check_dynamic_eval(self) -> None:  # pd17
+        from sila_keras.modes.dynamic import EVALUATIONS
+
+        if self.dynamic_eval is not None and self.dynamic_eval not in EVALUATIONS:
+            raise ConfigError(f"Unknown `--dynamic-eval` '{self.dynamic_eval}'. Available: "
+                              f"{', '.join(EVALUATIONS)}. Received: dynamic_eval={self.dynamic_eval!r}")
 
     def _check_finetune(self) -> None:  # #15
         if self.taps is not None:

@@ -105,7 +105,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="show tracebacks and TensorFlow's start-up log")
     _add_speed_flags(p, d)
     _add_finetune_flags(p)  # #15
+    _add_dynamic_flags(p)  # pd17
     return p
+
+
+def _add_dynamic_flags(p: argparse.ArgumentParser) -> None:
+    """pd17 (#17 item 3): --mode dynamic's test protocols (docs/modes.md, "Dynamic evaluation")."""
+    g = p.add_argument_group("dynamic (--mode dynamic)")
+    g.add_argument("--dynamic-eval", default=None, metavar="{anytime,budgeted,both}",
+                   help="test protocols after training: anytime prediction (trains on every "
+                        "training image), budgeted batch classification (holds 10%% of the "
+                        "training images out to choose the exit thresholds), or both "
+                        "(default: both, one run for paper B's Figs. 4 and 5)")
 
 
 def _add_speed_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
@@ -268,6 +279,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         image_size=args.image_size, resize=args.resize, val_split=args.val_split,
         train_split=args.train_split, test_split=args.test_split, cache=args.cache,
         steps_per_epoch=args.steps_per_epoch,
+        dynamic_eval=getattr(args, "dynamic_eval", None),  # pd17
     )
 
 
