@@ -1,8 +1,8 @@
 """Anytime prediction and budgeted batch classification of a multi-exit model.
 
 The two test protocols of the MSDNet paper (Huang et al. 2018), used by
-``--mode dynamic`` (paper B §3.3, Figs. 4–5); :func:`evaluate_dynamic` writes, as
-``--dynamic-eval anytime|budgeted|both`` asks:
+``--mode dynamic`` (paper B §3.3, Figs. 4–5); :func:`evaluate_dynamic` writes (either or
+both, as ``--dynamic-eval`` asks):
 
 * ``anytime.csv`` / ``anytime.png`` — anytime prediction: for every exit, the
   FLOPs of its own path and its test Top-1;
@@ -200,11 +200,12 @@ def default_budgets(costs: Sequence[float], num: int = 12) -> list[float]:
 
 def evaluate_dynamic(model: keras.Model, data, run_dir, *, holdout=None, budgets=None,
                      num_budgets: int = 12, batch_size: int = 256, title: str = "",
-                     threshold_source: str | None = "holdout", evaluation: str = "both") -> dict:
+                     threshold_source: str | None = "holdout", anytime: bool = True,
+                     budgeted: bool = True) -> dict:
     """Anytime prediction and/or budgeted batch classification of a multi-exit model.
 
-    Writes ``anytime.csv``/``.png`` (``evaluation`` anytime or both) and
-    ``budgeted.csv``/``.png`` (budgeted or both) into ``run_dir``.
+    Writes ``anytime.csv``/``.png`` (with ``anytime``) and ``budgeted.csv``/``.png`` (with
+    ``budgeted``) into ``run_dir``.
 
     Args:
         model: a multi-exit SiLa model (``head_1`` = first exit), e.g. from
@@ -212,44 +213,41 @@ def evaluate_dynamic(model: keras.Model, data, run_dir, *, holdout=None, budgets
         data: an ``ImageData`` (its test split is evaluated).
         run_dir: output folder.
         holdout: ``(x, y)`` images for choosing the thresholds (uint8 NHWC, labels);
-            needed unless ``evaluation`` is ``"anytime"``.
+            needed with ``budgeted``.
         budgets: average FLOPs per image to evaluate (default: ``num_budgets`` evenly
             spaced over the model's range).
         num_budgets: number of default budgets.
         batch_size: prediction batch size.
         title: plot title prefix.
         threshold_source: recorded in the output: where ``holdout`` came from.
-        evaluation: ``"anytime"``, ``"budgeted"`` or ``"both"`` (``--dynamic-eval``).
+        anytime: write the anytime prediction files.
+        budgeted: run budgeted batch classification (thresholds on ``holdout``) and write
+            its files.
 
     Returns:
-        ``{"evaluation", "exits": [...], "holdout_examples"}`` and, unless anytime only,
-        ``"budgeted": [...]`` and ``"threshold_source"``. ``exits`` (per-exit FLOPs and test
-        Top-1) is returned in every case; only the files differ.
+        ``{"exits": [...], "holdout_examples"}`` and, with ``budgeted``, ``"budgeted": [...]``
+        and ``"threshold_source"``. ``exits`` (per-exit FLOPs and test Top-1) is returned
+        in every case; only the files differ.
 
     Raises:
-        ValueError: an unknown ``evaluation``, no held-out images for budgeted evaluation,
-            or a budget outside the model's FLOPs range.
+        ValueError: no held-out images for budgeted evaluation, or a budget outside the
+            model's FLOPs range.
     """
     from sila_keras import io
     from sila_keras.heads import num_heads_of
-    from sila_keras.modes.dynamic import EVALUATIONS
     from sila_keras.pipeline import eval_dataset
     from sila_keras.plots import plot_anytime, plot_budgeted
 
-    if evaluation not in EVALUATIONS:
-        raise ConfigError(f"Unknown dynamic evaluation '{evaluation}'. Available: "
-                          f"{', '.join(EVALUATIONS)}. Received: evaluation={evaluation!r}")
-    budgeted_too = evaluation != "anytime"
     run_dir = Path(run_dir)
     flops = exit_flops(model)
     costs = [r["cumulative_flops"] for r in flops]
-    if budgeted_too:
+    if budgeted:
         budgets = (check_budgets(budgets, costs) if budgets is not None
                    else default_budgets(costs, num_budgets))
         if holdout is None or len(holdout[1]) == 0:
             raise ConfigError("Budgeted batch classification needs held-out images to choose "
                               "thresholds. Received: holdout=None (pass holdout=(x, y) from the "
-                              "training data, or evaluation='anytime').")
+                              "training data, or budgeted=False).")
     n, c = data.num_classes, num_heads_of(model)
 
     def per_exit(x, y):
@@ -258,19 +256,18 @@ def evaluate_dynamic(model: keras.Model, data, run_dir, *, holdout=None, budgets
 
     test_logits = per_exit(data.test_x, data.test_y)
     test_y = np.asarray(data.test_y).reshape(-1)
-    anytime = [{**r, "test_top1": float(np.mean(test_logits[r["exit"] - 1].argmax(1) == test_y))}
-               for r in flops]
-    result = {"evaluation": evaluation, "exits": anytime,
-              "holdout_examples": int(len(holdout[1])) if budgeted_too else 0}
-    if evaluation != "budgeted":
-        io.write_csv(RunDir(run_dir) / RunDir.ANYTIME, anytime,
+    exits = [{**r, "test_top1": float(np.mean(test_logits[r["exit"] - 1].argmax(1) == test_y))}
+             for r in flops]
+    result = {"exits": exits, "holdout_examples": int(len(holdout[1])) if budgeted else 0}
+    if anytime:
+        io.write_csv(RunDir(run_dir) / RunDir.ANYTIME, exits,
                      ["exit", "flops", "cumulative_flops", "test_top1"])
-        plot_anytime(anytime, RunDir(run_dir) / RunDir.ANYTIME_PLOT, title)
-    if budgeted_too:
-        budgeted = budgeted_batch(per_exit(*holdout), test_logits, test_y, costs, budgets)
-        for row in budgeted:
+        plot_anytime(exits, RunDir(run_dir) / RunDir.ANYTIME_PLOT, title)
+    if budgeted:
+        rows = budgeted_batch(per_exit(*holdout), test_logits, test_y, costs, budgets)
+        for row in rows:
             row["threshold_source"] = threshold_source
-        io.write_csv(RunDir(run_dir) / RunDir.BUDGETED, budgeted)
-        plot_budgeted(budgeted, anytime, RunDir(run_dir) / RunDir.BUDGETED_PLOT, title)
-        result.update(budgeted=budgeted, threshold_source=threshold_source)
+        io.write_csv(RunDir(run_dir) / RunDir.BUDGETED, rows)
+        plot_budgeted(rows, exits, RunDir(run_dir) / RunDir.BUDGETED_PLOT, title)
+        result.update(budgeted=rows, threshold_source=threshold_source)
     return result

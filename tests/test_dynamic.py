@@ -207,3 +207,14 @@ def test_bad_dynamic_eval_is_one_line(capsys, tmp_path):
     err = run_err(capsys, ["folder:nowhere", "msdnet", "--mode", "dynamic", "--dynamic-eval",
                            "fast", "--out", str(tmp_path)])
     assert "Unknown `--dynamic-eval` 'fast'" in err and not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_budgeted_only_writes_only_the_budgeted_files(dynamic_runs, tiny_folder, tmp_path):
+    model = keras.models.load_model(dynamic_runs / "sila" / "model.keras")
+    data = load_dataset(f"folder:{tiny_folder}")
+    holdout = (data.train_x[:6], data.train_y[:6])
+    result = evaluate_dynamic(model, data, tmp_path, holdout=holdout, anytime=False, num_budgets=3)
+    assert result["holdout_examples"] == 6 and len(result["budgeted"]) == 3
+    assert len(result["exits"]) == 3  # per-exit accuracies are returned either way
+    assert (tmp_path / "budgeted.csv").is_file() and not (tmp_path / "anytime.csv").exists()

@@ -165,8 +165,9 @@ class DynamicMode(Mode):
             holdout, source = holdout_for(data, self.config.seed, holdout=self.holdout)
         result = evaluate_dynamic(model, data, run_dir, holdout=holdout,
                                   batch_size=self.config.batch_size, title=self.config.model,
-                                  threshold_source=source, evaluation=evaluation)
-        return {"dynamic": result}
+                                  threshold_source=source, anytime=evaluation != "budgeted",
+                                  budgeted=evaluation != "anytime")
+        return {"dynamic": {"evaluation": evaluation, **result}}
 
     @classmethod
     def label(cls, config) -> str:
