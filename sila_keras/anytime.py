@@ -1,14 +1,16 @@
 """Anytime prediction and budgeted batch classification of a multi-exit model.
 
 The two test protocols of the MSDNet paper (Huang et al. 2018), used by
-``--mode dynamic`` (paper B §3.3, Figs. 4–5); :func:`evaluate_dynamic` writes:
+``--mode dynamic`` (paper B §3.3, Figs. 4–5); :func:`evaluate_dynamic` writes (either or
+both, as ``--dynamic-eval`` asks):
 
 * ``anytime.csv`` / ``anytime.png`` — anytime prediction: for every exit, the
   FLOPs of its own path and its test Top-1;
 * ``budgeted.csv`` / ``budgeted.png`` — budgeted batch classification: for a
   range of average-FLOPs budgets, confidence thresholds on the max-softmax of
   each exit are chosen on a held-out slice of the training data, and test Top-1
-  is plotted against the average FLOPs per test image.
+  is plotted against the average FLOPs per test image. Only this protocol needs the
+  hold-out (MSDNet trains its anytime networks on every training image).
 
 FLOPs are counted as multiply-accumulates of the convolution and dense layers
 (the MSDNet paper's convention; BN, activations and pooling are not counted),
@@ -198,29 +200,38 @@ def default_budgets(costs: Sequence[float], num: int = 12) -> list[float]:
 
 def evaluate_dynamic(model: keras.Model, data, run_dir, *, holdout=None, budgets=None,
                      num_budgets: int = 12, batch_size: int = 256, title: str = "",
-                     threshold_source: str = "holdout") -> dict:
-    """Anytime prediction and budgeted batch classification of a multi-exit model.
+                     threshold_source: str | None = "holdout", anytime: bool = True,
+                     budgeted: bool = True) -> dict:
+    """Anytime prediction and/or budgeted batch classification of a multi-exit model.
 
-    Writes ``anytime.csv``/``.png`` and ``budgeted.csv``/``.png`` into ``run_dir``.
+    Writes ``anytime.csv``/``.png`` (with ``anytime``) and ``budgeted.csv``/``.png`` (with
+    ``budgeted``) into ``run_dir``.
 
     Args:
         model: a multi-exit SiLa model (``head_1`` = first exit), e.g. from
             :func:`sila_keras.modes.dynamic.build_dynamic_model`.
         data: an ``ImageData`` (its test split is evaluated).
         run_dir: output folder.
-        holdout: ``(x, y)`` images for choosing the thresholds (uint8 NHWC, labels).
+        holdout: ``(x, y)`` images for choosing the thresholds (uint8 NHWC, labels);
+            needed with ``budgeted``.
         budgets: average FLOPs per image to evaluate (default: ``num_budgets`` evenly
             spaced over the model's range).
         num_budgets: number of default budgets.
         batch_size: prediction batch size.
         title: plot title prefix.
         threshold_source: recorded in the output: where ``holdout`` came from.
+        anytime: write the anytime prediction files.
+        budgeted: run budgeted batch classification (thresholds on ``holdout``) and write
+            its files.
 
     Returns:
-        ``{"exits": [...], "budgeted": [...], "threshold_source": ...}``.
+        ``{"exits": [...], "holdout_examples"}`` and, with ``budgeted``, ``"budgeted": [...]``
+        and ``"threshold_source"``. ``exits`` (per-exit FLOPs and test Top-1) is returned
+        in every case; only the files differ.
 
     Raises:
-        ValueError: no held-out images, or a budget outside the model's FLOPs range.
+        ValueError: no held-out images for budgeted evaluation, or a budget outside the
+            model's FLOPs range.
     """
     from sila_keras import io
     from sila_keras.heads import num_heads_of
@@ -230,10 +241,13 @@ def evaluate_dynamic(model: keras.Model, data, run_dir, *, holdout=None, budgets
     run_dir = Path(run_dir)
     flops = exit_flops(model)
     costs = [r["cumulative_flops"] for r in flops]
-    budgets = check_budgets(budgets, costs) if budgets is not None else default_budgets(costs, num_budgets)
-    if holdout is None or len(holdout[1]) == 0:
-        raise ConfigError("Budgeted batch classification needs held-out images to choose thresholds. "
-                         "Received: holdout=None (pass holdout=(x, y) from the training data).")
+    if budgeted:
+        budgets = (check_budgets(budgets, costs) if budgets is not None
+                   else default_budgets(costs, num_budgets))
+        if holdout is None or len(holdout[1]) == 0:
+            raise ConfigError("Budgeted batch classification needs held-out images to choose "
+                              "thresholds. Received: holdout=None (pass holdout=(x, y) from the "
+                              "training data, or budgeted=False).")
     n, c = data.num_classes, num_heads_of(model)
 
     def per_exit(x, y):
@@ -242,14 +256,18 @@ def evaluate_dynamic(model: keras.Model, data, run_dir, *, holdout=None, budgets
 
     test_logits = per_exit(data.test_x, data.test_y)
     test_y = np.asarray(data.test_y).reshape(-1)
-    anytime = [{**r, "test_top1": float(np.mean(test_logits[r["exit"] - 1].argmax(1) == test_y))}
-               for r in flops]
-    io.write_csv(RunDir(run_dir) / RunDir.ANYTIME, anytime, ["exit", "flops", "cumulative_flops", "test_top1"])
-    budgeted = budgeted_batch(per_exit(*holdout), test_logits, test_y, costs, budgets)
-    for row in budgeted:
-        row["threshold_source"] = threshold_source
-    io.write_csv(RunDir(run_dir) / RunDir.BUDGETED, budgeted)
-    plot_anytime(anytime, RunDir(run_dir) / RunDir.ANYTIME_PLOT, title)
-    plot_budgeted(budgeted, anytime, RunDir(run_dir) / RunDir.BUDGETED_PLOT, title)
-    return {"exits": anytime, "budgeted": budgeted, "threshold_source": threshold_source,
-            "holdout_examples": int(len(holdout[1]))}
+    exits = [{**r, "test_top1": float(np.mean(test_logits[r["exit"] - 1].argmax(1) == test_y))}
+             for r in flops]
+    result = {"exits": exits, "holdout_examples": int(len(holdout[1])) if budgeted else 0}
+    if anytime:
+        io.write_csv(RunDir(run_dir) / RunDir.ANYTIME, exits,
+                     ["exit", "flops", "cumulative_flops", "test_top1"])
+        plot_anytime(exits, RunDir(run_dir) / RunDir.ANYTIME_PLOT, title)
+    if budgeted:
+        rows = budgeted_batch(per_exit(*holdout), test_logits, test_y, costs, budgets)
+        for row in rows:
+            row["threshold_source"] = threshold_source
+        io.write_csv(RunDir(run_dir) / RunDir.BUDGETED, rows)
+        plot_budgeted(rows, exits, RunDir(run_dir) / RunDir.BUDGETED_PLOT, title)
+        result.update(budgeted=rows, threshold_source=threshold_source)
+    return result

@@ -147,6 +147,16 @@ class DynamicConfig:
     """``--mode dynamic`` (paper B §3.3): MSDNet early exits."""
 
     no_sila: bool = False
+    # The test protocols: anytime | budgeted | both (None: both, and "not given" for the
+    # other modes' check). The training hold-out exists only for budgeted evaluation.
+    dynamic_eval: str | None = None
+
+    def __post_init__(self):
+        from sila_keras.modes.dynamic import EVALUATIONS
+
+        if self.dynamic_eval is not None and self.dynamic_eval not in EVALUATIONS:
+            raise ConfigError(f"Unknown `--dynamic-eval` '{self.dynamic_eval}'. Available: "
+                              f"{', '.join(EVALUATIONS)}. Received: dynamic_eval={self.dynamic_eval!r}")
 
 
 @dataclass(frozen=True)

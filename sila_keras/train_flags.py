@@ -111,7 +111,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_speed_flags(p, d)
     _add_finetune_flags(p)  # #15
     add_recipe_flag(p, "sila-train")  # recipes17
+    _add_dynamic_flags(p)  # pd17
     return p
+
+
+def _add_dynamic_flags(p: argparse.ArgumentParser) -> None:
+    """pd17 (#17 item 3): --mode dynamic's test protocols (docs/modes.md, "Dynamic evaluation")."""
+    g = p.add_argument_group("dynamic (--mode dynamic)")
+    g.add_argument("--dynamic-eval", default=None, metavar="{anytime,budgeted,both}",
+                   help="test protocols after training: anytime prediction (trains on every "
+                        "training image), budgeted batch classification (holds 10%% of the "
+                        "training images out to choose the exit thresholds), or both "
+                        "(default: both, one run for paper B's Figs. 4 and 5)")
 
 
 def _add_speed_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:

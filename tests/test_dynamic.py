@@ -6,7 +6,7 @@ import json
 import keras
 import numpy as np
 import pytest
-from helpers import MSDNET_TINY
+from helpers import MSDNET_TINY, run_err
 
 from sila_keras import extract_head, num_heads_of, trainable_params
 from sila_keras.anytime import (
@@ -155,3 +155,66 @@ def test_holdout_is_set_aside_before_training(tiny_folder):
     assert make_mode(config.replace(mode="sila")).prepare_data(data) is data
     (_, hy2), source2 = holdout_for(data)
     assert len(hy2) == 2 and "seen in training" in source2
+
+
+
+# ----------------------------------------------------------------- #17 item 3: --dynamic-eval
+
+
+def test_anytime_only_trains_on_every_training_image(tiny_folder, tmp_path, capsys):
+    full = len(load_dataset(f"folder:{tiny_folder}").train_y)
+    run(TrainConfig.create(dataset=f"folder:{tiny_folder}", model="msdnet", mode="dynamic",
+                    dynamic_eval="anytime", epochs=1, batch_size=8, steps_per_epoch=1,
+                    milestones=(), out=str(tmp_path), name="any", backbone_kwargs=TINY, verbose=0))
+    run_dir = tmp_path / "any"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["data"]["train_examples"] == full  # no hold-out
+    assert summary["dynamic"]["evaluation"] == "anytime"
+    assert summary["dynamic"]["holdout_examples"] == 0 and "budgeted" not in summary["dynamic"]
+    assert any(f"all {full} training images are trained on" in n for n in summary["data"]["notes"])
+    assert json.loads((run_dir / "config.json").read_text())["dynamic"]["dynamic_eval"] == "anytime"
+    assert (run_dir / "anytime.csv").is_file() and not (run_dir / "budgeted.csv").exists()
+    assert f"{full} train / " in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_budgeted_evaluation_holds_out_and_says_how_many(dynamic_runs, tiny_folder):
+    full = len(load_dataset(f"folder:{tiny_folder}").train_y)
+    summary = json.loads((dynamic_runs / "sila" / "summary.json").read_text())
+    held = summary["dynamic"]["holdout_examples"]
+    assert summary["dynamic"]["evaluation"] == "both" and held == 2  # 10 % of 18, class-balanced
+    assert summary["data"]["train_examples"] == full - held
+    assert any(f"{held} of {full} training images held out" in n for n in summary["data"]["notes"])
+    assert summary["dynamic"]["threshold_source"].startswith("held-out training slice")
+
+
+def test_dynamic_eval_choices_and_where_they_apply(tiny_folder):
+    config = TrainConfig.create(dataset="x", model="msdnet", mode="dynamic")
+    data = load_dataset(f"folder:{tiny_folder}")
+    for evaluation, held in (("budgeted", 2), ("both", 2), (None, 2), ("anytime", 0)):
+        mode = make_mode(config.replace(dynamic_eval=evaluation))
+        split = mode.prepare_data(data)
+        assert len(split.train_y) == len(data.train_y) - held, evaluation
+        assert (mode.holdout is None) == (held == 0)
+    with pytest.raises(ValueError, match=r"Unknown `--dynamic-eval` 'fast'\. Available: anytime, "
+                                         r"budgeted, both"):
+        config.replace(dynamic_eval="fast")
+    with pytest.raises(ValueError, match=r"--dynamic-eval only applies to --mode dynamic"):
+        make_mode(config.replace(mode="sila", model="resnet20", dynamic_eval="anytime"))
+
+
+def test_bad_dynamic_eval_is_one_line(capsys, tmp_path):
+    err = run_err(capsys, ["folder:nowhere", "msdnet", "--mode", "dynamic", "--dynamic-eval",
+                           "fast", "--out", str(tmp_path)])
+    assert "Unknown `--dynamic-eval` 'fast'" in err and not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_budgeted_only_writes_only_the_budgeted_files(dynamic_runs, tiny_folder, tmp_path):
+    model = keras.models.load_model(dynamic_runs / "sila" / "model.keras")
+    data = load_dataset(f"folder:{tiny_folder}")
+    holdout = (data.train_x[:6], data.train_y[:6])
+    result = evaluate_dynamic(model, data, tmp_path, holdout=holdout, anytime=False, num_budgets=3)
+    assert result["holdout_examples"] == 6 and len(result["budgeted"]) == 3
+    assert len(result["exits"]) == 3  # per-exit accuracies are returned either way
+    assert (tmp_path / "budgeted.csv").is_file() and not (tmp_path / "anytime.csv").exists()

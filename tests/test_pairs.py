@@ -79,7 +79,7 @@ def test_downsample_is_2x2_average():
 
 def test_pairs_shapes_and_labels_consistent(idx_dir):
     pools = data.pools_from_idx(idx_dir, seed=0)
-    train, test = data.round_pairs(pools, 40, seed=3, round_index=1)
+    train, test = data.round_pairs(pools, 40, seed=3, round_index=1, draw="per-round")
     assert train.x.shape == (40, 14, 14, 2) and train.x.dtype == np.float32
     for p in (train, test):
         # the label of each channel's image is encoded in its pixel [0, 0]
@@ -89,8 +89,8 @@ def test_pairs_shapes_and_labels_consistent(idx_dir):
         ids = [index_of(p.x[i, ..., c]) for i in range(len(p)) for c in (0, 1)]
         assert len(set(ids)) == 2 * len(p)  # 2n distinct images per set
     assert {0, 1} <= set(train.comparison.tolist())
-    again, _ = data.round_pairs(pools, 40, seed=3, round_index=1)
-    other, _ = data.round_pairs(pools, 40, seed=3, round_index=2)
+    again, _ = data.round_pairs(pools, 40, seed=3, round_index=1, draw="per-round")
+    other, _ = data.round_pairs(pools, 40, seed=3, round_index=2, draw="per-round")
     np.testing.assert_array_equal(again.x, train.x)  # seeded
     assert not np.array_equal(other.x, train.x)  # fresh pairs per round
 
@@ -331,6 +331,64 @@ def test_resume_needs_an_earlier_run(idx_dir, tmp_path, capsys):
     assert "Cannot resume" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
+# --------------------------------------------------------------------------- #17 item 4: --pair-draw
+
+
+def test_pair_draw_once_repeats_the_pairs_per_round_redraws(idx_dir):
+    pools = data.pools_from_idx(idx_dir, seed=0)
+    once = [data.round_pairs(pools, 30, 3, r) for r in range(3)]
+    fresh = [data.round_pairs(pools, 30, 3, r, draw="per-round") for r in range(3)]
+    for train, test in once[1:]:
+        np.testing.assert_array_equal(train.x, once[0][0].x)
+        np.testing.assert_array_equal(test.x, once[0][1].x)
+    np.testing.assert_array_equal(once[0][0].x, fresh[0][0].x)  # once = round 0's draw
+    for a, b in zip(fresh, fresh[1:]):
+        assert not np.array_equal(a[0].x, b[0].x) and not np.array_equal(a[1].x, b[1].x)
+
+
+@pytest.mark.parametrize("draw", ["once", "per-round"])
+def test_rounds_of_a_run_follow_pair_draw(idx_dir, monkeypatch, draw):
+    pools = data.pools_from_idx(idx_dir, seed=0)
+    drawn, initial = [], []
+    real_pairs, real_build = data.round_pairs, models.build_pair_model
+
+    def spy_pairs(*args, **kwargs):
+        drawn.append(real_pairs(*args, **kwargs))
+        return drawn[-1]
+
+    def spy_build(*args, **kwargs):
+        model = real_build(*args, **kwargs)
+        initial.append(np.concatenate([w.ravel() for w in model.get_weights()]))
+        return model
+
+    monkeypatch.setattr(data, "round_pairs", spy_pairs)
+    monkeypatch.setattr(models, "build_pair_model", spy_build)
+    config = experiment.PairConfig("fc", rounds=2, epochs=1, pairs=20, batch_size=10, pair_draw=draw)
+    result = experiment.run_config(config, pools)
+    (train_1, test_1), (train_2, test_2) = drawn
+    same = np.array_equal(train_1.x, train_2.x) and np.array_equal(test_1.x, test_2.x)
+    assert same == (draw == "once")
+    assert not np.array_equal(initial[0], initial[1])  # a fresh network every round
+    assert result["options"]["pair_draw"] == result["config"]["pair_draw"] == draw
+
+
+def test_resume_with_another_pair_draw_is_refused(idx_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["--arch", "fc", "--rounds", "1", "--epochs", "1", "--pairs", "20",
+            "--mnist-dir", str(idx_dir), "--out", str(out)]
+    assert main([*argv, "--pair-draw", "per-round"]) == 0
+    saved = json.loads(next((out / "done").iterdir()).read_text())
+    assert "pair_draw" not in saved["config"]  # keyed as before the option: old runs resume
+    assert "| pairs drawn (--pair-draw) | per-round |" in (out / "table.md").read_text()
+    capsys.readouterr()
+    assert main([*argv, "--resume"]) == 2  # the default is once
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Cannot resume" in err
+    assert "pair_draw: 'per-round' → 'once'" in err and "Add --pair-draw per-round" in err
+    assert main([*argv, "--resume", "--pair-draw", "per-round"]) == 0
+    assert "finished earlier, loaded from" in capsys.readouterr().out
+
+
 # --------------------------------------------------------------------------- bad input
 
 
@@ -344,6 +402,7 @@ def test_resume_needs_an_earlier_run(idx_dir, tmp_path, capsys):
     (["--table", "--grid"], r"--grid and --table are separate"),
     (["--arch", "siamese", "--val-split", "1.5"], r"--val-split must be in \(0, 1\)"),
     (["--rounds", "2"], r"--arch is required"),
+    (["--arch", "fc", "--pair-draw", "twice"], r"Unknown --pair-draw 'twice'\. Available: once, per-round"),
 ])
 def test_bad_flags(argv, message, capsys, tmp_path):
     assert main([*argv, "--out", str(tmp_path / "o")]) == 2

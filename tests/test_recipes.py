@@ -1,7 +1,6 @@
 """Named paper recipes (``--recipe``): the papers' values, flags over recipes, origins in
 config.json, ``--recipe list``, the docs tables, bad input. No training: configs only."""
 
-import json
 import subprocess
 import sys
 from pathlib import Path

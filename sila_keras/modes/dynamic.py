@@ -11,10 +11,19 @@ are concatenated into the Siamese Labels ``z̄ = concat(f_1 … f_C)`` and train
 exit and ``head_C`` the deepest (the full network), in the order a test image
 reaches them. (In a SilaNet, ``head_1`` is the base classifier.)
 
-Before training, a class-balanced 10 % of the training images is set aside (MSDNet
-holds out 5,000 of CIFAR's 50,000) and kept by the mode as :attr:`DynamicMode.holdout`;
-after training, :func:`sila_keras.anytime.evaluate_dynamic` chooses the budgeted-batch
-thresholds on it and writes ``anytime.csv/png`` and ``budgeted.csv/png``.
+After training, :func:`sila_keras.anytime.evaluate_dynamic` runs MSDNet's test protocols,
+chosen by ``--dynamic-eval`` (``TrainConfig.dynamic_eval``, :data:`EVALUATIONS`):
+
+* ``anytime``: anytime prediction only (``anytime.csv/png``); the network trains on **all**
+  training images, as in MSDNet's anytime recipe;
+* ``budgeted``: budgeted batch classification only (``budgeted.csv/png``);
+* ``both`` (the default, one run for both of paper B's figures): both.
+
+Budgeted evaluation chooses exit thresholds on images the network did not train on:
+for it, a class-balanced 10 % of the training images is set aside before training
+(MSDNet holds out 5,000 of CIFAR's 50,000, ``--use-valid``), kept by the mode as
+:attr:`DynamicMode.holdout`; its size is a note of the run's data and
+``summary.json``'s ``dynamic.holdout_examples``.
 """
 
 from __future__ import annotations
@@ -25,6 +34,19 @@ from sila_keras.errors import ConfigError, ModelError
 from sila_keras.modes.base import Mode, last_head_metrics, option, register_mode
 
 HOLDOUT_FRACTION = 0.1
+# --dynamic-eval: the test protocols run after training (None in a config means DEFAULT_EVAL).
+EVALUATIONS = ("anytime", "budgeted", "both")
+DEFAULT_EVAL = "both"
+
+
+def evaluation_of(config) -> str:
+    """The ``--dynamic-eval`` of a ``TrainConfig`` or ``config.json`` dict (older runs: both)."""
+    return option(config, "dynamic_eval") or DEFAULT_EVAL
+
+
+def needs_holdout(config) -> bool:
+    """Whether the run sets training images aside: only budgeted evaluation needs them."""
+    return evaluation_of(config) != "anytime"
 
 
 def build_dynamic_model(backbone: str, num_classes: int, input_shape: Sequence[int] = (32, 32, 3),
@@ -95,15 +117,20 @@ class DynamicMode(Mode):
 
     name = "dynamic"
     help = "multi-exit network (paper B)"
-    options = ("no_sila",)
+    options = ("no_sila", "dynamic_eval")
 
     def __init__(self, config):
         super().__init__(config)
         self.holdout = None
 
     def prepare_data(self, data):
-        """Set a class-balanced :data:`HOLDOUT_FRACTION` of the training images aside
-        (kept as :attr:`holdout`, noted in ``data.notes``); too few images: unchanged."""
+        """For budgeted evaluation, set a class-balanced :data:`HOLDOUT_FRACTION` of the
+        training images aside (kept as :attr:`holdout`); the size, or that all images are
+        trained on, is noted in ``data.notes``. Too few images: unchanged."""
+        evaluation = evaluation_of(self.config)
+        if not needs_holdout(self.config):
+            return data.with_train(data.train, f"all {len(data.train_y)} training images are "
+                                   f"trained on (--dynamic-eval {evaluation}: no hold-out)")
         if len(data.train_y) < 2 * max(2, data.num_classes):
             return data
         from sila_keras.data import holdout_indices
@@ -112,8 +139,8 @@ class DynamicMode(Mode):
         # hold-out (a tenth) is decoded into arrays for choosing the thresholds.
         tr, val = holdout_indices(data.train_y, HOLDOUT_FRACTION, self.config.run.seed)
         self.holdout = (data.train.take(val).to_array(), data.train_y[val])
-        note = (f"{len(val)} training images held out to choose the exit thresholds "
-                f"(--mode {self.name})")
+        note = (f"{len(val)} of {len(data.train_y)} training images held out to choose the "
+                f"exit thresholds (--dynamic-eval {evaluation}); trained on the other {len(tr)}")
         return data.with_train(data.train.take(tr), note)
 
     def build_model(self, data):
@@ -129,14 +156,18 @@ class DynamicMode(Mode):
         return super().metrics(num_classes, num_heads) + last_head_metrics(num_classes, num_heads)
 
     def evaluate(self, model, data, run_dir, rows: list[dict]) -> dict:
-        """``dynamic``: anytime + budgeted results (and their CSV/PNG files)."""
+        """``dynamic``: the ``--dynamic-eval`` results (and their CSV/PNG files)."""
         from sila_keras.anytime import evaluate_dynamic
 
-        holdout, source = holdout_for(data, self.config.run.seed, holdout=self.holdout)
+        evaluation = evaluation_of(self.config)
+        holdout, source = None, None
+        if needs_holdout(self.config):
+            holdout, source = holdout_for(data, self.config.run.seed, holdout=self.holdout)
         result = evaluate_dynamic(model, data, run_dir, holdout=holdout,
                                   batch_size=self.config.optim.batch_size, title=self.config.net.model,
-                                  threshold_source=source)
-        return {"dynamic": result}
+                                  threshold_source=source, anytime=evaluation != "budgeted",
+                                  budgeted=evaluation != "anytime")
+        return {"dynamic": {"evaluation": evaluation, **result}}
 
     @classmethod
     def label(cls, config) -> str:

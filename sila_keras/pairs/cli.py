@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="standardize input pixels with the training pool's mean/std (the paper "
                         "feeds raw 0-255 values, for which its learning rates were tuned)")
     g.add_argument("--pairs", type=int, default=1000, help="training pairs and test pairs per round")
+    g.add_argument("--pair-draw", default="once", metavar="{once,per-round}",
+                   help="once: the pairs are drawn once and every round uses them (the authors' "
+                        "code; rounds differ in initialisation and shuffling); per-round: fresh "
+                        "pairs every round (default: once)")
     g.add_argument("--grid", action="store_true", help="run the paper's lr × batch-size grid")
     g.add_argument("--val-split", type=float, default=None,
                    help="hold out this fraction of the training pairs; --grid then selects on it")
@@ -106,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
     mode, configs = configs_from_args(args)
     out = _out_dir(args)
     io.write_json(out / PairsDir.RECIPE, {"recipe": args.recipe, "origins": origins})
+    if args.resume:
+        check_resumed_pair_draw(out, configs[0].pair_draw)
     pools = _load_pools(args)
     _quiet_tf_warnings()
     if mode == "table":
@@ -118,14 +124,41 @@ def run(args: argparse.Namespace) -> int:
 
 
 DONE_DIR = PairsDir.DONE
+# Before --pair-draw existed every run drew per round: a done/ file without it drew per round.
+LEGACY_PAIR_DRAW = "per-round"
+
+
+def _settings(config) -> dict:
+    """The settings a ``done/`` file is keyed by and compared on: ``config.to_dict()``, without
+    ``pair_draw`` when it is the legacy value, so runs from before the option still resume."""
+    d = config.to_dict()
+    if d.get("pair_draw") == LEGACY_PAIR_DRAW:
+        del d["pair_draw"]
+    return d
 
 
 def _done_path(config, out: Path) -> Path:
     import hashlib
     import json
 
-    key = hashlib.sha1(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+    key = hashlib.sha1(json.dumps(_settings(config), sort_keys=True).encode()).hexdigest()[:12]
     return out / DONE_DIR / f"{config.effective_arch}-{key}.json"
+
+
+def check_resumed_pair_draw(out: Path, pair_draw: str) -> None:
+    """Refuse to resume a run in ``out`` whose finished configurations drew pairs otherwise.
+
+    Raises:
+        RunDirError: a ``done/`` file with another ``pair_draw`` (a different experiment).
+    """
+    for path in sorted((Path(out) / DONE_DIR).glob("*.json")):
+        saved = io.read_json(path).get("config") or {}
+        old = saved.get("pair_draw", LEGACY_PAIR_DRAW)
+        if old != pair_draw:
+            raise RunDirError(
+                f"Cannot resume '{out}' with different settings (pair_draw: {old!r} → "
+                f"{pair_draw!r}): its finished configurations drew pairs {old}, a different "
+                f"experiment. Add --pair-draw {old} to continue it, or choose another --out.")
 
 
 def _run_or_load(config, pools, out: Path, position: str = "") -> dict:
@@ -135,12 +168,12 @@ def _run_or_load(config, pools, out: Path, position: str = "") -> dict:
     path = _done_path(config, out)
     if path.is_file():
         saved = io.read_json(path)
-        if saved.get("config") == config.to_dict() and saved.get("data") == pools.source:
+        if saved.get("config") == _settings(config) and saved.get("data") == pools.source:
             print(f"{position}{config.label} lr {config.lr:g} b {config.batch_size}: finished earlier, "
                   f"loaded from {path}", flush=True)
             return saved["result"]
     result = _run_one(config, pools, position)
-    io.write_json(path, {"config": config.to_dict(), "data": pools.source, "result": result})
+    io.write_json(path, {"config": _settings(config), "data": pools.source, "result": result})
     return io.read_json(path)["result"]  # the same JSON form whether run now or loaded
 
 
@@ -181,7 +214,8 @@ def configs_from_args(args: argparse.Namespace) -> tuple[str, list]:
     rounds = args.rounds if args.rounds is not None else (20 if args.table else 10)
     common = dict(sila=args.sila, rounds=rounds, epochs=args.epochs, pairs=args.pairs,
                   val_split=args.val_split, aux_weight=args.aux_weight, beta=args.beta,
-                  momentum=args.momentum, normalize=args.normalize, seed=args.seed)
+                  momentum=args.momentum, normalize=args.normalize, seed=args.seed,
+                  pair_draw=args.pair_draw)
     if args.table:
         if args.arch is not None or args.no_aux or args.no_share:
             raise ConfigError("--table runs its own four configurations; "

@@ -21,8 +21,12 @@ Sources, in this order:
 3. Otherwise the IDX files in the default folder (``$SILA_MNIST_DIR``, else
    ``$SILA_SHARED_DIR/data``, else ``../shared/data`` beside the checkout).
 
-Every round draws fresh pairs (seeded by ``seed`` and the round): ``2·n`` distinct
-images per pool, paired in order, as the course's ``generate_pair_sets`` does.
+Pairs (``--pair-draw``, :data:`PAIR_DRAWS`): each set is ``n`` pairs of ``2·n`` distinct
+images of its pool, paired in order. With ``once`` (the default, as the authors' code: the
+pair sets are drawn once, before all rounds) every round trains and tests on the same
+pairs, seeded by ``seed``; what varies between rounds is the network's initialisation and
+the shuffling. With ``per-round`` every round draws fresh pairs, seeded by ``(seed, round)``
+(this package's behaviour before the option existed).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ TEST_FILES = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 TRAIN_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz")
 PAIR_SHAPE = (14, 14, 2)
 TARGETS = ("comparison", "digit_1", "digit_2")
+PAIR_DRAWS = ("once", "per-round")  # --pair-draw; "once" is the authors' protocol
 
 
 # --------------------------------------------------------------------------- IDX files
@@ -293,7 +298,7 @@ class PairSet:
 
 
 def make_pairs(images: np.ndarray, labels: np.ndarray, n: int, rng: np.random.Generator) -> PairSet:
-    """Draw ``n`` pairs of ``2n`` distinct images (``generate_pair_sets``-style).
+    """Draw ``n`` pairs of ``2n`` distinct images, paired in order.
 
     Args:
         images: ``(m, 14, 14)`` pool images.
@@ -317,9 +322,22 @@ def make_pairs(images: np.ndarray, labels: np.ndarray, n: int, rng: np.random.Ge
     return PairSet(x, (d1 <= d2).astype(np.int64), d1, d2)
 
 
-def round_pairs(pools: DigitPools, n: int, seed: int, round_index: int) -> tuple[PairSet, PairSet]:
-    """The (train, test) pairs of one round: fresh, seeded by ``(seed, round)``."""
-    rng = np.random.default_rng([seed, round_index])
+def round_pairs(pools: DigitPools, n: int, seed: int, round_index: int,
+                draw: str = "once") -> tuple[PairSet, PairSet]:
+    """The (train, test) pairs of one round.
+
+    Args:
+        pools: the image pools.
+        n: pairs per set.
+        seed: the run's seed.
+        round_index: the round (0-based).
+        draw: ``"once"``: the same pairs in every round (those of round 0);
+            ``"per-round"``: fresh pairs, seeded by ``(seed, round)``.
+
+    Raises:
+        DataError: a pool too small for ``n`` pairs.
+    """
+    rng = np.random.default_rng([seed, round_index if draw == "per-round" else 0])
     train = make_pairs(pools.train_x, pools.train_y, n, rng)
     return train, make_pairs(pools.test_x, pools.test_y, n, rng)
 

@@ -1,7 +1,8 @@
 """Rounds of training and testing one digit-pair configuration.
 
-A *round* (the paper's "evaluation iteration") draws fresh training and test pairs,
-builds a freshly initialised model, trains it for ``epochs`` with the shared
+A *round* (the paper's "evaluation iteration") takes the training and test pairs (the
+same in every round with ``pair_draw="once"``, the authors' protocol; fresh ones with
+``"per-round"``), builds a freshly initialised model, trains it for ``epochs`` with the shared
 training loop :func:`sila_keras.train.fit`, and records the test accuracy of the
 ``comparison`` head after every epoch. The round's accuracy is the one after the
 last epoch; a configuration reports the mean and (sample) std over rounds, as the
@@ -36,7 +37,8 @@ class PairConfig:
         aux: train the digit heads with the auxiliary loss (parallel/siamese).
         share: weight sharing; None = the arch's own. False with siamese = parallel.
         sila: add the SiLa comparison head (parallel/siamese; beyond the paper).
-        rounds: independent rounds (fresh pairs and initialisation each).
+        rounds: independent rounds (fresh initialisation and shuffling each; fresh pairs
+            too with ``pair_draw="per-round"``).
         epochs: epochs per round (paper: 25).
         lr: SGD learning rate.
         batch_size: minibatch size.
@@ -48,6 +50,8 @@ class PairConfig:
         normalize: standardize the input pixels with the training pool's mean/std
             (the paper feeds raw 0–255 values; its learning rates are tuned for those).
         seed: base seed of the pair draws and initialisations.
+        pair_draw: ``once`` (default, the authors' code: pairs drawn once, before all
+            rounds) or ``per-round`` (fresh pairs every round).
 
     Example:
         >>> PairConfig("siamese", lr=0.005, batch_size=50).label
@@ -69,9 +73,13 @@ class PairConfig:
     momentum: float = 0.9
     normalize: bool = False
     seed: int = 0
+    pair_draw: str = "once"  # pd17 (#17 item 4)
 
     def __post_init__(self):
         pmodels.check_arch(self.arch)
+        if self.pair_draw not in pdata.PAIR_DRAWS:
+            raise ConfigError(f"Unknown --pair-draw '{self.pair_draw}'. Available: "
+                              f"{', '.join(pdata.PAIR_DRAWS)}. Received: pair_draw={self.pair_draw!r}")
         if self.arch not in pmodels.TWO_BRANCH:
             if self.share is not None:
                 raise ConfigError(
@@ -205,7 +213,7 @@ def run_round(config: PairConfig, pools: pdata.DigitPools, round_index: int,
 
     keras.backend.clear_session()
     keras.utils.set_random_seed(config.seed * 1000 + round_index)
-    train, test = pdata.round_pairs(pools, config.pairs, config.seed, round_index)
+    train, test = pdata.round_pairs(pools, config.pairs, config.seed, round_index, config.pair_draw)
     val = None
     if config.val_split:
         train, val = pdata.split_validation(train, config.val_split)
@@ -275,6 +283,7 @@ def run_config(config: PairConfig, pools: pdata.DigitPools,
                     "beta": config.beta if config.sila else None, "momentum": config.momentum,
                     "normalize": config.normalize, "epochs": config.epochs, "pairs": config.pairs,
                     "val_split": config.val_split, "seed": config.seed,
+                    "pair_draw": config.pair_draw,
                     "optimizer": "SGD (momentum, constant lr)"},
         "rounds": config.rounds,
         "lr": config.lr,

@@ -43,9 +43,15 @@ def result_line(result: dict) -> str:
     if "mean_head_2_accuracy" in result:
         extra += f"  SiLa head 2 {pct(result['mean_head_2_accuracy'])}"
     return (f"{result['label']}: lr {result['lr']:g}, batch {result['batch_size']}, "
-            f"{result['rounds']} round(s) × {result['options']['epochs']} epochs: test accuracy "
+            f"{result['rounds']} round(s) × {result['options']['epochs']} epochs, pairs drawn "
+            f"{pair_draw(result)}: test accuracy "
             f"{pct(result['mean_accuracy'])} ± {pct(result['std_accuracy'])}{extra}; "
             f"{params_line(result)}")
+
+
+def pair_draw(result: dict) -> str:
+    """``once`` or ``per-round`` (results from before ``--pair-draw`` drew per round)."""
+    return result["options"].get("pair_draw", "per-round")
 
 
 def table1_markdown(results: list[dict]) -> str:
@@ -57,12 +63,13 @@ def table1_markdown(results: list[dict]) -> str:
         ("learning rate", [f"{r['lr']:g}" for r in results]),
         ("batch size", [str(r["batch_size"]) for r in results]),
         ("rounds", [str(r["rounds"]) for r in results]),
+        ("pairs drawn (--pair-draw)", [pair_draw(r) for r in results]),
         ("accuracy (ours, mean ± std)",
          [mean_std(r) for r in results]),
         ("accuracy (paper, Table 1)", [pct(r["paper_table1"]["accuracy"]) for r in results]),
     ]
     if any("mean_val_accuracy" in r for r in results):
-        rows.insert(5, ("validation accuracy", [pct(r.get("mean_val_accuracy")) for r in results]))
+        rows.insert(len(rows) - 2, ("validation accuracy", [pct(r.get("mean_val_accuracy")) for r in results]))
     for key, name in (("mean_digit_accuracy", "digit accuracy (ours)"),
                       ("mean_digit_rule_accuracy", "comparison read off the digit heads (ours)"),
                       ("mean_head_2_accuracy", "SiLa head 2 accuracy (ours)")):
