@@ -30,6 +30,8 @@ KERAS_APPLICATIONS = ("MobileNet", "MobileNetV2", "MobileNetV3Small", "MobileNet
                       "EfficientNetV2B0", "ResNet50")
 OPTIMIZERS = ("sgd", "adamw")  # #15 (sila_keras.optim)
 SCHEDULES = ("step", "cosine")  # #15
+# aug17 (#17 item 5): AutoAugment magnitude semantics (sila_keras.augment_ops; default first).
+AUTOAUGMENT_SEMANTICS = ("official", "torchvision")
 
 # Fields that may differ between a run and its --resume continuation.
 RESUME_MUTABLE = ("resume", "epochs", "verbose", "debug", "steps_per_execution", "jit",
@@ -103,6 +105,9 @@ class TrainConfig:
     test_split: str | None = None
     cache: str = "auto"  # auto | none | memory | disk[:DIR]
     steps_per_epoch: int | None = None  # None: one pass over the training images
+    # aug17 (#17 items 2, 5): Cutout as its own option; AutoAugment's magnitude semantics.
+    cutout: int = 0  # side of the Cutout square (px) after --augment; 0 = off
+    autoaugment_semantics: str = AUTOAUGMENT_SEMANTICS[0]  # official | torchvision
 
     def __post_init__(self):
         def positive(name, value, allow_zero=False):
@@ -153,6 +158,7 @@ class TrainConfig:
         if self.name is not None and (not self.name or "/" in self.name or self.name in (".", "..")):
             raise ConfigError(f"`--name` must be a plain folder name. Received: name={self.name!r}")
         self._check_finetune()
+        self._check_augment_options()  # aug17
 
     def _check_finetune(self) -> None:  # #15
         if self.taps is not None:
@@ -196,6 +202,28 @@ class TrainConfig:
             get_application(self.model)
             check_weights(self.model, self.weights, check_file=False)
 
+    def _check_augment_options(self) -> None:  # aug17 (#17 items 2, 5)
+        cutout = self.cutout
+        if isinstance(cutout, bool) or not isinstance(cutout, int) or cutout < 0:
+            raise ConfigError("`--cutout` must be an integer >= 0 (the square's side in pixels; "
+                              f"0 = off). Received: cutout={cutout!r}")
+        if cutout and self.image_size is not None and cutout >= min(self.image_size):
+            raise ConfigError("`--cutout` must be smaller than the image side "
+                              f"({self.image_size[0]}x{self.image_size[1]} px). "
+                              f"Received: cutout={cutout}")
+        semantics = self.autoaugment_semantics
+        if semantics not in AUTOAUGMENT_SEMANTICS:
+            raise ConfigError(f"Unknown --autoaugment-semantics '{semantics}'. Available: "
+                              f"{', '.join(AUTOAUGMENT_SEMANTICS)}")
+
+    @staticmethod
+    def _legacy_augment_options(d: dict) -> dict:  # aug17
+        """A config.json written before --cutout existed: its autoaugment runs had Cutout 16
+        and torchvision magnitudes built in (so --resume and reports see what they ran)."""
+        if "cutout" not in d and d.get("augment") == "autoaugment":
+            d = {**d, "cutout": 16, "autoaugment_semantics": "torchvision"}
+        return d
+
     def with_epochs(self, epochs: int) -> TrainConfig:
         """#15: this config for a run of ``epochs`` epochs (a tuning trial, a final run): the
         freeze and warmup phases are cut to leave at least one epoch after them."""
@@ -237,7 +265,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
-        d = {k: v for k, v in d.items() if k in known}
+        d = {k: v for k, v in cls._legacy_augment_options(d).items() if k in known}
         for k in ("betas", "milestones", "image_size"):
             if d.get(k) is not None:
                 d[k] = tuple(d[k])

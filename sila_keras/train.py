@@ -236,7 +236,8 @@ def make_datasets(config: TrainConfig, train_x, train_y, eval_x, eval_y, initial
     steps = config.steps_per_epoch or steps_per_epoch(len(train_set), config.batch_size, drop)
     train_cache, eval_cache = _disk_cache_paths(config)
     kw = dict(seed=config.seed, augment=config.augment, initial_epoch=initial_epoch,
-              epochs=config.epochs, drop_remainder=drop, steps=steps, cache_path=train_cache)
+              epochs=config.epochs, drop_remainder=drop, steps=steps, cache_path=train_cache,
+              cutout=config.cutout, autoaugment_semantics=config.autoaugment_semantics)  # aug17
     from sila_keras.multiworker import in_multi_worker_mode
 
     if strategy is not None and in_multi_worker_mode(strategy):
