@@ -66,8 +66,10 @@ def check_semantics(semantics: str) -> str:
 
 def op_value(name: str, m, sign, shape, semantics: str, num_bins: int = 10):
     """The value operation ``name`` runs with at magnitude ``m`` (float32 scalar) and
-    ``sign`` (±1) on an image of ``shape`` (H, W, …), under ``semantics``."""
+    ``sign`` (±1) on an image of ``shape`` (H, W, …), under ``semantics``. Computed in
+    float64, as the references' Python does, then cast to float32."""
     h, w = float(shape[0]), float(shape[1])
+    m, sign = tf.cast(m, tf.float64), tf.cast(sign, tf.float64)
     if semantics == "official":
         def level(maxval, integer=False):  # float_parameter / int_parameter
             v = m * maxval / OFFICIAL_PARAMETER_MAX
@@ -93,7 +95,7 @@ def op_value(name: str, m, sign, shape, semantics: str, num_bins: int = 10):
             "Solarize": lambda: 255.0 * (1.0 - lv),
             **{e: (lambda: 1.0 + 0.9 * lv * sign) for e in ENHANCE},
         }
-    return values[name]() if name in values else tf.constant(0.0)
+    return tf.cast(values[name](), tf.float32) if name in values else tf.constant(0.0)
 
 
 # --------------------------------------------------------------------------- geometric
@@ -144,14 +146,18 @@ def rotate(image, degrees):
 
 
 def _grayscale(image):
-    if image.shape[-1] == 3:
-        return tf.image.rgb_to_grayscale(image)
-    return image[..., :1]
+    """PIL's ``convert("L")``: (19595·R + 38470·G + 7471·B + 2¹⁵) >> 16, in integers."""
+    if image.shape[-1] != 3:
+        return image[..., :1]
+    rgb = tf.cast(image, tf.int32)
+    luma = (rgb[..., :1] * 19595 + rgb[..., 1:2] * 38470 + rgb[..., 2:] * 7471 + 32768) // 65536
+    return tf.cast(luma, tf.float32)
 
 
 def _blend(degenerate, image, factor):
-    """PIL ImageEnhance: ``degenerate + factor·(image − degenerate)``."""
-    return to_pixels(degenerate + factor * (image - degenerate))
+    """PIL ``Image.blend`` (ImageEnhance): ``degenerate + factor·(image − degenerate)`` in
+    float32, truncated and clipped to 0..255."""
+    return tf.clip_by_value(tf.floor(degenerate + factor * (image - degenerate)), 0.0, 255.0)
 
 
 def identity(image, value):
@@ -159,12 +165,14 @@ def identity(image, value):
 
 
 def auto_contrast(image, value):
-    """Stretch every channel to the full 0..255 range (PIL ``autocontrast``)."""
-    lo = tf.reduce_min(image, axis=(0, 1), keepdims=True)
-    hi = tf.reduce_max(image, axis=(0, 1), keepdims=True)
+    """Stretch every channel to the full 0..255 range (PIL ``autocontrast``: its lookup
+    table ``int(i·scale − lo·scale)``, in float64 as PIL computes it)."""
+    x = tf.cast(image, tf.float64)
+    lo = tf.reduce_min(x, axis=(0, 1), keepdims=True)
+    hi = tf.reduce_max(x, axis=(0, 1), keepdims=True)
     scale = tf.where(hi > lo, 255.0 / tf.maximum(hi - lo, 1.0), 1.0)
-    offset = tf.where(hi > lo, lo, 0.0)
-    return to_pixels((image - offset) * scale)
+    offset = tf.where(hi > lo, -lo * scale, 0.0)
+    return tf.cast(tf.clip_by_value(tf.floor(x * scale + offset), 0.0, 255.0), tf.float32)
 
 
 def _equalize_channel(channel):
@@ -206,7 +214,7 @@ def color(image, factor):
 
 
 def contrast(image, factor):
-    degenerate = tf.round(tf.reduce_mean(_grayscale(image)))
+    degenerate = tf.floor(tf.reduce_mean(_grayscale(image)) + 0.5)  # int(mean + 0.5)
     return _blend(degenerate, image, factor)
 
 
