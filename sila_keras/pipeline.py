@@ -127,8 +127,11 @@ def cutout_batch(images, seeds, size: int, fill: float = FILL):
     ys, xs = tf.range(h)[None, :], tf.range(w)[None, :]
     rows = (ys >= cy - size // 2) & (ys < cy + size - size // 2)  # [B, H]
     cols = (xs >= cx - size // 2) & (xs < cx + size - size // 2)  # [B, W]
-    inside = rows[:, :, None, None] & cols[:, None, :, None]
-    return tf.where(inside, tf.cast(fill, images.dtype), images)
+    inside = (tf.cast(rows, images.dtype)[:, :, None, None]
+              * tf.cast(cols, images.dtype)[:, None, :, None])  # [B, H, W, 1]: 1 in the square
+    # x − (x − fill)·inside: fill inside, x elsewhere (exact in uint8, whose wrap-around
+    # cancels); cheaper than a broadcasting tf.where
+    return images - (images - tf.cast(fill, images.dtype)) * inside
 
 
 def check_cutout(cutout: int, shape) -> None:
