@@ -23,8 +23,10 @@ table in ``docs/augment.md``):
 Every operation takes a float32 HWC image holding integral values in [0, 255] and returns
 one of the same shape (callers round and clip: :func:`to_pixels`). Geometric operations
 sample the nearest pixel with PIL's pixel-centre convention, so they match PIL's
-``Image.transform``/``rotate`` pixel for pixel. Pixel operations follow PIL's
-``ImageOps``/``ImageEnhance`` definitions.
+``Image.transform``/``rotate`` pixel for pixel. Pixel operations equal PIL's
+``ImageOps``/``ImageEnhance`` pixel for pixel too (``Image.blend`` truncates; grey is
+``convert("L")``'s integer luma; ``autocontrast``'s lookup table is computed in float64), as
+torchvision's ``AutoAugment`` runs them on PIL images.
 """
 
 from __future__ import annotations

@@ -140,7 +140,8 @@ def _add_augment_flags(g, d: TrainConfig) -> None:
                    metavar="{" + ",".join(AUTOAUGMENT_SEMANTICS) + "}",
                    help="--augment autoaugment: how magnitudes 0-9 map to operation values. "
                         "official (default): the AutoAugment authors' code (tensorflow/models "
-                        "research/autoaugment), as paper B used; torchvision: "
+                        "research/autoaugment; paper B only cites the AutoAugment paper); "
+                        "torchvision: "
                         "torchvision.transforms.AutoAugment. --augment randaugment always "
                         "uses torchvision's (its M=9 of 31 bins is torchvision's scale); "
                         "with other --augment values this flag is ignored, with a warning. "
