@@ -319,6 +319,8 @@ def test_config_json_before_cutout_keeps_what_the_run_did():
     cfg = TrainConfig.from_dict(old)
     assert (cfg.cutout, cfg.autoaugment_semantics) == (16, "torchvision")
     assert TrainConfig.from_dict({**old, "augment": "standard"}).cutout == 0
+    new = TrainConfig("folder:x", "resnet20", augment="autoaugment")  # written now: kept as is
+    assert TrainConfig.from_dict(new.to_dict()) == new and new.cutout == 0
 
 
 def test_cli_flags(capsys, tiny_folder, tmp_path):
