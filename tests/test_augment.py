@@ -286,6 +286,25 @@ def test_cutout_batches_are_a_pure_function_of_seed_and_epoch(augment):
     assert all(((b == 128).all(-1).sum(axis=(1, 2)) >= 16).all() for b in both)
 
 
+def test_options_reach_the_pipeline(monkeypatch):
+    """--cutout / --autoaugment-semantics travel config → make_datasets → train_dataset, and
+    the semantics change what autoaugment does."""
+    import sila_keras.pipeline as pipeline
+    from sila_keras.config import TrainConfig
+    from sila_keras.train import make_datasets
+
+    seen = {}
+    monkeypatch.setattr(pipeline, "train_dataset", lambda *a, **kw: seen.update(kw))
+    cfg = TrainConfig("folder:x", "resnet20", augment="autoaugment", cutout=8,
+                      autoaugment_semantics="torchvision", batch_size=4)
+    make_datasets(cfg, IMAGE[None].repeat(4, 0), np.zeros(4), IMAGE[None], np.zeros(1))
+    assert (seen["cutout"], seen["autoaugment_semantics"]) == (8, "torchvision")
+    runs = {s: A.get_augmentation("autoaugment", semantics=s) for s in A.SEMANTICS}
+    outs = [[runs[s](tf.constant(IMAGE), tf.constant([k, 5])).numpy() for s in A.SEMANTICS]
+            for k in range(6)]
+    assert any(not np.array_equal(a, b) for a, b in outs)
+
+
 # --------------------------------------------------------------------------- bad input
 
 
