@@ -211,11 +211,12 @@ def test_randaugment_keeps_torchvision_semantics():
 
 
 def test_registered_and_deterministic_in_the_pipeline():
+    """Per-example path; autoaugment with Cutout stays a pure function of (seed, epoch)."""
     assert {"autoaugment", "randaugment"} <= set(AUGMENTATIONS)
     x = np.stack([IMAGE] * 8)
     y = np.arange(8) % 2
-    for name in ("autoaugment", "randaugment"):
-        ds = train_dataset(x, y, 4, seed=1, augment=name, epochs=2)
+    for name, cutout in (("autoaugment", 8), ("randaugment", 0)):
+        ds = train_dataset(x, y, 4, seed=1, augment=name, epochs=2, cutout=cutout)
         batches = [np.concatenate([b[0].numpy() for b in ds]) for _ in range(2)]
         np.testing.assert_array_equal(batches[0], batches[1])  # stateless: same seed, same images
         out = batches[0]
@@ -223,6 +224,11 @@ def test_registered_and_deterministic_in_the_pipeline():
         assert out.min() >= 0 and out.max() <= 255 and np.all(out == np.round(out))
         assert not np.array_equal(out[:8], out[8:])  # epoch 2 is augmented differently
         assert any(not np.array_equal(img, IMAGE) for img in out)
+        if cutout:  # what --resume after epoch 1 sees; a square in every image
+            resumed = train_dataset(x, y, 4, seed=1, augment=name, initial_epoch=1, epochs=2,
+                                    cutout=cutout)
+            np.testing.assert_array_equal(np.concatenate([b[0] for b in resumed]), out[8:])
+            assert ((out == 128).all(-1).sum(axis=(1, 2)) >= 16).all()
 
 
 def test_cutout_greys_a_square_clipped_at_the_border():
@@ -267,8 +273,8 @@ def test_cutout_is_off_by_default_and_follows_any_augmentation():
         assert ((grey >= 9) & (grey <= 36)).all(), (augment, grey)
 
 
-@pytest.mark.parametrize("augment", ["standard", "autoaugment"])  # batched / per-example path
-def test_cutout_batches_are_a_pure_function_of_seed_and_epoch(augment):
+def test_cutout_batches_are_a_pure_function_of_seed_and_epoch(augment="standard"):
+    """The batched path (the per-example one: test_registered_and_deterministic_…)."""
     x = RNG.integers(0, 120, (12, 16, 16, 3), dtype=np.uint8)
     y = np.arange(12) % 3
 
