@@ -30,6 +30,8 @@ KERAS_APPLICATIONS = ("MobileNet", "MobileNetV2", "MobileNetV3Small", "MobileNet
                       "EfficientNetV2B0", "ResNet50")
 OPTIMIZERS = ("sgd", "adamw")  # #15 (sila_keras.optim)
 SCHEDULES = ("step", "cosine")  # #15
+# aug17 (#17 item 5): AutoAugment magnitude semantics (sila_keras.augment_ops; default first).
+AUTOAUGMENT_SEMANTICS = ("official", "torchvision")
 
 # Fields that may differ between a run and its --resume continuation (flat names).
 RESUME_MUTABLE = ("resume", "epochs", "verbose", "debug", "steps_per_execution", "jit",
@@ -74,6 +76,8 @@ class DataConfig:
     train_split: str | None = None  # tfds split syntax, e.g. "train[:90%]"
     test_split: str | None = None
     cache: str = "auto"  # auto | none | memory | disk[:DIR]
+    cutout: int = 0  # side of the Cutout square (px) after --augment; 0 = off (#17)
+    autoaugment_semantics: str = AUTOAUGMENT_SEMANTICS[0]  # official | torchvision (#17)
 
     def __post_init__(self):
         from sila_keras.data.dataset import parse_cache
@@ -92,6 +96,17 @@ class DataConfig:
         if self.val_split is not None and not 0.0 < self.val_split < 1.0:
             raise ConfigError(f"`--val-split` must be in (0, 1). Received: val_split={self.val_split}")
         parse_cache(self.cache)
+        cutout = self.cutout
+        if isinstance(cutout, bool) or not isinstance(cutout, int) or cutout < 0:
+            raise ConfigError("`--cutout` must be an integer >= 0 (the square's side in pixels; "
+                              f"0 = off). Received: cutout={cutout!r}")
+        if cutout and self.image_size is not None and cutout >= min(self.image_size):
+            raise ConfigError("`--cutout` must be smaller than the image side "
+                              f"({self.image_size[0]}x{self.image_size[1]} px). "
+                              f"Received: cutout={cutout}")
+        if self.autoaugment_semantics not in AUTOAUGMENT_SEMANTICS:
+            raise ConfigError(f"Unknown --autoaugment-semantics '{self.autoaugment_semantics}'. "
+                              f"Available: {', '.join(AUTOAUGMENT_SEMANTICS)}")
 
 
 @dataclass(frozen=True)
@@ -399,6 +414,10 @@ def flat_dict(d: dict) -> dict:
     before the grouping). Values stay as JSON has them (lists; the groups make tuples)."""
     if any(isinstance(d.get(g), dict) for g in GROUPS):
         return {k: v for g in GROUPS if isinstance(d.get(g), dict) for k, v in d[g].items()}
+    if "cutout" not in d and d.get("augment") == "autoaugment":
+        # Written before --cutout existed: autoaugment had Cutout 16 and torchvision's
+        # magnitudes built in (so --resume and reports see what the run did).
+        d = {**d, "cutout": 16, "autoaugment_semantics": "torchvision"}
     return dict(d)
 
 

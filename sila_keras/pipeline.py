@@ -12,7 +12,9 @@ Images are decoded (and resized) per example, in parallel; augmentation runs per
 *batch* where it has a vectorised form (:data:`BATCH_AUGMENTATIONS`: ``none``, ``crop``,
 ``standard``; randomness from :func:`batch_uniform`, a counter-based hash of each
 example's seed), else per example before batching (:data:`AUGMENTATIONS`:
-``fn(image uint8 HWC, seed[2])``; ``autoaugment``, ``randaugment``).
+``fn(image uint8 HWC, seed[2])``; ``autoaugment``, ``randaugment``). Cutout (``cutout=N``)
+follows either form, drawn from the same per-example seed (:func:`cutout_batch`,
+:func:`sila_keras.augment.with_cutout`).
 
 Training batches: with ``drop_remainder`` (any run with more than one replica) every
 batch is full, so no replica is ever left without examples; evaluation batches keep the
@@ -31,6 +33,8 @@ import tensorflow as tf
 from sila_keras.augment import (  # noqa: F401  (the augmentation registry lives there)
     AUGMENTATIONS,
     BATCH_AUGMENTATIONS,
+    DEFAULT_SEMANTICS,
+    FILL,
     get_augmentation,
     pad_crop,
     pad_crop_flip,
@@ -114,12 +118,40 @@ def pad_crop_flip_batch(images, seeds, pad: int = 4):
     return shift_flip_batch(images, d[:, 0], d[:, 1], flip, pad)
 
 
-def get_batch_augmentation(name: str) -> Callable:
-    """``fn(images [B,H,W,C] uint8, seeds [B,2] int32)``: the vectorised form of ``name``,
-    else the per-image one applied to each example of the batch."""
-    per_image = get_augmentation(name)
+def cutout_batch(images, seeds, size: int, fill: float = FILL):
+    """Vectorised Cutout: per example a ``size``×``size`` grey square at a uniformly drawn
+    centre, clipped at the borders (a pure function of each example's seed)."""
+    h, w = images.shape[1], images.shape[2]
+    cy = batch_randint(seeds, 0, h, 1, salt=3)  # [B, 1]
+    cx = batch_randint(seeds, 0, w, 1, salt=4)
+    ys, xs = tf.range(h)[None, :], tf.range(w)[None, :]
+    rows = (ys >= cy - size // 2) & (ys < cy + size - size // 2)  # [B, H]
+    cols = (xs >= cx - size // 2) & (xs < cx + size - size // 2)  # [B, W]
+    inside = (tf.cast(rows, images.dtype)[:, :, None, None]
+              * tf.cast(cols, images.dtype)[:, None, :, None])  # [B, H, W, 1]: 1 in the square
+    # x − (x − fill)·inside: fill inside, x elsewhere (exact in uint8, whose wrap-around
+    # cancels); cheaper than a broadcasting tf.where
+    return images - (images - tf.cast(fill, images.dtype)) * inside
+
+
+def check_cutout(cutout: int, shape) -> None:
+    """``--cutout`` must leave part of an image of ``shape`` (H, W, …) visible."""
+    if cutout and cutout >= min(int(shape[0]), int(shape[1])):
+        raise DataError(f"`--cutout` must be smaller than the image side ({shape[0]}x{shape[1]} "
+                        f"px). Received: cutout={cutout}")
+
+
+def get_batch_augmentation(name: str, *, semantics: str = DEFAULT_SEMANTICS,
+                           cutout: int = 0) -> Callable:
+    """``fn(images [B,H,W,C] uint8, seeds [B,2] int32)``: the vectorised form of ``name``
+    (then :func:`cutout_batch` when ``cutout``), else the per-image one (with its Cutout)
+    applied to each example of the batch."""
+    per_image = get_augmentation(name, semantics=semantics, cutout=cutout)
     if name in BATCH_AUGMENTATIONS:
-        return BATCH_AUGMENTATIONS[name]
+        base = BATCH_AUGMENTATIONS[name]
+        if not cutout:
+            return base
+        return lambda images, seeds: cutout_batch(base(images, seeds), seeds, cutout)
 
     def per_example(images, seeds):
         return tf.map_fn(lambda a: per_image(a[0], a[1]), (images, seeds),
@@ -159,7 +191,8 @@ def fill_disk_cache(source: ImageSet, path: str) -> tf.data.Dataset:
 def train_dataset(x, y=None, batch_size: int = 128, *, seed: int = 0, augment: str = "standard",
                   initial_epoch: int = 0, epochs: int = 1, options: tf.data.Options | None = None,
                   drop_remainder: bool = False, steps: int | None = None, shard=None,
-                  cache_path: str | None = None) -> tf.data.Dataset:
+                  cache_path: str | None = None, cutout: int = 0,
+                  autoaugment_semantics: str = DEFAULT_SEMANTICS) -> tf.data.Dataset:
     """Epochs ``initial_epoch … epochs-1`` of shuffled, augmented float32 batches.
 
     Args:
@@ -172,11 +205,20 @@ def train_dataset(x, y=None, batch_size: int = 128, *, seed: int = 0, augment: s
             of every global batch (chosen before decoding), in batches of that size.
         cache_path: read decoded images from tf.data cache files there (see
             :func:`fill_disk_cache`).
+        cutout: side of the Cutout square applied after ``augment`` (0: none).
+        autoaugment_semantics: AutoAugment's magnitude semantics (``official`` or
+            ``torchvision``; used by ``augment="autoaugment"`` only).
+
+    Raises:
+        DataError: ``cutout`` not smaller than the image side.
 
     Batches never straddle epochs; pass the same ``steps`` to ``fit``.
     """
     source = as_set(x, y)
-    per_image, fn = get_augmentation(augment), get_batch_augmentation(augment)
+    check_cutout(cutout, source.shape)
+    aug_kw = dict(semantics=autoaugment_semantics, cutout=cutout)
+    per_image = get_augmentation(augment, **aug_kw)
+    fn = get_batch_augmentation(augment, **aug_kw)
     batched = augment in BATCH_AUGMENTATIONS
     n = len(source)
     drop = drop_remainder or shard is not None

@@ -235,8 +235,10 @@ def make_datasets(config: TrainConfig, train_x, train_y, eval_x, eval_y, initial
                           f"so that each gets the same share. Received: batch_size={config.optim.batch_size}")
     steps = config.optim.steps_per_epoch or steps_per_epoch(len(train_set), config.optim.batch_size, drop)
     train_cache, eval_cache = _disk_cache_paths(config)
-    kw = dict(seed=config.run.seed, augment=config.data.augment, initial_epoch=initial_epoch,
-              epochs=config.optim.epochs, drop_remainder=drop, steps=steps, cache_path=train_cache)
+    d = config.data
+    kw = dict(seed=config.run.seed, augment=d.augment, initial_epoch=initial_epoch,
+              epochs=config.optim.epochs, drop_remainder=drop, steps=steps, cache_path=train_cache,
+              cutout=d.cutout, autoaugment_semantics=d.autoaugment_semantics)
     from sila_keras.multiworker import in_multi_worker_mode
 
     if strategy is not None and in_multi_worker_mode(strategy):

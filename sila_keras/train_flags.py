@@ -18,6 +18,7 @@ from typing import Any
 from sila_keras.cli import HelpFormatter
 from sila_keras.config import (
     AUGMENT_NAMES,
+    AUTOAUGMENT_SEMANTICS,
     BACKBONE_NAMES,
     DOWNLOAD_MODES,
     FIELD_GROUP,
@@ -78,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
     g.add_argument("--augment", default=d.data.augment, choices=AUGMENT_NAMES,
                    help="training augmentation (standard = pad 4 + crop + flip)")
+    _add_augment_flags(g, d)  # aug17
     g = p.add_argument_group("data")
     g.add_argument("--data-dir", default=None, help="tfds data_dir with pre-downloaded data")
     g.add_argument("--download", default=d.data.download, choices=DOWNLOAD_MODES,
@@ -139,6 +141,41 @@ def _add_speed_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
                         "on when replicas > 1 and the per-replica batch < 32")
     g.add_argument("--checkpoint-every", type=int, default=d.run.checkpoint_every, metavar="K",
                    help="checkpoint for --resume every K epochs (and after the last one)")
+
+
+# --------------------------------------------------------------------------- aug17: #17 items 2, 5
+
+
+def _add_augment_flags(g, d: TrainConfig) -> None:
+    """#17: Cutout as its own option; AutoAugment's magnitude semantics."""
+    g.add_argument("--cutout", type=int, default=d.data.cutout, metavar="N",
+                   help="after --augment, grey out an NxN square at a random centre (Cutout, "
+                        "DeVries & Taylor 2017; clipped at the borders); 0 = off. The "
+                        "AutoAugment paper's CIFAR recipe uses 16; SiLa paper B does not")
+    # no argparse choices: an unknown name is TrainConfig's one-line error (exit 2)
+    g.add_argument("--autoaugment-semantics", default=None,
+                   metavar="{" + ",".join(AUTOAUGMENT_SEMANTICS) + "}",
+                   help="--augment autoaugment: how magnitudes 0-9 map to operation values. "
+                        "official (default): the AutoAugment authors' code (tensorflow/models "
+                        "research/autoaugment; paper B only cites the AutoAugment paper); "
+                        "torchvision: "
+                        "torchvision.transforms.AutoAugment. --augment randaugment always "
+                        "uses torchvision's (its M=9 of 31 bins is torchvision's scale); "
+                        "with other --augment values this flag is ignored, with a warning. "
+                        "Table: docs/augment.md")
+
+
+def _augment_options(args: argparse.Namespace) -> dict:
+    """aug17: the TrainConfig fields of the augmentation flags; warns (stderr, one line) when
+    --autoaugment-semantics is given for an augmentation that does not use it."""
+    import sys
+
+    semantics = getattr(args, "autoaugment_semantics", None)
+    if semantics in AUTOAUGMENT_SEMANTICS and args.augment != "autoaugment":
+        print(f"sila-train: warning: --autoaugment-semantics applies to --augment autoaugment "
+              f"only; ignored with --augment {args.augment}.", file=sys.stderr)
+    return {"cutout": getattr(args, "cutout", 0),
+            "autoaugment_semantics": semantics or AUTOAUGMENT_SEMANTICS[0]}
 
 
 def _steps(s: str) -> int | str:
@@ -233,6 +270,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     # line here).
     flat = {k: v for k, v in vars(args).items() if k in FIELD_GROUP and k not in RECORD_ONLY}
     flat["name"] = name
+    flat.update(_augment_options(args))  # aug17: the semantics warning and its default
     return config_with_recipe(flat, given_flags(args, _parser_defaults()) | {"dataset", "model"},
                               getattr(args, "recipe", None))
 
