@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 
-from sila_keras import io
 from sila_keras.errors import ModelError
 from sila_keras.rundir import RunDir
 
@@ -90,7 +89,7 @@ def load_source(source: str | os.PathLike) -> ExportSource:
         raise ModelError(f"Cannot read '{path}': permission denied. Received: SOURCE={str(source)!r}")
     model = _load_model(path)
     num_heads_of(model)  # raises ValueError when there is no sila_logits layer
-    config = io.read_json_object(RunDir(run_dir).config_path) if run_dir else {}
+    config = RunDir(run_dir).read_config() if run_dir else {}
     summary = RunDir(run_dir).read_summary() if run_dir else {}
     names, notes = _class_names(model, path, summary)
     return ExportSource(model, path, run_dir, names, config, summary, notes)

@@ -36,10 +36,10 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
-from sila_keras.config import AUTOAUGMENT_SEMANTICS
 from sila_keras.errors import ConfigError
 
-SEMANTICS = AUTOAUGMENT_SEMANTICS  # ("official", "torchvision"); the first is the default
+# The first is the default (config.AUTOAUGMENT_SEMANTICS, for the parser, must equal this).
+SEMANTICS = ("official", "torchvision")
 OFFICIAL_PARAMETER_MAX = 10  # official code: value = level · max / 10
 # The official code's fill: zero in its normalised space = the CIFAR-10 mean pixel
 # (255 · (0.4914, 0.4822, 0.4465), rounded); its luminance for single-channel images.

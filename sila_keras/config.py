@@ -31,7 +31,8 @@ KERAS_APPLICATIONS = ("MobileNet", "MobileNetV2", "MobileNetV3Small", "MobileNet
 OPTIMIZERS = ("sgd", "adamw")  # #15 (sila_keras.optim)
 SCHEDULES = ("step", "cosine")  # #15
 # aug17 (#17 item 5): AutoAugment magnitude semantics (sila_keras.augment_ops; default first).
-AUTOAUGMENT_SEMANTICS = ("official", "torchvision")
+AUTOAUGMENT_SEMANTICS = ("official", "torchvision")  # augment_ops.SEMANTICS (#17)
+DYNAMIC_EVALUATIONS = ("anytime", "budgeted", "both")  # modes.dynamic.EVALUATIONS (#17)
 
 # Fields that may differ between a run and its --resume continuation (flat names).
 RESUME_MUTABLE = ("resume", "epochs", "verbose", "debug", "steps_per_execution", "jit",
@@ -167,11 +168,10 @@ class DynamicConfig:
     dynamic_eval: str | None = None
 
     def __post_init__(self):
-        from sila_keras.modes.dynamic import EVALUATIONS
-
-        if self.dynamic_eval is not None and self.dynamic_eval not in EVALUATIONS:
+        if self.dynamic_eval is not None and self.dynamic_eval not in DYNAMIC_EVALUATIONS:
             raise ConfigError(f"Unknown `--dynamic-eval` '{self.dynamic_eval}'. Available: "
-                              f"{', '.join(EVALUATIONS)}. Received: dynamic_eval={self.dynamic_eval!r}")
+                              f"{', '.join(DYNAMIC_EVALUATIONS)}. "
+                              f"Received: dynamic_eval={self.dynamic_eval!r}")
 
 
 @dataclass(frozen=True)
@@ -399,7 +399,14 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> TrainConfig:
         """From :meth:`to_dict`'s form, or the flat form of runs written before the grouping.
         Unknown keys (fields of newer or older versions) are ignored."""
-        return cls().replace(**{k: v for k, v in flat_dict(d).items() if k in FIELD_GROUP})
+        from sila_keras.rundir import flat_config
+
+        grouped, d = "data" in d and isinstance(d["data"], dict), flat_config(d)
+        if not grouped and "cutout" not in d and d.get("augment") == "autoaugment":
+            # Written before --cutout existed: autoaugment had Cutout 16 and torchvision's
+            # magnitudes built in (so --resume sees what the run did).
+            d = {**d, "cutout": 16, "autoaugment_semantics": "torchvision"}
+        return cls().replace(**{k: v for k, v in d.items() if k in FIELD_GROUP})
 
     def differences(self, other: TrainConfig, ignore=RESUME_MUTABLE) -> dict:
         """Fields (outside ``ignore`` and :data:`RECORD_ONLY`) whose values differ: flat
@@ -407,18 +414,6 @@ class TrainConfig:
         a, b = self.flat(), other.flat()
         return {k: (a[k], b[k]) for k in a
                 if k not in ignore and k not in RECORD_ONLY and a[k] != b[k]}
-
-
-def flat_dict(d: dict) -> dict:
-    """A ``config.json`` dict by flat field names, whether grouped (now) or flat (runs written
-    before the grouping). Values stay as JSON has them (lists; the groups make tuples)."""
-    if any(isinstance(d.get(g), dict) for g in GROUPS):
-        return {k: v for g in GROUPS if isinstance(d.get(g), dict) for k, v in d[g].items()}
-    if "cutout" not in d and d.get("augment") == "autoaugment":
-        # Written before --cutout existed: autoaugment had Cutout 16 and torchvision's
-        # magnitudes built in (so --resume and reports see what the run did).
-        d = {**d, "cutout": 16, "autoaugment_semantics": "torchvision"}
-    return dict(d)
 
 
 def _jsonable(group) -> dict:

@@ -38,6 +38,14 @@ from sila_keras import io
 from sila_keras.errors import RunDirError
 
 
+def flat_config(d: dict) -> dict:
+    """A ``config.json`` by flat field name (``{"epochs": 3, …}``). Files written since the
+    grouping hold one object per group (``{"data": {…}, "optim": {…}, …}``: every value an
+    object) and are flattened one level; older flat files come back as they are."""
+    if d and all(isinstance(v, dict) for v in d.values()):
+        return {k: v for group in d.values() for k, v in group.items()}
+    return dict(d)
+
 @dataclass
 class LoadedRun:
     """What a run directory holds (files that are absent give empty values).
@@ -201,9 +209,7 @@ class RunDir:
     def read_config(self) -> dict:
         """The run's settings by flat field name (``{"epochs": 3, …}``), whether
         ``config.json`` is grouped (:meth:`TrainConfig.to_dict`) or flat (older runs)."""
-        from sila_keras.config import flat_dict
-
-        return flat_dict(io.read_json(self.config_path))
+        return flat_config(io.read_json_object(self.config_path))
 
     def read_summary(self) -> dict:
         return io.read_json_object(self.summary_path)

@@ -181,6 +181,11 @@ def test_parser_name_lists_match_the_registries():
     assert BACKBONE_NAMES == tuple(list_backbones())
     assert AUGMENT_NAMES == tuple(sorted(AUGMENTATIONS))
     assert ARCH_NAMES == tuple(pmodels.ARCHS)
+    from sila_keras.augment_ops import SEMANTICS
+    from sila_keras.config import AUTOAUGMENT_SEMANTICS, DYNAMIC_EVALUATIONS
+    from sila_keras.modes.dynamic import EVALUATIONS
+
+    assert AUTOAUGMENT_SEMANTICS == SEMANTICS and DYNAMIC_EVALUATIONS == EVALUATIONS
 
 
 def test_too_many_heads_fails_before_the_data_is_loaded(tmp_path, capsys):

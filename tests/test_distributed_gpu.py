@@ -82,7 +82,7 @@ def test_jit_with_two_replicas_trains_from_the_cli(tiny_folder, tmp_path, capsys
     assert "Batch 6 global = 3 per replica × 2 replica(s)" in capsys.readouterr().out
     assert np.isfinite(float(rows(tmp_path / "j" / "metrics.csv")[0]["loss"]))
     config = json.loads((tmp_path / "j" / "config.json").read_text())
-    assert config["steps_per_execution"] == "auto" and config["sync_bn"] is None
+    assert config["run"]["steps_per_execution"] == "auto" and config["run"]["sync_bn"] is None
     summary = json.loads((tmp_path / "j" / "summary.json").read_text())
     assert summary["replicas"] == 2
     # auto sync-BN (3 per replica) stays off with --jit: XLA cannot compile its all-reduce
@@ -238,7 +238,7 @@ def test_steps_per_execution_auto_and_the_resolved_settings(capsys):
     assert resolve_steps_per_execution("auto", gpu=True, replicas=2) == 1  # keras#19246
     with pytest.raises(ConfigError, match=r"keras#19246.*steps_per_execution=2, replicas=2"):
         resolve_steps_per_execution(2, gpu=True, replicas=2)
-    assert TrainConfig.create("d", "m").steps_per_execution == "auto"
+    assert TrainConfig.create("d", "m").run.steps_per_execution == "auto"
     with pytest.raises(ConfigError, match=r"'auto' or an integer >= 1.*steps_per_execution='x'"):
         TrainConfig.create("d", "m", steps_per_execution="x")
     speed = resolve_speed(TrainConfig.create("d", "m", batch_size=12), make_strategy("mirrored"))

@@ -416,7 +416,7 @@ def test_int8_without_calibration_data(trained_run, tmp_path, capsys):
     run = tmp_path / "run_moved"  # a run whose training data is gone
     shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("checkpoints", "tensorboard"))
     cfg = json.loads((run / "config.json").read_text())
-    cfg["dataset"] = f"folder:{tmp_path / 'gone'}"
+    cfg["data"]["dataset"] = f"folder:{tmp_path / 'gone'}"
     (run / "config.json").write_text(json.dumps(cfg))
     rc, err = run_cli(capsys, run, "--head", "2", "--formats", "tflite", "--quantize", "none,int8")
     assert rc == 2 and "could not be loaded" in err and "Pass --calibration DATASET" in err

@@ -178,7 +178,7 @@ def test_mutual_run_writes_per_net_metrics(mutual_runs, name, peer, method):
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert summary["nets"]["net_1"]["nll"] == pytest.approx(float(last["nll"]), rel=1e-5)
     assert (run / "nets.csv").read_text().splitlines()[0] == "net,model,top1,top5,nll,best,params"
-    assert json.loads((run / "config.json").read_text())["mode"] == ("dml" if name == "dml" else "mutual")
+    assert json.loads((run / "config.json").read_text())["sila"]["mode"] == ("dml" if name == "dml" else "mutual")
 
 
 @functools.cache

@@ -32,7 +32,8 @@ def test_run_directory_is_complete(finished_run):
     assert json.loads((finished_run / "checkpoints" / "state.json").read_text())["model"] == "epoch-0002.keras"
     assert any((finished_run / "tensorboard").rglob("events.out.tfevents*"))
     config = json.loads((finished_run / "config.json").read_text())
-    assert config["model"] == "resnet20" and config["heads"] == 3 and config["beta"] == 0.1
+    assert config["net"]["model"] == "resnet20" and config["sila"]["heads"] == 3
+    assert config["sila"]["beta"] == 0.1 and config["optim"]["epochs"] == 2
     labels = (finished_run / "labels.txt").read_text().split()
     assert labels == sorted(labels) and len(labels) == 10 and labels[0] == "airplane"
 

@@ -137,9 +137,9 @@ def last_head_metrics(num_classes: int, num_heads: int) -> list:
 def option(config, name: str, default: Any = None) -> Any:
     """The flat field ``name`` of a ``TrainConfig`` or of a ``config.json`` dict (either form)."""
     if isinstance(config, Mapping):
-        from sila_keras.config import flat_dict
+        from sila_keras.rundir import flat_config
 
-        return flat_dict(config).get(name, default)
+        return flat_config(config).get(name, default)
     return config.value(name)
 
 
