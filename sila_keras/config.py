@@ -103,6 +103,10 @@ class TrainConfig:
     test_split: str | None = None
     cache: str = "auto"  # auto | none | memory | disk[:DIR]
     steps_per_epoch: int | None = None  # None: one pass over the training images
+    # ship19: #19 — ship a shallow head (see docs/heads.md)
+    ship_head: int | None = None  # head k trained as a first-class target (weight 1)
+    distill: float = 0.0  # W of the self-distillation term (deepest head → shallower ones)
+    distill_t: float = 3.0  # its temperature T
 
     def __post_init__(self):
         def positive(name, value, allow_zero=False):
@@ -153,6 +157,7 @@ class TrainConfig:
         if self.name is not None and (not self.name or "/" in self.name or self.name in (".", "..")):
             raise ConfigError(f"`--name` must be a plain folder name. Received: name={self.name!r}")
         self._check_finetune()
+        self._check_ship19()
 
     def _check_finetune(self) -> None:  # #15
         if self.taps is not None:
@@ -195,6 +200,30 @@ class TrainConfig:
 
             get_application(self.model)
             check_weights(self.model, self.weights, check_file=False)
+
+    def _check_ship19(self) -> None:  # ship19 (#19): --ship-head, --distill (no TF import)
+        if not self.distill >= 0:
+            raise ConfigError("`--distill` (the weight W of the self-distillation term) must be "
+                              f">= 0. Received: distill={self.distill}")
+        if not self.distill_t > 0:
+            raise ConfigError("`--distill-t` (the distillation temperature T) must be > 0. "
+                              f"Received: distill_t={self.distill_t}")
+        if self.distill and self.heads < 2:
+            raise ConfigError("`--distill` distils head 1 into heads 2..M, so it needs `--heads` "
+                              f">= 2. Received: heads={self.heads}, distill={self.distill}")
+        ship = self.ship_head
+        if ship is None:
+            return
+        if self.betas is not None:
+            raise ConfigError(
+                "`--ship-head` chooses the set weights itself (head k gets 1, like head 1; the "
+                "others follow --beta/--lam), so it cannot be combined with `--betas`. Give "
+                "the weights in --betas alone (e.g. --betas 1,0.1,1 ships head 3 of 3). "
+                f"Received: ship_head={ship}, betas={list(self.betas)}")
+        if isinstance(ship, bool) or not isinstance(ship, int) or not 1 <= ship <= self.heads:
+            raise ConfigError(f"`--ship-head` must name a head in 1..{self.heads} (1 = the base "
+                              f"model, {self.heads} = the shallowest; see --heads). "
+                              f"Received: ship_head={ship}")
 
     def with_epochs(self, epochs: int) -> TrainConfig:
         """#15: this config for a run of ``epochs`` epochs (a tuning trial, a final run): the

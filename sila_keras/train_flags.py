@@ -105,7 +105,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="show tracebacks and TensorFlow's start-up log")
     _add_speed_flags(p, d)
     _add_finetune_flags(p)  # #15
+    _add_ship_flags(p)  # ship19: #19
     return p
+
+
+def _add_ship_flags(p: argparse.ArgumentParser) -> None:
+    """ship19 (#19): make the head you will ship strong (docs/heads.md)."""
+    d = TrainConfig("", "")
+    g = p.add_argument_group("shipping a head (#19, --mode sila; docs/heads.md)")
+    g.add_argument("--ship-head", type=int, default=None, metavar="K",
+                   help="train head K as a first-class target: its set weight becomes 1 (like "
+                        "head 1), the others follow --beta/--lam (printed, and written to "
+                        "summary.json); not with --betas; K=1 changes nothing")
+    g.add_argument("--distill", type=float, default=d.distill, metavar="W",
+                   help="add W × T²·KL(head 1 ‖ head k) for every shallower head k: "
+                        "self-distillation from the deepest head (held constant); 0 = off")
+    g.add_argument("--distill-t", type=float, default=d.distill_t, metavar="T",
+                   help="temperature of --distill")
+
+
+def _ship_fields(args: argparse.Namespace) -> dict:
+    """ship19 (#19): the TrainConfig fields of :func:`_add_ship_flags`."""
+    d = TrainConfig("", "")
+    return {"ship_head": getattr(args, "ship_head", None),
+            "distill": getattr(args, "distill", d.distill),
+            "distill_t": getattr(args, "distill_t", d.distill_t)}
 
 
 def _add_speed_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
@@ -268,6 +292,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         image_size=args.image_size, resize=args.resize, val_split=args.val_split,
         train_split=args.train_split, test_split=args.test_split, cache=args.cache,
         steps_per_epoch=args.steps_per_epoch,
+        **_ship_fields(args),  # ship19
     )
 
 

@@ -29,7 +29,8 @@ from sila_keras.errors import ConfigError
 
 # Mode-specific TrainConfig fields and their CLI flags. A mode lists those it uses in
 # ``Mode.options``; giving one to a mode that does not use it is an error.
-OPTION_FLAGS = {"peer": "--peer", "dml": "--dml", "no_sila": "--no-sila"}
+OPTION_FLAGS = {"peer": "--peer", "dml": "--dml", "no_sila": "--no-sila",
+                "ship_head": "--ship-head", "distill": "--distill"}  # ship19: #19
 MODEL_FILE_SUFFIXES = (".keras", ".h5")
 
 _REGISTRY: dict[str, type[Mode]] = {}

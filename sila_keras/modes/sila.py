@@ -3,6 +3,11 @@
 ``MODEL`` is a registered backbone (:func:`sila_keras.heads.build_sila_model`) or the
 user's own ``.keras`` classifier, to which the heads are attached
 (:func:`sila_keras.attach.load_and_attach`; it receives raw 0–255 pixels).
+
+#19: ``--ship-head k`` raises head k's set weight to 1 (:func:`sila_keras.losses.ship_head_weights`)
+and ``--distill W`` adds self-distillation from head 1 into the shallower heads
+(:func:`sila_keras.losses.distill_loss`); the weights used are printed and written to
+``summary.json`` (``set_weights``). See docs/heads.md.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ class SilaMode(Mode):
 
     name = "sila"
     help = "SilaNet heads (paper A)"
+    options = ("ship_head", "distill")  # #19
     option_hints = {"no_sila": " Use --heads 1 for a plain model."}
     model_files = True
 
@@ -43,6 +49,8 @@ class SilaMode(Mode):
             from sila_keras.heads import check_heads_fit
 
             check_heads_fit(c.model, c.heads)
+        if c.ship_head is not None or c.distill:  # #19: say which weights the run trains with
+            print(ship_line(c), flush=True)
 
     def build_model(self, data):
         config = self.config
@@ -60,9 +68,49 @@ class SilaMode(Mode):
         from sila_keras.losses import SilaLoss
 
         c = self.config
-        return SilaLoss(num_classes, beta=c.beta, lam=c.lam, betas=c.betas)
+        return SilaLoss(num_classes, beta=c.beta, lam=c.lam, betas=loss_betas(c, num_heads),
+                        distill=c.distill, distill_t=c.distill_t)
+
+    def evaluate(self, model, data, run_dir, rows: list[dict]) -> dict:
+        """#19: the set weights the run trained with (and ``--ship-head``/``--distill``)."""
+        from sila_keras.heads import num_heads_of
+        from sila_keras.losses import set_weights
+
+        c, m = self.config, num_heads_of(model)
+        weights = loss_betas(c, m) or set_weights(m, c.beta, c.lam)
+        return {"set_weights": weights, "ship_head": c.ship_head,
+                "distill": {"weight": c.distill, "temperature": c.distill_t} if c.distill else None}
 
     @classmethod
     def label(cls, config) -> str:
         heads = int(option(config, "heads", 1) or 1)
         return "IND" if heads == 1 else f"SiLa (M={heads})"
+
+
+def loss_betas(config, num_heads: int) -> list[float] | None:
+    """#19: explicit set weights of a run: ``--betas``, or ``--ship-head``'s; None = β/λ."""
+    if config.ship_head is None:
+        return None if config.betas is None else list(config.betas)
+    from sila_keras.losses import ship_head_weights
+
+    return ship_head_weights(num_heads, config.ship_head, config.beta, config.lam)
+
+
+def ship_line(config) -> str:
+    """#19: the line that says which set weights ``--ship-head``/``--distill`` chose."""
+    from sila_keras.losses import set_weights
+
+    weights = loss_betas(config, config.heads) or set_weights(config.heads, config.beta, config.lam)
+    text = ", ".join(f"head_{k} {w:g}" for k, w in enumerate(weights, start=1))
+    if config.ship_head == 1:
+        why = "--ship-head 1: head 1 (the base model) already has weight 1; weights unchanged"
+    elif config.ship_head is not None:
+        why = (f"--ship-head {config.ship_head}: head {config.ship_head} weighs 1 like head 1, "
+               f"the others follow β={config.beta:g}, λ={config.lam:g}")
+    else:
+        why = f"β={config.beta:g}, λ={config.lam:g}" if config.betas is None else "--betas"
+    line = f"Set weights: {text} ({why})"
+    if config.distill:
+        line += (f"; self-distillation head_1 → heads 2..{config.heads}: "
+                 f"W={config.distill:g}, T={config.distill_t:g}")
+    return line
