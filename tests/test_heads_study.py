@@ -216,3 +216,22 @@ def test_export_table_and_report_show_the_alone_column(study, tmp_path):
     assert "alone" not in plain
     text = render([out / "runs" / "sila-s0"], tmp_path / "report.md")
     assert "Head vs sub-network alone (#19): resnet20" in text
+
+
+def test_tuner_targets_the_shipped_head():
+    from tuning.config import SearchConfig
+
+    train = TrainConfig("folder:x", "resnet20", heads=3, ship_head=3, epochs=1)
+    assert SearchConfig(train, out="s", objective="head_3_acc").objective == "val_head_3_acc"
+    with pytest.raises(ConfigError, match="--tune-heads tries M = 2"):
+        SearchConfig(train, out="s", tune_heads=True)
+
+
+def test_export_refuses_a_missing_alone_folder_before_writing(finished_run, tmp_path, capsys):
+    from export.cli import main
+
+    out = tmp_path / "x"
+    rc = main([str(finished_run), "--head", "all", "--alone", str(tmp_path / "none"),
+               "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "No head-vs-alone results" in err and not out.exists()
