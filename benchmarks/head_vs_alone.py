@@ -10,7 +10,10 @@ For one backbone and recipe, with several seeds, trains (each arm × seed is one
   ``--heads 1`` as a user's ``.keras`` model — same data subset, recipe and seed;
 * ``ship``          — ``--ship-head K`` (head K weighs 1, like head 1);
 * ``distill``       — ``--distill W`` (self-distillation, head 1 → shallower heads);
-* ``ship_distill``  — both: the recommended recipe for shipping head K.
+* ``ship_distill``  — both: the recommended recipe for shipping head K;
+* ``alone_lr``      — with ``--alone-lr LR``: the alone sub-networks again (same file, same
+  seed) at another learning rate — a bare 3×3-conv head trained alone at weight 1 may not
+  train at the SiLa recipe's lr (docs/heads.md), and a fair baseline is one that trains.
 
 Then writes ``OUT/head_vs_alone.{json,csv,md,png}`` (:mod:`sila_keras.study`): final test
 accuracy per head and arm, mean ± std over seeds. Resumable: a finished run (its
@@ -81,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma-separated, of: {', '.join(ARMS)}")
     p.add_argument("--alone-heads", default=None, help="heads whose sub-network trains alone "
                    "(default 2..M; 1 = the base network alone, the IND baseline)")
+    p.add_argument("--alone-lr", type=float, default=None,
+                   help="also train the alone sub-networks at this lr (arm alone_lr)")
     p.add_argument("--ship-head", type=int, default=None, help="K of the ship arms (default M)")
     p.add_argument("--distill", type=float, default=1.0, help="W of the distill arms")
     p.add_argument("--distill-t", type=float, default=3.0, help="T of the distill arms")
@@ -138,6 +143,10 @@ def plan(args, s: dict) -> list[Job]:
                     run = out.run(f"alone_h{k}", seed)
                     argv = [args.dataset, str(out.model_file(k, seed).resolve()), "--heads", "1"]
                     jobs.append(Job(f"alone_h{k}", seed, run, argv + base + _where(run, seed), k))
+                    if args.alone_lr:  # the same sub-network and seed at another lr
+                        run = out.run(f"alone_lr_h{k}", seed)
+                        jobs.append(Job(f"alone_lr_h{k}", seed, run, argv + base + [
+                            "--lr", str(args.alone_lr), *_where(run, seed)], k))
                 continue
             run = out.run(arm, seed)
             jobs.append(Job(arm, seed, run, [args.dataset, args.model, *arm_flags[arm], *base,
@@ -218,7 +227,8 @@ def collect(args, s: dict, jobs: list[Job]) -> dict:
         heads = run.summary["heads"]
         test_images = (run.summary.get("data") or {}).get("test_examples", test_images)
         if job.head is not None:  # alone: its only head is head k's sub-network
-            results.setdefault("alone", {}).setdefault(job.head, []).append(
+            arm = "alone_lr" if job.arm.startswith("alone_lr") else "alone"
+            results.setdefault(arm, {}).setdefault(job.head, []).append(
                 heads["head_1"]["final_acc"])
             params.setdefault(job.head, heads["head_1"]["params"])
             continue
@@ -234,6 +244,7 @@ def collect(args, s: dict, jobs: list[Job]) -> dict:
             "ship": {"ship_head": s["ship_head"], "distill": args.distill,
                      "distill_t": args.distill_t},
             "seeds": s["seeds"], "arms": s["arms"], "test_images": test_images,
+            "alone_lr": args.alone_lr,
             "runs": {f"{j.arm}-s{j.seed}": str(j.run.path) for j in jobs},
             "table": table_rows(results, params)}
 

@@ -38,8 +38,8 @@ RECIPE_KEYS = ("model", "epochs", "batch_size", "lr", "momentum", "weight_decay"
                "gamma", "nesterov", "augment", "limit_train", "optimizer", "schedule",
                "warmup_epochs", "label_smoothing", "image_size", "steps_per_epoch")
 # Arms, in table order, and their column titles.
-ARM_TITLES = {"sila": "SiLa", "alone": "alone", "ship": "ship-head", "distill": "distill",
-              "ship_distill": "ship-head + distill"}
+ARM_TITLES = {"sila": "SiLa", "alone": "alone", "alone_lr": "alone, --alone-lr",
+              "ship": "ship-head", "distill": "distill", "ship_distill": "ship-head + distill"}
 TABLE_COLUMNS = ("head", "params", "arm", "n", "mean", "std", "values")
 
 
@@ -121,7 +121,9 @@ def markdown(study: dict) -> str:
         f"{r.get('milestones')}, batch {r.get('batch_size')}; seeds {seeds}. SiLa: M="
         f"{sila.get('heads')}, β {sila.get('beta')}, λ {sila.get('lam')}; ship-head arms: "
         f"--ship-head {ship.get('ship_head')}, distill W={ship.get('distill')}, "
-        f"T={ship.get('distill_t')}. Final test accuracy (%), mean ± std over seeds.", "",
+        f"T={ship.get('distill_t')}"
+        + (f"; alone, --alone-lr: lr {study['alone_lr']}" if study.get("alone_lr") else "")
+        + ". Final test accuracy (%), mean ± std over seeds.", "",
         "| head | params | " + " | ".join(ARM_TITLES.get(a, a) for a in arms) + " |",
         "|---:|---:|" + "---:|" * len(arms)]
     for k in sorted({r["head"] for r in rows}):

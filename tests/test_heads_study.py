@@ -235,3 +235,15 @@ def test_export_refuses_a_missing_alone_folder_before_writing(finished_run, tmp_
                "--out", str(out)])
     err = capsys.readouterr().err
     assert rc == 2 and "No head-vs-alone results" in err and not out.exists()
+
+
+def test_alone_lr_arm_trains_the_same_subnetwork_at_another_lr(tmp_path):
+    bench = _bench()
+    args = bench.build_parser().parse_args(["folder:x", "--out", str(tmp_path), "--seeds", "0,1",
+                                            "--arms", "alone", "--alone-lr", "0.02"])
+    jobs = bench.plan(args, bench.settings(args))
+    assert [j.arm for j in jobs] == ["alone_h2", "alone_lr_h2", "alone_h3", "alone_lr_h3"] * 2
+    same, other = jobs[0], jobs[1]
+    assert same.argv[1] == other.argv[1]  # one sub-network file per head and seed
+    lr = [a for i, a in enumerate(other.argv[1:]) if other.argv[i] == "--lr"]
+    assert lr == ["0.1", "0.02"]  # the later flag wins in sila-train
