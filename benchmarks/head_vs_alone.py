@@ -159,10 +159,30 @@ def _where(run: RunDir, seed: int) -> list[str]:
 
 
 def status(job: Job) -> str:
-    """``done`` (summary.json), ``partial`` (config.json: continue with --resume) or ``new``."""
+    """``done`` (summary.json), ``partial`` (config.json: continue with --resume) or ``new``.
+
+    A finished run made with other settings (another ``--distill-t``, say) is refused rather
+    than counted: its numbers would land in the wrong table.
+    """
     if job.run.summary_path.is_file():
+        check_same_settings(job)
         return "done"
     return "partial" if job.run.config_path.is_file() else "new"
+
+
+def check_same_settings(job: Job) -> None:
+    """Exit with one line when a finished run's config.json differs from this plan's."""
+    from sila_keras.config import RESUME_MUTABLE, TrainConfig
+    from sila_keras.train_flags import build_parser as train_parser
+    from sila_keras.train_flags import config_from_args
+
+    planned = config_from_args(train_parser().parse_args(job.argv))
+    ignore = tuple(k for k in RESUME_MUTABLE if k != "epochs")  # a longer run is another arm
+    diff = TrainConfig.from_dict(job.run.read_config()).differences(planned, ignore)
+    if diff:
+        shown = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
+        raise SystemExit(f"head_vs_alone: error: {job.run.path} was trained with other settings "
+                         f"({shown}). Use another --out, or delete that run to retrain it.")
 
 
 def write_subnetwork(args, s: dict, head: int, seed: int) -> Path:

@@ -247,3 +247,9 @@ def test_alone_lr_arm_trains_the_same_subnetwork_at_another_lr(tmp_path):
     assert same.argv[1] == other.argv[1]  # one sub-network file per head and seed
     lr = [a for i, a in enumerate(other.argv[1:]) if other.argv[i] == "--lr"]
     assert lr == ["0.1", "0.02"]  # the later flag wins in sila-train
+
+
+def test_benchmark_refuses_a_finished_arm_made_with_other_settings(study):
+    out, argv = study
+    with pytest.raises(SystemExit, match="trained with other settings \\(epochs: 1 there, 2 now\\)"):
+        _bench().main([*argv, "--arms", "sila", "--epochs", "2"])
