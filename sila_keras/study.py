@@ -145,7 +145,7 @@ def plot(study: dict, path) -> None:
     heads = sorted({r["head"] for r in rows})
     arms = arms_of(rows)
     width = 0.8 / max(1, len(arms))
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    fig, ax = plt.subplots(figsize=(6.4, 4.6), dpi=120)
     for i, arm in enumerate(arms):
         xs, ys, es = [], [], []
         for j, k in enumerate(heads):
@@ -159,7 +159,7 @@ def plot(study: dict, path) -> None:
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"{study.get('backbone')}: each head vs its sub-network trained alone")
     ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=3, frameon=False)
     fig.tight_layout()
     save_png(fig, path)
 
