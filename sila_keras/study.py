@@ -222,10 +222,22 @@ def find_study(run_dir, explicit=None, levels: int = 3) -> tuple[dict | None, st
         shown = ", ".join(f"{k}: {a!r} vs {b!r}" for k, (a, b) in list(diff.items())[:4])
         return None, (f"the head-vs-alone result at '{candidates[0]}' is for another backbone or "
                       f"recipe ({shown}); its alone column is left out")
-    return study, f"alone-trained reference: '{candidates[0]}'"
+    return study, reference_note(study)
 
 
-def alone_accuracy(study: dict) -> dict[int, tuple[float, float | None, int]]:
-    """``{head k: (mean, std, n)}`` of the sub-networks trained alone."""
+def alone_accuracy(study: dict, arm: str = "alone") -> dict[int, tuple[float, float | None, int]]:
+    """``{head k: (mean, std, n)}`` of the sub-networks trained alone (``arm="alone_lr"``: at
+    the study's ``--alone-lr``)."""
     return {r["head"]: (r["mean"], r["std"], r["n"]) for r in study["table"]
-            if r["arm"] == "alone" and r["mean"] is not None}
+            if r["arm"] == arm and r["mean"] is not None}
+
+
+def reference_note(study: dict) -> str:
+    """Where the alone column comes from, plus the ``--alone-lr`` results when the study has
+    them (a bare-module sub-network may not train at the recipe's lr; docs/heads.md)."""
+    note = f"alone-trained reference: '{study.get('folder')}', same recipe"
+    other = alone_accuracy(study, "alone_lr")
+    if other:
+        cells = ", ".join(f"head {k} {_pct(m, sd, n)}%" for k, (m, sd, n) in sorted(other.items()))
+        note += f"; trained alone at lr {study.get('alone_lr')}: {cells}"
+    return note
