@@ -112,12 +112,15 @@ def make_callback(model, probe, test, num_classes: int):
 
 def bn_variant(path_in, path_out):
     """The alone sub-network with BatchNorm (no ReLU: its input is a ReLU output) before
-    the head's conv; weights of the new layers fresh, the rest as saved."""
+    the head's conv; weights of the new layers fresh, the rest as saved. None when the
+    module already starts with BN (pre-activation backbones)."""
     import keras
 
     from sila_keras.rundir import save_model
 
     sub = keras.models.load_model(path_in, compile=False)
+    if any(layer.name == "aux_bn" for layer in sub.layers):
+        return None
     conv = sub.get_layer("aux_conv")
     x = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name="aux_bn")(conv.input)
     x = keras.layers.Conv2D.from_config({**conv.get_config(), "name": "aux_conv2"})(x)
@@ -148,7 +151,8 @@ def diagnose(args, s: dict) -> None:
         variants[f"alone_h{k}"] = alone
         variants[f"alone_h{k}_lr÷5"] = alone.replace(lr=s["lr"] / 5)
         bn = bn_variant(path, out / f"head_{k}-s{seed}-bn.keras")
-        variants[f"alone_h{k}_bn"] = alone.replace(model=str(bn.resolve()))
+        if bn is not None:  # pre-activation backbones' modules already start with BN + ReLU
+            variants[f"alone_h{k}_bn"] = alone.replace(model=str(bn.resolve()))
     summary = []
     for name, config in variants.items():
         rows = train_variant(name, config, seed)
