@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alone-lr", type=float, default=None,
                    help="also train the alone sub-networks at this lr (arm alone_lr)")
     p.add_argument("--ship-head", type=int, default=None, help="K of the ship arms (default M)")
-    # W = 1 diverged at lr 0.1 with T = 3 and T = 1 in our CPU-scale runs; 0.1 / 1 trained
+    # W = 1 diverged at lr 0.1 with T = 3 and T = 1 in our CPU-scale runs; W = 0.1, T = 1 trained
     # (docs/heads.md).
     p.add_argument("--distill", type=float, default=0.1, help="W of the distill arms")
     p.add_argument("--distill-t", type=float, default=1.0, help="T of the distill arms")

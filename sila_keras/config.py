@@ -106,7 +106,7 @@ class TrainConfig:
     # ship19: #19 — ship a shallow head (see docs/heads.md)
     ship_head: int | None = None  # head k trained as a first-class target (weight 1)
     distill: float = 0.0  # W of the self-distillation term (deepest head → shallower ones)
-    distill_t: float = 3.0  # its temperature T
+    distill_t: float = 1.0  # its temperature T (1: the KL of --mode dml)
 
     def __post_init__(self):
         def positive(name, value, allow_zero=False):

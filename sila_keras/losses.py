@@ -104,7 +104,7 @@ def ship_head_weights(num_sets: int, head: int, beta: float = 0.1,
     return weights
 
 
-def distill_loss(y_pred, num_sets: int, num_classes: int, temperature: float = 3.0):
+def distill_loss(y_pred, num_sets: int, num_classes: int, temperature: float = 1.0):
     """#19: per-example self-distillation, Σ_{k≥2} T²·KL(p_1^T ‖ p_k^T).
 
     The teacher is head 1 (the deepest classifier; its distribution is a constant target,
@@ -177,7 +177,7 @@ class SilaLoss(keras.losses.Loss):
         label_smoothing: ε in [0, 1) (see :func:`sila_loss`). Default 0.
         distill: W, weight of the self-distillation term (#19, :func:`distill_loss`).
             Default 0 (off).
-        distill_t: T, its temperature. Default 3.
+        distill_t: T, its temperature. Default 1 (the KL of DML).
         name: loss name.
 
     Example:
@@ -189,7 +189,7 @@ class SilaLoss(keras.losses.Loss):
 
     def __init__(self, num_classes: int, beta: float = 0.1, lam: float = 0.5,
                  betas: Sequence[float] | None = None, name: str = "sila_loss",
-                 label_smoothing: float = 0.0, distill: float = 0.0, distill_t: float = 3.0,
+                 label_smoothing: float = 0.0, distill: float = 0.0, distill_t: float = 1.0,
                  **kwargs):
         super().__init__(name=name, **kwargs)
         if int(num_classes) < 1:
