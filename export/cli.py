@@ -56,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
                         + ", ".join(f"{k}={v:g}" for k, v in DEFAULT_TOLERANCES.items())
                         + " (float: max|Δlogit| / max(1, max|logit|); dynamic/int8: min top-1 agreement)")
     g.add_argument("--latency-runs", type=int, default=30, help="timed batch-1 calls per artifact")
+    g.add_argument("--alone", metavar="DIR", default=None,
+                   help="--head all: a benchmarks/head_vs_alone.py folder whose alone-trained "
+                        "accuracies fill the trade-off table's 'alone' column (default: one "
+                        "found among the run directory's parents; used only when its backbone "
+                        "and recipe match the run's config.json)")
     _add_phone_flags(p)
     g = p.add_argument_group("output")
     g.add_argument("--out", default=None,
@@ -119,6 +124,7 @@ def run(args: argparse.Namespace) -> dict:
     class_names = _labels(args.labels, src) if args.labels else src.class_names
     for k in heads or []:
         exporter.check_head(src.model, k)
+    alone_ref = _alone_reference(args, src) if heads is None else {}  # #19, before any write
     if options["metadata"] and "tflite" in options["formats"]:
         from export.metadata import check_channels
 
@@ -137,7 +143,7 @@ def run(args: argparse.Namespace) -> dict:
                   latency_runs=args.latency_runs, parity_samples=args.parity_samples,
                   verbose=0 if args.quiet else 1, **data)
     if heads is None:
-        result = exporter.export_heads(src.model, out, **common)
+        result = exporter.export_heads(src.model, out, **alone_ref, **common)
         if args.quiet:
             print(Path(out, "heads.md").read_text(), end="")
         failed = [f"head_{mf['head']}: {', '.join(mf['failed'])}" for mf in result["manifests"]
@@ -154,6 +160,19 @@ def run(args: argparse.Namespace) -> dict:
         f"{len(failed)} failed, not written: {'; '.join(failed)}. Details in manifest.json; "
         "relax a threshold with --tolerance KIND=VALUE only if the drift is acceptable.")
     return {"ok": ok, "message": message, "result": result}
+
+
+def _alone_reference(args, src) -> dict:
+    """#19: the alone-trained accuracies for the trade-off table, when a head-vs-alone
+    benchmark for the run's backbone and recipe is found (:func:`sila_keras.study.find_study`)."""
+    from sila_keras.study import alone_accuracy, find_study
+
+    study, note = find_study(src.run_dir, getattr(args, "alone", None))
+    if study is None:
+        if getattr(args, "alone", None) or "another backbone" in note:
+            print(f"{PROG}: note: {note}", file=sys.stderr)
+        return {}
+    return {"alone": alone_accuracy(study), "alone_note": note}
 
 
 def _labels(path: str, src) -> list[str]:

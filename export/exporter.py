@@ -183,7 +183,8 @@ def export_head(model, head: int, out_dir, formats: str | Sequence[str] = art.FO
 
 
 def export_heads(model, out_dir, heads: Sequence[int] | None = None, *, strict: bool = False,
-                 verbose: int = 1, **kwargs) -> dict:
+                 verbose: int = 1, alone: dict | None = None, alone_note: str | None = None,
+                 **kwargs) -> dict:
     """Export several heads (default: all) into ``out_dir/head_k``, plus ``heads.md``/``heads.csv``.
 
     Args:
@@ -192,6 +193,8 @@ def export_heads(model, out_dir, heads: Sequence[int] | None = None, *, strict: 
         heads: head indices (default ``1..M``).
         strict: raise :class:`ExportFailed` after all heads when any artifact failed.
         verbose: 0 silent, 1 progress and tables.
+        alone: #19, ``{head: (mean, std, n)}`` of the sub-networks trained alone (an "alone"
+            column; :func:`sila_keras.study.alone_accuracy`); ``alone_note`` says where from.
         **kwargs: passed to :func:`export_head` (formats, quantize, calibration, …).
 
     Returns:
@@ -212,9 +215,9 @@ def export_heads(model, out_dir, heads: Sequence[int] | None = None, *, strict: 
                   **{key: kwargs[key] for key in PHONE_OPTIONS if key in kwargs})
     out = prepare_out_dir(out_dir)
     manifests = [export_head(model, k, out / f"head_{k}", verbose=verbose, **kwargs) for k in heads]
-    rows = report.heads_rows(manifests)
-    text = report.heads_markdown(rows, f"Heads of {model.name}")
-    io.write_csv(out / "heads.csv", rows, report.HEADS_COLUMNS)
+    rows = report.heads_rows(manifests, alone)
+    text = report.heads_markdown(rows, f"Heads of {model.name}", alone_note)
+    io.write_csv(out / "heads.csv", rows, report.heads_columns(rows))
     io.write_text(out / "heads.md", text)
     if verbose:
         print("\n" + text, flush=True)

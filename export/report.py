@@ -169,8 +169,13 @@ def _pct(v) -> str:
 # --------------------------------------------------------------------------- --head all
 
 
-def heads_rows(manifests: list[dict]) -> list[dict]:
-    """One row per exported head: size / accuracy / latency trade-off."""
+def heads_rows(manifests: list[dict], alone: dict | None = None) -> list[dict]:
+    """One row per exported head: size / accuracy / latency trade-off.
+
+    ``alone`` (#19): ``{head: (mean, std, n)}``, the accuracy of each head's sub-network
+    trained alone (:func:`sila_keras.study.alone_accuracy`); adds ``alone_accuracy`` /
+    ``alone_std`` / ``alone_seeds`` to every row (None for a head without one).
+    """
     rows = []
     for m in manifests:
         a = m["artifacts"]
@@ -189,23 +194,45 @@ def heads_rows(manifests: list[dict]) -> list[dict]:
             "accuracy": acc.get("keras_reference"), "tflite_accuracy": acc.get("tflite"),
             "tflite_int8_accuracy": acc.get("tflite_int8"), "ok": m["ok"],
         })
+        if alone is not None:  # #19
+            mean, std, n = alone.get(m["head"], (None, None, 0))
+            rows[-1].update(alone_accuracy=mean, alone_std=std, alone_seeds=n)
     return rows
 
 
-def heads_markdown(rows: list[dict], title: str) -> str:
-    """``heads.md``: the trade-off table a user reads to pick the head to ship."""
+def heads_columns(rows: list[dict]) -> tuple[str, ...]:
+    """``heads.csv``'s columns: :data:`HEADS_COLUMNS`, plus the alone ones when present."""
+    extra = ("alone_accuracy", "alone_std", "alone_seeds")
+    return HEADS_COLUMNS + (extra if rows and "alone_accuracy" in rows[0] else ())
+
+
+def heads_markdown(rows: list[dict], title: str, alone_note: str | None = None) -> str:
+    """``heads.md``: the trade-off table a user reads to pick the head to ship.
+
+    With an ``alone_accuracy`` in the rows (#19), an "alone" column: the test accuracy of the
+    head's sub-network trained by itself (same layers and recipe; mean ± std over seeds, from
+    ``alone_note``'s benchmark), '—' where the benchmark has none.
+    """
+    alone = bool(rows) and "alone_accuracy" in rows[0]
     out = [f"# {title}", "",
            "Trainable params, float32 size (MiB), compression ratio vs head 1 (the base model), "
            "TFLite file sizes, median batch-1 LiteRT latency, and accuracy on the eval data "
-           "(Keras reference / TFLite fp32 / TFLite int8; '-' = not measured).", "",
+           "(Keras reference / TFLite fp32 / TFLite int8; '-' = not measured)."
+           + (" alone: the same sub-network trained by itself, test split of the benchmark "
+              f"(mean ± std over seeds; {alone_note})." if alone else ""), "",
            "| head | params | MiB | CR % | TFLite MiB | int8 MiB | TFLite ms | int8 ms | "
-           "acc | TFLite acc | int8 acc | ok |",
-           "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:--:|"]
+           "acc | TFLite acc | int8 acc | ok |" + (" alone |" if alone else ""),
+           "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:--:|" + ("---:|" if alone else "")]
     for r in rows:
+        cell = ""
+        if alone:
+            cell = " — |" if r["alone_accuracy"] is None else (
+                f" {100 * r['alone_accuracy']:.1f}%" + (f" ± {100 * r['alone_std']:.1f}"
+                                                         if r["alone_seeds"] > 1 else "") + " |")
         out.append(
             f"| {r['head']} | {r['params']:,} | {r['mib']:.3f} | {r['cr_percent']:.1f} | "
             f"{_num(r['tflite_mib'], '.3f')} | {_num(r['tflite_int8_mib'], '.3f')} | "
             f"{_num(r['tflite_latency_ms'], '.2f')} | {_num(r['tflite_int8_latency_ms'], '.2f')} | "
             f"{_pct(r['accuracy'])} | {_pct(r['tflite_accuracy'])} | {_pct(r['tflite_int8_accuracy'])} | "
-            f"{'yes' if r['ok'] else 'NO'} |")
+            f"{'yes' if r['ok'] else 'NO'} |" + cell)
     return "\n".join(out) + "\n"

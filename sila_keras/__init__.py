@@ -32,10 +32,12 @@ _API = {
     "MutualLoss": "sila_keras.losses",
     "SilaLoss": "sila_keras.losses",
     "set_weights": "sila_keras.losses",
+    "ship_head_weights": "sila_keras.losses",  # #19
     "sila_loss": "sila_keras.losses",
     "SilaLogits": "sila_keras.heads",
     "build_sila_model": "sila_keras.heads",
     "extract_head": "sila_keras.heads",
+    "standalone_head": "sila_keras.heads",  # #19
     "num_heads_of": "sila_keras.heads",
     "trainable_params": "sila_keras.heads",
     "get_backbone": "sila_keras.models.registry",

@@ -133,6 +133,10 @@ class SilaConfig:
     beta: float = 0.1
     lam: float = 0.5
     betas: tuple[float, ...] | None = None
+    # #19, shipping a shallow head (docs/heads.md):
+    ship_head: int | None = None  # head k trained as a first-class target (weight 1)
+    distill: float = 0.0  # W of the self-distillation term (deepest head → shallower ones)
+    distill_t: float = 1.0  # its temperature T (1: the KL of --mode dml)
 
     def __post_init__(self):
         from sila_keras.modes import get_mode
@@ -148,6 +152,31 @@ class SilaConfig:
             if any(b < 0 for b in self.betas):
                 raise ConfigError(f"Every `--betas` entry must be >= 0. Received: betas={list(self.betas)}")
         get_mode(self.mode)  # an unknown mode raises, listing the registered ones
+        self._check_ship_head()
+
+    def _check_ship_head(self) -> None:  # #19: --ship-head, --distill (no TF import)
+        if not self.distill >= 0:
+            raise ConfigError("`--distill` (the weight W of the self-distillation term) must be "
+                              f">= 0. Received: distill={self.distill}")
+        if not self.distill_t > 0:
+            raise ConfigError("`--distill-t` (the distillation temperature T) must be > 0. "
+                              f"Received: distill_t={self.distill_t}")
+        if self.distill and self.heads < 2:
+            raise ConfigError("`--distill` distils head 1 into heads 2..M, so it needs `--heads` "
+                              f">= 2. Received: heads={self.heads}, distill={self.distill}")
+        ship = self.ship_head
+        if ship is None:
+            return
+        if self.betas is not None:
+            raise ConfigError(
+                "`--ship-head` chooses the set weights itself (head k gets 1, like head 1; the "
+                "others follow --beta/--lam), so it cannot be combined with `--betas`. Give "
+                "the weights in --betas alone (e.g. --betas 1,0.1,1 ships head 3 of 3). "
+                f"Received: ship_head={ship}, betas={list(self.betas)}")
+        if isinstance(ship, bool) or not isinstance(ship, int) or not 1 <= ship <= self.heads:
+            raise ConfigError(f"`--ship-head` must name a head in 1..{self.heads} (1 = the base "
+                              f"model, {self.heads} = the shallowest; see --heads). "
+                              f"Received: ship_head={ship}")
 
 
 @dataclass(frozen=True)

@@ -278,3 +278,49 @@ def check_heads_fit(backbone: str, num_heads: int) -> None:
     size = max(32, get_backbone(backbone).min_input_size)
     _, out = build_backbone(backbone, 10, (size, size, 3))
     place_heads(out.taps, num_heads, f"Backbone '{backbone}'")
+
+
+STANDALONE_PREFIX = "aux"  # #19: head k's own layers in a sub-network trained alone
+
+
+def standalone_head(model: keras.Model, head: int, name: str | None = None) -> keras.Model:
+    """#19: head k's sub-network as a fresh classifier, to train alone (``--heads 1``).
+
+    The same layers as :func:`extract_head` (what ``python -m export RUN --head k`` ships),
+    cloned with **new** weights (drawn from each layer's initializer under the current Keras
+    seed, ``keras.utils.set_random_seed``) and with head k's layers renamed
+    ``head_k_*`` → ``aux_*`` (``head_k`` → ``aux_logits``), because ``head_<k>`` names are
+    reserved for the heads a SiLa run attaches. The input normalization (the ``normalize``
+    layer's mean/std) is kept. Save it as ``.keras`` and pass the file as MODEL to
+    ``sila-train … --heads 1``: it trains through the normal loop as a plain classifier.
+
+    Args:
+        model: a SiLa model (output ``sila_logits``).
+        head: k in 1..M (1 = the base model alone).
+        name: model name (default ``<model>_head_<k>_alone``).
+
+    Returns:
+        A functional ``keras.Model`` ``image → (B, N)`` logits, independent of ``model``.
+
+    Raises:
+        ModelError: no ``sila_logits`` or no head ``head``.
+
+    Example:
+        >>> m = build_sila_model("resnet20", num_classes=10, num_heads=3)
+        >>> sub = standalone_head(m, 3)
+        >>> sub.output.shape, sub.layers[-1].name
+        ((None, 10), 'aux_logits')
+    """
+    sub = extract_head(model, head)
+    old = sub.layers[-1].name  # head_k (or head_1's Identity)
+
+    def fresh(layer):
+        cfg = layer.get_config()
+        if layer.name == old:
+            cfg["name"] = f"{STANDALONE_PREFIX}_logits"
+        elif layer.name.startswith(f"{old}_"):
+            cfg["name"] = STANDALONE_PREFIX + layer.name[len(old):]
+        return type(layer).from_config(cfg)  # new variables, initialised afresh
+
+    clone = keras.models.clone_model(sub, clone_function=fresh)
+    return keras.Model(clone.input, clone.output, name=name or f"{model.name}_{old}_alone")

@@ -22,6 +22,12 @@ the SiLa loss or one N-way CE per classifier, optionally with the Deep Mutual
 Learning KL terms (Zhang et al. 2018)::
 
     L_DML = Σ_c KL(p_other ‖ p_c),  p = N-way softmax of one classifier's own logits
+
+Issue #19 (shipping a shallow head): :func:`ship_head_weights` gives head k the weight 1 of
+head 1, and :func:`distill_loss` adds self-distillation from the deepest head (the teacher,
+held constant) into the shallower ones, with the same KL term as DML at a temperature T::
+
+    L_KD = W · Σ_{k=2}^{M} T² · KL(p_1^T ‖ p_k^T),  p^T = softmax(z / T) of one head's block
 """
 
 from __future__ import annotations
@@ -67,6 +73,55 @@ def set_weights(num_sets: int, beta: float = 0.1, lam: float = 0.5,
     if lam < 0:
         raise ConfigError(f"`lam` must be >= 0 (it is the decay of beta per set). Received: lam={lam}")
     return [1.0] + [float(lam) ** (i - 1) * float(beta) for i in range(1, num_sets)]
+
+
+def ship_head_weights(num_sets: int, head: int, beta: float = 0.1,
+                      lam: float = 0.5) -> list[float]:
+    """#19: the set weights of ``--ship-head k``: paper A's ``[1, β, λβ, …]`` with head k's
+    weight raised to 1, the weight of head 1 (head k becomes a first-class target).
+
+    Args:
+        num_sets: M.
+        head: k in 1..M; k = 1 leaves the weights unchanged (head 1 already weighs 1).
+        beta: β of paper A.
+        lam: λ of paper A.
+
+    Returns:
+        The M weights, e.g. ``[1, 0.1, 1]`` for M = 3, k = 3, β = 0.1, λ = 0.5.
+
+    Raises:
+        ConfigError: k outside 1..M, or a negative β/λ.
+
+    Example:
+        >>> ship_head_weights(3, 3)
+        [1.0, 0.1, 1.0]
+    """
+    weights = set_weights(num_sets, beta, lam)
+    if not 1 <= int(head) <= num_sets:
+        raise ConfigError(f"`--ship-head` must name a head in 1..{num_sets} (1 = the base "
+                          f"model, {num_sets} = the shallowest). Received: ship_head={head}")
+    weights[int(head) - 1] = 1.0
+    return weights
+
+
+def distill_loss(y_pred, num_sets: int, num_classes: int, temperature: float = 1.0):
+    """#19: per-example self-distillation, Σ_{k≥2} T²·KL(p_1^T ‖ p_k^T).
+
+    The teacher is head 1 (the deepest classifier; its distribution is a constant target,
+    :func:`dml_kl`'s ``stop_gradient``), the students are heads 2..M; each distribution is
+    the N-way softmax of one head's own logit block at temperature T, and T² keeps the
+    gradient scale independent of T (Hinton et al. 2015; self-distillation as in Zhang et
+    al. 2019, "Be Your Own Teacher").
+
+    Returns:
+        ``(B,)`` float32 (zeros when M = 1).
+    """
+    blocks = split_logits(y_pred, num_sets, num_classes)
+    t = float(temperature)
+    terms = [dml_kl(z / t, blocks[0] / t) for z in blocks[1:]]
+    if not terms:
+        return ops.zeros_like(blocks[0][:, 0])
+    return (t * t) * sum(terms)
 
 
 def sila_loss(y_true, y_pred, num_classes: int, weights: Sequence[float],
@@ -120,6 +175,9 @@ class SilaLoss(keras.losses.Loss):
         betas: explicit weights β_1..β_M, one per set (paper B). When given,
             ``beta``/``lam`` are ignored and M must equal ``len(betas)``.
         label_smoothing: ε in [0, 1) (see :func:`sila_loss`). Default 0.
+        distill: W, weight of the self-distillation term (#19, :func:`distill_loss`).
+            Default 0 (off).
+        distill_t: T, its temperature. Default 1 (the KL of DML).
         name: loss name.
 
     Example:
@@ -131,10 +189,13 @@ class SilaLoss(keras.losses.Loss):
 
     def __init__(self, num_classes: int, beta: float = 0.1, lam: float = 0.5,
                  betas: Sequence[float] | None = None, name: str = "sila_loss",
-                 label_smoothing: float = 0.0, **kwargs):
+                 label_smoothing: float = 0.0, distill: float = 0.0, distill_t: float = 1.0,
+                 **kwargs):
         super().__init__(name=name, **kwargs)
         if int(num_classes) < 1:
             raise ConfigError(f"`num_classes` must be >= 1. Received: num_classes={num_classes}")
+        check_distill(distill, distill_t)
+        self.distill, self.distill_t = float(distill), float(distill_t)
         self.num_classes = int(num_classes)
         self.beta = float(beta)
         self.lam = float(lam)
@@ -165,14 +226,34 @@ class SilaLoss(keras.losses.Loss):
         width = y_pred.shape[-1]
         if width is None:
             raise ConfigError("SilaLoss needs a static logits width. Received: y_pred.shape[-1]=None")
-        return sila_loss(y_true, y_pred, self.num_classes, self.weights_for(int(width)),
+        loss = sila_loss(y_true, y_pred, self.num_classes, self.weights_for(int(width)),
                          self.label_smoothing)
+        if self.distill:  # #19
+            m = self.num_sets_for(int(width))
+            loss = loss + self.distill * distill_loss(y_pred, m, self.num_classes, self.distill_t)
+        return loss
 
     def get_config(self):
         config = super().get_config()
         config.update(num_classes=self.num_classes, beta=self.beta, lam=self.lam, betas=self.betas,
                       label_smoothing=self.label_smoothing)
+        if self.distill:  # #19 (absent when off: older saved losses stay identical)
+            config.update(distill=self.distill, distill_t=self.distill_t)
         return config
+
+
+def check_distill(weight: float, temperature: float) -> None:
+    """#19: W >= 0 and T > 0 for :func:`distill_loss`.
+
+    Raises:
+        ConfigError: a negative weight or a non-positive temperature.
+    """
+    if not float(weight) >= 0:
+        raise ConfigError(f"`--distill` (the weight W of the self-distillation term) must be "
+                          f">= 0. Received: distill={weight}")
+    if not float(temperature) > 0:
+        raise ConfigError(f"`--distill-t` (the distillation temperature T) must be > 0. "
+                          f"Received: distill_t={temperature}")
 
 
 # --------------------------------------------------------------------------- C classifiers

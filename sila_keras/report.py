@@ -200,8 +200,15 @@ def plot_group(arms: list[Arm], path: Path, title: str) -> None:
 
 
 def render(run_dirs: list[Path], out: Path) -> str:
-    """Write the Markdown report (and PNGs beside it); returns the Markdown text."""
-    runs = [load_run(Path(p)) for p in run_dirs]
+    """Write the Markdown report (and PNGs beside it); returns the Markdown text.
+
+    A head-vs-alone benchmark folder (#19, ``benchmarks/head_vs_alone.py``) given among the
+    runs, or holding one of them, adds its table (:func:`study_sections`).
+    """
+    from sila_keras.rundir import StudyDir
+
+    studies = [Path(p) for p in run_dirs if StudyDir(p).holds_results()]
+    runs = [load_run(Path(p)) for p in run_dirs if Path(p) not in studies]
     groups = group_runs(runs)
     md = ["# SiLa reproduction report", "",
           f"{len(runs)} run(s). Accuracies are % on the test split at the last epoch (mean ± std over "
@@ -216,15 +223,35 @@ def render(run_dirs: list[Path], out: Path) -> str:
             "### Table 3 — parameters (SilaNet Table 3; MiB = trainable params × 4 / 2²⁰)", "", *table3(arms), "",
             "### Top-1 / Top-5 / BEST / NLL per network (SiLa learning Tables 1–3)", "", *table_nets(arms), "",
             f"![curves]({png.name})", ""]
+    md += study_sections(studies, [r.path for r in runs])
     text = "\n".join(md)
     io.write_text(out, text)
     return text
 
 
+def study_sections(studies: list[Path], run_paths: list[Path]) -> list[str]:
+    """#19: the head-vs-alone table of each benchmark folder given, or found among the runs'
+    parents (:func:`sila_keras.study.find_study`; a run of another recipe adds nothing)."""
+    from sila_keras.study import find_study, load_study, markdown
+
+    found = {p.resolve(): load_study(p) for p in studies}
+    for path in run_paths:
+        study, note = find_study(path)
+        if study is not None:
+            found.setdefault(Path(study["folder"]).resolve(), study)
+    md = []
+    for folder, study in found.items():
+        md += [f"## Head vs sub-network alone (#19): {study.get('backbone')}", "",
+               f"From `{folder}` (benchmarks/head_vs_alone.py).", "", markdown(study)]
+    return md
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sila-report", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="+", type=Path, help="run directories written by sila-train")
+    p.add_argument("runs", nargs="+", type=Path,
+                   help="run directories written by sila-train (or head-vs-alone benchmark "
+                        "folders, benchmarks/head_vs_alone.py: their table is added)")
     p.add_argument("--out", type=Path, default=Path("report.md"), help="Markdown file to write")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p

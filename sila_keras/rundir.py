@@ -13,7 +13,8 @@ A training run (``sila-train``) writes ``<out>/<name>/``::
     .workers/         multi-worker scratch folders of non-chief processes
     nets.csv, anytime.csv, … mode-specific extras (paper B), named here too
 
-A search (``sila-tune``) writes :class:`SearchDir`; the digit-pair task :class:`PairsDir`.
+A search (``sila-tune``) writes :class:`SearchDir`; the digit-pair task :class:`PairsDir`;
+the head-vs-alone benchmark (#19, ``benchmarks/head_vs_alone.py``) :class:`StudyDir`.
 Every write is atomic (:mod:`sila_keras.io`), so a killed process leaves old or new files,
 never half-written ones. Nothing else in the package spells one of these names.
 
@@ -399,3 +400,36 @@ class PairsDir:
     def existing_results(self) -> list[str]:
         return [n for n in (self.RESULTS, self.TABLE_JSON, self.GRID_JSON, self.DONE)
                 if (self.path / n).exists()]
+
+
+class StudyDir:
+    """#19: a head-vs-alone benchmark folder (``benchmarks/head_vs_alone.py --out``).
+
+    ``runs/<arm>-s<seed>/`` are ordinary run directories (one per arm × seed, finished when
+    they hold ``summary.json``); ``models/`` the re-initialised sub-networks trained alone.
+    """
+
+    RESULTS = "head_vs_alone.json"
+    TABLE = "head_vs_alone.md"
+    TABLE_CSV = "head_vs_alone.csv"
+    PLOT = "head_vs_alone.png"
+    RUNS = "runs"
+    MODELS = "models"
+    DIAGNOSE = "diagnose"
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    def holds_results(self) -> bool:
+        return (self.path / self.RESULTS).is_file()
+
+    def run(self, arm: str, seed: int) -> RunDir:
+        """The run directory of one arm × seed."""
+        return RunDir(self.path / self.RUNS / f"{arm}-s{int(seed)}")
+
+    def model_file(self, head: int, seed: int) -> Path:
+        """The re-initialised sub-network of head k for one seed (MODEL of its alone run)."""
+        return self.path / self.MODELS / f"head_{int(head)}-s{int(seed)}.keras"

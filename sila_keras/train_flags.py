@@ -114,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_finetune_flags(p)  # #15
     add_recipe_flag(p, "sila-train")  # recipes17
     _add_dynamic_flags(p)  # pd17
+    _add_ship_flags(p)  # #19
     return p
 
 
@@ -125,6 +126,22 @@ def _add_dynamic_flags(p: argparse.ArgumentParser) -> None:
                         "training image), budgeted batch classification (holds 10%% of the "
                         "training images out to choose the exit thresholds), or both "
                         "(default: both, one run for paper B's Figs. 4 and 5)")
+
+
+def _add_ship_flags(p: argparse.ArgumentParser) -> None:
+    """ship19 (#19): make the head you will ship strong (docs/heads.md)."""
+    d = TrainConfig().sila
+    g = p.add_argument_group("shipping a head (#19, --mode sila; docs/heads.md)")
+    g.add_argument("--ship-head", type=int, default=None, metavar="K",
+                   help="train head K as a first-class target: its set weight becomes 1 (like "
+                        "head 1), the others follow --beta/--lam (printed, and written to "
+                        "summary.json); not with --betas; K=1 changes nothing")
+    g.add_argument("--distill", type=float, default=d.distill, metavar="W",
+                   help="add W × T²·KL(head 1 ‖ head k) for every shallower head k: "
+                        "self-distillation from the deepest head (held constant); 0 = off")
+    g.add_argument("--distill-t", type=float, default=d.distill_t, metavar="T",
+                   help="temperature of --distill")
+
 
 
 def _add_speed_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:

@@ -47,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--epochs", type=int, default=d.optim.epochs,
                    help="training epochs per trial (hyperband: max epochs per trial)")
     g.add_argument("--objective", default=s["objective"].default,
-                   help="head_k_acc to maximise on the validation split (val_head_k_acc accepted)")
+                   help="head_k_acc to maximise on the validation split (val_head_k_acc "
+                        "accepted); e.g. head_3_acc with --ship-head 3 to tune for the head "
+                        "you will ship (#19)")
     g.add_argument("--beta-range", default=_fmt(s["beta_range"].default),
                    help="LO,HI of β, sampled log-uniformly (LO > 0)")
     g.add_argument("--lam-range", default=_fmt(s["lam_range"].default),

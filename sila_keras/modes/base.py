@@ -30,7 +30,8 @@ from sila_keras.errors import ConfigError
 # Mode-specific TrainConfig fields and their CLI flags. A mode lists those it uses in
 # ``Mode.options``; giving one to a mode that does not use it is an error.
 OPTION_FLAGS = {"peer": "--peer", "dml": "--dml", "no_sila": "--no-sila",
-                "dynamic_eval": "--dynamic-eval"}
+                "dynamic_eval": "--dynamic-eval",
+                "ship_head": "--ship-head", "distill": "--distill"}  # #19
 MODEL_FILE_SUFFIXES = (".keras", ".h5")
 
 _REGISTRY: dict[str, type[Mode]] = {}

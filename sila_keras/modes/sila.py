@@ -3,6 +3,11 @@
 ``MODEL`` is a registered backbone (:func:`sila_keras.heads.build_sila_model`) or the
 user's own ``.keras`` classifier, to which the heads are attached
 (:func:`sila_keras.attach.load_and_attach`; it receives raw 0–255 pixels).
+
+#19: ``--ship-head k`` raises head k's set weight to 1 (:func:`sila_keras.losses.ship_head_weights`)
+and ``--distill W`` adds self-distillation from head 1 into the shallower heads
+(:func:`sila_keras.losses.distill_loss`); the weights used are printed and written to
+``summary.json`` (``set_weights``). See docs/heads.md.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ class SilaMode(Mode):
 
     name = "sila"
     help = "SilaNet heads (paper A)"
+    options = ("ship_head", "distill")  # #19
     option_hints = {"no_sila": " Use --heads 1 for a plain model."}
     model_files = True
 
@@ -43,6 +49,8 @@ class SilaMode(Mode):
             from sila_keras.heads import check_heads_fit
 
             check_heads_fit(c.net.model, c.sila.heads)
+        if c.sila.ship_head is not None or c.sila.distill:  # #19: say which weights it trains with
+            print(ship_line(c), flush=True)
 
     def build_model(self, data):
         config = self.config
@@ -60,9 +68,53 @@ class SilaMode(Mode):
         from sila_keras.losses import SilaLoss
 
         c = self.config
-        return SilaLoss(num_classes, beta=c.sila.beta, lam=c.sila.lam, betas=c.sila.betas)
+        s = c.sila
+        return SilaLoss(num_classes, beta=s.beta, lam=s.lam, betas=loss_betas(c, num_heads),
+                        distill=s.distill, distill_t=s.distill_t)
+
+    def evaluate(self, model, data, run_dir, rows: list[dict]) -> dict:
+        """#19: the set weights the run trained with (and ``--ship-head``/``--distill``)."""
+        from sila_keras.heads import num_heads_of
+        from sila_keras.losses import set_weights
+
+        c, m = self.config, num_heads_of(model)
+        weights = loss_betas(c, m) or set_weights(m, c.sila.beta, c.sila.lam)
+        s = c.sila
+        return {"set_weights": weights, "ship_head": s.ship_head,
+                "distill": {"weight": s.distill, "temperature": s.distill_t} if s.distill else None}
 
     @classmethod
     def label(cls, config) -> str:
         heads = int(option(config, "heads", 1) or 1)
         return "IND" if heads == 1 else f"SiLa (M={heads})"
+
+
+def loss_betas(config, num_heads: int) -> list[float] | None:
+    """#19: explicit set weights of a run: ``--betas``, or ``--ship-head``'s; None = β/λ."""
+    s = config.sila
+    if s.ship_head is None:
+        return None if s.betas is None else list(s.betas)
+    from sila_keras.losses import ship_head_weights
+
+    return ship_head_weights(num_heads, s.ship_head, s.beta, s.lam)
+
+
+def ship_line(config) -> str:
+    """#19: the line that says which set weights ``--ship-head``/``--distill`` chose."""
+    from sila_keras.losses import set_weights
+
+    s = config.sila
+    weights = loss_betas(config, s.heads) or set_weights(s.heads, s.beta, s.lam)
+    text = ", ".join(f"head_{k} {w:g}" for k, w in enumerate(weights, start=1))
+    if s.ship_head == 1:
+        why = "--ship-head 1: head 1 (the base model) already has weight 1; weights unchanged"
+    elif s.ship_head is not None:
+        why = (f"--ship-head {s.ship_head}: head {s.ship_head} weighs 1 like head 1, "
+               f"the others follow β={s.beta:g}, λ={s.lam:g}")
+    else:
+        why = f"β={s.beta:g}, λ={s.lam:g}" if s.betas is None else "--betas"
+    line = f"Set weights: {text} ({why})"
+    if s.distill:
+        line += (f"; self-distillation head_1 → heads 2..{s.heads}: "
+                 f"W={s.distill:g}, T={s.distill_t:g}")
+    return line

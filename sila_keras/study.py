@@ -1,0 +1,243 @@
+"""#19: results of the head-vs-alone benchmark — is the shipped head worth it?
+
+``benchmarks/head_vs_alone.py`` trains, for one backbone and recipe, the SiLa model, each
+head's sub-network alone (:func:`sila_keras.heads.standalone_head`, ``--heads 1``) and the
+shipping recipe (``--ship-head k``, ``--distill W``), with several seeds, and writes a
+:class:`~sila_keras.rundir.StudyDir`. This module owns what it writes and how others find
+it: the table (mean ± std of every head's final test accuracy per arm; CSV, Markdown, PNG),
+and the *reference* lookup used by ``python -m export RUN --head all`` (its "alone" column)
+and by ``python -m sila_keras.report``.
+
+How a run finds its reference (:func:`find_study`): an explicit path (``--alone``), else a
+benchmark folder among the run directory's parents (a run the benchmark made). It is used
+only when the backbone and the recipe (:data:`RECIPE_KEYS`) match the run's ``config.json``
+(:func:`recipe_differences`); otherwise the column is left out and a note says why.
+
+Example:
+    >>> rows = table_rows({"sila": {1: [0.6, 0.62], 2: [0.5, 0.52]}, "alone": {2: [0.55]}},
+    ...                   params={1: 100, 2: 40})
+    >>> [(r["head"], r["arm"], r["n"]) for r in rows]
+    [(1, 'sila', 2), (2, 'sila', 2), (2, 'alone', 1)]
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+from sila_keras import io
+from sila_keras.errors import ConfigError
+from sila_keras.rundir import StudyDir
+
+KIND = "sila-head-vs-alone"
+VERSION = 1
+# The fields of a run's config that must match the benchmark's for its alone reference to
+# apply: the backbone, the data and the optimisation recipe (not the SiLa weights: the alone
+# sub-network of head k does not depend on them).
+RECIPE_KEYS = ("model", "epochs", "batch_size", "lr", "momentum", "weight_decay", "milestones",
+               "gamma", "nesterov", "augment", "limit_train", "optimizer", "schedule",
+               "warmup_epochs", "label_smoothing", "image_size", "steps_per_epoch")
+# Arms, in table order, and their column titles.
+ARM_TITLES = {"sila": "SiLa", "alone": "alone", "alone_lr": "alone, --alone-lr",
+              "ship": "ship-head", "distill": "distill", "ship_distill": "ship-head + distill"}
+TABLE_COLUMNS = ("head", "params", "arm", "n", "mean", "std", "values")
+
+
+def dataset_label(dataset: str) -> str:
+    """``folder:/x/cifar10-jpg.tar.gz`` → ``cifar10-jpg``; a tfds name stays itself."""
+    name = Path(str(dataset).split(":", 1)[-1].rstrip("/")).name or str(dataset)
+    for suffix in (".tar.gz", ".tgz", ".tar", ".zip"):
+        name = name.removesuffix(suffix)
+    return name
+
+
+def recipe_of(config: dict) -> dict:
+    """The recipe part of a ``config.json`` dict (plus the dataset's label)."""
+    out = {k: config.get(k) for k in RECIPE_KEYS}
+    out["dataset"] = dataset_label(config.get("dataset", ""))
+    return out
+
+
+def recipe_differences(study: dict, config: dict) -> dict:
+    """Recipe fields where a run's config and a study differ: name → (study, run)."""
+    mine, theirs = recipe_of(config), study.get("recipe", {})
+    norm = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731
+    return {k: (theirs.get(k), mine[k]) for k in mine if norm(theirs.get(k)) != norm(mine[k])}
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def mean_std(values) -> tuple[float | None, float | None]:
+    vals = [float(v) for v in values if v is not None]
+    if not vals:
+        return None, None
+    return statistics.mean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+
+def table_rows(results: dict, params: dict | None = None) -> list[dict]:
+    """Rows (head, params, arm, n, mean, std, values) from ``{arm: {head: [acc per seed]}}``,
+    head-major, arms in :data:`ARM_TITLES` order."""
+    heads = sorted({int(k) for per_head in results.values() for k in per_head})
+    order = [a for a in ARM_TITLES if a in results] + [a for a in results if a not in ARM_TITLES]
+    rows = []
+    for k in heads:
+        for arm in order:
+            vals = results[arm].get(k) or results[arm].get(str(k))
+            if not vals:
+                continue
+            mean, std = mean_std(vals)
+            rows.append({"head": k, "params": (params or {}).get(k), "arm": arm, "n": len(vals),
+                         "mean": mean, "std": std, "values": [round(float(v), 4) for v in vals]})
+    return rows
+
+
+def arms_of(rows: list[dict]) -> list[str]:
+    """The arms of table rows, in :data:`ARM_TITLES` order (unknown ones last)."""
+    present = list(dict.fromkeys(r["arm"] for r in rows))
+    return [a for a in ARM_TITLES if a in present] + [a for a in present if a not in ARM_TITLES]
+
+
+def _pct(mean, std, n) -> str:
+    if mean is None:
+        return "—"
+    return f"{100 * mean:.2f}" if n < 2 else f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def markdown(study: dict) -> str:
+    """The study's table: one line per head, one column per arm (test accuracy %, mean ±
+    std over seeds), plus the scale it was measured at."""
+    rows = study["table"]
+    arms = arms_of(rows)
+    cells = {(r["head"], r["arm"]): _pct(r["mean"], r["std"], r["n"]) for r in rows}
+    params = {r["head"]: r["params"] for r in rows if r.get("params")}
+    r = study.get("recipe", {})
+    sila, ship = study.get("sila", {}), study.get("ship", {})
+    seeds = study.get("seeds", [])
+    lines = [
+        f"Backbone {study.get('backbone')} on {r.get('dataset')} "
+        f"({r.get('limit_train') or 'all'} training images, {study.get('test_images', '?')} test "
+        f"images), {r.get('epochs')} epochs, lr {r.get('lr')} ×{r.get('gamma')} at "
+        f"{r.get('milestones')}, batch {r.get('batch_size')}; seeds {seeds}. SiLa: M="
+        f"{sila.get('heads')}, β {sila.get('beta')}, λ {sila.get('lam')}; ship-head arms: "
+        f"--ship-head {ship.get('ship_head')}, distill W={ship.get('distill')}, "
+        f"T={ship.get('distill_t')}"
+        + (f"; alone, --alone-lr: lr {study['alone_lr']}" if study.get("alone_lr") else "")
+        + ". Final test accuracy (%), mean ± std over seeds.", "",
+        "| head | params | " + " | ".join(ARM_TITLES.get(a, a) for a in arms) + " |",
+        "|---:|---:|" + "---:|" * len(arms)]
+    for k in sorted({r["head"] for r in rows}):
+        p = f"{params[k]:,}" if k in params else "—"
+        lines.append(f"| {k} | {p} | " + " | ".join(cells.get((k, a), "—") for a in arms) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(study: dict, path) -> None:
+    """Grouped bars: test accuracy per head, one bar per arm (± std over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sila_keras.plots import save_png
+
+    rows = study["table"]
+    heads = sorted({r["head"] for r in rows})
+    arms = arms_of(rows)
+    width = 0.8 / max(1, len(arms))
+    fig, ax = plt.subplots(figsize=(6.4, 4.6), dpi=120)
+    for i, arm in enumerate(arms):
+        xs, ys, es = [], [], []
+        for j, k in enumerate(heads):
+            row = next((r for r in rows if r["head"] == k and r["arm"] == arm), None)
+            if row and row["mean"] is not None:
+                xs.append(j + (i - (len(arms) - 1) / 2) * width)
+                ys.append(100 * row["mean"])
+                es.append(100 * (row["std"] or 0.0))
+        ax.bar(xs, ys, width, yerr=es, capsize=3, label=ARM_TITLES.get(arm, arm), color=f"C{i}")
+    ax.set_xticks(range(len(heads)), [f"head {k}" for k in heads])
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{study.get('backbone')}: each head vs its sub-network trained alone")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=3, frameon=False)
+    fig.tight_layout()
+    save_png(fig, path)
+
+
+def write_study(folder, study: dict) -> StudyDir:
+    """Write the results JSON, the table (CSV, Markdown) and the plot into ``folder``."""
+    out = StudyDir(folder)
+    study = {"kind": KIND, "version": VERSION, **study}
+    io.write_csv(out / StudyDir.TABLE_CSV, study["table"], TABLE_COLUMNS)
+    io.write_text(out / StudyDir.TABLE, f"# Head vs sub-network alone (#19)\n\n{markdown(study)}")
+    plot(study, out / StudyDir.PLOT)
+    io.write_json(out / StudyDir.RESULTS, study)  # last: its presence means "complete"
+    return out
+
+
+# --------------------------------------------------------------------------- lookup
+
+
+def load_study(path) -> dict:
+    """A study's results from its folder or its JSON file (``folder``: where it was read).
+
+    Raises:
+        ConfigError: no results there, or a file that is not a head-vs-alone result.
+    """
+    path = Path(path)
+    file = path / StudyDir.RESULTS if path.is_dir() else path
+    if not file.is_file():
+        raise ConfigError(f"No head-vs-alone results at '{path}': expected a folder written by "
+                          f"benchmarks/head_vs_alone.py (holding {StudyDir.RESULTS}) or that file. "
+                          f"Received: {path}")
+    study = io.read_json_object(file)
+    if study.get("kind") != KIND:
+        raise ConfigError(f"'{file}' is not a head-vs-alone result (kind {study.get('kind')!r}). "
+                          f"Received: {path}")
+    return {**study, "folder": str(file.parent)}
+
+
+def find_study(run_dir, explicit=None, levels: int = 3) -> tuple[dict | None, str]:
+    """The study that applies to a run, and a note on how it was found (or why not).
+
+    ``explicit`` (a folder or JSON path) wins; else the run directory's parents (up to
+    ``levels``) are searched for a benchmark folder. A study applies when the run's
+    ``config.json`` has the same backbone and recipe (:data:`RECIPE_KEYS`, the dataset by
+    name).
+    """
+    from sila_keras.rundir import RunDir
+
+    candidates = []
+    if explicit is not None:
+        candidates.append(Path(explicit))
+    elif run_dir is not None:
+        candidates += [p for p in list(Path(run_dir).resolve().parents)[:levels]
+                       if StudyDir(p).holds_results()]
+    if not candidates:
+        return None, "no head-vs-alone benchmark result found"
+    study = load_study(candidates[0])
+    config = RunDir(run_dir).read_config() if run_dir is not None else {}
+    diff = recipe_differences(study, config) if config else {"config": ("?", "no config.json")}
+    if diff:
+        shown = ", ".join(f"{k}: {a!r} vs {b!r}" for k, (a, b) in list(diff.items())[:4])
+        return None, (f"the head-vs-alone result at '{candidates[0]}' is for another backbone or "
+                      f"recipe ({shown}); its alone column is left out")
+    return study, reference_note(study)
+
+
+def alone_accuracy(study: dict, arm: str = "alone") -> dict[int, tuple[float, float | None, int]]:
+    """``{head k: (mean, std, n)}`` of the sub-networks trained alone (``arm="alone_lr"``: at
+    the study's ``--alone-lr``)."""
+    return {r["head"]: (r["mean"], r["std"], r["n"]) for r in study["table"]
+            if r["arm"] == arm and r["mean"] is not None}
+
+
+def reference_note(study: dict) -> str:
+    """Where the alone column comes from, plus the ``--alone-lr`` results when the study has
+    them (a bare-module sub-network may not train at the recipe's lr; docs/heads.md)."""
+    note = f"alone-trained reference: '{study.get('folder')}', same recipe"
+    other = alone_accuracy(study, "alone_lr")
+    if other:
+        cells = ", ".join(f"head {k} {_pct(m, sd, n)}%" for k, (m, sd, n) in sorted(other.items()))
+        note += f"; trained alone at lr {study.get('alone_lr')}: {cells}"
+    return note

@@ -1,0 +1,271 @@
+"""#19: shipping a shallow head — --ship-head, self-distillation, the sub-network trained
+alone, the head-vs-alone benchmark and its table in export/report."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from sila_keras.config import TrainConfig
+from sila_keras.errors import ConfigError
+from sila_keras.losses import SilaLoss, distill_loss, ship_head_weights, sila_loss
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------- --ship-head
+
+
+def test_ship_head_weights_raise_head_k_to_one():
+    assert ship_head_weights(3, 3, beta=0.1, lam=0.5) == [1.0, 0.1, 1.0]
+    assert ship_head_weights(4, 2, beta=0.2, lam=0.5) == pytest.approx([1.0, 1.0, 0.1, 0.05])
+    assert ship_head_weights(3, 1) == pytest.approx([1.0, 0.1, 0.05])  # k = 1: unchanged
+    with pytest.raises(ConfigError, match=r"must name a head in 1\.\.3"):
+        ship_head_weights(3, 4)
+
+
+@pytest.mark.parametrize("fields, match", [
+    ({"ship_head": 4}, r"`--ship-head` must name a head in 1\.\.3 .*ship_head=4"),
+    ({"ship_head": 0}, r"must name a head in 1\.\.3"),
+    ({"ship_head": 3, "betas": (1, 0.1, 1)}, r"cannot be combined with `--betas`"),
+    ({"distill": -1.0}, r"`--distill` .* must be >= 0"),
+    ({"distill": 1.0, "distill_t": 0.0}, r"`--distill-t` .* must be > 0"),
+    ({"distill": 1.0, "heads": 1}, r"needs `--heads` >= 2"),
+])
+def test_ship_and_distill_validation(fields, match):
+    with pytest.raises(ConfigError, match=match):
+        TrainConfig.create("folder:x", "resnet20", **fields)
+
+
+def test_ship_head_flags_are_refused_clearly_on_the_command_line(capsys, tmp_path):
+    from helpers import run_err
+
+    err = run_err(capsys, ["folder:x", "resnet20", "--ship-head", "5", "--out", str(tmp_path)])
+    assert "--ship-head" in err and "1..3" in err
+    err = run_err(capsys, ["folder:x", "resnet20", "--ship-head", "2", "--betas", "1,1,1",
+                           "--out", str(tmp_path)])
+    assert "--betas" in err
+    err = run_err(capsys, ["folder:x", "resnet20", "--mode", "mutual", "--distill", "1",
+                           "--out", str(tmp_path)])
+    assert "--distill only applies to --mode sila" in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_sila_mode_uses_and_reports_the_ship_weights(capsys):
+    from sila_keras.modes import make_mode
+
+    mode = make_mode(TrainConfig.create("folder:x", "resnet20", ship_head=3, distill=0.5, distill_t=2))
+    loss = mode.loss(10, 3)
+    assert loss.weights_for(30) == [1.0, 0.1, 1.0]
+    assert (loss.distill, loss.distill_t) == (0.5, 2.0)
+    mode.check_before_data()
+    out = capsys.readouterr().out
+    assert "Set weights: head_1 1, head_2 0.1, head_3 1 (--ship-head 3" in out
+    assert "W=0.5, T=2" in out
+    make_mode(TrainConfig.create("folder:x", "resnet20", ship_head=1)).check_before_data()
+    assert "weights unchanged" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------- self-distillation
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def test_distill_loss_matches_numpy():
+    rng = np.random.default_rng(0)
+    b, m, n, t = 4, 3, 5, 2.0
+    z = rng.normal(size=(b, m * n)).astype(np.float32) * 3
+    blocks = z.reshape(b, m, n)
+    p1 = _softmax(blocks[:, 0] / t)
+    ref = sum(t * t * (p1 * (np.log(p1) - np.log(_softmax(blocks[:, k] / t)))).sum(-1)
+              for k in range(1, m))
+    np.testing.assert_allclose(np.asarray(distill_loss(z, m, n, t)), ref, rtol=1e-5, atol=1e-6)
+    y = np.array([0, 1, 2, 3])
+    loss = SilaLoss(n, beta=0.1, lam=0.5, distill=0.7, distill_t=t)
+    plain = np.asarray(sila_loss(y, z, n, [1.0, 0.1, 0.05]))
+    np.testing.assert_allclose(float(loss(y, z)), (plain + 0.7 * ref).mean(), rtol=1e-5)
+    back = SilaLoss.from_config(loss.get_config())
+    assert (back.distill, back.distill_t) == (0.7, 2.0)
+
+
+def test_no_distillation_gradient_reaches_the_teacher():
+    z = tf.Variable(np.random.default_rng(1).normal(size=(2, 30)).astype(np.float32))
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(distill_loss(z, 3, 10, 3.0))
+    g = tape.gradient(loss, z).numpy()
+    assert np.all(g[:, :10] == 0)  # head 1: the teacher, held constant
+    assert np.abs(g[:, 10:20]).sum() > 0 and np.abs(g[:, 20:]).sum() > 0
+
+
+# ----------------------------------------------------------------- the sub-network alone
+
+
+def test_standalone_head_is_the_exported_layers_renamed_and_fresh():
+    from sila_keras.heads import build_sila_model, extract_head, standalone_head, trainable_params
+
+    model = build_sila_model("resnet20", 10, 3, mean=[120, 110, 100], std=[60, 61, 62])
+    sub = standalone_head(model, 3)
+    ref = extract_head(model, 3)
+    assert trainable_params(sub) == trainable_params(ref)
+    assert [la.name for la in sub.layers][-2:] == ["aux_conv", "aux_logits"]
+    assert not any(la.name.startswith("head_") for la in sub.layers)
+    assert not np.allclose(sub.get_layer("stem_conv").get_weights()[0],
+                           model.get_layer("stem_conv").get_weights()[0])  # re-initialised
+    np.testing.assert_allclose(np.ravel(sub.get_layer("normalize").mean), [120, 110, 100])
+
+
+# ----------------------------------------------------------------- the benchmark
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("head_vs_alone",
+                                                  ROOT / "benchmarks" / "head_vs_alone.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["head_vs_alone"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+STUDY_ARGS = ["--preset", "smoke", "--limit-train", "18", "--limit-test", "9", "--batch-size", "6",
+              "--arms", "sila,alone", "--alone-heads", "3"]
+
+
+@pytest.fixture(scope="session")
+def study(tmp_path_factory, tiny_folder):
+    """The benchmark on a tiny run (SiLa + head 3's sub-network alone, one seed, 1 epoch), run
+    three times, once per session for all xdist workers: fresh; again (all finished); and
+    after the alone run's summary.json is removed (as if killed after its last checkpoint).
+    The printed output of the second and third passes is kept in ``pass_2.txt``/``pass_3.txt``."""
+    import contextlib
+    import io
+
+    from helpers import train_once
+
+    def make(out):
+        argv = [f"folder:{tiny_folder}", *STUDY_ARGS, "--out", str(out)]
+        assert _bench().main(argv) == 0
+        for n in (2, 3):
+            if n == 3:
+                from sila_keras.rundir import StudyDir
+
+                StudyDir(out).run("alone_h3", 0).summary_path.unlink()
+            buf = io.StringIO()
+            with contextlib.redirect_stdout(buf):
+                assert _bench().main(argv) == 0
+            (out / f"pass_{n}.txt").write_text(buf.getvalue())
+
+    out = train_once(tmp_path_factory, "head_vs_alone_study", make)
+    return out, [f"folder:{tiny_folder}", *STUDY_ARGS, "--out", str(out)]
+
+
+def test_benchmark_writes_table_and_plot(study):
+    from sila_keras.rundir import StudyDir
+    from sila_keras.study import alone_accuracy, load_study
+
+    out, _ = study
+    for name in (StudyDir.TABLE, StudyDir.TABLE_CSV, StudyDir.PLOT, StudyDir.RESULTS):
+        assert (out / name).is_file(), name
+    result = load_study(out)
+    arms = {(r["head"], r["arm"]) for r in result["table"]}
+    assert arms == {(1, "sila"), (2, "sila"), (3, "sila"), (3, "alone")}
+    assert set(alone_accuracy(result)) == {3}
+    md = (out / StudyDir.TABLE).read_text()
+    assert "| head | params | SiLa | alone |" in md and "| 2 |" in md
+    # the alone arm: head 3's extracted, renamed sub-network trained with --heads 1
+    alone = StudyDir(out).run("alone_h3", 0)
+    summary = alone.read_summary()
+    assert summary["num_heads"] == 1 and summary["heads"]["head_1"]["final_acc"] is not None
+    assert summary["heads"]["head_1"]["params"] == 15930 - 7 * (9 * 16 + 1)  # head 3, N = 3
+    assert alone.read_config()["model"] == str(StudyDir(out).model_file(3, 0).resolve())
+
+
+def test_benchmark_resume_skips_finished_arms_and_continues_partial_ones(study):
+    out, _ = study
+    text = (out / "pass_2.txt").read_text()
+    assert text.count("done: skipped") == 2 and "training:" not in text
+    text = (out / "pass_3.txt").read_text()
+    assert "[sila seed 0] done: skipped" in text
+    assert "[alone_h3 seed 0] resuming" in text and "--resume" in text
+    assert (out / "runs" / "alone_h3-s0" / "summary.json").is_file()
+
+
+def test_alone_reference_is_found_only_for_the_same_recipe(study, tmp_path):
+    from sila_keras.study import find_study
+
+    out, _ = study
+    sila_run = out / "runs" / "sila-s0"
+    found, note = find_study(sila_run)
+    assert found is not None and str(out) in note
+    other = tmp_path / "runs" / "other"  # a run of another recipe
+    other.mkdir(parents=True)
+    (other / "config.json").write_text((sila_run / "config.json").read_text()
+                                       .replace('"epochs": 1', '"epochs": 7'))
+    found, note = find_study(other, explicit=out)
+    assert found is None and "epochs" in note
+    with pytest.raises(ConfigError, match="No head-vs-alone results"):
+        find_study(sila_run, explicit=out / "runs")
+
+
+def test_export_table_and_report_show_the_alone_column(study, tmp_path):
+    from export.report import heads_columns, heads_markdown, heads_rows
+    from sila_keras.report import render
+    from sila_keras.study import alone_accuracy, load_study
+
+    out, _ = study
+    alone = alone_accuracy(load_study(out))
+    manifests = [{"head": k, "params": {"head": 10 * k, "head_mib": 0.1, "cr_percent": 5.0},
+                  "artifacts": {}, "ok": True} for k in (1, 2, 3)]
+    rows = heads_rows(manifests, alone)
+    md = heads_markdown(rows, "t", "ref")
+    assert "| alone |" in md.splitlines()[4]
+    assert md.splitlines()[-1].endswith(f"| {100 * alone[3][0]:.1f}% |")
+    assert " — |" in md.splitlines()[-2] and "alone_accuracy" in heads_columns(rows)
+    plain = heads_markdown(heads_rows(manifests), "t")
+    assert "alone" not in plain
+    text = render([out / "runs" / "sila-s0"], tmp_path / "report.md")
+    assert "Head vs sub-network alone (#19): resnet20" in text
+
+
+def test_tuner_targets_the_shipped_head():
+    from tuning.config import SearchConfig
+
+    train = TrainConfig.create("folder:x", "resnet20", heads=3, ship_head=3, epochs=1)
+    assert SearchConfig(train, out="s", objective="head_3_acc").objective == "val_head_3_acc"
+    with pytest.raises(ConfigError, match="--tune-heads tries M = 2"):
+        SearchConfig(train, out="s", tune_heads=True)
+
+
+def test_export_refuses_a_missing_alone_folder_before_writing(finished_run, tmp_path, capsys):
+    from export.cli import main
+
+    out = tmp_path / "x"
+    rc = main([str(finished_run), "--head", "all", "--alone", str(tmp_path / "none"),
+               "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "No head-vs-alone results" in err and not out.exists()
+
+
+def test_alone_lr_arm_trains_the_same_subnetwork_at_another_lr(tmp_path):
+    bench = _bench()
+    args = bench.build_parser().parse_args(["folder:x", "--out", str(tmp_path), "--seeds", "0,1",
+                                            "--arms", "alone", "--alone-lr", "0.02"])
+    jobs = bench.plan(args, bench.settings(args))
+    assert [j.arm for j in jobs] == ["alone_h2", "alone_lr_h2", "alone_h3", "alone_lr_h3"] * 2
+    same, other = jobs[0], jobs[1]
+    assert same.argv[1] == other.argv[1]  # one sub-network file per head and seed
+    lr = [a for i, a in enumerate(other.argv[1:]) if other.argv[i] == "--lr"]
+    assert lr == ["0.1", "0.02"]  # the later flag wins in sila-train
+
+
+def test_benchmark_refuses_a_finished_arm_made_with_other_settings(study):
+    out, argv = study
+    with pytest.raises(SystemExit, match="trained with other settings \\(epochs: 1 there, 2 now\\)"):
+        _bench().main([*argv, "--arms", "sila", "--epochs", "2"])
