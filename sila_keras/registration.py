@@ -58,15 +58,20 @@ def register_on_keras_import() -> None:
 
 class _AfterImport(importlib.abc.MetaPathFinder):
     """Calls :func:`register_all` once ``keras`` and ``tensorflow`` have finished importing
-    (TensorFlow imports Keras half-way through its own import), then removes itself."""
+    (TensorFlow imports Keras half-way through its own import) and no ``sila_keras`` module
+    is half-way through its own (``from sila_keras.heads import …`` as a first import
+    imports Keras from inside ``heads``; registering then would import modules that need
+    the half-made ``heads``), then removes itself."""
 
     WATCHED = ("keras", "tensorflow")
+    PACKAGE = "sila_keras."
 
     def __init__(self):
         self.importing: set[str] = set()
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname not in self.WATCHED or fullname in self.importing:
+        watched = fullname in self.WATCHED or fullname.startswith(self.PACKAGE)
+        if not watched or fullname in self.importing:
             return None
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):

@@ -56,6 +56,27 @@ def test_every_mode_model_reloads_in_a_fresh_process(finished_run, user_model_ru
     }
 
 
+
+FIRST_IMPORT_IS_A_SUBMODULE = """
+import warnings
+warnings.simplefilter("error")  # the registration warning would fail here
+import sila_keras
+from sila_keras.heads import head_name  # imports Keras from inside the half-made heads
+import keras
+from sila_keras import registration
+assert registration._done
+names = keras.saving.get_custom_objects()
+print(all(f"sila_keras>{n}" in names for n in ("SilaLogits", "SilaLoss", "PadShortcut",
+                                               "DigitComparison")))
+"""
+
+
+def test_registration_waits_for_a_submodule_that_imports_keras():
+    out = subprocess.run([sys.executable, "-c", FIRST_IMPORT_IS_A_SUBMODULE],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "True"
+
 @pytest.mark.slow
 def test_summary_method_labels(finished_run, mutual_runs, dynamic_runs):
     def method(run_dir):
