@@ -281,14 +281,11 @@ def images_per_second(model, ds, batch: int, steps: int) -> float:
 
 def augmentation_rate(name: str, x, y, batch: int, seconds: float) -> float:
     """img/s drained from the training pipeline with augmentation ``name``."""
+    from pipeline_speed import drain  # benchmarks/pipeline_speed.py (this script's folder)
+
     from sila_keras.pipeline import train_dataset
 
-    it = iter(train_dataset(x, y, batch, augment=name, epochs=1000))
-    next(it)
-    count, t = 0, time.perf_counter()
-    while time.perf_counter() - t < seconds:
-        count += int(next(it)[0].shape[0])
-    return count / (time.perf_counter() - t)
+    return drain(train_dataset(x, y, batch, augment=name, epochs=1000), seconds)
 
 
 # --------------------------------------------------------------------------- main

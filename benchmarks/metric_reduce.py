@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,8 @@ import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tests.helpers import free_ports  # noqa: E402  (one owner: a local cluster's ports)
 
 
 def worker(mode: str, steps: int, batch: int) -> None:
@@ -78,17 +79,6 @@ def worker(mode: str, steps: int, batch: int) -> None:
     print("RESULT " + json.dumps({"mode": mode, "reduces_traced": per_step, "ms_per_step": ms,
                                   "epoch_logs": {k: v[-1] for k, v in hist.history.items()},
                                   "step_logs": last_batch}), flush=True)
-
-
-def free_ports(n: int) -> list[str]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [f"127.0.0.1:{s.getsockname()[1]}" for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def run_pair(mode: str, steps: int, batch: int, timeout: int = 600) -> dict:

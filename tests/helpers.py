@@ -10,6 +10,7 @@ import fcntl
 import io as _io
 import os
 import shutil
+import socket
 import tarfile
 from pathlib import Path
 
@@ -123,3 +124,16 @@ def run_err(capsys, argv) -> str:
     assert rc == 2, err
     assert "Traceback" not in err and err.count("\n") == 1, err
     return err
+
+
+def free_ports(n: int = 2) -> list[str]:
+    """``n`` free loopback ``host:port`` addresses (all bound at once, so they differ), for
+    a local multi-worker cluster."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [f"127.0.0.1:{s.getsockname()[1]}" for s in socks]
+    finally:
+        for s in socks:
+            s.close()

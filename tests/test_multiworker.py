@@ -12,7 +12,6 @@ import csv
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from helpers import free_ports
 
 from sila_keras import multiworker
 from sila_keras.distribute import parse_tf_config, process_run_dir, tf_config_task
@@ -29,18 +29,6 @@ ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = int(os.environ.get("SILA_MULTIWORKER_TIMEOUT", "420"))
 TRAIN_ARGS = ["resnet20", "--strategy", "multiworker", "--batch-size", "6", "--milestones", "",
               "--verbose", "0", "--name", "mw"]
-
-
-def cluster(n: int = 2) -> list[str]:
-    """n free loopback ports (all bound at once, so they differ)."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [f"127.0.0.1:{s.getsockname()[1]}" for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def tf_config(workers: list[str], index: int) -> str:
@@ -53,7 +41,7 @@ def run_workers(argv: list[str], log_dir: Path, tag: str) -> list[int]:
     Returns the exit codes. A worker still running after TIMEOUT_S is killed (SIGKILL:
     collective waits ignore SIGTERM) and the test fails with its log.
     """
-    workers = cluster(2)
+    workers = free_ports(2)
     procs, logs = [], []
     for i in range(len(workers)):
         env = {**os.environ, "TF_CONFIG": tf_config(workers, i), "TF_CPP_MIN_LOG_LEVEL": "2",
