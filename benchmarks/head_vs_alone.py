@@ -79,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, kind in (("limit-train", int), ("limit-test", int), ("epochs", int), ("lr", float),
                        ("milestones", str), ("gamma", float), ("batch-size", int), ("heads", int),
                        ("beta", float), ("lam", float), ("seeds", str)):
-        p.add_argument(f"--{flag}", type=kind, default=None)
+        key = flag.replace("-", "_")
+        p.add_argument(f"--{flag}", type=kind, default=None,
+                       help=f"the preset's {key} (issue19: {PRESETS['issue19'][key] or 'all'})")
     p.add_argument("--arms", default="sila,alone,ship,ship_distill",
                    help=f"comma-separated, of: {', '.join(ARMS)}")
     p.add_argument("--alone-heads", default=None, help="heads whose sub-network trains alone "
