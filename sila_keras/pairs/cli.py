@@ -177,7 +177,7 @@ def _run_or_load(config, pools, out: Path, position: str = "") -> dict:
     return io.read_json(path)["result"]  # the same JSON form whether run now or loaded
 
 
-# recipes17: the flags a recipe may set (PairConfig fields; pair_draw once #17 item 4 adds it)
+# recipes17: the flags a recipe may set (PairConfig fields)
 RECIPE_FIELDS = ("rounds", "epochs", "lr", "batch_size", "pairs", "aux_weight", "momentum",
                  "normalize", "pair_draw")
 
