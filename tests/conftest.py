@@ -117,8 +117,31 @@ def dynamic_runs(tiny_folder, tmp_path_factory):
     return train_once(tmp_path_factory, "dynamic_runs", train)
 
 
+# ----------------------------------------------------------------- scheduling under pytest-xdist
+# The README runs ``pytest -n 2``; pyproject's addopts add ``--dist loadfile
+# --no-loadscope-reorder``: each test file runs on one worker, so a module-scoped trained
+# fixture trains once (not once per worker), and the files go out in the order below —
+# the longest first, so the two workers end together; test_registration last, as it reloads
+# the runs that test_train, test_attach, test_mutual and test_dynamic train (``train_once``).
+# (``--dist loadgroup`` would be finer, but pytest-xdist 3.8 ignores its groups under
+# pytest 9.2: pytest-dev/pytest-xdist#1386.) Files not listed run in between, by name.
+LONGEST_FILES_FIRST = ("test_export.py", "test_reliability.py", "test_multiworker.py",
+                       "test_tuning.py", "test_applications.py", "test_data_sources.py",
+                       "test_train.py", "test_dynamic.py", "test_distributed_gpu.py",
+                       "test_mutual.py", "test_zoo.py", "test_pairs.py")
+LAST_FILES = ("test_registration.py",)
+
+
 def pytest_collection_modifyitems(config, items):
-    """``gpu`` tests run only with ``SILA_TEST_GPU=1`` and a visible GPU."""
+    """Order the files (see above); ``gpu`` tests run only with ``SILA_TEST_GPU=1`` and a
+    visible GPU."""
+    def rank(item):
+        name = item.path.name
+        if name in LONGEST_FILES_FIRST:
+            return LONGEST_FILES_FIRST.index(name)
+        return len(LONGEST_FILES_FIRST) + 1 + LAST_FILES.count(name)
+
+    items[:] = sorted(items, key=rank)  # stable: each file's own order is kept
     if USE_GPU and tf.config.list_logical_devices("GPU"):
         return
     skip = pytest.mark.skip(reason="needs a GPU and SILA_TEST_GPU=1")

@@ -42,7 +42,8 @@ ZOO = [b for b in ("mobilenetv1", "densenet121", "resnet18", "vgg11") if b in li
 def trained_run(cifar_folder, tmp_path_factory):
     """A 2-head resnet20 run trained in-process (the sila-train chain) until its predictions on
     unseen images are decisive: 30 epochs (150 steps, lr 0.05 stepped down at 20 and 26) on the
-    80 images, no augmentation, ``--deterministic`` so every session gets the same model (~25 s).
+    80 images, no augmentation, ``--deterministic`` so every session gets the same model (~25 s;
+    one checkpoint, at the end: the tests export the finished run, never resume it).
 
     A 3-epoch model (15 steps, as before) is barely past its initialisation: BN statistics far
     off, one head's probabilities flat, so its int8 file disagreed with Keras on 6–12 % of the
@@ -54,8 +55,8 @@ def trained_run(cifar_folder, tmp_path_factory):
     def train(out):
         rc = train_main([f"folder:{cifar_folder}", "resnet20", "--heads", "2", "--epochs", "30",
                          "--lr", "0.05", "--milestones", "20,26", "--augment", "none",
-                         "--deterministic", "--batch-size", "16", "--out", str(out), "--name", "r",
-                         "--verbose", "0"])
+                         "--deterministic", "--batch-size", "16", "--checkpoint-every", "30",
+                         "--out", str(out), "--name", "r", "--verbose", "0"])
         assert rc == 0
 
     return train_once(tmp_path_factory, "export_run", train) / "r"  # once for all xdist workers

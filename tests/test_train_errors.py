@@ -5,8 +5,6 @@ import shutil
 import pytest
 from helpers import run_err
 
-from sila_keras.train import main
-
 FAST = ["--epochs", "1", "--batch-size", "8", "--milestones", ""]
 
 
@@ -104,9 +102,12 @@ def test_resume_needs_name(capsys, tiny_folder, tmp_path):
     assert "--resume needs --name" in err
 
 
-def test_resume_with_other_settings_refused(capsys, tiny_folder, tmp_path):
-    assert main([f"folder:{tiny_folder}", "resnet20", *FAST, "--out", str(tmp_path), "--name", "r"]) == 0
-    capsys.readouterr()
-    err = run_err(capsys, [f"folder:{tiny_folder}", "resnet20", *FAST, "--beta", "0.3", "--resume",
-                           "--out", str(tmp_path), "--name", "r"])
+def test_resume_with_other_settings_refused(capsys, finished_run, cifar_folder):
+    """The session's finished run (tests/conftest.py) resumed with another --beta: refused,
+    and the run is left as it was."""
+    before = (finished_run / "metrics.csv").read_bytes()
+    err = run_err(capsys, [f"folder:{cifar_folder}", "resnet20", "--epochs", "2", "--batch-size",
+                           "16", "--milestones", "1", "--gamma", "0.5", "--beta", "0.3", "--resume",
+                           "--out", str(finished_run.parent), "--name", finished_run.name])
     assert "different settings" in err and "beta" in err
+    assert (finished_run / "metrics.csv").read_bytes() == before
