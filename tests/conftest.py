@@ -128,7 +128,8 @@ def dynamic_runs(tiny_folder, tmp_path_factory):
 LONGEST_FILES_FIRST = ("test_export.py", "test_reliability.py", "test_multiworker.py",
                        "test_tuning.py", "test_applications.py", "test_data_sources.py",
                        "test_train.py", "test_dynamic.py", "test_distributed_gpu.py",
-                       "test_mutual.py", "test_zoo.py", "test_pairs.py")
+                       "test_mutual.py", "test_heads_study.py", "test_zoo.py", "test_pairs.py",
+                       "test_augment.py")
 LAST_FILES = ("test_registration.py",)
 
 
