@@ -1,6 +1,8 @@
-"""Training configuration: a frozen, validated dataclass (argparse lives in ``train.py``).
+"""Training configuration: :class:`TrainConfig`, a frozen set of validated groups (``data``,
+``net``, ``sila``, ``optim``, ``run`` and one per mode with flags); the flags live in
+``train_flags.py``, the named paper recipes in ``recipes.py``.
 
-Defaults are SilaNet's recipe (§3.1): SGD lr 0.1, momentum 0.9, weight decay
+Defaults are SilaNet's recipe (§3.1, the ``silanet-cifar`` recipe): SGD lr 0.1, momentum 0.9, weight decay
 5e-4, 260 epochs, lr milestones 30,55,80,105,135,160,180,200,220,240, M = 3
 heads, β = 0.1, λ = 0.5. The papers do not state the lr decay factor; we use
 ``gamma = 0.5``, which takes 0.1 to ≈1e-4 after the ten milestones (0.1 would
