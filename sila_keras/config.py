@@ -32,14 +32,14 @@ KERAS_APPLICATIONS = ("MobileNet", "MobileNetV2", "MobileNetV3Small", "MobileNet
                       "EfficientNetV2B0", "ResNet50")
 OPTIMIZERS = ("sgd", "adamw")  # #15 (sila_keras.optim)
 SCHEDULES = ("step", "cosine")  # #15
-# aug17 (#17 item 5): AutoAugment magnitude semantics (sila_keras.augment_ops; default first).
+# #17 item 5: AutoAugment magnitude semantics (sila_keras.augment_ops; default first).
 AUTOAUGMENT_SEMANTICS = ("official", "torchvision")  # augment_ops.SEMANTICS (#17)
 DYNAMIC_EVALUATIONS = ("anytime", "budgeted", "both")  # modes.dynamic.EVALUATIONS (#17)
 
 # Fields that may differ between a run and its --resume continuation (flat names).
 RESUME_MUTABLE = ("resume", "epochs", "verbose", "debug", "steps_per_execution", "jit",
                   "sync_bn", "checkpoint_every")
-# recipes17: what a run records about where its values came from (never compared on --resume)
+# #17: what a run records about where its values came from (never compared on --resume)
 RECORD_ONLY = ("recipe", "origins")
 
 

@@ -284,7 +284,7 @@ _SILANET = {
     **_sgd_step(_A_SGD, batch=assumed(128, "not stated in paper A; paper B §4.1 (same authors, "
                                            "same schedule): \"batch size is 128\"")),
     "augment": assumed("standard", _STANDARD_AUG),
-    "cutout": assumed(0, "not mentioned"),  # field of #17 item 2 (aug17)
+    "cutout": assumed(0, "not mentioned"),  # field of #17 item 2
 }
 
 register(Recipe(

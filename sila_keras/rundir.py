@@ -389,7 +389,7 @@ class PairsDir:
     GRID_JSON = "grid.json"
     CURVES = RunDir.CURVES
     DONE = "done"  # one JSON per finished configuration, for --resume
-    RECIPE = "recipe.json"  # recipes17: --recipe and each setting's origin
+    RECIPE = "recipe.json"  # #17: --recipe and each setting's origin
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)

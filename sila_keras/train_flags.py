@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
     g.add_argument("--augment", default=d.data.augment, choices=AUGMENT_NAMES,
                    help="training augmentation (standard = pad 4 + crop + flip)")
-    _add_augment_flags(g, d)  # aug17
+    _add_augment_flags(g, d)  # #17
     g = p.add_argument_group("data")
     g.add_argument("--data-dir", default=None, help="tfds data_dir with pre-downloaded data")
     g.add_argument("--download", default=d.data.download, choices=DOWNLOAD_MODES,
@@ -112,14 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="show tracebacks and TensorFlow's start-up log")
     _add_speed_flags(p, d)
     _add_finetune_flags(p)  # #15
-    add_recipe_flag(p, "sila-train")  # recipes17
-    _add_dynamic_flags(p)  # pd17
+    add_recipe_flag(p, "sila-train")  # #17
+    _add_dynamic_flags(p)  # #17
     _add_ship_flags(p)  # #19
     return p
 
 
 def _add_dynamic_flags(p: argparse.ArgumentParser) -> None:
-    """pd17 (#17 item 3): --mode dynamic's test protocols (docs/modes.md, "Dynamic evaluation")."""
+    """#17 item 3: --mode dynamic's test protocols (docs/modes.md, "Dynamic evaluation")."""
     g = p.add_argument_group("dynamic (--mode dynamic)")
     g.add_argument("--dynamic-eval", default=None, metavar="{anytime,budgeted,both}",
                    help="test protocols after training: anytime prediction (trains on every "
@@ -129,7 +129,7 @@ def _add_dynamic_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _add_ship_flags(p: argparse.ArgumentParser) -> None:
-    """ship19 (#19): make the head you will ship strong (docs/heads.md)."""
+    """#19: make the head you will ship strong (docs/heads.md)."""
     d = TrainConfig().sila
     g = p.add_argument_group("shipping a head (#19, --mode sila; docs/heads.md)")
     g.add_argument("--ship-head", type=int, default=None, metavar="K",
@@ -141,7 +141,6 @@ def _add_ship_flags(p: argparse.ArgumentParser) -> None:
                         "self-distillation from the deepest head (held constant); 0 = off")
     g.add_argument("--distill-t", type=float, default=d.distill_t, metavar="T",
                    help="temperature of --distill")
-
 
 
 def _add_speed_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
@@ -160,7 +159,7 @@ def _add_speed_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
                    help="checkpoint for --resume every K epochs (and after the last one)")
 
 
-# --------------------------------------------------------------------------- aug17: #17 items 2, 5
+# --------------------------------------------------------------------------- #17 items 2, 5: augmentation options
 
 
 def _add_augment_flags(g, d: TrainConfig) -> None:
@@ -183,7 +182,7 @@ def _add_augment_flags(g, d: TrainConfig) -> None:
 
 
 def _augment_options(args: argparse.Namespace) -> dict:
-    """aug17: the TrainConfig fields of the augmentation flags; warns (stderr, one line) when
+    """#17: the TrainConfig fields of the augmentation flags; warns (stderr, one line) when
     --autoaugment-semantics is given for an augmentation that does not use it."""
     import sys
 
@@ -287,13 +286,13 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     # line here).
     flat = {k: v for k, v in vars(args).items() if k in FIELD_GROUP and k not in RECORD_ONLY}
     flat["name"] = name
-    flat.update(_augment_options(args))  # aug17: the semantics warning and its default
+    flat.update(_augment_options(args))  # #17: the semantics warning and its default
     return config_with_recipe(flat, given_flags(args, _parser_defaults()) | {"dataset", "model"},
                               getattr(args, "recipe", None))
 
 
 def config_with_recipe(flat: dict, given: set[str], recipe_name: str | None) -> TrainConfig:
-    """recipes17: flat field values (flags and defaults) → a :class:`TrainConfig` with the
+    """#17: flat field values (flags and defaults) → a :class:`TrainConfig` with the
     recipe (``--recipe``; without one, ``keras-finetune`` for keras:<Name> backbones) applied
     under the flags in ``given``, and every field's origin recorded."""
     if recipe_name is None and str(flat.get("model", "")).startswith("keras:"):
@@ -321,7 +320,7 @@ def default_run_name(dataset: str, model: str) -> str:
     return f"{ds}-{model}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-# --------------------------------------------------------------------------- recipes17: typed flags
+# --------------------------------------------------------------------------- #17: typed flags
 
 GIVEN_ATTR = "_given_flags"  # the Namespace attribute FlagParser sets: the dests typed
 
@@ -375,7 +374,7 @@ class ListRecipes(argparse.Action):
 
 
 def add_recipe_flag(p: argparse.ArgumentParser, command: str) -> None:
-    """recipes17: ``--recipe NAME`` (``--recipe list`` prints them; see sila_keras.recipes)."""
+    """#17: ``--recipe NAME`` (``--recipe list`` prints them; see sila_keras.recipes)."""
     from sila_keras.recipes import list_recipes
 
     p.add_argument("--recipe", default=None, action=ListRecipes, metavar="NAME",
