@@ -182,7 +182,7 @@ def _add_augment_flags(g, d: TrainConfig) -> None:
 
 
 def _augment_options(args: argparse.Namespace) -> dict:
-    """#17: the TrainConfig fields of the augmentation flags; warns (stderr, one line) when
+    """#17: ``--autoaugment-semantics`` resolved (None: the default); warns (stderr, one line) when
     --autoaugment-semantics is given for an augmentation that does not use it."""
     import sys
 
@@ -190,8 +190,7 @@ def _augment_options(args: argparse.Namespace) -> dict:
     if semantics in AUTOAUGMENT_SEMANTICS and args.augment != "autoaugment":
         print(f"sila-train: warning: --autoaugment-semantics applies to --augment autoaugment "
               f"only; ignored with --augment {args.augment}.", file=sys.stderr)
-    return {"cutout": getattr(args, "cutout", 0),
-            "autoaugment_semantics": semantics or AUTOAUGMENT_SEMANTICS[0]}
+    return {"autoaugment_semantics": semantics or AUTOAUGMENT_SEMANTICS[0]}
 
 
 def _steps(s: str) -> int | str:
