@@ -23,8 +23,8 @@ DOWNLOAD_MODES = ("auto", "never")
 # Names of the built-in backbones and augmentations, for the CLI parsers: importing the
 # registries loads TensorFlow, which ``--help`` must not (tests check these equal the registries).
 BACKBONE_NAMES = ("densenet121", "inceptionv3", "mobilenetv1", "msdnet", "resnet18", "resnet20",
-                  "resnet32", "resnet34", "resnet56", "vgg11", "vgg13", "vgg16", "vgg19", "wrn16_8",
-                  "wrn28_10", "wrn40_10")
+                  "resnet32", "resnet34", "resnet56", "resnet8", "vgg11", "vgg13", "vgg16", "vgg19",
+                  "wrn16_8", "wrn28_10", "wrn40_10")
 AUGMENT_NAMES = ("autoaugment", "crop", "none", "randaugment", "standard")
 # #15: the keras:<Name> backbones (sila_keras/models/applications.py; a test checks they agree).
 KERAS_APPLICATIONS = ("MobileNet", "MobileNetV2", "MobileNetV3Small", "MobileNetV3Large",

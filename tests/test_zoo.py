@@ -109,6 +109,6 @@ def test_unknown_backbone_lists_the_zoo():
 
 def test_variants_are_registered():
     names = set(list_backbones())
-    assert {"vgg11", "vgg13", "vgg16", "vgg19", "resnet18", "resnet34", "resnet20", "resnet32",
+    assert {"vgg11", "vgg13", "vgg16", "vgg19", "resnet18", "resnet34", "resnet8", "resnet20", "resnet32",
             "resnet56", "wrn16_8", "wrn28_10", "wrn40_10", "mobilenetv1", "densenet121",
             "inceptionv3"} <= names

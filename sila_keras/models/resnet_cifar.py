@@ -1,9 +1,11 @@
-"""He et al.'s CIFAR ResNets (ResNet-20/32/56, "Deep Residual Learning", §4.2).
+"""He et al.'s CIFAR ResNets (ResNet-8/20/32/56, "Deep Residual Learning", §4.2).
 
 Three stages of n basic blocks with 16, 32, 64 filters (depth = 6n + 2), a 3×3
 stem, global average pooling and one dense layer. Shortcuts that change shape
 use the parameter-free option A (subsample + zero-pad channels), so ResNet-20
-has ≈0.27M parameters — the model for CPU-scale work.
+has ≈0.27M parameters — the model for CPU-scale work. ResNet-8 (n = 1, ≈78k parameters)
+is the smallest of the family: a phone-sized model, and the quick one for smoke runs and
+tests where the backbone is not what is checked.
 """
 
 from __future__ import annotations
@@ -56,5 +58,5 @@ def _register(depth: int):
     return builder
 
 
-for _depth in (20, 32, 56):
+for _depth in (8, 20, 32, 56):
     _register(_depth)
