@@ -1,6 +1,6 @@
 """The exporter (export/): heads → every format, independent parity per runtime, manifest, bad input.
 
-One tiny trained run (resnet20, 2 heads, 30 deterministic epochs on 80 CIFAR images) is exported
+One tiny trained run (resnet8, 2 heads, 30 deterministic epochs on 80 CIFAR images) is exported
 once with ``--head all`` to every format and quantization, judged on 100 real CIFAR
 test images (the int8 gate on); the tests then load
 each written artifact fresh in its own runtime — with code written here, not the
@@ -40,20 +40,24 @@ ZOO = [b for b in ("mobilenetv1", "densenet121", "resnet18", "vgg11") if b in li
 
 @pytest.fixture(scope="session")
 def trained_run(cifar_folder, tmp_path_factory):
-    """A 2-head resnet20 run trained in-process (the sila-train chain) until its predictions on
+    """A 2-head resnet8 run trained in-process (the sila-train chain) until its predictions on
     unseen images are decisive: 30 epochs (150 steps, lr 0.05 stepped down at 20 and 26) on the
-    80 images, no augmentation, ``--deterministic`` so every session gets the same model (~25 s;
-    one checkpoint, at the end: the tests export the finished run, never resume it).
+    80 images, no augmentation, ``--deterministic`` so every session gets the same model (~10 s;
+    one checkpoint, at the end: the tests export the finished run, never resume it). ResNet-8:
+    the same layer kinds as ResNet-20 (BN, option-A shortcuts, residual adds) at a third of the
+    conversion and training time.
 
     A 3-epoch model (15 steps, as before) is barely past its initialisation: BN statistics far
     off, one head's probabilities flat, so its int8 file disagreed with Keras on 6–12 % of the
     images from quantization noise alone (head_1: 88 % int8, 94 % int16x8), and the exporter
-    rightly refused it. Trained like this, every variant agrees ≥ 98 % (int8 without fallback
-    on head_1) while the classes it predicts still vary across images."""
+    rightly refused it. Trained like this, every variant agrees ≥ 99 % while the classes it
+    predicts still vary across images; the int8 attempts reach 95–96 %, just under the 97 %
+    gate, so both heads ship the int16x8 fallback (the tests accept either scheme; the plain
+    uint8 file is checked in ``test_int8_below_the_gate_ships_int16x8``)."""
     from sila_keras.train import main as train_main
 
     def train(out):
-        rc = train_main([f"folder:{cifar_folder}", "resnet20", "--heads", "2", "--epochs", "30",
+        rc = train_main([f"folder:{cifar_folder}", "resnet8", "--heads", "2", "--epochs", "30",
                          "--lr", "0.05", "--milestones", "20,26", "--augment", "none",
                          "--deterministic", "--batch-size", "16", "--checkpoint-every", "30",
                          "--out", str(out), "--name", "r", "--verbose", "0"])
