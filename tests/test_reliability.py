@@ -20,7 +20,7 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
 
 
 def test_non_finite_loss_stops_with_a_clear_message(capsys, tiny_folder, tmp_path):
-    rc = main([f"folder:{tiny_folder}", "resnet20", *FAST, "--beta", "1e38", "--out", str(tmp_path),
+    rc = main([f"folder:{tiny_folder}", "resnet8", *FAST, "--beta", "1e38", "--out", str(tmp_path),
                "--name", "nan"])
     err = capsys.readouterr().err
     assert rc == 3
@@ -53,7 +53,7 @@ def test_guard_keeps_last_good_checkpoint(tmp_path):
 
 
 def test_sigterm_stops_cleanly_and_resume_continues(tiny_folder, tmp_path):
-    args = [f"folder:{tiny_folder}", "resnet20", "--epochs", "30", "--batch-size", "6",
+    args = [f"folder:{tiny_folder}", "resnet8", "--epochs", "30", "--batch-size", "6",
             "--milestones", "", "--out", str(tmp_path), "--name", "t"]
     proc = subprocess.Popen([sys.executable, "-m", "sila_keras.train", *args], env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -78,7 +78,7 @@ def test_skip_bad_images_counts_them(tiny_folder, tmp_path, capsys):
     shutil.copytree(tiny_folder, data)
     (data / "train" / "a" / "0001.png").write_bytes(b"garbage")
     (data / "test" / "c" / "0000.png").write_bytes(b"")
-    assert main([f"folder:{data}", "resnet20", *FAST, "--skip-bad-images", "--out", str(tmp_path),
+    assert main([f"folder:{data}", "resnet8", *FAST, "--skip-bad-images", "--out", str(tmp_path),
                  "--name", "s"]) == 0
     s = json.loads((tmp_path / "s" / "summary.json").read_text())
     assert s["data"]["train_examples"] == 17 and s["data"]["test_examples"] == 8
@@ -88,7 +88,7 @@ def test_skip_bad_images_counts_them(tiny_folder, tmp_path, capsys):
 def test_unwritable_out(capsys, tiny_folder, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    rc = main([f"folder:{tiny_folder}", "resnet20", *FAST, "--out", str(blocker / "runs")])
+    rc = main([f"folder:{tiny_folder}", "resnet8", *FAST, "--out", str(blocker / "runs")])
     err = capsys.readouterr().err
     assert rc == 2 and "Cannot create the run directory" in err and "--out" in err
 
@@ -143,7 +143,7 @@ else:  # "mid_save": half of the epoch's model file written
 sys.exit(main(sys.argv[3:]))
 """
 
-RUN3 = ["resnet20", "--epochs", "3", "--batch-size", "6", "--milestones", "2", "--gamma", "0.5",
+RUN3 = ["resnet8", "--epochs", "3", "--batch-size", "6", "--milestones", "2", "--gamma", "0.5",
         "--deterministic", "--seed", "3", "--verbose", "0"]
 
 
