@@ -289,7 +289,7 @@ def test_four_replicas_26_images_train_to_the_end(cifar_folder, tmp_path):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "",
            "PYTHONPATH": str(ROOT)}
     out = subprocess.run(
-        [sys.executable, "-m", "sila_keras.train", f"folder:{cifar_folder}", "resnet20",
+        [sys.executable, "-m", "sila_keras.train", f"folder:{cifar_folder}", "resnet8",
          "--cpu-devices", "4", "--strategy", "mirrored", "--limit-train", "26", "--limit-test", "27",
          "--batch-size", "12", "--epochs", "1", "--milestones", "", "--verbose", "0",
          "--out", str(tmp_path), "--name", "r4"],

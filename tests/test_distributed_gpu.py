@@ -31,7 +31,7 @@ from sila_keras.errors import ConfigError
 from sila_keras.precision import SyncLossScaleOptimizer, policy_for, wrap_optimizer
 from sila_keras.train import main
 
-TINY = ["resnet20", "--epochs", "1", "--batch-size", "6", "--milestones", "", "--verbose", "0"]
+TINY = ["resnet8", "--epochs", "1", "--batch-size", "6", "--milestones", "", "--verbose", "0"]
 
 
 def rows(path):
@@ -281,7 +281,7 @@ def test_resume_between_checkpoints_redoes_the_lost_epochs_exactly(tiny_folder, 
     restarts from epoch 2 and logs the same epoch 3 as the first attempt."""
     from sila_keras.callbacks import EpochLogger
 
-    args = [f"folder:{tiny_folder}", "resnet20", "--epochs", "4", "--batch-size", "6",
+    args = [f"folder:{tiny_folder}", "resnet8", "--epochs", "4", "--batch-size", "6",
             "--milestones", "3", "--verbose", "0", "--strategy", "default", "--deterministic",
             "--checkpoint-every", "2", "--out", str(tmp_path), "--name", "cut"]
     original = EpochLogger.on_epoch_end

@@ -27,7 +27,7 @@ from sila_keras.train import main
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = int(os.environ.get("SILA_MULTIWORKER_TIMEOUT", "420"))
-TRAIN_ARGS = ["resnet20", "--strategy", "multiworker", "--batch-size", "6", "--milestones", "",
+TRAIN_ARGS = ["resnet8", "--strategy", "multiworker", "--batch-size", "6", "--milestones", "",
               "--verbose", "0", "--name", "mw"]
 
 
@@ -241,7 +241,7 @@ def test_mixed_precision_run_keeps_float32_logits_and_a_finite_loss(tmp_path, ti
     import sila_keras.models  # noqa: F401
 
     try:
-        code = main([f"folder:{tiny_folder}", "resnet20", "--mixed-precision", "--epochs", "1",
+        code = main([f"folder:{tiny_folder}", "resnet8", "--mixed-precision", "--epochs", "1",
                      "--batch-size", "6", "--milestones", "", "--strategy", "default",
                      "--limit-train", "6", "--limit-test", "6",  # one step: dtypes are the point
                      "--verbose", "0", "--out", str(tmp_path), "--name", "mp"])

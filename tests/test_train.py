@@ -167,7 +167,7 @@ def test_the_training_step_is_traced_once(monkeypatch):
 
 
 def test_mirrored_cli_run(cifar_folder, tmp_path):
-    rc = main([f"folder:{cifar_folder}", "resnet20", *FAST, "--strategy", "mirrored",
+    rc = main([f"folder:{cifar_folder}", "resnet8", *FAST, "--strategy", "mirrored",
                "--limit-train", "32", "--limit-test", "20", "--verbose", "0",
                "--out", str(tmp_path), "--name", "m"])
     assert rc == 0
@@ -177,7 +177,7 @@ def test_mirrored_cli_run(cifar_folder, tmp_path):
 
 def test_sigkill_mid_run_then_resume(cifar_folder, tmp_path):
     """A real process is SIGKILLed after epoch 1; --resume finishes without losing or repeating epochs."""
-    args = [f"folder:{cifar_folder}", "resnet20", "--epochs", "3", "--batch-size", "8",
+    args = [f"folder:{cifar_folder}", "resnet8", "--epochs", "3", "--batch-size", "8",
             "--milestones", "2", "--gamma", "0.5", "--out", str(tmp_path), "--name", "k"]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.Popen([sys.executable, "-m", "sila_keras.train", *args], env=env,

@@ -27,7 +27,7 @@ from tuning.cli import main
 from tuning.hypermodel import SearchData, SilaHyperModel
 
 REPO = Path(__file__).resolve().parents[1]
-FAST = ["resnet20", "--epochs", "1", "--batch-size", "4", "--val-split", "0.34", "--milestones", "",
+FAST = ["resnet8", "--epochs", "1", "--batch-size", "4", "--val-split", "0.34", "--milestones", "",
         "--verbose", "0"]
 
 
