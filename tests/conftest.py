@@ -89,9 +89,9 @@ def mutual_runs(tiny_folder, tmp_path_factory):
     heterogeneous SiLa+DML (``--peer testing.PEER``) and the ``--mode dml`` baseline."""
     from sila_keras.train import main
 
-    cases = {"homo": ["resnet20", "--mode", "mutual", "--augment", "autoaugment"],
-             "hetero_dml": ["resnet20", "--mode", "mutual", "--peer", testing.PEER, "--dml"],
-             "dml": ["resnet20", "--mode", "dml"]}
+    cases = {"homo": ["resnet8", "--mode", "mutual", "--augment", "autoaugment"],
+             "hetero_dml": ["resnet8", "--mode", "mutual", "--peer", testing.PEER, "--dml"],
+             "dml": ["resnet8", "--mode", "dml"]}
 
     def train(out):
         for name, args in cases.items():

@@ -24,7 +24,7 @@ def ind_run(tiny_folder, tmp_path_factory):
     """Two real tiny runs on the same images, for overlays: IND (one head) and SiLa (3 heads)."""
     def train(out):
         for name, heads in (("ind", "1"), ("sila", "3")):
-            rc = train_main([f"folder:{tiny_folder}", "resnet20", "--heads", heads, "--epochs", "1",
+            rc = train_main([f"folder:{tiny_folder}", "resnet8", "--heads", heads, "--epochs", "1",
                              "--batch-size", "8", "--milestones", "", "--verbose", "0",
                              "--out", str(out), "--name", name])
             assert rc == 0, name

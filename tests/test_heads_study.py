@@ -134,7 +134,7 @@ def _bench():
     return mod
 
 
-STUDY_ARGS = ["--preset", "smoke", "--limit-train", "18", "--limit-test", "9", "--batch-size", "6",
+STUDY_ARGS = ["--model", "resnet8", "--preset", "smoke", "--limit-train", "18", "--limit-test", "9", "--batch-size", "6",
               "--arms", "sila,alone", "--alone-heads", "3"]
 
 
@@ -183,7 +183,8 @@ def test_benchmark_writes_table_and_plot(study):
     alone = StudyDir(out).run("alone_h3", 0)
     summary = alone.read_summary()
     assert summary["num_heads"] == 1 and summary["heads"]["head_1"]["final_acc"] is not None
-    assert summary["heads"]["head_1"]["params"] == 15930 - 7 * (9 * 16 + 1)  # head 3, N = 3
+    # head 3 of ResNet-8: stem (464) + one stage-1 block (4,672) + its 3×3 conv 16 → N = 3
+    assert summary["heads"]["head_1"]["params"] == 464 + 4672 + (9 * 16 + 1) * 3
     assert alone.read_config()["model"] == str(StudyDir(out).model_file(3, 0).resolve())
 
 
@@ -231,7 +232,7 @@ def test_export_table_and_report_show_the_alone_column(study, tmp_path):
     plain = heads_markdown(heads_rows(manifests), "t")
     assert "alone" not in plain
     text = render([out / "runs" / "sila-s0"], tmp_path / "report.md")
-    assert "Head vs sub-network alone (#19): resnet20" in text
+    assert "Head vs sub-network alone (#19): resnet8" in text
 
 
 def test_tuner_targets_the_shipped_head():

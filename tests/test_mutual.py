@@ -158,7 +158,7 @@ def test_loss_and_method_per_mode(mode, flags, sila, dml, method):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name, peer, method", [
-    ("homo", "resnet20", "SiLa"), ("hetero_dml", PEER, "SiLa+DML"), ("dml", "resnet20", "DML")])
+    ("homo", "resnet8", "SiLa"), ("hetero_dml", PEER, "SiLa+DML"), ("dml", "resnet8", "DML")])
 def test_mutual_run_writes_per_net_metrics(mutual_runs, name, peer, method):
     run = mutual_runs / name
     summary = json.loads((run / "summary.json").read_text())
@@ -166,7 +166,7 @@ def test_mutual_run_writes_per_net_metrics(mutual_runs, name, peer, method):
         last = list(csv.DictReader(f))[-1]
     assert summary["method"] == method
     assert set(summary["nets"]) == {"net_1", "net_2"}
-    for k, backbone in ((1, "resnet20"), (2, peer)):
+    for k, backbone in ((1, "resnet8"), (2, peer)):
         net = summary["nets"][f"net_{k}"]
         assert set(net) >= {"top1", "top5", "nll", "best", "params"}
         assert net["model"] == backbone
