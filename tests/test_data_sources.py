@@ -222,7 +222,7 @@ def test_tfds_photo_datasets_train_and_report(tmp_path, name, extra, eval_split)
     import tensorflow_datasets as tfds
 
     with tfds.testing.mock_data(num_examples=20):
-        rc = main([name, "mobilenetv1", *FAST, "--image-size", "32", "--heads", "2", *extra,
+        rc = main([name, "resnet8", *FAST, "--image-size", "32", "--heads", "2", *extra,
                    "--out", str(tmp_path), "--name", "t"])
     assert rc == 0
     s = json.loads((tmp_path / "t" / "summary.json").read_text())

@@ -94,7 +94,7 @@ def test_tfds_path_with_mock_data(tmp_path):
     import tensorflow_datasets as tfds
 
     with tfds.testing.mock_data(num_examples=24):
-        rc = main(["cifar10", "resnet20", *FAST, "--heads", "2", "--out", str(tmp_path), "--name", "t"])
+        rc = main(["cifar10", "resnet8", *FAST, "--heads", "2", "--out", str(tmp_path), "--name", "t"])
     assert rc == 0
     s = json.loads((tmp_path / "t" / "summary.json").read_text())
     assert s["data"]["source"] == "tfds:cifar10" and s["num_heads"] == 2 and s["num_classes"] == 10
