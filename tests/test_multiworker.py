@@ -196,6 +196,13 @@ def mirrored_reference(tmp_path_factory, tiny_folder):
     return out / "mw"
 
 
+@pytest.mark.slow
+def test_mirrored_cli_run_records_its_strategy(mirrored_reference):
+    summary = json.loads((mirrored_reference / "summary.json").read_text())
+    assert summary["strategy"] == "MirroredStrategy" and summary["replicas"] == 2
+    assert summary["epochs_done"] == 2
+
+
 def assert_same_row(row: dict, ref: dict) -> None:
     for key in ("loss", "test_loss", "nll", "head_1_acc", "head_2_acc", "head_3_acc"):
         assert float(row[key]) == pytest.approx(float(ref[key]), rel=1e-5, abs=1e-6), key

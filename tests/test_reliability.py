@@ -188,8 +188,10 @@ def test_sigkill_during_checkpoint_write_resumes_exactly(point, tiny_folder, tmp
     ck = tmp_path / "k" / "checkpoints"
     state = json.loads((ck / "state.json").read_text())
     assert state["epoch"] == 1 and state["model"] == "epoch-0001.keras" and (ck / state["model"]).is_file()
+    assert not (tmp_path / "k" / "model.keras").exists()  # a killed run has no final model
     assert main([*args, "--resume"]) == 0
-    assert _rows(tmp_path / "k" / "metrics.csv") == uninterrupted
+    assert _rows(tmp_path / "k" / "metrics.csv") == uninterrupted  # epochs 1, 2, 3; lr halved at 2
+    assert json.loads((tmp_path / "k" / "summary.json").read_text())["epochs_done"] == 3
     assert sorted(p.name for p in ck.iterdir()) == ["epoch-0003.keras", "state.json"]  # no temp left
 
 
