@@ -732,20 +732,6 @@ def test_exported_heads_load_with_plain_keras(exported, cifar_test, tmp_path, mo
     assert "PadShortcut" not in proc.stdout and "ZeroPadding2D" in proc.stdout
 
 
-@pytest.mark.parametrize("family", sorted({get_backbone(b).family for b in list_backbones()}))
-def test_every_backbone_family_is_built_from_keras_layers(family):
-    """Every head (what the exporter ships) is built-in layers only; only the training
-    model's ``sila_logits`` (SilaLogits, which records the head order) is ours."""
-    backbone = next(b for b in list_backbones() if get_backbone(b).family == family)
-    model = shallowest_head_model(backbone)
-    custom = {type(layer).__name__ for layer in model._flatten_layers()
-              if not type(layer).__module__.startswith("keras")}
-    assert custom == {"SilaLogits"}, f"{backbone}: {custom}"
-    for k in range(1, num_heads_of(model) + 1):
-        head = extract_head(model, k)
-        assert all(type(layer).__module__.startswith("keras") for layer in head._flatten_layers())
-
-
 def test_phone_bad_input(trained_run, tmp_path, capsys):
     rc, err = run_cli(capsys, trained_run, "--head", "2", "--int8-io", "int4", "--out", tmp_path / "o")
     assert rc == 2 and "Unknown --int8-io value 'int4'. Available: uint8, int8, float32" in err

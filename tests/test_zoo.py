@@ -67,11 +67,17 @@ def test_backbone_contract(name):
     assert np.isfinite(loss)
     assert all(not np.allclose(w.numpy(), b) for w, b in zip(watched, before, strict=True))
 
-    # Every head, extracted on its own, reproduces its slice of sila_logits.
+    # Every head, extracted on its own, reproduces its slice of sila_logits, and is built from
+    # Keras' own layers only (what the exporter ships loads with plain Keras); the training
+    # model's only layer of ours is ``sila_logits`` (SilaLogits, which records the head order).
+    custom = {type(layer).__name__ for layer in model._flatten_layers()
+              if not type(layer).__module__.startswith("keras")}
+    assert custom == {"SilaLogits"}, custom
     full = keras.ops.convert_to_numpy(model(x, training=False))
     sizes = []
     for k in range(1, m + 1):
         head = extract_head(model, k)
+        assert all(type(layer).__module__.startswith("keras") for layer in head._flatten_layers())
         logits = keras.ops.convert_to_numpy(head(x, training=False))
         np.testing.assert_allclose(logits, full[:, (k - 1) * N:k * N], atol=1e-5)
         sizes.append(trainable_params(head))
