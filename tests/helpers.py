@@ -19,9 +19,9 @@ import numpy as np
 SHARED_DIR = Path(os.environ.get("SILA_SHARED_DIR", Path(__file__).resolve().parents[2] / "shared"))
 CIFAR_TAR = SHARED_DIR / "data" / "cifar10-jpg.tar.gz"
 MNIST_DIR = SHARED_DIR / "data"
-# A 3-exit MSDNet small enough for a CPU test.
+# A 3-exit MSDNet small enough for a CPU test: two scales (32×32 and 16×16) instead of three.
 MSDNET_TINY = {"blocks": 3, "base": 1, "step": 1, "channels": 4, "growth": 2,
-               "classifier_channels": 8}
+               "classifier_channels": 8, "scales": 2, "gr_factor": (1, 2), "bn_factor": (1, 2)}
 # The second network of the heterogeneous mutual test run.
 PEER = "mobilenetv1"
 

@@ -74,8 +74,9 @@ def test_bad_msdnet_arguments():
         build_dynamic_model("msdnet", 10, stepmode="linear")
     with pytest.raises(ValueError, match="gr_factor.*one positive factor per scale"):
         build_dynamic_model("msdnet", 10, gr_factor=(1, 2))
-    with pytest.raises(ValueError, match="at least 16"):
-        build_dynamic_model("msdnet", 10, (8, 8, 3), **TINY)
+    with pytest.raises(ValueError, match="at least 16"):  # three scales: 16 → 8 → 4
+        build_dynamic_model("msdnet", 10, (8, 8, 3), **{**TINY, "scales": 3, "gr_factor": (1, 2, 4),
+                                                       "bn_factor": (1, 2, 4)})
 
 
 def test_thresholds_route_the_planned_share():
