@@ -3,7 +3,7 @@
 Three stages of n basic blocks with 16, 32, 64 filters (depth = 6n + 2), a 3×3
 stem, global average pooling and one dense layer. Shortcuts that change shape
 use the parameter-free option A (subsample + zero-pad channels), so ResNet-20
-has ≈0.27M parameters — the model for CPU-scale work. ResNet-8 (n = 1, ≈78k parameters)
+has ≈0.27M parameters — the model for CPU-scale work. ResNet-8 (n = 1, 75,290 parameters at N = 10)
 is the smallest of the family: a phone-sized model, and the quick one for smoke runs and
 tests where the backbone is not what is checked.
 """
