@@ -282,6 +282,7 @@ def fit(model, train_ds, eval_ds, *, epochs: int, steps: int, initial_epoch: int
     (:class:`sila_keras.finetune.FreezeBackbone`, first in the callback list).
     """
     from sila_keras.callbacks import ProgressBar
+    from sila_keras.finetune import FreezeBackbone, build_optimizer
 
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 0
@@ -289,25 +290,10 @@ def fit(model, train_ds, eval_ds, *, epochs: int, steps: int, initial_epoch: int
     if verbose:
         callbacks.insert(0, ProgressBar(steps))
     if freeze_epochs:  # #15
-        from sila_keras.finetune import FreezeBackbone
-
         callbacks = [FreezeBackbone(freeze_epochs), *callbacks]
-    build_optimizer(model)
+    build_optimizer(model)  # before Keras traces the step (see build_optimizer)
     return model.fit(train_ds, validation_data=eval_ds, epochs=epochs, initial_epoch=initial_epoch,
                      steps_per_epoch=steps, callbacks=callbacks, verbose=0, shuffle=False)
-
-
-def build_optimizer(model) -> None:
-    """Create the optimizer's slots (momentum, …) for the model's trainable variables now.
-
-    Without a distribution strategy Keras defers this to the first trace of the training
-    step; a variable created while tracing makes ``tf.function`` trace the step a second
-    time (~2 s for ResNet-20 on a CPU). A restored checkpoint has built it already.
-    """
-    optimizer = model.optimizer
-    if optimizer is not None and not optimizer.built:
-        with model.distribute_strategy.scope():
-            optimizer.build(model.trainable_variables)
 
 
 def head_table(model, num_classes: int) -> dict:
