@@ -188,3 +188,22 @@ def test_models_saved_before_silalogits_still_read(tmp_path):
     assert head_names_of(old) == head_names_of(new) == ["head_1", "head_2"]
     assert (mode_of(old), mode_of(new)) == (None, "mutual")
     assert extract_head(old, 2).output.shape == (None, 3)
+
+
+def test_a_model_saved_before_the_package_layout_changed_still_loads():
+    """``tests/data/sila_resnet8_before_layout.keras`` is a 1-epoch ResNet-8 SiLa run's
+    ``model.keras`` (SilaLoss, head metrics, SGDL2, SilaLogits, PadShortcut), written before
+    the modules moved into role subpackages; it loads after only ``import sila_keras`` and
+    computes what it computed then."""
+    import keras
+    import numpy as np
+
+    import sila_keras  # noqa: F401
+
+    data = Path(__file__).parent / "data"
+    model = keras.models.load_model(data / "sila_resnet8_before_layout.keras")
+    expected = np.load(data / "sila_resnet8_before_layout.npz")
+    np.testing.assert_allclose(model.predict(expected["x"], verbose=0), expected["y"],
+                               rtol=1e-4, atol=1e-4)
+    assert type(model.loss).__name__ == "SilaLoss"
+    assert type(model.optimizer).__name__ == "SGDL2"
