@@ -30,7 +30,7 @@ def child(name: str, semantics: str, cutout: int, n: int, batch: int = 128) -> d
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    from sila_keras.pipeline import train_dataset
+    from sila_keras.data.pipeline import train_dataset
 
     x = np.random.default_rng(0).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
     opts = tf.data.Options()

@@ -73,7 +73,7 @@ def peak_rss_mib() -> float:
 
 def child_pipeline(folder: str, limit: int | None, batch: int) -> dict:
     from sila_keras.data import load_dataset
-    from sila_keras.pipeline import train_dataset
+    from sila_keras.data.pipeline import train_dataset
 
     data = load_dataset(f"folder:{folder}", cache="none", val_split=0.01, limit_train=limit,
                         image_size="160")
@@ -89,9 +89,9 @@ def child_step(batch: int, steps: int) -> dict:
     import keras
     import numpy as np
 
-    from sila_keras.config import TrainConfig
-    from sila_keras.heads import build_sila_model
-    from sila_keras.train import compile_model
+    from sila_keras.core.heads import build_sila_model
+    from sila_keras.training.config import TrainConfig
+    from sila_keras.training.train import compile_model
 
     cfg = TrainConfig.create("x", "mobilenetv1", milestones=())
     model = compile_model(build_sila_model("mobilenetv1", 10, 3, (160, 160, 3)), cfg, 10, steps=10)
@@ -112,7 +112,11 @@ def child_augment(name: str, mode: str, n: int = 4096, batch: int = 128) -> dict
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    from sila_keras.pipeline import BATCH_AUGMENTATIONS, get_augmentation, get_batch_augmentation
+    from sila_keras.data.pipeline import (
+        BATCH_AUGMENTATIONS,
+        get_augmentation,
+        get_batch_augmentation,
+    )
 
     get_augmentation(name)  # registers autoaugment / randaugment
     if mode == "per_batch" and name not in BATCH_AUGMENTATIONS:
@@ -159,7 +163,7 @@ def run_train(folder: Path, out: Path, limit: int | None, steps: int, batch: int
             "--out", str(out), "--name", f"n{limit or 'all'}"]
     if limit:
         argv += ["--limit-train", str(limit)]
-    code = ("import resource, sys, time; from sila_keras.train import main; t = time.time(); "
+    code = ("import resource, sys, time; from sila_keras.training.train import main; t = time.time(); "
             "rc = main(sys.argv[1:]); import json; print(json.dumps({'rc': rc, 'wall_s': "
             "round(time.time() - t, 1), 'peak_rss_mib': round(resource.getrusage("
             "resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))")

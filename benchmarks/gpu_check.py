@@ -65,7 +65,7 @@ def setup_devices(cpu: bool, memory_mb: int) -> list[str]:
     names; the throughput runs use the first one alone."""
     if cpu:
         tf.config.set_visible_devices([], "GPU")
-        from sila_keras.distribute import split_cpu
+        from sila_keras.devices.distribute import split_cpu
 
         split_cpu(2)
         return [d.name for d in tf.config.list_logical_devices("CPU")][:2]
@@ -147,7 +147,7 @@ def fake_cifar(n: int, seed: int = 0):
 
 def train_data(config, x, y):
     """The training pipeline's public entry (the one call to change if its API changes)."""
-    from sila_keras.train import make_datasets
+    from sila_keras.training.train import make_datasets
 
     train, _, steps = make_datasets(config, x, y, x[:4], y[:4])
     return train, steps
@@ -155,7 +155,7 @@ def train_data(config, x, y):
 
 def sila_model(config, strategy, steps: int):
     from sila_keras import build_sila_model
-    from sila_keras.train import compile_model
+    from sila_keras.training.train import compile_model
 
     with strategy.scope():
         model = build_sila_model(config.net.model, 10, config.sila.heads)
@@ -175,7 +175,7 @@ def fit_one_epoch(config, strategy, images: int):
 
 def case_empty_replica(strategy) -> str:
     """13 images, global batch 12, 2 replicas: the last batch has 1 image (one replica none)."""
-    from sila_keras.config import TrainConfig
+    from sila_keras.training.config import TrainConfig
 
     config = TrainConfig.create("check", "resnet20", batch_size=12, epochs=1, milestones=(),
                          augment="none", sync_bn=False)
@@ -184,12 +184,12 @@ def case_empty_replica(strategy) -> str:
 
 
 def case_jit_two_replicas(strategy) -> str:
-    from sila_keras.config import TrainConfig
+    from sila_keras.training.config import TrainConfig
 
     config = TrainConfig.create("check", "resnet20", batch_size=8, epochs=1, milestones=(),
                          augment="none", jit=True)
     model, _, loss = fit_one_epoch(config, strategy, 16)
-    from sila_keras import replica_jit
+    from sila_keras.devices import replica_jit
 
     mode = "per replica" if replica_jit.is_installed(model) else "whole step"
     return f"loss {loss:.3f}, jit {mode}"
@@ -198,7 +198,7 @@ def case_jit_two_replicas(strategy) -> str:
 def case_fp16_overflow_one_replica(strategy) -> str:
     import keras
 
-    from sila_keras.precision import wrap_optimizer
+    from sila_keras.training.precision import wrap_optimizer
 
     with strategy.scope():
         w = keras.Variable(np.ones(3, np.float32))
@@ -246,8 +246,8 @@ def bench_model(policy: str, spe: int, batch: int, device: str):
     import keras
 
     from sila_keras import build_sila_model
-    from sila_keras.config import TrainConfig
-    from sila_keras.train import compile_model
+    from sila_keras.training.config import TrainConfig
+    from sila_keras.training.train import compile_model
 
     keras.mixed_precision.set_global_policy(policy)
     try:
@@ -283,7 +283,7 @@ def augmentation_rate(name: str, x, y, batch: int, seconds: float) -> float:
     """img/s drained from the training pipeline with augmentation ``name``."""
     from pipeline_speed import drain  # benchmarks/pipeline_speed.py (this script's folder)
 
-    from sila_keras.pipeline import train_dataset
+    from sila_keras.data.pipeline import train_dataset
 
     return drain(train_dataset(x, y, batch, augment=name, epochs=1000), seconds)
 
@@ -296,7 +296,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     devices = setup_devices(args.cpu, args.gpu_memory_mb)
     import sila_keras  # noqa: F401  (registers layers, augmentations)
-    from sila_keras.distribute import resolve_steps_per_execution
+    from sila_keras.devices.distribute import resolve_steps_per_execution
 
     print("== environment")
     for line in environment():

@@ -6,7 +6,7 @@ For one backbone and recipe, with several seeds, trains (each arm × seed is one
 * ``sila``          — the SiLa model, M heads, β/λ (paper A);
 * ``alone``         — head k's sub-network alone for each k in ``--alone-heads`` (default
   2..M): the layers ``python -m export RUN --head k`` keeps, re-initialised and renamed
-  (:func:`sila_keras.heads.standalone_head`), saved to ``OUT/models/`` and trained with
+  (:func:`sila_keras.core.heads.standalone_head`), saved to ``OUT/models/`` and trained with
   ``--heads 1`` as a user's ``.keras`` model — same data subset, recipe and seed;
 * ``ship``          — ``--ship-head K`` (head K weighs 1, like head 1);
 * ``distill``       — ``--distill W`` (self-distillation, head 1 → shallower heads);
@@ -15,7 +15,7 @@ For one backbone and recipe, with several seeds, trains (each arm × seed is one
   seed) at another learning rate — a bare 3×3-conv head trained alone at weight 1 may not
   train at the SiLa recipe's lr (docs/heads.md), and a fair baseline is one that trains.
 
-Then writes ``OUT/head_vs_alone.{json,csv,md,png}`` (:mod:`sila_keras.study`): final test
+Then writes ``OUT/head_vs_alone.{json,csv,md,png}`` (:mod:`sila_keras.reports.study`): final test
 accuracy per head and arm, mean ± std over seeds. Resumable: a finished run (its
 ``summary.json``) is skipped, a killed one continues with the run's own ``--resume``; rerun
 the same command. ``--diagnose`` instead trains seed 0's ``sila`` and ``alone`` arms (plus
@@ -44,7 +44,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sila_keras.rundir import RunDir, StudyDir  # noqa: E402
+from sila_keras.utils.rundir import RunDir, StudyDir  # noqa: E402
 
 # The issue's setting (#19): ResNet-20 on 10,000 CIFAR-10 training images, 15 epochs,
 # lr 0.1 ×0.2 at epochs 8 and 12, batch 128, the full test split, M = 3, β 0.1, λ 0.5.
@@ -176,9 +176,9 @@ def status(job: Job) -> str:
 
 def check_same_settings(job: Job) -> None:
     """Exit with one line when a finished run's config.json differs from this plan's."""
-    from sila_keras.config import RESUME_MUTABLE, TrainConfig
-    from sila_keras.train_flags import build_parser as train_parser
-    from sila_keras.train_flags import config_from_args
+    from sila_keras.training.config import RESUME_MUTABLE, TrainConfig
+    from sila_keras.training.flags import build_parser as train_parser
+    from sila_keras.training.flags import config_from_args
 
     planned = config_from_args(train_parser().parse_args(job.argv))
     ignore = tuple(k for k in RESUME_MUTABLE if k != "epochs")  # a longer run is another arm
@@ -197,10 +197,10 @@ def write_subnetwork(args, s: dict, head: int, seed: int) -> Path:
         return path
     import keras
 
-    from sila_keras.config import TrainConfig
-    from sila_keras.heads import build_sila_model, standalone_head
-    from sila_keras.rundir import save_model
-    from sila_keras.train import load_data
+    from sila_keras.core.heads import build_sila_model, standalone_head
+    from sila_keras.training.config import TrainConfig
+    from sila_keras.training.train import load_data
+    from sila_keras.utils.rundir import save_model
 
     data = load_data(TrainConfig.create(args.dataset, args.model, limit_train=s["limit_train"],
                                  limit_test=s["limit_test"], seed=seed))
@@ -218,7 +218,7 @@ def run_job(args, s: dict, job: Job) -> str:
     """Train (or continue) one arm × seed; returns its status before the call."""
     import keras
 
-    from sila_keras.train import main as train
+    from sila_keras.training.train import main as train
 
     state = status(job)
     if state == "done":
@@ -240,8 +240,8 @@ def run_job(args, s: dict, job: Job) -> str:
 
 
 def collect(args, s: dict, jobs: list[Job]) -> dict:
-    """The study (see :mod:`sila_keras.study`) from the finished runs."""
-    from sila_keras.study import recipe_of, table_rows
+    """The study (see :mod:`sila_keras.reports.study`) from the finished runs."""
+    from sila_keras.reports.study import recipe_of, table_rows
 
     results: dict[str, dict[int, list[float]]] = {}
     params: dict[int, int] = {}
@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
           f"in {args.out}", flush=True)
     for job in jobs:
         run_job(args, s, job)
-    from sila_keras.study import markdown, write_study
+    from sila_keras.reports.study import markdown, write_study
 
     study = collect(args, s, jobs)
     out = write_study(args.out, study)

@@ -2,7 +2,7 @@
 
 Trains, for the first seed, the SiLa model and each alone sub-network — plus two variants
 of every alone sub-network: lr ÷ 5, and BatchNorm inserted before the head's 3×3 conv —
-through the training chain of :mod:`sila_keras.train`, and after every epoch records on a
+through the training chain of :mod:`sila_keras.training.train`, and after every epoch records on a
 fixed probe batch of 256 training images:
 
 * gradient norms of the head's own layers, of head 1's classifier and of the backbone (the
@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from sila_keras.rundir import StudyDir
+from sila_keras.utils.rundir import StudyDir
 
 PROBE = 256
 TEST_PROBE = 1000
@@ -66,7 +66,7 @@ def make_callback(model, probe, test, num_classes: int):
     import keras
     import tensorflow as tf
 
-    from sila_keras.heads import num_heads_of
+    from sila_keras.core.heads import num_heads_of
 
     m = num_heads_of(model)
     groups = _groups(model)
@@ -116,7 +116,7 @@ def bn_variant(path_in, path_out):
     module already starts with BN (pre-activation backbones)."""
     import keras
 
-    from sila_keras.rundir import save_model
+    from sila_keras.utils.rundir import save_model
 
     sub = keras.models.load_model(path_in, compile=False)
     if any(layer.name == "aux_bn" for layer in sub.layers):
@@ -133,8 +133,8 @@ def diagnose(args, s: dict) -> None:
     """Train the variants for the first seed and write ``OUT/diagnose/``."""
     from head_vs_alone import write_subnetwork
 
-    from sila_keras import io
-    from sila_keras.config import TrainConfig
+    from sila_keras.training.config import TrainConfig
+    from sila_keras.utils import files
 
     seed = s["seeds"][0]
     out = StudyDir(args.out) / StudyDir.DIAGNOSE
@@ -156,7 +156,7 @@ def diagnose(args, s: dict) -> None:
     summary = []
     for name, config in variants.items():
         rows = train_variant(name, config, seed)
-        io.write_csv(out / f"{name}.csv", rows)
+        files.write_csv(out / f"{name}.csv", rows)
         last = rows[-1]
         heads = sorted({int(k[1:].split("_")[0]) for k in last if k.startswith("h")})
         for k in heads:
@@ -170,7 +170,7 @@ def diagnose(args, s: dict) -> None:
                 "max_grad_head": max(r.get(gkey, 0.0) for r in rows),
                 "max_grad_backbone": max(r["grad_backbone"] for r in rows),
                 "logit_std": last[f"h{k}_logit_std"]})
-    io.write_csv(out / "summary.csv", summary)
+    files.write_csv(out / "summary.csv", summary)
     lines = ["| variant | head | test acc | test acc (BN batch stats) | train acc | "
              "spread last 3 ep | max ‖g‖ head | max ‖g‖ backbone | logit std |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -179,15 +179,15 @@ def diagnose(args, s: dict) -> None:
                      f"{100 * r['test_acc_bn_batch']:.2f} | {100 * r['train_acc']:.2f} | "
                      f"{100 * r['test_acc_spread_last3']:.2f} | {r['max_grad_head']:.3g} | "
                      f"{r['max_grad_backbone']:.3g} | {r['logit_std']:.3g} |")
-    io.write_text(out / "summary.md", "\n".join(lines) + "\n")
+    files.write_text(out / "summary.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
 def train_variant(name, config, seed):
     import keras
 
-    from sila_keras.pipeline import eval_dataset
-    from sila_keras.train import build_model, compile_model, fit, load_data, make_datasets
+    from sila_keras.data.pipeline import eval_dataset
+    from sila_keras.training.train import build_model, compile_model, fit, load_data, make_datasets
 
     keras.utils.set_random_seed(seed)
     data = load_data(config)

@@ -2,7 +2,7 @@
 
 Starts 2 ``MultiWorkerMirroredStrategy`` workers on loopback, each training ResNet-20 with
 3 SiLa heads on synthetic CIFAR batches, once with the stacked reduction of
-:func:`sila_keras.multiworker.reduce_scalars_stacked` (one all-reduce for all of a step's
+:func:`sila_keras.devices.multiworker.reduce_scalars_stacked` (one all-reduce for all of a step's
 scalar metrics) and once with one ``strategy.reduce`` per metric (before issue 18). Prints
 the number of metric all-reduces traced into one train step, the ms per step, and the
 logged metrics of both (last step and epoch; they must be identical). The epoch-end reads
@@ -34,9 +34,9 @@ def worker(mode: str, steps: int, batch: int) -> None:
     import tensorflow as tf
 
     from sila_keras import build_sila_model, multiworker
-    from sila_keras.config import TrainConfig
-    from sila_keras.distribute import make_strategy
-    from sila_keras.train import compile_model
+    from sila_keras.devices.distribute import make_strategy
+    from sila_keras.training.config import TrainConfig
+    from sila_keras.training.train import compile_model
 
     strategy = make_strategy("multiworker")
     calls = []

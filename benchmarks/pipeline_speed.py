@@ -2,7 +2,7 @@
 
 Three measurements on CIFAR-sized in-memory uint8 images (what ``load_dataset`` gives):
 
-1. images/s of the training pipeline alone (``sila_keras.pipeline.train_dataset``:
+1. images/s of the training pipeline alone (``sila_keras.data.pipeline.train_dataset``:
    per-example stateless pad+crop+flip in a parallel map, batching, prefetch) and of the
    eval pipeline, drained as fast as possible;
 2. images/s of the SiLa train step alone (``train_on_batch`` on one resident batch);
@@ -29,9 +29,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from sila_keras import build_sila_model  # noqa: E402
-from sila_keras.config import TrainConfig  # noqa: E402
-from sila_keras.pipeline import eval_dataset, train_dataset  # noqa: E402
-from sila_keras.train import compile_model  # noqa: E402
+from sila_keras.data.pipeline import eval_dataset, train_dataset  # noqa: E402
+from sila_keras.training.config import TrainConfig  # noqa: E402
+from sila_keras.training.train import compile_model  # noqa: E402
 
 
 def fake_cifar(n: int, seed: int = 0):

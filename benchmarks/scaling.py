@@ -58,8 +58,8 @@ def forward_macs(model) -> int:
 def measure_step_ms(model, batch: int, steps: int = 3) -> float:
     import tensorflow as tf
 
-    from sila_keras.config import TrainConfig
-    from sila_keras.train import compile_model
+    from sila_keras.training.config import TrainConfig
+    from sila_keras.training.train import compile_model
 
     compile_model(model, TrainConfig.create("bench", "m", milestones=()), 10, steps=1)
     x = tf.constant(np.random.default_rng(0).uniform(0, 255, (batch, 32, 32, 3)).astype(np.float32))
@@ -102,7 +102,7 @@ def scenario(t_compute: float, param_bytes: float, sizes, inner=None, outer=None
 def estimate(name: str, heads: int, step_ms: float | None, cpu_batch: int, gpu_batch: int,
              gpu_tflops: float) -> dict:
     from sila_keras import build_sila_model
-    from sila_keras.heads import trainable_params
+    from sila_keras.core.heads import trainable_params
 
     model = build_sila_model(name, 10, heads)
     params, macs = trainable_params(model), forward_macs(model)

@@ -20,9 +20,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from sila_keras import build_sila_model  # noqa: E402
-from sila_keras.config import TrainConfig  # noqa: E402
-from sila_keras.pipeline import train_dataset  # noqa: E402
-from sila_keras.train import compile_model  # noqa: E402
+from sila_keras.data.pipeline import train_dataset  # noqa: E402
+from sila_keras.training.config import TrainConfig  # noqa: E402
+from sila_keras.training.train import compile_model  # noqa: E402
 
 
 def compiled(model_name: str, heads: int, batch: int):

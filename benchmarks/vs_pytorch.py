@@ -108,7 +108,7 @@ def torch_sila_model(name: str, num_classes: int = 10, heads: int = 3):
                 tap_channels = [f[-1] for f in VGG19[:-1]]
             else:
                 raise ValueError(f"No PyTorch twin for '{name}'. Available: resnet20, vgg19")
-            # heads 2..M on the taps, deepest first (sila_keras.heads.place_heads)
+            # heads 2..M on the taps, deepest first (sila_keras.core.heads.place_heads)
             self.tap_ids = list(reversed(range(len(tap_channels))))[: heads - 1]
             self.aux = nn.ModuleList(nn.Conv2d(tap_channels[t], num_classes, 3, 1, 1) for t in self.tap_ids)
 
@@ -168,9 +168,9 @@ class KerasRunner:
         import tensorflow as tf
 
         from sila_keras import build_sila_model
-        from sila_keras.config import TrainConfig
-        from sila_keras.heads import trainable_params
-        from sila_keras.train import compile_model
+        from sila_keras.core.heads import trainable_params
+        from sila_keras.training.config import TrainConfig
+        from sila_keras.training.train import compile_model
 
         self.model = build_sila_model(name, 10, heads)
         compile_model(self.model, TrainConfig.create("bench", name, heads=heads, milestones=(), jit=jit), 10, 1)
@@ -193,7 +193,7 @@ def timed(runner, steps, settle_s: float = 0.3):
 
 def compare(name: str, batch: int, heads: int, rounds: int, steps: int, jit: bool) -> dict:
     """Alternate timed blocks of Keras (plain, then XLA if ``jit``) and PyTorch."""
-    from sila_keras.losses import set_weights
+    from sila_keras.core.losses import set_weights
 
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (batch, 32, 32, 3)).astype(np.float32)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sila_keras.errors import ConfigError
+from sila_keras.utils.errors import ConfigError
 
 FORMATS = ("keras", "savedmodel", "tflite", "onnx")
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")

@@ -1,6 +1,6 @@
 """``python -m export SOURCE --head K|all [options]`` (also ``sila-export``).
 
-Exit status (:mod:`sila_keras.cli`): 0 every artifact written and verified; 3 an artifact
+Exit status (:mod:`sila_keras.utils.cli`): 0 every artifact written and verified; 3 an artifact
 failed its conversion or parity check (it is not left in ``--out``; ``manifest.json`` says
 why); 2 bad input (one ``sila-export: error: …`` line on stderr); 130 interrupted.
 """
@@ -11,8 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from sila_keras.cli import Command, HelpFormatter, run_command
-from sila_keras.errors import ConfigError, RunFailed
+from sila_keras.utils.cli import Command, HelpFormatter, run_command
+from sila_keras.utils.errors import ConfigError, RunFailed
 
 PROG = "sila-export"
 
@@ -164,8 +164,8 @@ def run(args: argparse.Namespace) -> dict:
 
 def _alone_reference(args, src) -> dict:
     """#19: the alone-trained accuracies for the trade-off table, when a head-vs-alone
-    benchmark for the run's backbone and recipe is found (:func:`sila_keras.study.find_study`)."""
-    from sila_keras.study import alone_accuracy, find_study
+    benchmark for the run's backbone and recipe is found (:func:`sila_keras.reports.study.find_study`)."""
+    from sila_keras.reports.study import alone_accuracy, find_study
 
     study, note = find_study(src.run_dir, getattr(args, "alone", None))
     if study is None:
@@ -179,9 +179,9 @@ def _labels(path: str, src) -> list[str]:
     """``--labels FILE``: one class name per line, exactly one per class of the model.
 
     Raises:
-        sila_keras.errors.ConfigError: unreadable, or a count different from the model's.
+        sila_keras.utils.errors.ConfigError: unreadable, or a count different from the model's.
     """
-    from sila_keras.errors import ConfigError
+    from sila_keras.utils.errors import ConfigError
 
     try:
         names = [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines() if ln.strip()]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 
-from sila_keras.errors import DependencyError
+from sila_keras.utils.errors import DependencyError
 
 INSTALL_HINT = "pip install 'sila-keras[export]'"
 

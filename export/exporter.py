@@ -30,7 +30,7 @@ from export import artifacts as art
 from export import deps, inputs, outdir, parity, report
 from export.outdir import prepare_out_dir
 from export.phone import export_tflite, phone_context
-from sila_keras.errors import ConfigError, RunFailed
+from sila_keras.utils.errors import ConfigError, RunFailed
 
 DEFAULT_QUANTIZE = ("none",)
 
@@ -105,8 +105,8 @@ def export_head(model, head: int, out_dir, formats: str | Sequence[str] = art.FO
         >>> manifest["artifacts"]["tflite"]["parity"]["passed"]  # doctest: +SKIP
         True
     """
-    from sila_keras.heads import extract_head
-    from sila_keras.precision import as_float32, is_float32, mixed_policy
+    from sila_keras.core.heads import extract_head
+    from sila_keras.training.precision import as_float32, is_float32, mixed_policy
 
     plan, options = _validate(model, head, formats, quantize, opset, tolerances,
                               tflite_outputs=tflite_outputs, int8_io=int8_io,
@@ -194,7 +194,7 @@ def export_heads(model, out_dir, heads: Sequence[int] | None = None, *, strict: 
         strict: raise :class:`ExportFailed` after all heads when any artifact failed.
         verbose: 0 silent, 1 progress and tables.
         alone: #19, ``{head: (mean, std, n)}`` of the sub-networks trained alone (an "alone"
-            column; :func:`sila_keras.study.alone_accuracy`); ``alone_note`` says where from.
+            column; :func:`sila_keras.reports.study.alone_accuracy`); ``alone_note`` says where from.
         **kwargs: passed to :func:`export_head` (formats, quantize, calibration, …).
 
     Returns:
@@ -204,8 +204,8 @@ def export_heads(model, out_dir, heads: Sequence[int] | None = None, *, strict: 
     Raises:
         ValueError: a head out of range (before anything is exported), or as :func:`export_head`.
     """
-    from sila_keras import io
-    from sila_keras.heads import num_heads_of
+    from sila_keras.core.heads import num_heads_of
+    from sila_keras.utils import files
 
     m = num_heads_of(model)
     heads = list(range(1, m + 1)) if heads is None else list(heads)
@@ -217,8 +217,8 @@ def export_heads(model, out_dir, heads: Sequence[int] | None = None, *, strict: 
     manifests = [export_head(model, k, out / f"head_{k}", verbose=verbose, **kwargs) for k in heads]
     rows = report.heads_rows(manifests, alone)
     text = report.heads_markdown(rows, f"Heads of {model.name}", alone_note)
-    io.write_csv(out / "heads.csv", rows, report.heads_columns(rows))
-    io.write_text(out / "heads.md", text)
+    files.write_csv(out / "heads.csv", rows, report.heads_columns(rows))
+    files.write_text(out / "heads.md", text)
     if verbose:
         print("\n" + text, flush=True)
     result = {"heads": rows, "manifests": manifests, "ok": all(mf["ok"] for mf in manifests)}
@@ -245,7 +245,7 @@ def check_options(formats, quantize, opset: int = 17, tolerances=None, *,
             tolerance, unknown ``--tflite-outputs`` or ``--int8-io``.
         export.deps.MissingDependencyError: a package the formats need is not installed.
     """
-    from sila_keras.errors import ConfigError
+    from sila_keras.utils.errors import ConfigError
 
     outputs = art.parse_outputs(tflite_outputs)
     if int8_io not in art.INT8_IO:
@@ -276,7 +276,7 @@ def check_head(model, head) -> int:
     Raises:
         ValueError: not a SiLa model, or the head is out of range (the valid heads listed).
     """
-    from sila_keras.heads import num_heads_of
+    from sila_keras.core.heads import num_heads_of
 
     m = num_heads_of(model)  # ValueError for a model without sila_logits
     if isinstance(head, bool) or not isinstance(head, (int, np.integer)) or not 1 <= head <= m:

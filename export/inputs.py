@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from export.source import check_images
-from sila_keras.errors import DataError
+from sila_keras.utils.errors import DataError
 
 SLICE_TOLERANCE = 1e-6  # scaled, like the float32 parity check
 

@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sila_keras.errors import ConfigError
+from sila_keras.utils.errors import ConfigError
 
 METADATA_FIELD = "TFLITE_METADATA"
 METADATA_IDENTIFIER = b"M001"

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from export.artifacts import ARTIFACTS
 from export.report import MANIFEST_KIND
-from sila_keras.errors import RunDirError
-from sila_keras.rundir import RunDir
+from sila_keras.utils.errors import RunDirError
+from sila_keras.utils.rundir import RunDir
 
 MANIFEST = "manifest.json"
 LABELS = RunDir.LABELS
@@ -72,7 +72,7 @@ def recover(out: Path) -> list[str]:
                 os.replace(old, dest)
                 restored.append(dest.name)
         shutil.rmtree(staging, ignore_errors=True)
-    for name in (MANIFEST, LABELS):  # temp files of sila_keras.io's atomic writes
+    for name in (MANIFEST, LABELS):  # temp files of sila_keras.utils.files's atomic writes
         for tmp in out.glob(f".{name}.*"):
             tmp.unlink(missing_ok=True)
     return restored
@@ -80,7 +80,7 @@ def recover(out: Path) -> list[str]:
 
 def commit(out: Path, staging: Path, staged: dict[str, Path], failed_files, manifest: dict) -> None:
     """Install the verified artifacts, drop failed and stale ones, write labels and manifest."""
-    from sila_keras import io
+    from sila_keras.utils import files
 
     for file, path in staged.items():
         install(path, out / file, staging)
@@ -88,17 +88,17 @@ def commit(out: Path, staging: Path, staged: dict[str, Path], failed_files, mani
         if file not in staged:
             remove(out / file)
     remove_stale(out, manifest)
-    io.write_text(out / LABELS, "\n".join(manifest["class_names"]) + "\n")
-    io.write_json(out / MANIFEST, manifest)
+    files.write_text(out / LABELS, "\n".join(manifest["class_names"]) + "\n")
+    files.write_json(out / MANIFEST, manifest)
 
 
 def previous_manifest(out: Path) -> dict | None:
     """The manifest of an earlier export into ``out``, if there is one."""
-    from sila_keras import io
+    from sila_keras.utils import files
 
     path = Path(out) / MANIFEST
     try:
-        data = io.read_json(path) if path.is_file() else None
+        data = files.read_json(path) if path.is_file() else None
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) and data.get("kind") == MANIFEST_KIND else None

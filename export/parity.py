@@ -27,7 +27,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from sila_keras.errors import ConfigError
+from sila_keras.utils.errors import ConfigError
 
 DEFAULT_TOLERANCES: dict[str, float] = {
     "float32": 1e-4,   # max |Δlogit| / max(1, max|logit|)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from export.artifacts import INPUT_NAME, SIGNATURE
-from sila_keras.errors import ConfigError
+from sila_keras.utils.errors import ConfigError
 
 MANIFEST_KIND = "sila-export"
 MANIFEST_VERSION = 1
@@ -23,7 +23,7 @@ def build_manifest(*, model, head_model, head, out_dir, source, class_names, inp
                    artifacts, failed, slice_check, image_note, n_images, keras_accuracy,
                    calibration_count, data_notes, plan) -> dict:
     """Everything a deployer needs to know about one exported head (see docs/export.md)."""
-    from sila_keras.heads import extract_head, num_heads_of, trainable_params
+    from sila_keras.core.heads import extract_head, num_heads_of, trainable_params
 
     n = int(head_model.output.shape[-1])
     names = list(class_names) if class_names else [f"class_{i}" for i in range(n)]
@@ -173,7 +173,7 @@ def heads_rows(manifests: list[dict], alone: dict | None = None) -> list[dict]:
     """One row per exported head: size / accuracy / latency trade-off.
 
     ``alone`` (#19): ``{head: (mean, std, n)}``, the accuracy of each head's sub-network
-    trained alone (:func:`sila_keras.study.alone_accuracy`); adds ``alone_accuracy`` /
+    trained alone (:func:`sila_keras.reports.study.alone_accuracy`); adds ``alone_accuracy`` /
     ``alone_std`` / ``alone_seeds`` to every row (None for a head without one).
     """
     rows = []

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sila_keras.errors import ModelError
-from sila_keras.rundir import RunDir
+from sila_keras.utils.errors import ModelError
+from sila_keras.utils.rundir import RunDir
 
 MODEL_FILE = RunDir.MODEL
 
@@ -65,7 +65,7 @@ def load_source(source: str | os.PathLike) -> ExportSource:
         ValueError: no ``model.keras`` in the folder, not a ``.keras`` file, a file
             Keras cannot load, or a model without ``sila_logits``.
     """
-    from sila_keras.heads import num_heads_of
+    from sila_keras.core.heads import num_heads_of
 
     path = Path(source).expanduser()
     if not path.exists():

@@ -22,24 +22,24 @@ __version__ = "0.1.0"
 
 # Public name → the module that defines it (imported on first access).
 _API = {
-    "SGDL2": "sila_keras.optim",
-    "attach_heads": "sila_keras.attach",
-    "load_and_attach": "sila_keras.attach",
-    "HeadAccuracy": "sila_keras.metrics",
-    "HeadNLL": "sila_keras.metrics",
-    "HeadTopK": "sila_keras.metrics",
-    "sila_metrics": "sila_keras.metrics",
-    "MutualLoss": "sila_keras.losses",
-    "SilaLoss": "sila_keras.losses",
-    "set_weights": "sila_keras.losses",
-    "ship_head_weights": "sila_keras.losses",  # #19
-    "sila_loss": "sila_keras.losses",
-    "SilaLogits": "sila_keras.heads",
-    "build_sila_model": "sila_keras.heads",
-    "extract_head": "sila_keras.heads",
-    "standalone_head": "sila_keras.heads",  # #19
-    "num_heads_of": "sila_keras.heads",
-    "trainable_params": "sila_keras.heads",
+    "SGDL2": "sila_keras.training.optim",
+    "attach_heads": "sila_keras.core.attach",
+    "load_and_attach": "sila_keras.core.attach",
+    "HeadAccuracy": "sila_keras.core.metrics",
+    "HeadNLL": "sila_keras.core.metrics",
+    "HeadTopK": "sila_keras.core.metrics",
+    "sila_metrics": "sila_keras.core.metrics",
+    "MutualLoss": "sila_keras.core.losses",
+    "SilaLoss": "sila_keras.core.losses",
+    "set_weights": "sila_keras.core.losses",
+    "ship_head_weights": "sila_keras.core.losses",  # #19
+    "sila_loss": "sila_keras.core.losses",
+    "SilaLogits": "sila_keras.core.heads",
+    "build_sila_model": "sila_keras.core.heads",
+    "extract_head": "sila_keras.core.heads",
+    "standalone_head": "sila_keras.core.heads",  # #19
+    "num_heads_of": "sila_keras.core.heads",
+    "trainable_params": "sila_keras.core.heads",
     "get_backbone": "sila_keras.models.registry",
     "list_backbones": "sila_keras.models.registry",
     "register_backbone": "sila_keras.models.registry",

@@ -11,7 +11,7 @@ loads after only ``import sila_keras``::
     model = keras.models.load_model("runs/x/model.keras")
 
 The training modes register when :mod:`sila_keras.modes` is imported (no TensorFlow);
-the augmentations when :mod:`sila_keras.augment` is (``sila_keras.pipeline`` imports it).
+the augmentations when :mod:`sila_keras.data.augment` is (``sila_keras.data.pipeline`` imports it).
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ import warnings
 # Every module that defines a registered Keras object (the backbone families follow, see
 # register_all). Each imports only Keras at module level.
 KERAS_MODULES = (
-    "sila_keras.losses",         # SilaLoss, MutualLoss
-    "sila_keras.metrics",        # HeadAccuracy, HeadTopK, HeadNLL
-    "sila_keras.optim",          # SGDL2
-    "sila_keras.heads",          # SilaLogits (the sila_logits layer)
+    "sila_keras.core.losses",         # SilaLoss, MutualLoss
+    "sila_keras.core.metrics",        # HeadAccuracy, HeadTopK, HeadNLL
+    "sila_keras.training.optim",          # SGDL2
+    "sila_keras.core.heads",          # SilaLogits (the sila_logits layer)
     "sila_keras.models.layers",  # PadShortcut
     "sila_keras.pairs.models",   # the digit-pair layers
 )
@@ -59,7 +59,7 @@ def register_on_keras_import() -> None:
 class _AfterImport(importlib.abc.MetaPathFinder):
     """Calls :func:`register_all` once ``keras`` and ``tensorflow`` have finished importing
     (TensorFlow imports Keras half-way through its own import) and no ``sila_keras`` module
-    is half-way through its own (``from sila_keras.heads import …`` as a first import
+    is half-way through its own (``from sila_keras.core.heads import …`` as a first import
     imports Keras from inside ``heads``; registering then would import modules that need
     the half-made ``heads``), then removes itself."""
 

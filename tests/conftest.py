@@ -59,7 +59,7 @@ def tiny_folder(tmp_path_factory):
 @pytest.fixture(scope="session")
 def finished_run(cifar_folder, tmp_path_factory):
     """A 2-epoch ``--mode sila`` resnet20 run on real CIFAR images (lr halved after epoch 1)."""
-    from sila_keras.train import main
+    from sila_keras.training.train import main
 
     def train(out):
         rc = main([f"folder:{cifar_folder}", "resnet20", "--epochs", "2", "--batch-size", "16",
@@ -72,7 +72,7 @@ def finished_run(cifar_folder, tmp_path_factory):
 @pytest.fixture(scope="session")
 def user_model_run(cifar_folder, tmp_path_factory):
     """A 1-epoch run of the user's own ``.keras`` CNN with 2 SiLa heads attached."""
-    from sila_keras.train import main
+    from sila_keras.training.train import main
 
     def train(out):
         path = out / "mine.keras"
@@ -87,7 +87,7 @@ def user_model_run(cifar_folder, tmp_path_factory):
 def mutual_runs(tiny_folder, tmp_path_factory):
     """Tiny two-network runs: homogeneous SiLa (with AutoAugment, as in Table 3),
     heterogeneous SiLa+DML (``--peer testing.PEER``) and the ``--mode dml`` baseline."""
-    from sila_keras.train import main
+    from sila_keras.training.train import main
 
     cases = {"homo": ["resnet8", "--mode", "mutual", "--augment", "autoaugment"],
              "hetero_dml": ["resnet8", "--mode", "mutual", "--peer", testing.PEER, "--dml"],
@@ -105,8 +105,8 @@ def mutual_runs(tiny_folder, tmp_path_factory):
 @pytest.fixture(scope="session")
 def dynamic_runs(tiny_folder, tmp_path_factory):
     """Tiny ``--mode dynamic`` runs of a 3-exit MSDNet: Dynamic SiLa and (``--no-sila``) MSDNet."""
-    from sila_keras.config import TrainConfig
-    from sila_keras.train import run
+    from sila_keras.training.config import TrainConfig
+    from sila_keras.training.train import run
 
     def train(out):
         for name, no_sila in (("sila", False), ("msdnet", True)):

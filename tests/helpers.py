@@ -117,7 +117,7 @@ def train_once(tmp_path_factory, name: str, train) -> Path:
 
 def run_err(capsys, argv) -> str:
     """``sila-train argv`` as bad input: exit 2 and one line on stderr, no traceback; returns it."""
-    from sila_keras.train import main
+    from sila_keras.training.train import main
 
     rc = main(argv)
     err = capsys.readouterr().err

@@ -10,8 +10,15 @@ import pytest
 from helpers import train_once
 
 from sila_keras import extract_head
-from sila_keras.analyze import load_run, main, mean_nll, noise_curve, run_label, training_images
-from sila_keras.train import main as train_main
+from sila_keras.reports.analyze import (
+    load_run,
+    main,
+    mean_nll,
+    noise_curve,
+    run_label,
+    training_images,
+)
+from sila_keras.training.train import main as train_main
 
 
 def read_csv(path):

@@ -13,13 +13,13 @@ import pytest
 from keras import layers
 
 from sila_keras import extract_head, num_heads_of
-from sila_keras.config import KERAS_APPLICATIONS, TrainConfig
-from sila_keras.errors import ConfigError, ModelError
-from sila_keras.finetune import backbone_layers, is_new_layer
-from sila_keras.heads import build_sila_model
-from sila_keras.losses import SilaLoss
+from sila_keras.core.heads import build_sila_model
+from sila_keras.core.losses import SilaLoss
 from sila_keras.models import applications, get_backbone
-from sila_keras.train import compile_model, fit, main
+from sila_keras.training.config import KERAS_APPLICATIONS, TrainConfig
+from sila_keras.training.finetune import backbone_layers, is_new_layer
+from sila_keras.training.train import compile_model, fit, main
+from sila_keras.utils.errors import ConfigError, ModelError
 
 SIZE, N = 32, 3
 REQUIRED = ("MobileNetV2", "MobileNetV3Small", "MobileNetV3Large", "EfficientNetB0",
@@ -234,7 +234,7 @@ def test_bad_input_exits_2_and_writes_nothing(tiny_folder, tmp_path, capsys, arg
 
 
 def test_cli_defaults_follow_the_model(tiny_folder, tmp_path):
-    from sila_keras.train import build_parser, config_from_args
+    from sila_keras.training.train import build_parser, config_from_args
 
     def config(*argv):
         return config_from_args(build_parser().parse_args([f"folder:{tiny_folder}", *argv]))
@@ -260,7 +260,7 @@ def test_config_checks():
 
 
 def test_params_table_of_a_keras_model(capsys):
-    from sila_keras.params import main as params_main
+    from sila_keras.reports.params import main as params_main
 
     assert params_main(["--model", "keras:MobileNet", "--image-size", "64", "--dataset", "3"]) == 0
     out = capsys.readouterr().out

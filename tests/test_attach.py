@@ -6,9 +6,9 @@ import pytest
 from helpers import small_cnn
 
 from sila_keras import extract_head, trainable_params
-from sila_keras.attach import attach_heads, find_taps, load_and_attach
-from sila_keras.errors import ModelError
-from sila_keras.losses import SilaLoss
+from sila_keras.core.attach import attach_heads, find_taps, load_and_attach
+from sila_keras.core.losses import SilaLoss
+from sila_keras.utils.errors import ModelError
 
 N = 10
 X = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")

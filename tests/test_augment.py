@@ -6,9 +6,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image, ImageEnhance, ImageOps
 
-from sila_keras import augment as A
-from sila_keras import augment_ops
-from sila_keras.pipeline import AUGMENTATIONS, batch_randint, cutout_batch, train_dataset
+from sila_keras.data import augment as A
+from sila_keras.data import augment_ops
+from sila_keras.data.pipeline import AUGMENTATIONS, batch_randint, cutout_batch, train_dataset
 
 RNG = np.random.default_rng(0)
 IMAGE = RNG.integers(0, 256, (32, 32, 3), dtype=np.uint8)
@@ -258,7 +258,7 @@ def test_cutout_batch_is_per_example_and_exact():
 
 
 def test_cutout_is_off_by_default_and_follows_any_augmentation():
-    from sila_keras.config import TrainConfig
+    from sila_keras.training.config import TrainConfig
 
     cfg = TrainConfig.create("folder:x", "resnet20")
     assert cfg.data.cutout == 0 and cfg.data.autoaugment_semantics == "official"
@@ -295,9 +295,9 @@ def test_cutout_batches_are_a_pure_function_of_seed_and_epoch(augment="standard"
 def test_options_reach_the_pipeline(monkeypatch):
     """--cutout / --autoaugment-semantics travel config → make_datasets → train_dataset, and
     the semantics change what autoaugment does."""
-    import sila_keras.pipeline as pipeline
-    from sila_keras.config import TrainConfig
-    from sila_keras.train import make_datasets
+    import sila_keras.data.pipeline as pipeline
+    from sila_keras.training.config import TrainConfig
+    from sila_keras.training.train import make_datasets
 
     seen = {}
     monkeypatch.setattr(pipeline, "train_dataset", lambda *a, **kw: seen.update(kw))
@@ -325,7 +325,7 @@ def test_bad_op_arguments():
 
 
 def test_bad_cutout_and_semantics_in_the_config():
-    from sila_keras.config import TrainConfig
+    from sila_keras.training.config import TrainConfig
 
     with pytest.raises(ValueError, match=r"`--cutout` must be an integer >= 0 .* cutout=-1"):
         TrainConfig.create("folder:x", "resnet20", cutout=-1)
@@ -338,7 +338,7 @@ def test_bad_cutout_and_semantics_in_the_config():
 
 
 def test_config_json_before_cutout_keeps_what_the_run_did():
-    from sila_keras.config import TrainConfig
+    from sila_keras.training.config import TrainConfig
 
     old = {"dataset": "folder:x", "model": "resnet20", "augment": "autoaugment"}
     cfg = TrainConfig.from_dict(old)
@@ -351,7 +351,7 @@ def test_config_json_before_cutout_keeps_what_the_run_did():
 def test_cli_flags(capsys, tiny_folder, tmp_path):
     from helpers import run_err
 
-    from sila_keras.train_flags import build_parser, config_from_args
+    from sila_keras.training.flags import build_parser, config_from_args
 
     def config(*flags):
         return config_from_args(build_parser().parse_args(["folder:x", "resnet20", *flags]))

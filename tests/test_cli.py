@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from sila_keras.cli import Command, HelpFormatter, onednn_decision, run_command
-from sila_keras.errors import ConfigError, DataError, RunDirError, RunFailed
+from sila_keras.utils.cli import Command, HelpFormatter, onednn_decision, run_command
+from sila_keras.utils.errors import ConfigError, DataError, RunDirError, RunFailed
 
 
 def _parser():
@@ -92,7 +92,7 @@ def test_onednn_decision(flags, environ, expected):
 
 
 def test_cpu_flags_parses_proc_cpuinfo(tmp_path):
-    from sila_keras.cli import cpu_flags
+    from sila_keras.utils.cli import cpu_flags
 
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx2 fma\n")
@@ -102,13 +102,13 @@ def test_cpu_flags_parses_proc_cpuinfo(tmp_path):
 
 # Console scripts: (name as installed, module, argv that fails in argparse).
 SCRIPTS = [
-    ("sila-train", "sila_keras.train", ["cifar10"]),
+    ("sila-train", "sila_keras.training.train", ["cifar10"]),
     ("sila-tune", "tuning.cli", ["cifar10"]),
     ("sila-export", "export.cli", ["run"]),
     ("sila-pairs", "sila_keras.pairs.cli", ["--rounds", "x"]),
-    ("sila-analyze", "sila_keras.analyze", ["noise"]),
-    ("sila-params", "sila_keras.params", ["--heads", "x"]),
-    ("sila-report", "sila_keras.report", []),
+    ("sila-analyze", "sila_keras.reports.analyze", ["noise"]),
+    ("sila-params", "sila_keras.reports.params", ["--heads", "x"]),
+    ("sila-report", "sila_keras.reports.report", []),
 ]
 
 _PROBE = """
@@ -149,7 +149,7 @@ def test_plain_import_is_light_and_loads_the_api_on_first_use():
 
 
 def test_train_help_shows_every_default_once():
-    from sila_keras.train import build_parser
+    from sila_keras.training.train import build_parser
 
     text = build_parser().format_help()
     for flag, default in (("--epochs", "260"), ("--lr", "0.1"), ("--momentum", "0.9"),
@@ -171,25 +171,25 @@ def test_help_formatter_skips_switches_and_none():
 
 
 def test_parser_name_lists_match_the_registries():
-    import sila_keras.augment  # noqa: F401  (registers autoaugment/randaugment)
-    from sila_keras.config import AUGMENT_NAMES, BACKBONE_NAMES
+    import sila_keras.data.augment  # noqa: F401  (registers autoaugment/randaugment)
+    from sila_keras.data.pipeline import AUGMENTATIONS
     from sila_keras.models import list_backbones
     from sila_keras.pairs import models as pmodels
     from sila_keras.pairs.cli import ARCH_NAMES
-    from sila_keras.pipeline import AUGMENTATIONS
+    from sila_keras.training.config import AUGMENT_NAMES, BACKBONE_NAMES
 
     assert BACKBONE_NAMES == tuple(list_backbones())
     assert AUGMENT_NAMES == tuple(sorted(AUGMENTATIONS))
     assert ARCH_NAMES == tuple(pmodels.ARCHS)
-    from sila_keras.augment_ops import SEMANTICS
-    from sila_keras.config import AUTOAUGMENT_SEMANTICS, DYNAMIC_EVALUATIONS
+    from sila_keras.data.augment_ops import SEMANTICS
     from sila_keras.modes.dynamic import EVALUATIONS
+    from sila_keras.training.config import AUTOAUGMENT_SEMANTICS, DYNAMIC_EVALUATIONS
 
     assert AUTOAUGMENT_SEMANTICS == SEMANTICS and DYNAMIC_EVALUATIONS == EVALUATIONS
 
 
 def test_too_many_heads_fails_before_the_data_is_loaded(tmp_path, capsys):
-    from sila_keras.train import main
+    from sila_keras.training.train import main
 
     # The dataset does not exist: the heads error must come first (no data was read).
     rc = main([f"folder:{tmp_path}/no-such-data", "resnet20", "--heads", "7", "--out",
@@ -204,8 +204,8 @@ def test_epoch_line_starts_its_own_line_and_names_no_val_metrics(tmp_path, capsy
     import numpy as np
     import tensorflow as tf
 
-    from sila_keras.callbacks import EpochLogger
-    from sila_keras.train import fit
+    from sila_keras.training.callbacks import EpochLogger
+    from sila_keras.training.train import fit
 
     x, y = np.zeros((8, 2), "float32"), np.zeros((8, 1), "float32")
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)

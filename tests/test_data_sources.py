@@ -13,8 +13,8 @@ import pytest
 from helpers import run_err
 
 from sila_keras.data import load_dataset, stratified_split
-from sila_keras.errors import ConfigError, DataError
-from sila_keras.train import main
+from sila_keras.training.train import main
+from sila_keras.utils.errors import ConfigError, DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--epochs", "1", "--batch-size", "8", "--milestones", "", "--verbose", "0"]
@@ -239,7 +239,7 @@ def _indices(ds):
 
 
 def test_drop_remainder_keeps_every_training_batch_full_and_eval_complete():
-    from sila_keras.pipeline import eval_dataset, steps_per_epoch, train_dataset
+    from sila_keras.data.pipeline import eval_dataset, steps_per_epoch, train_dataset
 
     x = np.arange(27, dtype=np.uint8)[:, None, None, None] * np.ones((1, 8, 8, 3), np.uint8)
     y = np.arange(27) % 3
@@ -262,7 +262,7 @@ def test_drop_remainder_keeps_every_training_batch_full_and_eval_complete():
 def test_workers_read_disjoint_shards_forming_the_global_batches(tmp_path, images):
     """Each worker decodes only its slice of every global batch; together they are the batches
     a single process would make (so 2 workers == 2 mirrored replicas)."""
-    from sila_keras.pipeline import train_dataset
+    from sila_keras.data.pipeline import train_dataset
 
     root = mixed_tree(tmp_path / "p", images, sizes=((16, 16),))
     data = load_dataset(f"folder:{root}", val_split=0.2, cache="none")
@@ -309,7 +309,7 @@ def test_batched_standard_augmentation_is_per_example_and_exact():
     or position it is in, and exactly a pad-4 crop + flip of the original."""
     import tensorflow as tf
 
-    from sila_keras.pipeline import batch_randint, get_batch_augmentation
+    from sila_keras.data.pipeline import batch_randint, get_batch_augmentation
 
     fn = get_batch_augmentation("standard")
     rng = np.random.default_rng(0)
@@ -329,7 +329,7 @@ def test_batched_standard_augmentation_is_per_example_and_exact():
 
 @pytest.mark.parametrize("augment", ["standard", "autoaugment", "randaugment"])
 def test_training_batches_are_a_pure_function_of_seed_and_epoch(augment):
-    from sila_keras.pipeline import train_dataset
+    from sila_keras.data.pipeline import train_dataset
 
     rng = np.random.default_rng(1)
     x = rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
@@ -348,7 +348,7 @@ def test_training_batches_are_a_pure_function_of_seed_and_epoch(augment):
 
 def test_disk_cache_gives_the_images_of_the_files(tmp_path, images):
     """--cache disk: decoded once into tf.data cache files, then read from there."""
-    from sila_keras.pipeline import eval_dataset, train_dataset
+    from sila_keras.data.pipeline import eval_dataset, train_dataset
 
     root = mixed_tree(tmp_path / "p", images, sizes=((16, 16),))
     data = load_dataset(f"folder:{root}", cache=f"disk:{tmp_path / 'c'}")

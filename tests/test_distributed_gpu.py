@@ -16,9 +16,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from sila_keras import replica_jit
-from sila_keras.config import TrainConfig
-from sila_keras.distribute import (
+from sila_keras.devices import replica_jit
+from sila_keras.devices.distribute import (
     GPU_STEPS_PER_EXECUTION,
     SpeedSettings,
     make_strategy,
@@ -27,9 +26,10 @@ from sila_keras.distribute import (
     resolve_sync_bn,
     set_sync_bn,
 )
-from sila_keras.errors import ConfigError
-from sila_keras.precision import SyncLossScaleOptimizer, policy_for, wrap_optimizer
-from sila_keras.train import main
+from sila_keras.training.config import TrainConfig
+from sila_keras.training.precision import SyncLossScaleOptimizer, policy_for, wrap_optimizer
+from sila_keras.training.train import main
+from sila_keras.utils.errors import ConfigError
 
 TINY = ["resnet8", "--epochs", "1", "--batch-size", "6", "--milestones", "", "--verbose", "0"]
 
@@ -175,7 +175,7 @@ def test_bfloat16_is_the_default_on_gpus_that_have_it():
 
 
 def test_resume_under_another_precision_policy_is_refused():
-    from sila_keras.precision import check_resumed_policy
+    from sila_keras.training.precision import check_resumed_policy
 
     model = tiny_bn_model()
     check_resumed_policy(model, "float32")
@@ -188,7 +188,7 @@ def test_resume_under_another_precision_policy_is_refused():
 
 def test_resume_applies_the_current_speed_flags(tiny_folder, tmp_path, monkeypatch):
     """Regression: before, the checkpoint's compile settings (spe 1, no jit) silently won."""
-    import sila_keras.train as train
+    import sila_keras.training.train as train
 
     args = [f"folder:{tiny_folder}", *TINY, "--strategy", "default", "--out", str(tmp_path),
             "--name", "r"]
@@ -267,7 +267,7 @@ def test_keras_multi_step_loop_with_two_replicas_still_fails():
 
 
 def test_checkpoint_every_k_epochs_and_always_the_last():
-    from sila_keras.callbacks import ResumeCheckpoint
+    from sila_keras.training.callbacks import ResumeCheckpoint
 
     ck = ResumeCheckpoint("unused", every=3, last_epoch=7)
     assert [e for e in range(1, 8) if ck.due(e)] == [3, 6, 7]
@@ -279,7 +279,7 @@ def test_resume_between_checkpoints_redoes_the_lost_epochs_exactly(tiny_folder, 
                                                                    monkeypatch):
     """Killed after epoch 3 is logged, with checkpoints every 2 epochs: the resumed run
     restarts from epoch 2 and logs the same epoch 3 as the first attempt."""
-    from sila_keras.callbacks import EpochLogger
+    from sila_keras.training.callbacks import EpochLogger
 
     args = [f"folder:{tiny_folder}", "resnet8", "--epochs", "4", "--batch-size", "6",
             "--milestones", "3", "--verbose", "0", "--strategy", "default", "--deterministic",
@@ -310,7 +310,7 @@ def test_resume_between_checkpoints_redoes_the_lost_epochs_exactly(tiny_folder, 
 
 
 def test_scalar_metrics_are_reduced_in_one_stacked_call(monkeypatch):
-    from sila_keras.multiworker import reduce_scalars_stacked
+    from sila_keras.devices.multiworker import reduce_scalars_stacked
 
     strategy = make_strategy("mirrored")
 

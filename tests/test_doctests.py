@@ -26,7 +26,7 @@ MODULES = modules_with_examples()
 
 
 def test_examples_were_found():
-    assert {"sila_keras.optim", "sila_keras.config", "tuning.config"} <= set(MODULES)
+    assert {"sila_keras.training.optim", "sila_keras.training.config", "tuning.config"} <= set(MODULES)
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -9,7 +9,11 @@ import pytest
 from helpers import MSDNET_TINY, run_err
 
 from sila_keras import extract_head, num_heads_of, trainable_params
-from sila_keras.anytime import (
+from sila_keras.core.losses import MutualLoss, SilaLoss
+from sila_keras.data import load_dataset
+from sila_keras.models.msdnet import block_layers, scales_at
+from sila_keras.modes import make_mode
+from sila_keras.modes.anytime import (
     count_macs,
     evaluate_dynamic,
     exit_flops,
@@ -17,13 +21,9 @@ from sila_keras.anytime import (
     proportions_for_budget,
     route,
 )
-from sila_keras.config import TrainConfig
-from sila_keras.data import load_dataset
-from sila_keras.losses import MutualLoss, SilaLoss
-from sila_keras.models.msdnet import block_layers, scales_at
-from sila_keras.modes import make_mode
 from sila_keras.modes.dynamic import build_dynamic_model, holdout_for
-from sila_keras.train import main, run
+from sila_keras.training.config import TrainConfig
+from sila_keras.training.train import main, run
 
 TINY = MSDNET_TINY
 

@@ -26,8 +26,8 @@ from export import artifacts as art
 from export.cli import main
 from export.report import heads_rows
 from sila_keras import extract_head, list_backbones, num_heads_of, trainable_params
+from sila_keras.core.heads import assemble, normalizer
 from sila_keras.data import load_dataset
-from sila_keras.heads import assemble, normalizer
 from sila_keras.models import get_backbone
 
 ALL_QUANT = "none,float16,dynamic,int8"
@@ -54,7 +54,7 @@ def trained_run(cifar_folder, tmp_path_factory):
     predicts still vary across images; the int8 attempts reach 95–96 %, just under the 97 %
     gate, so both heads ship the int16x8 fallback (the tests accept either scheme; the plain
     uint8 file is checked in ``test_int8_below_the_gate_ships_int16x8``)."""
-    from sila_keras.train import main as train_main
+    from sila_keras.training.train import main as train_main
 
     def train(out):
         rc = train_main([f"folder:{cifar_folder}", "resnet8", "--heads", "2", "--epochs", "30",
@@ -295,7 +295,7 @@ def test_parity_failure_is_not_left_in_out(sila_model, cifar_test, tmp_path, mon
 
 
 def test_submodel_must_reproduce_its_slice(sila_model, cifar_test, tmp_path, monkeypatch):
-    import sila_keras.heads as heads
+    import sila_keras.core.heads as heads
 
     real = heads.extract_head
     monkeypatch.setattr(heads, "extract_head", lambda model, k: real(model, 3 - k))  # the wrong head
@@ -313,7 +313,7 @@ def test_conversion_crash_exits_3(trained_run, tmp_path, monkeypatch, capsys):
     out = tmp_path / "crash"
     rc = main([str(trained_run), "--head", "2", "--formats", "keras,onnx", "--out", str(out),
                "--latency-runs", "1", "--quiet"])
-    assert rc == 3  # a run that failed, like sila-train/sila-tune (sila_keras.cli)
+    assert rc == 3  # a run that failed, like sila-train/sila-tune (sila_keras.utils.cli)
     err = capsys.readouterr().err
     assert "sila-export: failed: 1 failed, not written: onnx" in err and "simulated converter crash" in err
     assert (out / "model.keras").is_file() and not (out / "model.onnx").exists()

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from sila_keras import build_sila_model, extract_head, num_heads_of, trainable_params
-from sila_keras.heads import place_heads
+from sila_keras.core.heads import place_heads
 from sila_keras.models import get_backbone, list_backbones
 
 

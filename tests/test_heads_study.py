@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from sila_keras.config import TrainConfig
-from sila_keras.errors import ConfigError
-from sila_keras.losses import SilaLoss, distill_loss, ship_head_weights, sila_loss
+from sila_keras.core.losses import SilaLoss, distill_loss, ship_head_weights, sila_loss
+from sila_keras.training.config import TrainConfig
+from sila_keras.utils.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -109,7 +109,12 @@ def test_no_distillation_gradient_reaches_the_teacher():
 
 
 def test_standalone_head_is_the_exported_layers_renamed_and_fresh():
-    from sila_keras.heads import build_sila_model, extract_head, standalone_head, trainable_params
+    from sila_keras.core.heads import (
+        build_sila_model,
+        extract_head,
+        standalone_head,
+        trainable_params,
+    )
 
     model = build_sila_model("resnet20", 10, 3, mean=[120, 110, 100], std=[60, 61, 62])
     sub = standalone_head(model, 3)
@@ -154,7 +159,7 @@ def study(tmp_path_factory, tiny_folder):
         assert _bench().main(argv) == 0
         for n in (2, 3):
             if n == 3:
-                from sila_keras.rundir import StudyDir
+                from sila_keras.utils.rundir import StudyDir
 
                 StudyDir(out).run("alone_h3", 0).summary_path.unlink()
             buf = io.StringIO()
@@ -167,8 +172,8 @@ def study(tmp_path_factory, tiny_folder):
 
 
 def test_benchmark_writes_table_and_plot(study):
-    from sila_keras.rundir import StudyDir
-    from sila_keras.study import alone_accuracy, load_study
+    from sila_keras.reports.study import alone_accuracy, load_study
+    from sila_keras.utils.rundir import StudyDir
 
     out, _ = study
     for name in (StudyDir.TABLE, StudyDir.TABLE_CSV, StudyDir.PLOT, StudyDir.RESULTS):
@@ -199,7 +204,7 @@ def test_benchmark_resume_skips_finished_arms_and_continues_partial_ones(study):
 
 
 def test_alone_reference_is_found_only_for_the_same_recipe(study, tmp_path):
-    from sila_keras.study import find_study
+    from sila_keras.reports.study import find_study
 
     out, _ = study
     sila_run = out / "runs" / "sila-s0"
@@ -217,8 +222,8 @@ def test_alone_reference_is_found_only_for_the_same_recipe(study, tmp_path):
 
 def test_export_table_and_report_show_the_alone_column(study, tmp_path):
     from export.report import heads_columns, heads_markdown, heads_rows
-    from sila_keras.report import render
-    from sila_keras.study import alone_accuracy, load_study
+    from sila_keras.reports.report import render
+    from sila_keras.reports.study import alone_accuracy, load_study
 
     out, _ = study
     alone = alone_accuracy(load_study(out))

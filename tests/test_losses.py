@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from sila_keras.losses import SilaLoss, set_weights, sila_loss
+from sila_keras.core.losses import SilaLoss, set_weights, sila_loss
 
 
 def np_log_softmax(z):

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from sila_keras.metrics import HeadAccuracy, HeadNLL, HeadTopK, sila_metrics
+from sila_keras.core.metrics import HeadAccuracy, HeadNLL, HeadTopK, sila_metrics
 
 
 def logits_for(y, n=4, m=2):

@@ -1,5 +1,5 @@
 """Multi-worker training (``--strategy multiworker``), its TF_CONFIG checks, the isolated
-Keras fix (``sila_keras.multiworker``) and a ``--mixed-precision`` smoke run.
+Keras fix (``sila_keras.devices.multiworker``) and a ``--mixed-precision`` smoke run.
 
 The loopback test starts two real worker processes on 127.0.0.1 (free ports, each bounded
 by a timeout and killed if it overruns: a peer that never starts makes the other wait
@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 from helpers import free_ports
 
-from sila_keras import multiworker
-from sila_keras.distribute import parse_tf_config, process_run_dir, tf_config_task
-from sila_keras.train import main
+from sila_keras.devices import multiworker
+from sila_keras.devices.distribute import parse_tf_config, process_run_dir, tf_config_task
+from sila_keras.training.train import main
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = int(os.environ.get("SILA_MULTIWORKER_TIMEOUT", "420"))

@@ -11,12 +11,12 @@ import tensorflow as tf
 from helpers import PEER
 
 from sila_keras import extract_head, num_heads_of, trainable_params
-from sila_keras.config import TrainConfig
-from sila_keras.heads import build_sila_model
-from sila_keras.losses import MutualLoss, dml_kl
+from sila_keras.core.heads import build_sila_model
+from sila_keras.core.losses import MutualLoss, dml_kl
 from sila_keras.modes import make_mode, method_label
 from sila_keras.modes.mutual import build_mutual_model
-from sila_keras.train import main
+from sila_keras.training.config import TrainConfig
+from sila_keras.training.train import main
 
 N = 5
 FAST = ["--epochs", "1", "--batch-size", "8", "--milestones", ""]

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from sila_keras.optim import SGDL2
+from sila_keras.training.optim import SGDL2
 
 W0 = np.array([[0.5, -1.0], [2.0, 0.25]], np.float32)
 GRADS = [np.array([[0.1, 0.2], [-0.3, 0.4]], np.float32),

@@ -14,9 +14,9 @@ import helpers as testing
 import numpy as np
 import pytest
 
-from sila_keras.errors import DataError
 from sila_keras.pairs import cli, data, experiment, models
 from sila_keras.pairs.cli import main
+from sila_keras.utils.errors import DataError
 
 
 def write_idx(directory, prefix="t10k", n=200, seed=0, image_magic=2051, label_magic=2049):
@@ -204,8 +204,8 @@ def test_digit_comparison_head_is_exact():
 
 
 def test_sila_trains_both_comparison_heads(idx_dir):
-    from sila_keras.heads import head_names_of, mode_of
-    from sila_keras.losses import SilaLoss
+    from sila_keras.core.heads import head_names_of, mode_of
+    from sila_keras.core.losses import SilaLoss
 
     pools = data.pools_from_idx(idx_dir)
     pairs, _ = data.round_pairs(pools, 32, 0, 0)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sila_keras.params import PAPER_TABLE3, main, num_classes_of, param_table
+from sila_keras.reports.params import PAPER_TABLE3, main, num_classes_of, param_table
 
 MIB = 4 / 2**20
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import sila_keras as sk
-from sila_keras.precision import (
+from sila_keras.training.precision import (
     as_float32,
     check_mixed_precision,
     cpu_has_native_bf16,
@@ -48,7 +48,7 @@ def test_mixed_precision_on_a_saved_model_is_refused_with_the_fix():
 
 
 def test_cli_refuses_mixed_precision_for_a_saved_model(tmp_path, tiny_folder, capsys):
-    from sila_keras.train import main
+    from sila_keras.training.train import main
 
     saved = tmp_path / "mine.keras"
     saved.write_bytes(b"not read: refused before loading")

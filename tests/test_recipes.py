@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from helpers import run_err
 
-from sila_keras.config import FIELD_GROUP, TrainConfig
-from sila_keras.errors import ConfigError, RunDirError
-from sila_keras.recipes import (
+from sila_keras.training.config import FIELD_GROUP, TrainConfig
+from sila_keras.training.flags import build_parser, config_from_args
+from sila_keras.training.recipes import (
     get_recipe,
     list_recipes,
     markdown,
@@ -18,8 +18,8 @@ from sila_keras.recipes import (
     resolve,
     table1_dataset,
 )
-from sila_keras.rundir import RunDir, check_resume
-from sila_keras.train_flags import build_parser, config_from_args
+from sila_keras.utils.errors import ConfigError, RunDirError
+from sila_keras.utils.rundir import RunDir, check_resume
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 SILANET_MILESTONES = (30, 55, 80, 105, 135, 160, 180, 200, 220, 240)
@@ -116,7 +116,7 @@ def test_resolve_skips_fields_this_build_lacks_and_layers_in_order():
 
 
 def test_config_json_records_recipe_and_origins_and_resume_compares_values(tmp_path):
-    from sila_keras.train import create_run_dir
+    from sila_keras.training.train import create_run_dir
 
     c = cfg("cifar100", "msdnet", "--recipe", "msdnet-dynamic", "--epochs", "1",
             "--out", str(tmp_path), "--name", "r")
@@ -149,7 +149,7 @@ def test_bad_recipe_input_exits_2_and_writes_nothing(tiny_folder, tmp_path, caps
 
 
 def test_recipe_list_prints_sources_and_assumptions_without_tensorflow():
-    code = ("import sys; from sila_keras.train import main\n"
+    code = ("import sys; from sila_keras.training.train import main\n"
             "try:\n    main(['--recipe', 'list'])\nexcept SystemExit as e:\n"
             "    print('EXIT', e.code, 'tensorflow' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -169,7 +169,7 @@ def test_recipe_list_prints_sources_and_assumptions_without_tensorflow():
 ])
 def test_docs_tables_are_the_registry(name, doc):
     text = (DOCS / doc).read_text()
-    block = f"<!-- recipe:{name} (generated: sila_keras.recipes.render_docs) -->\n{markdown(name)}\n"
+    block = f"<!-- recipe:{name} (generated: sila_keras.training.recipes.render_docs) -->\n{markdown(name)}\n"
     assert block in text and render_docs(text) == text, \
         f"regenerate: p = Path('docs/{doc}'); p.write_text(render_docs(p.read_text()))"
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from sila_keras.config import TrainConfig
-from sila_keras.errors import ConfigError
 from sila_keras.modes import Mode, get_mode, list_modes, make_mode, method_label, register_mode
+from sila_keras.training.config import TrainConfig
+from sila_keras.utils.errors import ConfigError
 
 PACKAGE = Path(__file__).resolve().parents[1] / "sila_keras"
 
@@ -23,7 +23,7 @@ import sila_keras
 light = not any(m in sys.modules for m in ("tensorflow", "keras"))
 import keras
 models = [keras.models.load_model(p) for p in sys.argv[1:]]
-from sila_keras.heads import head_names_of, mode_of
+from sila_keras.core.heads import head_names_of, mode_of
 print(json.dumps({"light": light, "modes": sila_keras.list_modes(), "models": [
     [type(m.loss).__name__, type(m.optimizer).__name__, mode_of(m), head_names_of(m),
      int(m.output.shape[-1])] for m in models]}))
@@ -61,7 +61,7 @@ FIRST_IMPORT_IS_A_SUBMODULE = """
 import warnings
 warnings.simplefilter("error")  # the registration warning would fail here
 import sila_keras
-from sila_keras.heads import head_name  # imports Keras from inside the half-made heads
+from sila_keras.core.heads import head_name  # imports Keras from inside the half-made heads
 import keras
 from sila_keras import registration
 assert registration._done
@@ -177,7 +177,7 @@ def test_models_saved_before_silalogits_still_read(tmp_path):
     """A plain ``Concatenate`` named sila_logits (older runs): heads by position, no mode."""
     import keras
 
-    from sila_keras.heads import extract_head, head_names_of, mode_of, sila_output
+    from sila_keras.core.heads import extract_head, head_names_of, mode_of, sila_output
 
     x = keras.Input((4,), name="image")
     heads = [keras.layers.Dense(3, name=f"head_{k}")(x) for k in (1, 2)]

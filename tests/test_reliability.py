@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from sila_keras import io
-from sila_keras.train import main
+from sila_keras.training.train import main
+from sila_keras.utils import files
 
 FAST = ["--epochs", "1", "--batch-size", "8", "--milestones", ""]
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
@@ -34,7 +34,7 @@ def test_guard_keeps_last_good_checkpoint(tmp_path):
     import keras
     import numpy as np
 
-    from sila_keras.callbacks import NonFiniteGuard, ResumeCheckpoint
+    from sila_keras.training.callbacks import NonFiniteGuard, ResumeCheckpoint
 
     class Explode(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
@@ -95,14 +95,14 @@ def test_unwritable_out(capsys, tiny_folder, tmp_path):
 
 def test_disk_full_during_write_leaves_old_file_intact(tmp_path, monkeypatch):
     target = tmp_path / "metrics.csv"
-    io.write_text(target, "epoch\n1\n")
+    files.write_text(target, "epoch\n1\n")
 
     def full(self, *a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(type(tmp_path), "write_text", full)
     with pytest.raises(OSError, match="No space"):
-        io.write_text(target, "epoch\n1\n2\n")
+        files.write_text(target, "epoch\n1\n2\n")
     monkeypatch.undo()
     assert target.read_text() == "epoch\n1\n"
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.csv"]  # no temp file left behind
@@ -116,19 +116,19 @@ from pathlib import Path
 
 import keras
 
-from sila_keras import io
-from sila_keras.train import main
+from sila_keras.utils import files
+from sila_keras.training.train import main
 
 point, epoch = sys.argv[1], int(sys.argv[2])
 if point == "before_commit":  # epoch's model file in place, state.json not yet written
-    write_json = io.write_json
+    write_json = files.write_json
 
     def patched(path, obj):
         if Path(path).name == "state.json" and obj.get("epoch") == epoch:
             os.kill(os.getpid(), signal.SIGKILL)
         write_json(path, obj)
 
-    io.write_json = patched
+    files.write_json = patched
 else:  # "mid_save": half of the epoch's model file written
     save = keras.Model.save
 

@@ -2,25 +2,25 @@
 
 import pytest
 
-from sila_keras import io
-from sila_keras.config import TrainConfig
-from sila_keras.report import main, render
+from sila_keras.reports.report import main, render
+from sila_keras.training.config import TrainConfig
+from sila_keras.utils import files
 
 
 def fake_run(root, name, heads, seed, accs, params=(1000, 400, 100)):
     d = root / name
     cfg = TrainConfig.create("folder:/data/cifar10", "resnet20", heads=heads, seed=seed, name=name, out=str(root))
-    io.write_json(d / "config.json", cfg.to_dict())
+    files.write_json(d / "config.json", cfg.to_dict())
     rows = []
     for e, a in enumerate(accs, start=1):
         row = {"epoch": e, "lr": 0.1, "loss": 1.0 / e, "top2": a + 0.1, "top3": a + 0.15, "top4": a + 0.18,
                "top5": a + 0.2, "nll": 1.5 / e}
         row.update({f"head_{k}_acc": a - 0.01 * (k - 1) for k in range(1, heads + 1)})
         rows.append(row)
-    io.write_csv(d / "metrics.csv", rows)
+    files.write_csv(d / "metrics.csv", rows)
     heads_s = {f"head_{k}": {"params": params[k - 1], "cr_percent": round(100 * (1 - params[k - 1] / params[0]), 2)}
                for k in range(1, heads + 1)}
-    io.write_json(d / "summary.json", {"num_heads": heads, "heads": heads_s, "total_params": sum(params[:heads]),
+    files.write_json(d / "summary.json", {"num_heads": heads, "heads": heads_s, "total_params": sum(params[:heads]),
                                        "epochs_done": len(accs)})
     return d
 

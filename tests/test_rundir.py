@@ -6,9 +6,9 @@ from pathlib import Path
 import keras
 import pytest
 
-from sila_keras.config import TrainConfig
-from sila_keras.errors import RunDirError
-from sila_keras.rundir import RunDir, check_resume, read_checkpoint, write_checkpoint
+from sila_keras.training.config import TrainConfig
+from sila_keras.utils.errors import RunDirError
+from sila_keras.utils.rundir import RunDir, check_resume, read_checkpoint, write_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -127,7 +127,7 @@ def test_run_file_names_are_spelled_only_in_rundir():
 
 
 def test_config_groups_own_their_fields():
-    from sila_keras.config import FIELD_GROUP, GROUPS
+    from sila_keras.training.config import FIELD_GROUP, GROUPS
 
     names = [f for cls in GROUPS.values() for f in cls.__dataclass_fields__]
     assert len(names) == len(set(names)) == len(FIELD_GROUP)  # flat names are unique

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from sila_keras import extract_head
-from sila_keras.train import main
+from sila_keras.training.train import main
 
 FAST = ["--epochs", "1", "--batch-size", "16", "--milestones", ""]
 
@@ -100,7 +100,7 @@ def test_tfds_path_with_mock_data(tmp_path):
 
 def tiny_bn_free_sila_model():
     """Conv net without BatchNorm (per-replica BN statistics would legitimately differ)."""
-    from sila_keras.heads import assemble
+    from sila_keras.core.heads import assemble
     from sila_keras.models.registry import Tap
 
     inp = keras.Input((32, 32, 3), name="image")
@@ -115,9 +115,9 @@ def tiny_bn_free_sila_model():
 
 def test_mirrored_strategy_matches_default_first_steps():
     """2 logical CPUs: per-example loss → identical loss and update as on one device."""
-    from sila_keras.config import TrainConfig
-    from sila_keras.distribute import make_strategy
-    from sila_keras.train import compile_model
+    from sila_keras.devices.distribute import make_strategy
+    from sila_keras.training.config import TrainConfig
+    from sila_keras.training.train import compile_model
 
     assert len(tf.config.list_logical_devices("CPU")) == 2
     cfg = TrainConfig.create("x", "resnet20", milestones=(), lr=0.05, weight_decay=5e-4)
@@ -147,8 +147,8 @@ def test_the_training_step_is_traced_once(monkeypatch):
     tf.function does not trace the training step a second time (~2 s of every run)."""
     from keras.src.backend.tensorflow.trainer import TensorFlowTrainer
 
-    from sila_keras.config import TrainConfig
-    from sila_keras.train import compile_model, fit
+    from sila_keras.training.config import TrainConfig
+    from sila_keras.training.train import compile_model, fit
 
     traces = []
     step = TensorFlowTrainer.train_step

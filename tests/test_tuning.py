@@ -19,10 +19,10 @@ import keras_tuner as kt
 import numpy as np
 import pytest
 
-from sila_keras import io
-from sila_keras import train as sk_train
-from sila_keras.config import TrainConfig
 from sila_keras.data import load_dataset
+from sila_keras.training import train as sk_train
+from sila_keras.training.config import TrainConfig
+from sila_keras.utils import files
 from tuning.cli import main
 from tuning.hypermodel import SearchData, SilaHyperModel
 
@@ -87,7 +87,7 @@ def test_search_writes_results(search_run):
     best = json.loads((out / "best_hparams.json").read_text())
     assert best["objective"] == "val_head_1_acc" and best["objective_direction"] == "max"
     assert 0.01 <= best["beta"] <= 1.0 and 0.1 <= best["lam"] <= 1.0 and best["heads"] == 3
-    rows = io.read_csv(out / "trials.csv")
+    rows = files.read_csv(out / "trials.csv")
     assert len(rows) == 3
     assert list(rows[0]) == ["trial", "trial_id", "beta", "lam", "val_head_1_acc", "epochs_run", "status",
                              "message"]
@@ -129,7 +129,7 @@ def test_search_never_sees_the_test_split(search_run, tiny_folder):
 def test_resume_reruns_only_the_interrupted_trial_under_mirrored(search_run, tmp_path, tiny_folder):
     out = tmp_path / "moved"
     shutil.copytree(search_run.out, out)
-    before = io.read_csv(out / "trials.csv")
+    before = files.read_csv(out / "trials.csv")
     with pytest.MonkeyPatch.context() as mp:  # 4th trial starts, then the run is interrupted
         rec = Recorder(mp, interrupt_fit=True)
         assert main(cli_args(tiny_folder, out, "--resume", "--max-trials", "4")) == 130
@@ -140,7 +140,7 @@ def test_resume_reruns_only_the_interrupted_trial_under_mirrored(search_run, tmp
     assert rc == 0
     assert [f.trial for f in rec.fits] == ["3"]  # finished trials 0-2 are not rerun
     assert rec.fits[0].replicas == 2  # the trial trained under MirroredStrategy
-    rows = io.read_csv(out / "trials.csv")
+    rows = files.read_csv(out / "trials.csv")
     assert len(rows) == 4 and {r["status"] for r in rows} == {"COMPLETED"}
     assert rows[:3] == before
 
@@ -299,7 +299,7 @@ def test_distributed_chief_and_two_workers(tiny_folder, tmp_path):
         f.close()
     report = "\n".join(f"--- {k} (exit {procs[k].returncode}):\n{v[-1500:]}" for k, v in text.items())
     assert all(proc.returncode == 0 for proc in procs.values()), report
-    rows = io.read_csv(out / "trials.csv")
+    rows = files.read_csv(out / "trials.csv")
     assert len(rows) == 2 and {r["status"] for r in rows} == {"COMPLETED"}
     assert json.loads((out / "best_hparams.json").read_text())["objective"] == "val_head_1_acc"
     assert "Results:" in text["chief"]

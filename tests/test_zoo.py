@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from sila_keras import build_sila_model, extract_head, trainable_params
-from sila_keras.heads import assemble, normalizer
-from sila_keras.losses import SilaLoss
+from sila_keras.core.heads import assemble, normalizer
+from sila_keras.core.losses import SilaLoss
 from sila_keras.models import get_backbone, list_backbones
 
 N = 10

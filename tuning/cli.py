@@ -1,7 +1,7 @@
 """``python -m tuning DATASET MODEL [options]`` / ``sila-tune``: search β and λ with keras-tuner.
 
 Every data/model/optimiser flag of ``sila-train`` is accepted and means the same
-(the parser is built on ``sila_keras.train.build_parser()``; defaults come from
+(the parser is built on ``sila_keras.training.train.build_parser()``; defaults come from
 ``TrainConfig``). ``--epochs`` is the number of epochs per trial. β/λ flags of
 ``sila-train`` are replaced by ranges.
 """
@@ -12,9 +12,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from sila_keras.cli import Command, HelpFormatter, run_command
-from sila_keras.config import TrainConfig
-from sila_keras.errors import ConfigError
+from sila_keras.training.config import TrainConfig
+from sila_keras.utils.cli import Command, HelpFormatter, run_command
+from sila_keras.utils.errors import ConfigError
 from tuning.config import TUNERS, SearchConfig, parse_range
 
 # sila-train flags that have no meaning in a search, and what to use instead.
@@ -25,7 +25,7 @@ REPLACED = {"beta": "--beta-range LO,HI", "lam": "--lam-range LO,HI",
 
 def build_parser() -> argparse.ArgumentParser:
     """``sila-train``'s parser plus the search flags."""
-    from sila_keras.train import build_parser as train_parser
+    from sila_keras.training.train import build_parser as train_parser
 
     d, s = TrainConfig(), SearchConfig.__dataclass_fields__
     p = argparse.ArgumentParser(
@@ -80,8 +80,8 @@ def _fmt(rng) -> str:
 
 def config_from_args(args: argparse.Namespace) -> SearchConfig:
     """Parsed flags → a validated :class:`SearchConfig` (train flags via sila-train's mapping)."""
-    from sila_keras.train import config_from_args as train_config
-    from sila_keras.train import default_run_name
+    from sila_keras.training.train import config_from_args as train_config
+    from sila_keras.training.train import default_run_name
 
     for flag, instead in REPLACED.items():
         if getattr(args, flag) is not None:
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(args: argparse.Namespace) -> None:
     config = config_from_args(args)
     if args.cpu_devices:
-        from sila_keras.distribute import split_cpu
+        from sila_keras.devices.distribute import split_cpu
 
         split_cpu(args.cpu_devices)
     from tuning.search import run_search

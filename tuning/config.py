@@ -1,6 +1,6 @@
 """Search configuration: a frozen, validated dataclass (argparse lives in ``cli.py``).
 
-A search wraps one :class:`sila_keras.config.TrainConfig` (everything a single
+A search wraps one :class:`sila_keras.training.config.TrainConfig` (everything a single
 trial trains with: data, model, optimiser, epochs per trial) and adds what is
 searched and how. β and λ of the SiLa loss (SilaNet, Gan et al., Eq. 2: weights
 ``[1, β, λβ, λ²β, …]`` of the label sets) are drawn per trial; the papers set
@@ -15,8 +15,8 @@ import math
 import re
 from dataclasses import dataclass
 
-from sila_keras.config import TrainConfig
-from sila_keras.errors import ConfigError, DependencyError
+from sila_keras.training.config import TrainConfig
+from sila_keras.utils.errors import ConfigError, DependencyError
 
 TUNERS = ("random", "bayesian", "hyperband")
 OBJECTIVE_RE = re.compile(r"(?:val_)?head_(\d+)_acc")

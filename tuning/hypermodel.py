@@ -1,8 +1,8 @@
 """The keras-tuner HyperModel of a SiLa β/λ search.
 
 ``build(hp)`` draws β (log-uniform), λ (uniform) and optionally M from ``hp``
-and builds + compiles the SiLa model exactly as ``sila_keras.train`` does;
-``fit(hp, model, …)`` runs ``sila_keras.train.fit``, the one training loop,
+and builds + compiles the SiLa model exactly as ``sila_keras.training.train`` does;
+``fit(hp, model, …)`` runs ``sila_keras.training.train.fit``, the one training loop,
 with the *validation* split (carved from the training images) as
 ``validation_data``. The test split never reaches this module: a
 :class:`SearchData` holds only the two halves of the training split.
@@ -17,12 +17,12 @@ import keras
 import keras_tuner as kt
 import numpy as np
 
-from sila_keras import train as sk_train
-from sila_keras.callbacks import NonFiniteGuard
-from sila_keras.config import TrainConfig
 from sila_keras.data import ImageData, holdout_split
-from sila_keras.errors import ConfigError
-from sila_keras.pipeline import steps_per_epoch
+from sila_keras.data.pipeline import steps_per_epoch
+from sila_keras.training import train as sk_train
+from sila_keras.training.callbacks import NonFiniteGuard
+from sila_keras.training.config import TrainConfig
+from sila_keras.utils.errors import ConfigError
 
 EPOCHS_RUN = "epochs_run"  # extra per-trial value recorded with the metrics
 
@@ -31,7 +31,7 @@ EPOCHS_RUN = "epochs_run"  # extra per-trial value recorded with the metrics
 class SearchData:
     """The images a search may see: training and validation parts of the *training* split.
 
-    Quacks like :class:`sila_keras.data.ImageData` for ``sila_keras.train.build_model``
+    Quacks like :class:`sila_keras.data.ImageData` for ``sila_keras.training.train.build_model``
     (``num_classes``, ``input_shape``, ``channel_stats`` of the training part).
     """
 
@@ -89,7 +89,7 @@ class SilaHyperModel(kt.HyperModel):
     Example:
         >>> cfg = TrainConfig.create("folder:data", "resnet20", epochs=1)
         >>> data = SearchData.from_training_split(  # doctest: +SKIP
-        ...     sila_keras.train.load_data(cfg), 0.1)
+        ...     sila_keras.training.train.load_data(cfg), 0.1)
         >>> hm = SilaHyperModel(cfg, data,  # doctest: +SKIP
         ...                     beta_range=(0.01, 1.0), lam_range=(0.1, 1.0))
         >>> tuner = kt.RandomSearch(hm,  # doctest: +SKIP
@@ -125,7 +125,7 @@ class SilaHyperModel(kt.HyperModel):
     # ----------------------------------------------------------------- keras-tuner API
 
     def build(self, hp: kt.HyperParameters) -> keras.Model:
-        """Build and compile the SiLa model of this trial (``sila_keras.train`` chain)."""
+        """Build and compile the SiLa model of this trial (``sila_keras.training.train`` chain)."""
         config = self.trial_config(hp)
         keras.utils.set_random_seed(config.run.seed)
         model = sk_train.build_model(config, self.data)
@@ -133,7 +133,7 @@ class SilaHyperModel(kt.HyperModel):
 
     def fit(self, hp: kt.HyperParameters, model: keras.Model, *args, callbacks=(), epochs=None,
             initial_epoch: int = 0, verbose=None, **kwargs):
-        """Train with ``sila_keras.train.fit`` on the training part; validate on the held-out part.
+        """Train with ``sila_keras.training.train.fit`` on the training part; validate on the held-out part.
 
         ``epochs``/``initial_epoch`` come from the tuner (Hyperband sets them per
         trial). The returned History carries ``val_head_k_acc`` per epoch (the

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sila_keras import io
-from sila_keras.rundir import SearchDir
+from sila_keras.utils import files
+from sila_keras.utils.rundir import SearchDir
 from tuning.hypermodel import EPOCHS_RUN
 
 COMPLETED = "COMPLETED"
@@ -136,14 +136,14 @@ def plot_search(rows: list[dict], objective: str, path, title: str = "", beta_ra
     if done or failed:
         ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
-    from sila_keras.plots import save_png
+    from sila_keras.utils.plots import save_png
 
     save_png(fig, path)
 
 
 def write_results(out: Path, rows: list[dict], best: dict | None, config, data_info: dict) -> dict | None:
     """Write ``trials.csv``, ``search.png`` and (if a trial completed) ``best_hparams.json``."""
-    io.write_csv(out / SearchDir.TRIALS, rows,
+    files.write_csv(out / SearchDir.TRIALS, rows,
                  trial_columns(config.objective, config.tune_heads, config.tuner == "hyperband"))
     plot_search(rows, config.objective, out / SearchDir.PLOT,
                 title=f"{config.train.net.model}: {config.objective} over β × λ ({len(rows)} trials)",
@@ -151,5 +151,5 @@ def write_results(out: Path, rows: list[dict], best: dict | None, config, data_i
     if best is None:
         return None
     result = best_hparams(best, config, rows, data_info)
-    io.write_json(out / SearchDir.BEST, result)
+    files.write_json(out / SearchDir.BEST, result)
     return result

@@ -1,6 +1,6 @@
 """Run a β/λ search end to end: ``run_search(SearchConfig) -> summary``.
 
-The chain mirrors ``sila_keras.train``::
+The chain mirrors ``sila_keras.training.train``::
 
     check_out_dir → load data → hold out validation → SilaHyperModel
         → check objective → prepare_out_dir → make_tuner → tuner.search → write results
@@ -19,10 +19,10 @@ import os
 import time
 from pathlib import Path
 
-from sila_keras import io
-from sila_keras import train as sk_train
-from sila_keras.errors import ConfigError, RunDirError, RunFailed
-from sila_keras.rundir import SearchDir, check_resume
+from sila_keras.training import train as sk_train
+from sila_keras.utils import files
+from sila_keras.utils.errors import ConfigError, RunDirError, RunFailed
+from sila_keras.utils.rundir import SearchDir, check_resume
 from tuning.config import SearchConfig
 
 PROJECT = SearchDir.PROJECT  # keras-tuner's project folder inside --out
@@ -85,7 +85,7 @@ def prepare_out_dir(config: SearchConfig, role: str) -> Path:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     if role != "worker":
-        io.write_json(SearchDir(out) / SearchDir.CONFIG, config.to_dict())
+        files.write_json(SearchDir(out) / SearchDir.CONFIG, config.to_dict())
     return out
 
 
@@ -141,7 +141,7 @@ def make_tuner(config: SearchConfig, hypermodel, strategy=None):
 
 def trial_strategy(name: str):
     """The tf.distribute strategy each trial trains under (None = the default one)."""
-    from sila_keras.distribute import make_strategy, strategy_name
+    from sila_keras.devices.distribute import make_strategy, strategy_name
 
     strategy = make_strategy(name)
     return None if strategy_name(strategy) == "default" else strategy
@@ -169,8 +169,8 @@ def final_run(config: SearchConfig, best: dict, data) -> dict:
     """
     import keras
 
-    from sila_keras.callbacks import NonFiniteGuard
-    from sila_keras.distribute import make_strategy
+    from sila_keras.devices.distribute import make_strategy
+    from sila_keras.training.callbacks import NonFiniteGuard
 
     cfg = config.train.replace(beta=best["beta"], lam=best["lam"], heads=int(best["heads"]),
                                betas=None).with_epochs(int(config.final_epochs))  # #15
@@ -201,7 +201,7 @@ def final_run(config: SearchConfig, best: dict, data) -> dict:
         "test": {f"test_{k}": float(v) for k, v in test.items()},
         "model": str(final.model_path), "wall_time_s": round(time.time() - t0, 1),
     }
-    io.write_json(search_dir / SearchDir.FINAL_TEST, result)
+    files.write_json(search_dir / SearchDir.FINAL_TEST, result)
     heads = "  ".join(f"head_{k} {100 * result['test'][f'test_head_{k}_acc']:.2f}%"
                       for k in range(1, cfg.sila.heads + 1))
     print(f"FINAL (test split, evaluated once): {heads}", flush=True)

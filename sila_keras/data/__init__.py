@@ -5,7 +5,7 @@
 ``.tar.gz``/``.tgz``/``.tar``/``.zip`` archive of one) in one of three layouts
 (:mod:`sila_keras.data.folders`). :func:`load_dataset` returns an :class:`ImageData`
 of two :class:`~sila_keras.data.sets.ImageSet` (training and held-out split) that the
-tf.data pipelines (:mod:`sila_keras.pipeline`) decode in parallel, at one size
+tf.data pipelines (:mod:`sila_keras.data.pipeline`) decode in parallel, at one size
 (:mod:`sila_keras.data.images`), held in memory only when small or asked to.
 
 Example:

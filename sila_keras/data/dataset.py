@@ -3,7 +3,7 @@
 Nothing is decoded here unless the decoded set is small: ``cache="auto"`` holds the
 images in memory (as arrays) when train + held-out split decode to less than
 :data:`MEMORY_CACHE_LIMIT`, else streams them (``"none"``). ``"disk[:DIR]"`` streams the
-first epoch and reads tf.data's cache files afterwards (see :mod:`sila_keras.pipeline`).
+first epoch and reads tf.data's cache files afterwards (see :mod:`sila_keras.data.pipeline`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sila_keras.data import folders, images, sets, tfds_source
-from sila_keras.errors import ConfigError, DataError
+from sila_keras.utils.errors import ConfigError, DataError
 
 MEMORY_CACHE_LIMIT = 1 << 30  # bytes of decoded images held in memory by --cache auto
 CACHE_MODES = ("auto", "none", "memory", "disk")
@@ -37,7 +37,7 @@ class ImageData:
     """The training and held-out image sets of a run, with class names and provenance.
 
     ``train_x``/``test_x`` decode a whole set into memory on first use (for the few
-    consumers that need arrays); training streams through :mod:`sila_keras.pipeline`.
+    consumers that need arrays); training streams through :mod:`sila_keras.data.pipeline`.
     """
 
     train: sets.ImageSet

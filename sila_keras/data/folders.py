@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from sila_keras.data.images import IMAGE_EXTENSIONS
-from sila_keras.errors import DataError
+from sila_keras.utils.errors import DataError
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 VAL_NAMES = ("val", "validation")

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sila_keras.errors import ConfigError, DataError
+from sila_keras.utils.errors import ConfigError, DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 RESIZE_POLICIES = ("squash", "crop", "pad")

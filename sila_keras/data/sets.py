@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from sila_keras.data import images as img
-from sila_keras.errors import ConfigError, DataError
+from sila_keras.utils.errors import ConfigError, DataError
 
 STATS_SAMPLE = 2000  # images read for the normalization mean/std of a streamed set
 

@@ -16,7 +16,7 @@ import threading
 
 import numpy as np
 
-from sila_keras.errors import DataError
+from sila_keras.utils.errors import DataError
 
 DEFAULT_PHOTO_SIZE = (224, 224)  # variable-size tfds images and no --image-size
 

@@ -12,7 +12,7 @@ the ``keras:`` prefix) and is built as:
 * the application with ``include_top=False``, flat in the graph (``input_tensor=``), then
   global average pooling and a ``Dense`` classifier named ``classifier`` (``head_1``);
 * taps found by the same placement rule as for any functional classifier
-  (:func:`sila_keras.attach.find_taps`: the ends of the resolution stages but the last), or
+  (:func:`sila_keras.core.attach.find_taps`: the ends of the resolution stages but the last), or
   the layer names given as ``taps=``.
 
 Weights (``weights=``): ``"none"`` (random init), ``"imagenet"`` (Keras' own download and
@@ -24,7 +24,7 @@ application itself (a mismatch names the layer).
 The table of names is static (no TensorFlow import), so ``--help`` can list them.
 
 Example:
-    >>> from sila_keras.heads import build_sila_model
+    >>> from sila_keras.core.heads import build_sila_model
     >>> m = build_sila_model("keras:MobileNetV2", 10, 3, (32, 32, 3), weights="none")
     >>> m.output.shape
     (None, 30)
@@ -41,8 +41,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sila_keras.errors import ModelError
 from sila_keras.models.registry import BackboneOutput, BackboneSpec, register_prefix
+from sila_keras.utils.errors import ModelError
 
 PREFIX = "keras:"
 WEIGHTS_CHOICES = ("none", "imagenet")
@@ -168,7 +168,7 @@ def build_application(x, num_classes: int, *, app: Application, weights: str | N
     import keras
     from keras import layers
 
-    from sila_keras.attach import _taps_by_name, find_taps
+    from sila_keras.core.attach import _taps_by_name, find_taps
 
     weights = "none" if weights is None else str(weights)
     check_weights(PREFIX + app.name, weights, tuple(x.shape[1:]))

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from keras import layers
 
-from sila_keras.errors import ModelError
 from sila_keras.models.layers import bn_relu, check_spatial
 from sila_keras.models.registry import BackboneOutput, Tap, register_backbone
+from sila_keras.utils.errors import ModelError
 
 # name → (layers per dense block, growth rate k); variants are data.
 DENSENET_VARIANTS = {"densenet121": ((6, 12, 24, 16), 32)}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from sila_keras.errors import ModelError
+from sila_keras.utils.errors import ModelError
 
 
 def conv_bn_relu(x, filters: int, kernel_size=3, strides: int = 1, *, name: str,

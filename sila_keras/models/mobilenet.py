@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from keras import layers
 
-from sila_keras.errors import ModelError
 from sila_keras.models.layers import check_spatial, conv_bn_relu
 from sila_keras.models.registry import BackboneOutput, Tap, register_backbone
+from sila_keras.utils.errors import ModelError
 
 # (filters, stride) of the 13 depthwise-separable blocks.
 BLOCKS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),

@@ -42,9 +42,9 @@ from collections.abc import Sequence
 
 from keras import layers
 
-from sila_keras.errors import ModelError
 from sila_keras.models.layers import conv_bn_relu
 from sila_keras.models.registry import BackboneOutput, register_backbone
+from sila_keras.utils.errors import ModelError
 
 STEPMODES = ("even", "lin_grow")
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sila_keras.errors import ModelError
+from sila_keras.utils.errors import ModelError
 
 
 @dataclass(frozen=True)

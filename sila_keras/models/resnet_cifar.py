@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from keras import layers
 
-from sila_keras.errors import ModelError
 from sila_keras.models.layers import conv_bn_relu, pad_shortcut
 from sila_keras.models.registry import BackboneOutput, Tap, register_backbone
+from sila_keras.utils.errors import ModelError
 
 
 def basic_block(x, filters: int, strides: int, *, name: str):

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from keras import layers
 
-from sila_keras.errors import ModelError
 from sila_keras.models.layers import bn_relu, check_spatial
 from sila_keras.models.registry import BackboneOutput, Tap, register_backbone
+from sila_keras.utils.errors import ModelError
 
 # name → (depth d, widen factor k); variants are data.
 WRN_VARIANTS = {"wrn16_8": (16, 8), "wrn28_10": (28, 10), "wrn40_10": (40, 10)}

@@ -5,7 +5,7 @@ everything the mode changes in a run, in the order ``train.py`` calls it::
 
     mode = make_mode(config)          # validate (once per run)
     data = mode.prepare_data(data)    # e.g. set a hold-out aside, kept by the mode
-    model = mode.build_model(data)    # output: sila_logits (sila_keras.heads.sila_output)
+    model = mode.build_model(data)    # output: sila_logits (sila_keras.core.heads.sila_output)
     loss = mode.loss(num_classes, num_heads)
     metrics = mode.metrics(num_classes, num_heads)
     summary = mode.after_training(model, data, run_dir, rows, summary)
@@ -25,7 +25,7 @@ import difflib
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from sila_keras.errors import ConfigError
+from sila_keras.utils.errors import ConfigError
 
 # Mode-specific TrainConfig fields and their CLI flags. A mode lists those it uses in
 # ``Mode.options``; giving one to a mode that does not use it is an error.
@@ -103,7 +103,7 @@ class Mode:
 
     def metrics(self, num_classes: int, num_heads: int) -> list:
         """The compiled metrics: ``head_k_acc`` per head, ``top5``/``nll`` of head 1."""
-        from sila_keras.metrics import sila_metrics
+        from sila_keras.core.metrics import sila_metrics
 
         return sila_metrics(num_heads, num_classes)
 
@@ -128,7 +128,7 @@ class Mode:
 
 def last_head_metrics(num_classes: int, num_heads: int) -> list:
     """Top-5 and NLL of the last head (``head_M_top5``, ``head_M_nll``) when there are several."""
-    from sila_keras.metrics import HeadNLL, HeadTopK
+    from sila_keras.core.metrics import HeadNLL, HeadTopK
 
     if num_heads < 2:
         return []
@@ -138,7 +138,7 @@ def last_head_metrics(num_classes: int, num_heads: int) -> list:
 def option(config, name: str, default: Any = None) -> Any:
     """The flat field ``name`` of a ``TrainConfig`` or of a ``config.json`` dict (either form)."""
     if isinstance(config, Mapping):
-        from sila_keras.rundir import flat_config
+        from sila_keras.utils.rundir import flat_config
 
         return flat_config(config).get(name, default)
     return config.value(name)

@@ -11,7 +11,7 @@ are concatenated into the Siamese Labels ``z̄ = concat(f_1 … f_C)`` and train
 exit and ``head_C`` the deepest (the full network), in the order a test image
 reaches them. (In a SilaNet, ``head_1`` is the base classifier.)
 
-After training, :func:`sila_keras.anytime.evaluate_dynamic` runs MSDNet's test protocols,
+After training, :func:`sila_keras.modes.anytime.evaluate_dynamic` runs MSDNet's test protocols,
 chosen by ``--dynamic-eval`` (``TrainConfig.dynamic_eval``, :data:`EVALUATIONS`):
 
 * ``anytime``: anytime prediction only (``anytime.csv/png``); the network trains on **all**
@@ -30,8 +30,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sila_keras.errors import ConfigError, ModelError
 from sila_keras.modes.base import Mode, last_head_metrics, option, register_mode
+from sila_keras.utils.errors import ConfigError, ModelError
 
 HOLDOUT_FRACTION = 0.1
 # --dynamic-eval: the test protocols run after training (None in a config means DEFAULT_EVAL).
@@ -77,7 +77,7 @@ def build_dynamic_model(backbone: str, num_classes: int, input_shape: Sequence[i
     import keras
     from keras import layers
 
-    from sila_keras.heads import build_backbone, head_name, sila_output
+    from sila_keras.core.heads import build_backbone, head_name, sila_output
 
     inputs, out = build_backbone(backbone, num_classes, input_shape, mean, std, **backbone_kwargs)
     if not out.exits:
@@ -157,7 +157,7 @@ class DynamicMode(Mode):
 
     def evaluate(self, model, data, run_dir, rows: list[dict]) -> dict:
         """``dynamic``: the ``--dynamic-eval`` results (and their CSV/PNG files)."""
-        from sila_keras.anytime import evaluate_dynamic
+        from sila_keras.modes.anytime import evaluate_dynamic
 
         evaluation = evaluation_of(self.config)
         holdout, source = None, None
@@ -181,7 +181,7 @@ def exits_loss(num_classes: int, num_exits: int, betas: Sequence[float] | None =
     Raises:
         ConfigError: ``len(betas) != num_exits``.
     """
-    from sila_keras.losses import MutualLoss, SilaLoss
+    from sila_keras.core.losses import MutualLoss, SilaLoss
 
     betas = [1.0] * num_exits if betas is None else [float(b) for b in betas]
     if len(betas) != num_exits:

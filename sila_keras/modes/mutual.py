@@ -18,7 +18,7 @@ from the other net's prediction, held constant (``stop_gradient``)::
 ``--mode mutual`` is SiLa, ``--mode mutual --dml`` SiLa+DML, ``--mode dml`` the
 DML baseline (plain N-way CE per net + KL). At test time either net serves alone.
 
-Model layout (the naming contract of :mod:`sila_keras.heads`):
+Model layout (the naming contract of :mod:`sila_keras.core.heads`):
 
 * ``net_1`` / ``net_2``: each net as a nested, self-contained 1-head SiLa model
   (``image`` → its own ``normalize`` → backbone); every backbone layer lives inside
@@ -27,7 +27,7 @@ Model layout (the naming contract of :mod:`sila_keras.heads`):
 * ``sila_logits`` = Concatenate of ``head_1``, ``head_2``.
 
 ``extract_head(model, 2)`` is Net 2 alone, so the exporter's ``--head 2`` exports it.
-The losses are :class:`sila_keras.losses.MutualLoss`; after training, :meth:`MutualMode.evaluate`
+The losses are :class:`sila_keras.core.losses.MutualLoss`; after training, :meth:`MutualMode.evaluate`
 writes ``nets.csv`` (paper B Tables 1–2) and ``curves_net_k.png`` (Fig. 3).
 """
 
@@ -35,8 +35,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sila_keras.errors import ConfigError
 from sila_keras.modes.base import Mode, last_head_metrics, option, register_mode
+from sila_keras.utils.errors import ConfigError
 
 NUM_NETS = 2
 
@@ -85,7 +85,7 @@ def build_mutual_model(model_name: str, peer_name: str | None, num_classes: int,
     import keras
     from keras import layers
 
-    from sila_keras.heads import build_sila_model, head_name, sila_output
+    from sila_keras.core.heads import build_sila_model, head_name, sila_output
     from sila_keras.models import get_backbone
 
     get_backbone(model_name)
@@ -118,8 +118,8 @@ def net_summary(model, data, rows: list[dict], batch_size: int = 256,
     present, else from a prediction); BEST from the ``head_k_acc`` column of
     ``rows`` (the per-epoch test accuracies in ``metrics.csv``).
     """
-    from sila_keras.heads import extract_head, head_name, num_heads_of, trainable_params
-    from sila_keras.pipeline import eval_dataset
+    from sila_keras.core.heads import extract_head, head_name, num_heads_of, trainable_params
+    from sila_keras.data.pipeline import eval_dataset
 
     m = num_heads_of(model)
     ds = eval_dataset(data.test_x, data.test_y, batch_size)
@@ -199,7 +199,7 @@ class MutualMode(Mode):
         return bool(self.config.mutual.dml)
 
     def loss(self, num_classes: int, num_heads: int):
-        from sila_keras.losses import MutualLoss
+        from sila_keras.core.losses import MutualLoss
 
         betas = self.config.sila.betas or (1.0,) * NUM_NETS
         return MutualLoss(num_classes, betas=betas, sila=self.sila, dml=self.dml)
@@ -211,14 +211,14 @@ class MutualMode(Mode):
     def evaluate(self, model, data, run_dir, rows: list[dict]) -> dict:
         """``nets`` (per-net Top-1, Top-5, NLL, BEST, params), ``nets.csv``,
         ``curves_net_1.png``, ``curves_net_2.png``."""
-        from sila_keras import io
-        from sila_keras.plots import plot_net_curves
-        from sila_keras.rundir import RunDir
+        from sila_keras.utils import files
+        from sila_keras.utils.plots import plot_net_curves
+        from sila_keras.utils.rundir import RunDir
 
         config = self.config
         names = [config.net.model, config.mutual.peer or config.net.model]
         nets = net_summary(model, data, rows, batch_size=config.optim.batch_size, names=names)
-        io.write_csv(RunDir(run_dir) / RunDir.NETS, [{"net": k, **v} for k, v in nets.items()],
+        files.write_csv(RunDir(run_dir) / RunDir.NETS, [{"net": k, **v} for k, v in nets.items()],
                      ["net", "model", "top1", "top5", "nll", "best", "params"])
         kind = self.label(config)
         if rows:

@@ -1,19 +1,19 @@
 """``--mode sila`` (default): SilaNet — a backbone with M−1 auxiliary heads (paper A).
 
-``MODEL`` is a registered backbone (:func:`sila_keras.heads.build_sila_model`) or the
+``MODEL`` is a registered backbone (:func:`sila_keras.core.heads.build_sila_model`) or the
 user's own ``.keras`` classifier, to which the heads are attached
-(:func:`sila_keras.attach.load_and_attach`; it receives raw 0–255 pixels).
+(:func:`sila_keras.core.attach.load_and_attach`; it receives raw 0–255 pixels).
 
-#19: ``--ship-head k`` raises head k's set weight to 1 (:func:`sila_keras.losses.ship_head_weights`)
+#19: ``--ship-head k`` raises head k's set weight to 1 (:func:`sila_keras.core.losses.ship_head_weights`)
 and ``--distill W`` adds self-distillation from head 1 into the shallower heads
-(:func:`sila_keras.losses.distill_loss`); the weights used are printed and written to
+(:func:`sila_keras.core.losses.distill_loss`); the weights used are printed and written to
 ``summary.json`` (``set_weights``). See docs/heads.md.
 """
 
 from __future__ import annotations
 
-from sila_keras.errors import ConfigError
 from sila_keras.modes.base import Mode, is_model_file, option, register_mode
+from sila_keras.utils.errors import ConfigError
 
 
 @register_mode
@@ -46,7 +46,7 @@ class SilaMode(Mode):
         """
         c = self.config
         if c.sila.heads > 1 and not is_model_file(c.net.model):
-            from sila_keras.heads import check_heads_fit
+            from sila_keras.core.heads import check_heads_fit
 
             check_heads_fit(c.net.model, c.sila.heads)
         if c.sila.ship_head is not None or c.sila.distill:  # #19: say which weights it trains with
@@ -55,17 +55,17 @@ class SilaMode(Mode):
     def build_model(self, data):
         config = self.config
         if is_model_file(config.net.model):
-            from sila_keras.attach import load_and_attach
+            from sila_keras.core.attach import load_and_attach
 
             return load_and_attach(config.net.model, config.sila.heads, data.num_classes)
-        from sila_keras.heads import build_sila_model
+        from sila_keras.core.heads import build_sila_model
 
         mean, std = data.channel_stats()
         return build_sila_model(config.net.model, data.num_classes, config.sila.heads, data.input_shape,
                                 mean=mean, std=std, **config.net.backbone_kwargs)
 
     def loss(self, num_classes: int, num_heads: int):
-        from sila_keras.losses import SilaLoss
+        from sila_keras.core.losses import SilaLoss
 
         c = self.config
         s = c.sila
@@ -74,8 +74,8 @@ class SilaMode(Mode):
 
     def evaluate(self, model, data, run_dir, rows: list[dict]) -> dict:
         """#19: the set weights the run trained with (and ``--ship-head``/``--distill``)."""
-        from sila_keras.heads import num_heads_of
-        from sila_keras.losses import set_weights
+        from sila_keras.core.heads import num_heads_of
+        from sila_keras.core.losses import set_weights
 
         c, m = self.config, num_heads_of(model)
         weights = loss_betas(c, m) or set_weights(m, c.sila.beta, c.sila.lam)
@@ -94,14 +94,14 @@ def loss_betas(config, num_heads: int) -> list[float] | None:
     s = config.sila
     if s.ship_head is None:
         return None if s.betas is None else list(s.betas)
-    from sila_keras.losses import ship_head_weights
+    from sila_keras.core.losses import ship_head_weights
 
     return ship_head_weights(num_heads, s.ship_head, s.beta, s.lam)
 
 
 def ship_line(config) -> str:
     """#19: the line that says which set weights ``--ship-head``/``--distill`` chose."""
-    from sila_keras.losses import set_weights
+    from sila_keras.core.losses import set_weights
 
     s = config.sila
     weights = loss_betas(config, s.heads) or set_weights(s.heads, s.beta, s.lam)

@@ -2,7 +2,7 @@
 
 Is the first of two 14×14 MNIST digits ≤ the second? Four Keras networks (``fc``,
 ``conv``, ``parallel``, ``siamese``; parameter counts as in the paper's Table 1),
-trained with the shared loop :func:`sila_keras.train.fit`, optionally with the SiLa
+trained with the shared loop :func:`sila_keras.training.train.fit`, optionally with the SiLa
 loss on two comparison heads. Command line: ``python -m sila_keras.pairs --help``.
 
 Public API::

@@ -17,11 +17,11 @@ import sys
 import time
 from pathlib import Path
 
-from sila_keras import io
-from sila_keras.cli import Command, HelpFormatter, run_command
-from sila_keras.errors import ConfigError, RunDirError
-from sila_keras.rundir import PairsDir
-from sila_keras.train_flags import FlagParser, add_recipe_flag
+from sila_keras.training.flags import FlagParser, add_recipe_flag
+from sila_keras.utils import files
+from sila_keras.utils.cli import Command, HelpFormatter, run_command
+from sila_keras.utils.errors import ConfigError, RunDirError
+from sila_keras.utils.rundir import PairsDir
 
 PROG = "sila-pairs"
 # The networks of sila_keras.pairs.models.ARCHS, named here so --help needs no Keras.
@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     origins = apply_recipe(args)  # #17
     mode, configs = configs_from_args(args)
     out = _out_dir(args)
-    io.write_json(out / PairsDir.RECIPE, {"recipe": args.recipe, "origins": origins})
+    files.write_json(out / PairsDir.RECIPE, {"recipe": args.recipe, "origins": origins})
     if args.resume:
         check_resumed_pair_draw(out, configs[0].pair_draw)
     pools = _load_pools(args)
@@ -152,7 +152,7 @@ def check_resumed_pair_draw(out: Path, pair_draw: str) -> None:
         RunDirError: a ``done/`` file with another ``pair_draw`` (a different experiment).
     """
     for path in sorted((Path(out) / DONE_DIR).glob("*.json")):
-        saved = io.read_json(path).get("config") or {}
+        saved = files.read_json(path).get("config") or {}
         old = saved.get("pair_draw", LEGACY_PAIR_DRAW)
         if old != pair_draw:
             raise RunDirError(
@@ -167,14 +167,14 @@ def _run_or_load(config, pools, out: Path, position: str = "") -> dict:
     (atomically) before anything else happens."""
     path = _done_path(config, out)
     if path.is_file():
-        saved = io.read_json(path)
+        saved = files.read_json(path)
         if saved.get("config") == _settings(config) and saved.get("data") == pools.source:
             print(f"{position}{config.label} lr {config.lr:g} b {config.batch_size}: finished earlier, "
                   f"loaded from {path}", flush=True)
             return saved["result"]
     result = _run_one(config, pools, position)
-    io.write_json(path, {"config": _settings(config), "data": pools.source, "result": result})
-    return io.read_json(path)["result"]  # the same JSON form whether run now or loaded
+    files.write_json(path, {"config": _settings(config), "data": pools.source, "result": result})
+    return files.read_json(path)["result"]  # the same JSON form whether run now or loaded
 
 
 # #17: the flags a recipe may set (PairConfig fields)
@@ -185,8 +185,8 @@ RECIPE_FIELDS = ("rounds", "epochs", "lr", "batch_size", "pairs", "aux_weight", 
 def apply_recipe(args: argparse.Namespace) -> dict:
     """#17: ``--recipe`` (``pairs-003``) fills the flags not typed, in ``args``; returns
     each flag's origin (``flag``, ``default`` or ``recipe:<name>``)."""
-    from sila_keras.recipes import PAIRS, get_recipe, resolve
-    from sila_keras.train_flags import given_flags
+    from sila_keras.training.flags import given_flags
+    from sila_keras.training.recipes import PAIRS, get_recipe, resolve
 
     recipe = get_recipe(args.recipe) if args.recipe is not None else None
     flat = {k: getattr(args, k) for k in (*RECIPE_FIELDS, "arch", "table", "grid")
@@ -314,10 +314,10 @@ def _run_single(config, pools, out: Path) -> dict:
 
     result = _run_or_load(config, pools, out)
     table = report.table1_markdown([result])
-    files = report.write_run(out, result, table)
+    written = report.write_run(out, result, table)
     print(report.result_line(result))
     print(table)
-    print("Wrote " + ", ".join(str(f) for f in files), flush=True)
+    print("Wrote " + ", ".join(str(f) for f in written), flush=True)
     return result
 
 
@@ -337,9 +337,9 @@ def _run_table(configs, pools, out: Path) -> list[dict]:
         results.append(result)
     table = report.table2_markdown(results)
     verdict = ordering_verdict(results)
-    io.write_json(out / PairsDir.TABLE_JSON, {"rows": [_summary(r) for r in results], "ordering": verdict,
+    files.write_json(out / PairsDir.TABLE_JSON, {"rows": [_summary(r) for r in results], "ordering": verdict,
                                        "data": pools.describe()})
-    io.write_text(out / PairsDir.TABLE, table + "\n" + verdict["text"] + "\n")
+    files.write_text(out / PairsDir.TABLE, table + "\n" + verdict["text"] + "\n")
     report.plot_bands(results, out / PairsDir.CURVES,
                       title=f"Table 2 configurations: mean ± std over {results[0]['rounds']} rounds")
     print("\n" + table + "\n" + verdict["text"])
@@ -379,21 +379,21 @@ def _run_grid(configs, pools, out: Path, honest: bool) -> dict:
         print(report.result_line(result), flush=True)
         results.append(result)
         grid.append(_summary(result))
-        io.write_json(out / PairsDir.GRID_JSON, {"selected_by": key, "grid": grid, "complete": False})
+        files.write_json(out / PairsDir.GRID_JSON, {"selected_by": key, "grid": grid, "complete": False})
     best_i = max(range(len(results)), key=lambda j: results[j][key])
     best = dict(results[best_i])
     note = ("Selected on mean VALIDATION accuracy (--val-split "
             f"{configs[0].val_split}: held-out training pairs); the test accuracy is unbiased."
             if honest else TEST_SELECTION_NOTE)
     best["selection"] = {"selected_by": key, "note": note, "grid_size": len(results)}
-    io.write_json(out / PairsDir.GRID_JSON, {"selected_by": key, "note": note, "grid": grid, "complete": True,
+    files.write_json(out / PairsDir.GRID_JSON, {"selected_by": key, "note": note, "grid": grid, "complete": True,
                                       "best": {"lr": best["lr"], "batch_size": best["batch_size"]}})
     tables = (f"## Mean test accuracy ({configs[0].rounds} rounds each)\n\n"
               + report.grid_markdown(grid, "mean_accuracy"))
     if honest:
         tables += "\n## Mean validation accuracy\n\n" + report.grid_markdown(grid, "mean_val_accuracy")
     best_table = report.table1_markdown([best])
-    io.write_text(out / PairsDir.GRID, tables + "\n## Selected\n\n" + best_table + "\n" + note + "\n")
+    files.write_text(out / PairsDir.GRID, tables + "\n## Selected\n\n" + best_table + "\n" + note + "\n")
     report.write_run(out, best, best_table)
     print("\n" + tables + f"\nBest: lr {best['lr']:g}, batch {best['batch_size']}\n" + best_table
           + "\n" + note)

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sila_keras.errors import DataError
+from sila_keras.utils.errors import DataError
 
 IMAGE_MAGIC = 2051  # IDX: unsigned byte, 3 dimensions
 LABEL_MAGIC = 2049  # IDX: unsigned byte, 1 dimension

@@ -3,7 +3,7 @@
 A *round* (the paper's "evaluation iteration") takes the training and test pairs (the
 same in every round with ``pair_draw="once"``, the authors' protocol; fresh ones with
 ``"per-round"``), builds a freshly initialised model, trains it for ``epochs`` with the shared
-training loop :func:`sila_keras.train.fit`, and records the test accuracy of the
+training loop :func:`sila_keras.training.train.fit`, and records the test accuracy of the
 ``comparison`` head after every epoch. The round's accuracy is the one after the
 last epoch; a configuration reports the mean and (sample) std over rounds, as the
 paper's Tables 1 and 2 do.
@@ -23,9 +23,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from sila_keras.errors import ConfigError
 from sila_keras.pairs import data as pdata
 from sila_keras.pairs import models as pmodels
+from sila_keras.utils.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -156,8 +156,8 @@ def compile_pair_model(model, config: PairConfig, steps: int):
     """Compile with SGD and the losses of ``config`` (comparison CE or SiLa, digit CEs)."""
     import keras
 
-    from sila_keras.losses import SilaLoss
-    from sila_keras.optim import make_optimizer
+    from sila_keras.core.losses import SilaLoss
+    from sila_keras.training.optim import make_optimizer
 
     ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     losses, weights = {}, {}
@@ -209,7 +209,7 @@ def run_round(config: PairConfig, pools: pdata.DigitPools, round_index: int,
     """Train and test one round; returns its accuracies and per-epoch curves."""
     import keras
 
-    from sila_keras.train import fit
+    from sila_keras.training.train import fit
 
     keras.backend.clear_session()
     keras.utils.set_random_seed(config.seed * 1000 + round_index)

@@ -29,7 +29,7 @@ second) for every arch, plus ``digit_1``/``digit_2`` (10 logits each) for
 parallel/siamese. With ``sila=True`` (SiLa, beyond the paper) a second comparison
 head ``comparison_2`` is computed, without weights, from the two digit posteriors
 (:class:`DigitComparison`) and ``sila_logits`` = concat(comparison, comparison_2)
-is trained with :class:`sila_keras.losses.SilaLoss` (N = 2 classes, M = 2 sets).
+is trained with :class:`sila_keras.core.losses.SilaLoss` (N = 2 classes, M = 2 sets).
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ import math
 import keras
 from keras import layers, ops
 
-from sila_keras.errors import ModelError
-from sila_keras.heads import SILA_OUTPUT, sila_output
+from sila_keras.core.heads import SILA_OUTPUT, sila_output
+from sila_keras.utils.errors import ModelError
 
 ARCHS = ("fc", "conv", "parallel", "siamese")
 PAIR_INPUT = (14, 14, 2)  # channels-last: [..., 0] first digit, [..., 1] second

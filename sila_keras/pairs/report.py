@@ -1,8 +1,8 @@
 """Outputs of the digit-pair task: ``results.json``, markdown tables like the
 paper's Tables 1/2, and accuracy curves with a mean ± std band over rounds (Fig. 4).
 
-All files are written atomically (:mod:`sila_keras.io`); figures use matplotlib's
-headless Agg backend (:mod:`sila_keras.plots`).
+All files are written atomically (:mod:`sila_keras.utils.files`); figures use matplotlib's
+headless Agg backend (:mod:`sila_keras.utils.plots`).
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sila_keras import io
-from sila_keras.plots import plt  # Agg backend already selected there
-from sila_keras.rundir import PairsDir
+from sila_keras.utils import files
+from sila_keras.utils.plots import plt  # Agg backend already selected there
+from sila_keras.utils.rundir import PairsDir
 
 
 def pct(v: float | None, digits: int = 2) -> str:
@@ -130,7 +130,7 @@ def plot_bands(results: list[dict], path, title: str = "") -> None:
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
-    from sila_keras.plots import save_png
+    from sila_keras.utils.plots import save_png
 
     save_png(fig, path)
 
@@ -138,9 +138,9 @@ def plot_bands(results: list[dict], path, title: str = "") -> None:
 def write_run(out: Path, result: dict, table: str) -> list[Path]:
     """``results.json``, ``table.md`` and ``curves.png`` of one configuration in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    files = [out / PairsDir.RESULTS, out / PairsDir.TABLE, out / PairsDir.CURVES]
-    io.write_json(files[0], result)
-    io.write_text(files[1], table)
-    plot_bands([result], files[2], title=f"{result['label']}: mean ± std over "
+    paths = [out / PairsDir.RESULTS, out / PairsDir.TABLE, out / PairsDir.CURVES]
+    files.write_json(paths[0], result)
+    files.write_text(paths[1], table)
+    plot_bands([result], paths[2], title=f"{result['label']}: mean ± std over "
                                          f"{result['rounds']} round(s)")
-    return files
+    return paths

@@ -1,6 +1,6 @@
 """The errors a user can cause, and the one that means a run failed.
 
-Every console script goes through one runner (:mod:`sila_keras.cli`) that maps these to exit
+Every console script goes through one runner (:mod:`sila_keras.utils.cli`) that maps these to exit
 codes: a :class:`SilaError` is bad input (exit 2, one line: the rule, then ``Received: …``),
 :class:`RunFailed` is a run that started and could not finish (exit 3), an interrupt is 130.
 Anything else — a ``TypeError`` from our own code, say — is a bug and shows its traceback.
@@ -8,7 +8,7 @@ Anything else — a ``TypeError`` from our own code, say — is a bug and shows 
 ``SilaError`` subclasses ``ValueError`` so API callers that catch ``ValueError`` keep working.
 
 Example:
-    >>> from sila_keras.errors import ConfigError, SilaError
+    >>> from sila_keras.utils.errors import ConfigError, SilaError
     >>> try:
     ...     raise ConfigError("`--heads` must be >= 1. Received: heads=0")
     ... except SilaError as e:

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import keras
 
-from sila_keras import io
-from sila_keras.errors import ConfigError
-from sila_keras.optim import current_lr
-from sila_keras.rundir import RunDir, read_checkpoint, write_checkpoint
+from sila_keras.training.optim import current_lr
+from sila_keras.utils import files
+from sila_keras.utils.errors import ConfigError
+from sila_keras.utils.rundir import RunDir, read_checkpoint, write_checkpoint
 
 
 class NonFiniteGuard(keras.callbacks.Callback):
@@ -94,7 +94,7 @@ class EpochLogger(keras.callbacks.Callback):
                    time_s=round(time.time() - self._t0, 3))
         row = {k: (float(v) if v is not None and k != "epoch" else v) for k, v in row.items()}
         self.rows = [r for r in self.rows if int(r["epoch"]) < row["epoch"]] + [row]
-        io.write_csv(self.path, self.rows, self.columns)
+        files.write_csv(self.path, self.rows, self.columns)
         if self.print_fn:
             self.print_fn(self.summary_line(row))
 

@@ -2,14 +2,14 @@
 
 ``--freeze-epochs K`` trains only the new layers — the ``classifier`` (``head_1``) and the
 SiLa heads ``head_2 … head_M`` — for epochs 1..K, then unfreezes the backbone (whose lr is
-``--backbone-lr-mult`` × the lr, see :mod:`sila_keras.optim`). While frozen, the backbone's
+``--backbone-lr-mult`` × the lr, see :mod:`sila_keras.training.optim`). While frozen, the backbone's
 BatchNormalization layers are non-trainable, which in Keras 3 also runs them in inference
 mode: their moving statistics stay those of the pretrained model (the classic
 transfer-learning trap is to freeze the weights but let BN keep updating its statistics on
 the new data).
 
 :class:`FreezeBackbone` is a callback of the one training loop
-(:func:`sila_keras.train.fit`). The frozen state is a function of the epoch only, and the
+(:func:`sila_keras.training.train.fit`). The frozen state is a function of the epoch only, and the
 model is always *saved* unfrozen (checkpoints and ``model.keras`` hold the full trainable
 set the optimizer was built for), so ``--resume`` on either side of the switch continues
 exactly.

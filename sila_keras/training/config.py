@@ -15,7 +15,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sila_keras.errors import ConfigError
+from sila_keras.utils.errors import ConfigError
 
 PAPER_MILESTONES = (30, 55, 80, 105, 135, 160, 180, 200, 220, 240)
 STRATEGIES = ("auto", "default", "mirrored", "multiworker")
@@ -30,9 +30,9 @@ AUGMENT_NAMES = ("autoaugment", "crop", "none", "randaugment", "standard")
 KERAS_APPLICATIONS = ("MobileNet", "MobileNetV2", "MobileNetV3Small", "MobileNetV3Large",
                       "EfficientNetB0", "EfficientNetB1", "EfficientNetB2", "EfficientNetB3",
                       "EfficientNetV2B0", "ResNet50")
-OPTIMIZERS = ("sgd", "adamw")  # #15 (sila_keras.optim)
+OPTIMIZERS = ("sgd", "adamw")  # #15 (sila_keras.training.optim)
 SCHEDULES = ("step", "cosine")  # #15
-# #17 item 5: AutoAugment magnitude semantics (sila_keras.augment_ops; default first).
+# #17 item 5: AutoAugment magnitude semantics (sila_keras.data.augment_ops; default first).
 AUTOAUGMENT_SEMANTICS = ("official", "torchvision")  # augment_ops.SEMANTICS (#17)
 DYNAMIC_EVALUATIONS = ("anytime", "budgeted", "both")  # modes.dynamic.EVALUATIONS (#17)
 
@@ -217,7 +217,7 @@ class OptimConfig:
     milestones: tuple[int, ...] = PAPER_MILESTONES
     gamma: float = 0.5
     nesterov: bool = False
-    optimizer: str = "sgd"  # #15 (sila_keras.optim)
+    optimizer: str = "sgd"  # #15 (sila_keras.training.optim)
     schedule: str = "step"
     warmup_epochs: int = 0
     label_smoothing: float = 0.0
@@ -277,7 +277,7 @@ class RunConfig:
     steps_per_execution: int | str = "auto"
     sync_bn: bool | None = None  # None: on when replicas > 1 and the per-replica batch < 32
     checkpoint_every: int = 1  # epochs between checkpoints (the last epoch always)
-    # The --recipe applied (sila_keras.recipes) and each field's origin: "flag" | "default" |
+    # The --recipe applied (sila_keras.training.recipes) and each field's origin: "flag" | "default" |
     # "recipe:<name>" (recorded in config.json; --resume compares values, not these).
     recipe: str | None = None
     origins: dict = field(default_factory=dict)
@@ -430,7 +430,7 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> TrainConfig:
         """From :meth:`to_dict`'s form, or the flat form of runs written before the grouping.
         Unknown keys (fields of newer or older versions) are ignored."""
-        from sila_keras.rundir import flat_config
+        from sila_keras.utils.rundir import flat_config
 
         grouped, d = "data" in d and isinstance(d["data"], dict), flat_config(d)
         if not grouped and "cutout" not in d and d.get("augment") == "autoaugment":

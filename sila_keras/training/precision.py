@@ -18,7 +18,7 @@ from pathlib import Path
 
 import keras
 
-from sila_keras.errors import ConfigError
+from sila_keras.utils.errors import ConfigError
 
 FLOAT32 = "float32"
 # CPU flags with native bfloat16 arithmetic (otherwise every bf16 op is emulated).
@@ -222,7 +222,7 @@ def check_resumed_policy(model: keras.Model, policy: str) -> None:
     Raises:
         ConfigError: with the policies and the fix.
     """
-    from sila_keras.errors import ConfigError
+    from sila_keras.utils.errors import ConfigError
 
     trained = mixed_policy(model)
     if trained != policy:

@@ -32,8 +32,8 @@ from collections.abc import Sequence
 import keras
 from keras import layers
 
-from sila_keras.errors import ModelError
 from sila_keras.models.registry import Tap, get_backbone
+from sila_keras.utils.errors import ModelError
 
 SILA_OUTPUT = "sila_logits"
 DEFAULT_MEAN = (127.5, 127.5, 127.5)

@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from sila_keras import io  # noqa: E402
+from sila_keras.utils import files  # noqa: E402
 
 
 def plot_curves(rows: list[dict], num_heads: int, path, title: str = "") -> None:
@@ -89,6 +89,6 @@ def plot_budgeted(budgeted: list[dict], anytime: list[dict], path, title: str = 
 
 def save_png(fig, path) -> None:
     """Write a matplotlib figure to ``path`` as PNG, atomically, and close it."""
-    with io.atomic_path(Path(path), suffix=".png") as tmp:
+    with files.atomic_path(Path(path), suffix=".png") as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)

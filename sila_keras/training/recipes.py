@@ -1,6 +1,6 @@
 """Named paper recipes: ``--recipe NAME`` sets every training setting of one published experiment.
 
-A :class:`Recipe` maps *flat* :class:`~sila_keras.config.TrainConfig` field names (or, for
+A :class:`Recipe` maps *flat* :class:`~sila_keras.training.config.TrainConfig` field names (or, for
 ``sila-pairs``, :class:`~sila_keras.pairs.experiment.PairConfig` names) to a :class:`Setting`:
 the value, whether the paper states it (``paper``) or we assume it (``assumption``), and the
 paper's words with their section (or why we assume it). :func:`resolve` layers defaults <
@@ -12,7 +12,7 @@ Settings of fields this build does not have yet (another issue adds them) are ke
 registry and skipped by :func:`resolve` until the field exists.
 
 This module imports no TensorFlow (``--recipe list`` and ``--help`` stay fast). The argparse
-side (``--recipe``, telling typed flags from defaults) is in :mod:`sila_keras.train_flags`.
+side (``--recipe``, telling typed flags from defaults) is in :mod:`sila_keras.training.flags`.
 
 Example:
     >>> values, origins = resolve(get_recipe("msdnet-dynamic"), {"epochs": 1},
@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sila_keras.errors import ConfigError
+from sila_keras.utils.errors import ConfigError
 
 TRAIN, PAIRS = "sila-train", "sila-pairs"
 PAPER_A = "paper A (SilaNet, seeds 000/002)"

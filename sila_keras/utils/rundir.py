@@ -15,7 +15,7 @@ A training run (``sila-train``) writes ``<out>/<name>/``::
 
 A search (``sila-tune``) writes :class:`SearchDir`; the digit-pair task :class:`PairsDir`;
 the head-vs-alone benchmark (#19, ``benchmarks/head_vs_alone.py``) :class:`StudyDir`.
-Every write is atomic (:mod:`sila_keras.io`), so a killed process leaves old or new files,
+Every write is atomic (:mod:`sila_keras.utils.files`), so a killed process leaves old or new files,
 never half-written ones. Nothing else in the package spells one of these names.
 
 Example:
@@ -35,8 +35,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sila_keras import io
-from sila_keras.errors import RunDirError
+from sila_keras.utils import files
+from sila_keras.utils.errors import RunDirError
 
 
 def flat_config(d: dict) -> dict:
@@ -190,16 +190,16 @@ class RunDir:
     # ------------------------------------------------------------------ writes (atomic)
 
     def write_config(self, config: dict) -> None:
-        io.write_json(self.config_path, config)
+        files.write_json(self.config_path, config)
 
     def write_summary(self, summary: dict) -> None:
-        io.write_json(self.summary_path, summary)
+        files.write_json(self.summary_path, summary)
 
     def write_metrics(self, rows: list[dict], columns: list[str] | None = None) -> None:
-        io.write_csv(self.metrics_path, rows, columns)
+        files.write_csv(self.metrics_path, rows, columns)
 
     def write_labels(self, class_names) -> None:
-        io.write_text(self.labels_path, "\n".join(class_names) + "\n")
+        files.write_text(self.labels_path, "\n".join(class_names) + "\n")
 
     def save_model(self, model) -> Path:
         """``model.keras`` (atomic)."""
@@ -210,13 +210,13 @@ class RunDir:
     def read_config(self) -> dict:
         """The run's settings by flat field name (``{"epochs": 3, …}``), whether
         ``config.json`` is grouped (:meth:`TrainConfig.to_dict`) or flat (older runs)."""
-        return flat_config(io.read_json_object(self.config_path))
+        return flat_config(files.read_json_object(self.config_path))
 
     def read_summary(self) -> dict:
-        return io.read_json_object(self.summary_path)
+        return files.read_json_object(self.summary_path)
 
     def read_metrics(self) -> list[dict]:
-        return io.read_csv(self.metrics_path) if self.metrics_path.is_file() else []
+        return files.read_csv(self.metrics_path) if self.metrics_path.is_file() else []
 
     def read_labels(self) -> list[str]:
         if not self.labels_path.is_file():
@@ -279,7 +279,7 @@ class RunDir:
         path = self.path / (config_file or self.CONFIG)
         if not path.is_file():
             raise RunDirError(f"Cannot resume: '{path}' not found. Start the run without --resume.")
-        return config_cls.from_dict(io.read_json(path))
+        return config_cls.from_dict(files.read_json(path))
 
 
 def check_resume(old, new, where: str, hint: str = "Use the original command plus --resume.") -> None:
@@ -310,7 +310,7 @@ def write_checkpoint(folder: str | os.PathLike, model, epoch: int,
     folder = Path(folder)
     name = RunDir.checkpoint_name(epoch)
     save_model(model, folder / name)
-    io.write_json(folder / RunDir.STATE, {"epoch": int(epoch), "model": name, **(extra_state or {})})
+    files.write_json(folder / RunDir.STATE, {"epoch": int(epoch), "model": name, **(extra_state or {})})
     # Older epochs, and temp files of writes a killed process never finished.
     for old in [*folder.glob("epoch-*.keras"), *folder.glob(".epoch-*"),
                 *folder.glob(f".{RunDir.STATE}.*"), folder / RunDir.LEGACY_CHECKPOINT]:
@@ -341,7 +341,7 @@ def read_checkpoint(folder: str | os.PathLike) -> dict | None:
 def save_model(model, path: str | os.PathLike) -> Path:
     """Save a Keras model atomically at ``path``."""
     path = Path(path)
-    with io.atomic_path(path, suffix=".keras") as tmp:
+    with files.atomic_path(path, suffix=".keras") as tmp:
         model.save(tmp)
     return path
 

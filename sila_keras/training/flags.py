@@ -15,8 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from sila_keras.cli import HelpFormatter
-from sila_keras.config import (
+from sila_keras.training.config import (
     AUGMENT_NAMES,
     AUTOAUGMENT_SEMANTICS,
     BACKBONE_NAMES,
@@ -30,8 +29,9 @@ from sila_keras.config import (
     STRATEGIES,
     TrainConfig,
 )
-from sila_keras.errors import ConfigError
-from sila_keras.recipes import FINETUNE, get_recipe, resolve
+from sila_keras.training.recipes import FINETUNE, get_recipe, resolve
+from sila_keras.utils.cli import HelpFormatter
+from sila_keras.utils.errors import ConfigError
 
 # --------------------------------------------------------------------------- CLI
 
@@ -145,7 +145,7 @@ def _add_ship_flags(p: argparse.ArgumentParser) -> None:
 
 def _add_speed_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
     """Issue 18: devices, speed and checkpoint cadence (resolved per machine, see
-    :func:`sila_keras.distribute.resolve_speed`; a ``--resume`` applies the new values)."""
+    :func:`sila_keras.devices.distribute.resolve_speed`; a ``--resume`` applies the new values)."""
     g = p.add_argument_group("devices and speed")
     g.add_argument("--jit", action="store_true",
                    help="XLA-compile the train step (per replica when there are several)")
@@ -365,7 +365,7 @@ class ListRecipes(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None):
         if values == "list":
-            from sila_keras.recipes import describe
+            from sila_keras.training.recipes import describe
 
             print(describe(), end="", flush=True)  # to stdout, as --help
             parser.exit(0)
@@ -373,8 +373,8 @@ class ListRecipes(argparse.Action):
 
 
 def add_recipe_flag(p: argparse.ArgumentParser, command: str) -> None:
-    """#17: ``--recipe NAME`` (``--recipe list`` prints them; see sila_keras.recipes)."""
-    from sila_keras.recipes import list_recipes
+    """#17: ``--recipe NAME`` (``--recipe list`` prints them; see sila_keras.training.recipes)."""
+    from sila_keras.training.recipes import list_recipes
 
     p.add_argument("--recipe", default=None, action=ListRecipes, metavar="NAME",
                    help=f"set every training setting of one published experiment: "

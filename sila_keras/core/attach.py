@@ -12,7 +12,7 @@ can attach. :func:`attach_heads` finds both in a user's own functional model:
   trimming a border stays in its stage; zero-padding bumps never end one; a
   stage without weight layers, like a final pooling, does not count);
 * **placement** — the same rule as the built-in zoo
-  (:func:`sila_keras.heads.place_heads`): head 2 at the deepest tap, head 3 at
+  (:func:`sila_keras.core.heads.place_heads`): head 2 at the deepest tap, head 3 at
   the next shallower one, …
 
 Example:
@@ -33,9 +33,9 @@ from pathlib import Path
 import keras
 from keras import layers
 
-from sila_keras.errors import ModelError
-from sila_keras.heads import SILA_OUTPUT, assemble
+from sila_keras.core.heads import SILA_OUTPUT, assemble
 from sila_keras.models.registry import Tap
+from sila_keras.utils.errors import ModelError
 
 RESERVED = (SILA_OUTPUT,)
 # A feature map at most this fraction of its stage's first size (per side) starts a new stage.

@@ -1,9 +1,9 @@
 """#19: results of the head-vs-alone benchmark — is the shipped head worth it?
 
 ``benchmarks/head_vs_alone.py`` trains, for one backbone and recipe, the SiLa model, each
-head's sub-network alone (:func:`sila_keras.heads.standalone_head`, ``--heads 1``) and the
+head's sub-network alone (:func:`sila_keras.core.heads.standalone_head`, ``--heads 1``) and the
 shipping recipe (``--ship-head k``, ``--distill W``), with several seeds, and writes a
-:class:`~sila_keras.rundir.StudyDir`. This module owns what it writes and how others find
+:class:`~sila_keras.utils.rundir.StudyDir`. This module owns what it writes and how others find
 it: the table (mean ± std of every head's final test accuracy per arm; CSV, Markdown, PNG),
 and the *reference* lookup used by ``python -m export RUN --head all`` (its "alone" column)
 and by ``python -m sila_keras.report``.
@@ -25,9 +25,9 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from sila_keras import io
-from sila_keras.errors import ConfigError
-from sila_keras.rundir import StudyDir
+from sila_keras.utils import files
+from sila_keras.utils.errors import ConfigError
+from sila_keras.utils.rundir import StudyDir
 
 KIND = "sila-head-vs-alone"
 VERSION = 1
@@ -139,7 +139,7 @@ def plot(study: dict, path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from sila_keras.plots import save_png
+    from sila_keras.utils.plots import save_png
 
     rows = study["table"]
     heads = sorted({r["head"] for r in rows})
@@ -168,10 +168,10 @@ def write_study(folder, study: dict) -> StudyDir:
     """Write the results JSON, the table (CSV, Markdown) and the plot into ``folder``."""
     out = StudyDir(folder)
     study = {"kind": KIND, "version": VERSION, **study}
-    io.write_csv(out / StudyDir.TABLE_CSV, study["table"], TABLE_COLUMNS)
-    io.write_text(out / StudyDir.TABLE, f"# Head vs sub-network alone (#19)\n\n{markdown(study)}")
+    files.write_csv(out / StudyDir.TABLE_CSV, study["table"], TABLE_COLUMNS)
+    files.write_text(out / StudyDir.TABLE, f"# Head vs sub-network alone (#19)\n\n{markdown(study)}")
     plot(study, out / StudyDir.PLOT)
-    io.write_json(out / StudyDir.RESULTS, study)  # last: its presence means "complete"
+    files.write_json(out / StudyDir.RESULTS, study)  # last: its presence means "complete"
     return out
 
 
@@ -190,7 +190,7 @@ def load_study(path) -> dict:
         raise ConfigError(f"No head-vs-alone results at '{path}': expected a folder written by "
                           f"benchmarks/head_vs_alone.py (holding {StudyDir.RESULTS}) or that file. "
                           f"Received: {path}")
-    study = io.read_json_object(file)
+    study = files.read_json_object(file)
     if study.get("kind") != KIND:
         raise ConfigError(f"'{file}' is not a head-vs-alone result (kind {study.get('kind')!r}). "
                           f"Received: {path}")
@@ -205,7 +205,7 @@ def find_study(run_dir, explicit=None, levels: int = 3) -> tuple[dict | None, st
     ``config.json`` has the same backbone and recipe (:data:`RECIPE_KEYS`, the dataset by
     name).
     """
-    from sila_keras.rundir import RunDir
+    from sila_keras.utils.rundir import RunDir
 
     candidates = []
     if explicit is not None:

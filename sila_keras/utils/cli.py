@@ -15,8 +15,8 @@ same way for all of them:
    raised                                exit  printed on stderr
    ====================================  ====  =========================================
    nothing                               0     (the command's own output)
-   :class:`~sila_keras.errors.SilaError`  2     ``prog: error: <message>``
-   :class:`~sila_keras.errors.RunFailed`  3     ``prog: failed: <message>``
+   :class:`~sila_keras.utils.errors.SilaError`  2     ``prog: error: <message>``
+   :class:`~sila_keras.utils.errors.RunFailed`  3     ``prog: failed: <message>``
    ``KeyboardInterrupt`` / SIGTERM       130   ``prog: interrupted. <resume hint>``
    anything else (a bug)                 1     the traceback
    ====================================  ====  =========================================
@@ -25,8 +25,8 @@ same way for all of them:
 
 Example:
     >>> import argparse
-    >>> from sila_keras.cli import Command, run_command
-    >>> from sila_keras.errors import ConfigError
+    >>> from sila_keras.utils.cli import Command, run_command
+    >>> from sila_keras.utils.errors import ConfigError
     >>> def run(args):
     ...     raise ConfigError(f"`--n` must be >= 1. Received: n={args.n}")
     >>> def parser():
@@ -49,7 +49,7 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from sila_keras.errors import RunFailed, SilaError
+from sila_keras.utils.errors import RunFailed, SilaError
 
 EXIT_OK = 0
 EXIT_BUG = 1

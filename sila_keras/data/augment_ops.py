@@ -36,7 +36,7 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
-from sila_keras.errors import ConfigError
+from sila_keras.utils.errors import ConfigError
 
 # The first is the default (config.AUTOAUGMENT_SEMANTICS, for the parser, must equal this).
 SEMANTICS = ("official", "torchvision")

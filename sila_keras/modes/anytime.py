@@ -28,8 +28,8 @@ import keras
 import numpy as np
 from keras import layers
 
-from sila_keras.errors import ConfigError
-from sila_keras.rundir import RunDir
+from sila_keras.utils.errors import ConfigError
+from sila_keras.utils.rundir import RunDir
 
 # --------------------------------------------------------------------------- FLOPs
 
@@ -64,7 +64,7 @@ def exit_flops(model: keras.Model) -> list[dict]:
     The cumulative count is what an image costs when it leaves at exit c after
     exits 1..c−1 were evaluated (MSDNet's budgeted batch cost).
     """
-    from sila_keras.heads import head_names_of
+    from sila_keras.core.heads import head_names_of
 
     outs = [model.get_layer(name).output for name in head_names_of(model)]
     rows = []
@@ -233,10 +233,10 @@ def evaluate_dynamic(model: keras.Model, data, run_dir, *, holdout=None, budgets
         ValueError: no held-out images for budgeted evaluation, or a budget outside the
             model's FLOPs range.
     """
-    from sila_keras import io
-    from sila_keras.heads import num_heads_of
-    from sila_keras.pipeline import eval_dataset
-    from sila_keras.plots import plot_anytime, plot_budgeted
+    from sila_keras.core.heads import num_heads_of
+    from sila_keras.data.pipeline import eval_dataset
+    from sila_keras.utils import files
+    from sila_keras.utils.plots import plot_anytime, plot_budgeted
 
     run_dir = Path(run_dir)
     flops = exit_flops(model)
@@ -260,14 +260,14 @@ def evaluate_dynamic(model: keras.Model, data, run_dir, *, holdout=None, budgets
              for r in flops]
     result = {"exits": exits, "holdout_examples": int(len(holdout[1])) if budgeted else 0}
     if anytime:
-        io.write_csv(RunDir(run_dir) / RunDir.ANYTIME, exits,
+        files.write_csv(RunDir(run_dir) / RunDir.ANYTIME, exits,
                      ["exit", "flops", "cumulative_flops", "test_top1"])
         plot_anytime(exits, RunDir(run_dir) / RunDir.ANYTIME_PLOT, title)
     if budgeted:
         rows = budgeted_batch(per_exit(*holdout), test_logits, test_y, costs, budgets)
         for row in rows:
             row["threshold_source"] = threshold_source
-        io.write_csv(RunDir(run_dir) / RunDir.BUDGETED, rows)
+        files.write_csv(RunDir(run_dir) / RunDir.BUDGETED, rows)
         plot_budgeted(rows, exits, RunDir(run_dir) / RunDir.BUDGETED_PLOT, title)
         result.update(budgeted=rows, threshold_source=threshold_source)
     return result

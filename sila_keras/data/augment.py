@@ -15,7 +15,7 @@ augmentations.
   followed by the standard pad-4 crop + flip. One sub-policy is drawn uniformly per
   image; each step runs with its probability. Magnitudes follow ``semantics``
   (``--autoaugment-semantics``): ``official`` (the authors' code, default) or
-  ``torchvision`` — see :mod:`sila_keras.augment_ops` and ``docs/augment.md``.
+  ``torchvision`` — see :mod:`sila_keras.data.augment_ops` and ``docs/augment.md``.
 * ``randaugment`` — Cubuk et al. 2019: ``num_ops`` operations drawn uniformly
   from 14 (identity included), each at one shared ``magnitude`` (of 30), then
   pad-crop + flip; always torchvision's semantics (its N=2, M=9 of 31 bins are
@@ -33,12 +33,12 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
-from sila_keras import augment_ops as ops
-from sila_keras.augment_ops import OP_NAMES, OPS, SEMANTICS, check_semantics  # noqa: F401
-from sila_keras.errors import DataError
+from sila_keras.data import augment_ops as ops
+from sila_keras.data.augment_ops import OP_NAMES, OPS, SEMANTICS, check_semantics  # noqa: F401
+from sila_keras.utils.errors import DataError
 
 AUGMENTATIONS: dict[str, Callable] = {}
-# Vectorised forms (``fn(images_uint8_bhwc, seeds[B, 2])``), registered by sila_keras.pipeline.
+# Vectorised forms (``fn(images_uint8_bhwc, seeds[B, 2])``), registered by sila_keras.data.pipeline.
 BATCH_AUGMENTATIONS: dict[str, Callable] = {}
 # Augmentations that take ``semantics=`` (AutoAugment's magnitude semantics).
 TAKES_SEMANTICS: set[str] = set()

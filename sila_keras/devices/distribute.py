@@ -25,7 +25,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from sila_keras.errors import ConfigError
+from sila_keras.utils.errors import ConfigError
 
 TF_CONFIG_EXAMPLE = (
     "Example for 2 machines (same list on both, index 0 on the first — the chief — and 1 on "
@@ -180,7 +180,7 @@ def process_run_dir(run_dir, strategy_name: str):
     if strategy_name != "multiworker":
         return Path(run_dir)
     kind, index, chief = tf_config_task()
-    from sila_keras.rundir import RunDir
+    from sila_keras.utils.rundir import RunDir
 
     return Path(run_dir) if chief else RunDir(run_dir).worker_dir(kind, index).path
 
@@ -189,14 +189,14 @@ def make_multiworker_strategy() -> tf.distribute.MultiWorkerMirroredStrategy:
     """``MultiWorkerMirroredStrategy`` from ``TF_CONFIG`` (once per process and TF_CONFIG).
 
     Collectives use RING on CPU-only machines and NCCL where GPUs are visible. Also
-    installs the Keras ``fit`` fix of :mod:`sila_keras.multiworker` (only here, so
+    installs the Keras ``fit`` fix of :mod:`sila_keras.devices.multiworker` (only here, so
     other strategies run unpatched Keras).
 
     Raises:
         ValueError: a missing or malformed ``TF_CONFIG``, or a Keras version the fix
             does not cover.
     """
-    from sila_keras import multiworker
+    from sila_keras.devices import multiworker
 
     parse_tf_config()
     raw = os.environ["TF_CONFIG"]
@@ -287,7 +287,7 @@ def resolve_steps_per_execution(value: int | str, gpu: bool, replicas: int = 1) 
     Raises:
         ConfigError: an explicit value above 1 with several replicas.
     """
-    from sila_keras.errors import ConfigError
+    from sila_keras.utils.errors import ConfigError
 
     if value == "auto":
         return GPU_STEPS_PER_EXECUTION if gpu and replicas == 1 else 1
@@ -326,7 +326,7 @@ def resolve_speed(config, strategy: tf.distribute.Strategy) -> SpeedSettings:
             ``--steps-per-execution`` above 1 on several replicas, or a global batch smaller
             than the number of replicas.
     """
-    from sila_keras.errors import ConfigError
+    from sila_keras.utils.errors import ConfigError
 
     replicas = int(strategy.num_replicas_in_sync)
     if config.optim.batch_size < replicas:
@@ -376,9 +376,9 @@ def apply_speed(model, speed: SpeedSettings):
     Returns ``model``.
 
     Raises:
-        ConfigError: see :func:`sila_keras.replica_jit.check_supported`.
+        ConfigError: see :func:`sila_keras.devices.replica_jit.check_supported`.
     """
-    from sila_keras import replica_jit
+    from sila_keras.devices import replica_jit
 
     set_sync_bn(model, speed.sync_bn)
     model.steps_per_execution = speed.steps_per_execution

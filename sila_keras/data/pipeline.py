@@ -14,7 +14,7 @@ Images are decoded (and resized) per example, in parallel; augmentation runs per
 example's seed), else per example before batching (:data:`AUGMENTATIONS`:
 ``fn(image uint8 HWC, seed[2])``; ``autoaugment``, ``randaugment``). Cutout (``cutout=N``)
 follows either form, drawn from the same per-example seed (:func:`cutout_batch`,
-:func:`sila_keras.augment.with_cutout`).
+:func:`sila_keras.data.augment.with_cutout`).
 
 Training batches: with ``drop_remainder`` (any run with more than one replica) every
 batch is full, so no replica is ever left without examples; evaluation batches keep the
@@ -30,7 +30,7 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
-from sila_keras.augment import (  # noqa: F401  (the augmentation registry lives there)
+from sila_keras.data.augment import (  # noqa: F401  (the augmentation registry lives there)
     AUGMENTATIONS,
     BATCH_AUGMENTATIONS,
     DEFAULT_SEMANTICS,
@@ -41,7 +41,7 @@ from sila_keras.augment import (  # noqa: F401  (the augmentation registry lives
     register_augmentation,
 )
 from sila_keras.data.sets import ArraySet, ImageSet
-from sila_keras.errors import DataError
+from sila_keras.utils.errors import DataError
 
 SHUFFLE_BUFFER = 4096  # streamed sets (tfds, disk cache): examples shuffled within windows
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from sila_keras.errors import ConfigError
+from sila_keras.utils.errors import ConfigError
 
 
 def head_logits(y_pred, head: int, num_classes: int):

@@ -16,7 +16,7 @@ Keras 3's TensorFlow trainer fails with ``MultiWorkerMirroredStrategy`` out of t
 
 Both fixes are narrow (nothing else changes, and both only act when the strategy is
 in multi-worker mode), installed by :func:`install` — which
-:func:`sila_keras.distribute.make_multiworker_strategy` calls, so runs with other
+:func:`sila_keras.devices.distribute.make_multiworker_strategy` calls, so runs with other
 strategies use unmodified Keras — and guarded by version: they are applied to
 Keras ``[KERAS_MIN, KERAS_MAX)`` only (tested on 3.15.1) and only when the patched
 functions still have the shape this module expects. ``tests/test_multiworker.py``
@@ -35,7 +35,7 @@ import inspect
 import keras
 import tensorflow as tf
 
-from sila_keras.errors import ConfigError, DependencyError
+from sila_keras.utils.errors import ConfigError, DependencyError
 
 KERAS_MIN = (3, 0)
 KERAS_MAX = (4, 0)  # exclusive: re-check keras#20585 before widening

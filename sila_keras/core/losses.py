@@ -37,7 +37,7 @@ from collections.abc import Sequence
 import keras
 from keras import ops
 
-from sila_keras.errors import ConfigError
+from sila_keras.utils.errors import ConfigError
 
 
 def set_weights(num_sets: int, beta: float = 0.1, lam: float = 0.5,

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import keras
 from keras import ops
 
-from sila_keras.errors import ConfigError
+from sila_keras.utils.errors import ConfigError
 
 
 @keras.saving.register_keras_serializable(package="sila_keras")
@@ -200,12 +200,12 @@ class FineTuneAdamW(_BackboneLR, keras.optimizers.AdamW):
 
 
 def optimizer_for(config, steps_per_epoch: int):
-    """The optimizer a :class:`~sila_keras.config.TrainConfig` asks for.
+    """The optimizer a :class:`~sila_keras.training.config.TrainConfig` asks for.
 
     The paper's recipe (``sgd`` + ``step``, no warmup, backbone lr × 1) is exactly
     :func:`make_optimizer`; anything else is the fine-tuning recipe.
     """
-    from sila_keras.finetune import NEW_LAYER_PREFIXES
+    from sila_keras.training.finetune import NEW_LAYER_PREFIXES
 
     o = config.optim
     opt, schedule, warmup, mult = o.optimizer, o.schedule, o.warmup_epochs, o.backbone_lr_mult

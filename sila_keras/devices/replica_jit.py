@@ -26,7 +26,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from sila_keras.errors import ConfigError
+from sila_keras.utils.errors import ConfigError
 
 KERAS_MIN = (3, 0)
 KERAS_MAX = (4, 0)  # exclusive: re-check keras#19005 before widening
