@@ -12,7 +12,7 @@ the ``keras:`` prefix) and is built as:
 * the application with ``include_top=False``, flat in the graph (``input_tensor=``), then
   global average pooling and a ``Dense`` classifier named ``classifier`` (``head_1``);
 * taps found by the same placement rule as for any functional classifier
-  (:func:`sila_keras.core.attach.find_taps`: the ends of the resolution stages but the last), or
+  (:func:`sila_keras.models.taps.find_taps`: the ends of the resolution stages but the last), or
   the layer names given as ``taps=``.
 
 Weights (``weights=``): ``"none"`` (random init), ``"imagenet"`` (Keras' own download and
@@ -168,7 +168,7 @@ def build_application(x, num_classes: int, *, app: Application, weights: str | N
     import keras
     from keras import layers
 
-    from sila_keras.core.attach import _taps_by_name, find_taps
+    from sila_keras.models.taps import find_taps, taps_by_name
 
     weights = "none" if weights is None else str(weights)
     check_weights(PREFIX + app.name, weights, tuple(x.shape[1:]))
@@ -197,7 +197,7 @@ def build_application(x, num_classes: int, *, app: Application, weights: str | N
         _bgr_to_rgb(features)
     logits = layers.Dense(num_classes, name=CLASSIFIER)(features.output)
     base = keras.Model(x, logits, name=app.name.lower())
-    found = _taps_by_name(base, list(taps)) if taps else find_taps(base)
+    found = taps_by_name(base, list(taps)) if taps else find_taps(base)
     depth = sum(1 for w in base.weights if w.path.endswith("kernel"))
     return BackboneOutput(logits, found, depth)
 
