@@ -207,3 +207,54 @@ def test_a_model_saved_before_the_package_layout_changed_still_loads():
                                rtol=1e-4, atol=1e-4)
     assert type(model.loss).__name__ == "SilaLoss"
     assert type(model.optimizer).__name__ == "SGDL2"
+
+
+# The role groups of ``sila_keras``, lowest first (docs/architecture.md draws the same order). A
+# module may import its own group and the groups before it; the package's top-level modules
+# (the public API, Keras registration and the ``python -m`` entry points) sit above them all.
+# Importing the package root itself (``import sila_keras``, which registers every Keras object)
+# is allowed anywhere.
+GROUP_ORDER = ("utils", "data", "models", "core", "devices", "modes", "training", "reports",
+               "pairs")
+
+
+def _group(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in GROUP_ORDER) else "top"
+
+
+def test_groups_import_only_groups_below_them():
+    modules = {}
+    for p in PACKAGE.rglob("*.py"):
+        parts = list(p.relative_to(PACKAGE.parent).with_suffix("").parts)
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
+    rank = {g: i for i, g in enumerate((*GROUP_ORDER, "top"))}
+    assert set(map(_group, modules)) <= set(rank), "a group missing from GROUP_ORDER"
+    upward = sorted(f"{m} → {dep}" for m, p in modules.items()
+                    for dep in _module_imports(p, set(modules)) - {"sila_keras"}
+                    if rank[_group(dep)] > rank[_group(m)])
+    assert not upward, f"imports into a higher group: {upward}"
+
+
+def test_top_level_holds_at_most_eight_modules():
+    top = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert len(top) <= 8, top
+
+
+@pytest.mark.parametrize("owner", ["api", "keras_modules", "families"])
+def test_module_name_lists_name_real_modules(owner):
+    import importlib
+
+    import sila_keras
+    from sila_keras import registration
+    from sila_keras.models import registry
+
+    if owner == "api":
+        for name, module in sila_keras._API.items():
+            assert hasattr(importlib.import_module(module), name), (name, module)
+    elif owner == "keras_modules":
+        for module in registration.KERAS_MODULES:
+            importlib.import_module(module)
+    else:
+        for family in registry.FAMILIES + registry.PREFIX_FAMILIES:
+            importlib.import_module(f"sila_keras.models.{family}")
