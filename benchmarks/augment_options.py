@@ -1,4 +1,4 @@
-"""Cost of #17's augmentation options: AutoAugment ``official`` vs ``torchvision`` magnitudes,
+"""Cost of the augmentation options: AutoAugment ``official`` vs ``torchvision`` magnitudes,
 and ``--cutout`` on the per-batch (``standard``) and per-image (``autoaugment``) paths.
 
 Prints images/s on one core (one tf.data thread, one intra-op thread) for CIFAR-size uint8

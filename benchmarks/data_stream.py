@@ -1,4 +1,4 @@
-"""Streaming data path (issue 14) and per-batch augmentation (issue 18): speed and memory.
+"""Streaming data path and per-batch augmentation: speed and memory.
 
 Builds a folder of ``--images`` (default 20,000) JPEGs at 160 px from the CIFAR-10 images
 in ``../shared/data`` (upscaled; one folder per class, no split folders), then measures,

@@ -1,4 +1,4 @@
-"""``head_vs_alone.py --diagnose``: why a head or a sub-network trains badly (#19).
+"""``head_vs_alone.py --diagnose``: why a head or a sub-network trains badly.
 
 Trains, for the first seed, the SiLa model and each alone sub-network — plus two variants
 of every alone sub-network: lr ÷ 5, and BatchNorm inserted before the head's 3×3 conv —

@@ -3,7 +3,7 @@
 Starts 2 ``MultiWorkerMirroredStrategy`` workers on loopback, each training ResNet-20 with
 3 SiLa heads on synthetic CIFAR batches, once with the stacked reduction of
 :func:`sila_keras.devices.multiworker.reduce_scalars_stacked` (one all-reduce for all of a step's
-scalar metrics) and once with one ``strategy.reduce`` per metric (before issue 18). Prints
+scalar metrics) and once with one ``strategy.reduce`` per metric (the unstacked way). Prints
 the number of metric all-reduces traced into one train step, the ms per step, and the
 logged metrics of both (last step and epoch; they must be identical). The epoch-end reads
 of the metrics' sync-on-read variables are Keras' own and the same in both.

@@ -74,7 +74,7 @@ INTERRUPTED_HINT = "Nothing half-written is left in the output folder."
 
 
 def _add_phone_flags(p: argparse.ArgumentParser) -> None:
-    """Issue #13: TFLite files that phone runtimes' own clients (MediaPipe) take as-is."""
+    """Flags for TFLite files that phone runtimes' own clients (MediaPipe) take as-is."""
     g = p.add_argument_group("phones (TFLite metadata, outputs, full-integer I/O; docs/export.md)")
     g.add_argument("--tflite-outputs", default="probabilities", metavar="OUT[,OUT]",
                    help="outputs of the TFLite files: probabilities (one output, what MediaPipe's "
@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> dict:
     class_names = _labels(args.labels, src) if args.labels else src.class_names
     for k in heads or []:
         exporter.check_head(src.model, k)
-    alone_ref = _alone_reference(args, src) if heads is None else {}  # #19, before any write
+    alone_ref = _alone_reference(args, src) if heads is None else {}  # before any write
     if options["metadata"] and "tflite" in options["formats"]:
         from export.metadata import check_channels
 
@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _alone_reference(args, src) -> dict:
-    """#19: the alone-trained accuracies for the trade-off table, when a head-vs-alone
+    """The alone-trained accuracies for the trade-off table, when a head-vs-alone
     benchmark for the run's backbone and recipe is found (:func:`sila_keras.reports.study.find_study`)."""
     from sila_keras.reports.study import alone_accuracy, find_study
 
@@ -220,7 +220,7 @@ def load_data(args, src, needs_calibration: bool) -> dict:
     cfg = src.config
     data_dir = args.data_dir or cfg.get("data_dir")
     out: dict = {"data_notes": {}}
-    # Images at the model's input size, resized as the run was (#14/#15: mixed-size photos).
+    # Images at the model's input size, resized as the run was (photos of mixed sizes).
     sized = {"image_size": tuple(src.input_shape[:2]), "resize": cfg.get("resize")}
     if args.eval:
         ev = load_images(args.eval, train=1, test=args.eval_samples, data_dir=data_dir, **sized)

@@ -193,7 +193,7 @@ def export_heads(model, out_dir, heads: Sequence[int] | None = None, *, strict: 
         heads: head indices (default ``1..M``).
         strict: raise :class:`ExportFailed` after all heads when any artifact failed.
         verbose: 0 silent, 1 progress and tables.
-        alone: #19, ``{head: (mean, std, n)}`` of the sub-networks trained alone (an "alone"
+        alone: ``{head: (mean, std, n)}`` of the sub-networks trained alone (an "alone"
             column; :func:`sila_keras.reports.study.alone_accuracy`); ``alone_note`` says where from.
         **kwargs: passed to :func:`export_head` (formats, quantize, calibration, …).
 

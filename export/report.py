@@ -172,7 +172,7 @@ def _pct(v) -> str:
 def heads_rows(manifests: list[dict], alone: dict | None = None) -> list[dict]:
     """One row per exported head: size / accuracy / latency trade-off.
 
-    ``alone`` (#19): ``{head: (mean, std, n)}``, the accuracy of each head's sub-network
+    ``alone``: ``{head: (mean, std, n)}``, the accuracy of each head's sub-network
     trained alone (:func:`sila_keras.reports.study.alone_accuracy`); adds ``alone_accuracy`` /
     ``alone_std`` / ``alone_seeds`` to every row (None for a head without one).
     """
@@ -194,7 +194,7 @@ def heads_rows(manifests: list[dict], alone: dict | None = None) -> list[dict]:
             "accuracy": acc.get("keras_reference"), "tflite_accuracy": acc.get("tflite"),
             "tflite_int8_accuracy": acc.get("tflite_int8"), "ok": m["ok"],
         })
-        if alone is not None:  # #19
+        if alone is not None:  # a head-vs-alone benchmark was found
             mean, std, n = alone.get(m["head"], (None, None, 0))
             rows[-1].update(alone_accuracy=mean, alone_std=std, alone_seeds=n)
     return rows
@@ -209,7 +209,7 @@ def heads_columns(rows: list[dict]) -> tuple[str, ...]:
 def heads_markdown(rows: list[dict], title: str, alone_note: str | None = None) -> str:
     """``heads.md``: the trade-off table a user reads to pick the head to ship.
 
-    With an ``alone_accuracy`` in the rows (#19), an "alone" column: the test accuracy of the
+    With an ``alone_accuracy`` in the rows, an "alone" column: the test accuracy of the
     head's sub-network trained by itself (same layers and recipe; mean ± std over seeds, from
     ``alone_note``'s benchmark), '—' where the benchmark has none.
     """

@@ -32,12 +32,12 @@ _API = {
     "MutualLoss": "sila_keras.core.losses",
     "SilaLoss": "sila_keras.core.losses",
     "set_weights": "sila_keras.core.losses",
-    "ship_head_weights": "sila_keras.core.losses",  # #19
+    "ship_head_weights": "sila_keras.core.losses",  # shipping a shallow head
     "sila_loss": "sila_keras.core.losses",
     "SilaLogits": "sila_keras.core.heads",
     "build_sila_model": "sila_keras.core.heads",
     "extract_head": "sila_keras.core.heads",
-    "standalone_head": "sila_keras.core.heads",  # #19
+    "standalone_head": "sila_keras.core.heads",  # head k's sub-network, to train alone
     "num_heads_of": "sila_keras.core.heads",
     "trainable_params": "sila_keras.core.heads",
     "get_backbone": "sila_keras.models.registry",

@@ -1,4 +1,4 @@
-"""keras:<Name> backbones (issue #15): keras.applications models with SiLa heads, their weights,
+"""keras:<Name> backbones: keras.applications models with SiLa heads, their weights,
 the freeze → unfreeze fine-tuning recipe, export of a head, and bad input.
 
 Everything runs at the smallest input the applications allow (32 px), batch 2, one step per

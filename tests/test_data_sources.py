@@ -1,5 +1,5 @@
-"""Data sources (issue 14): folder layouts, any image format/size/channels, --val-split,
-tfds splits, bad input; pipeline sharding and drop-remainder (issue 18)."""
+"""Data sources: folder layouts, any image format/size/channels, --val-split, tfds splits,
+bad input; pipeline sharding and drop-remainder across replicas."""
 
 import json
 import os
@@ -218,7 +218,7 @@ def test_tfds_split_plan():
      "validation"),
 ])
 def test_tfds_photo_datasets_train_and_report(tmp_path, name, extra, eval_split):
-    """Variable-size mocked photos (random sizes) stream, resize and train (issue 14)."""
+    """Variable-size mocked photos (random sizes) stream, resize and train."""
     import tensorflow_datasets as tfds
 
     with tfds.testing.mock_data(num_examples=20):
@@ -231,7 +231,7 @@ def test_tfds_photo_datasets_train_and_report(tmp_path, name, extra, eval_split)
     assert sum(s["data"]["train_per_class"].values()) == s["data"]["train_examples"]
 
 
-# --------------------------------------------------------------------------- pipeline (issue 18)
+# --------------------------------------------------------------------------- pipeline (replicas)
 
 
 def _indices(ds):
@@ -284,8 +284,9 @@ def test_workers_read_disjoint_shards_forming_the_global_batches(tmp_path, image
 
 
 def test_four_replicas_26_images_train_to_the_end(cifar_folder, tmp_path):
-    """Issue 18 bug 1: 26 images, batch 12, 4 replicas: the last batch used to leave replicas
-    empty ("Incompatible shapes" in stem_bn). A subprocess: the test session has 2 devices."""
+    """26 images, batch 12, 4 replicas: the last batch (2 images) must leave no replica empty
+    (that failed with "Incompatible shapes" in stem_bn). A subprocess: the test session has 2
+    devices."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "",
            "PYTHONPATH": str(ROOT)}
     out = subprocess.run(

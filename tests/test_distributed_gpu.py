@@ -1,6 +1,6 @@
-"""Issue 18: multi-replica correctness and GPU-suited defaults, on 2 logical CPU devices.
+"""Multi-replica correctness and GPU-suited defaults, on 2 logical CPU devices.
 
-Regression tests (each failed on the code before issue 18): ``--jit`` with 2 replicas, an
+Regression tests (each caught a real bug): ``--jit`` with 2 replicas, an
 inf on one replica only under float16 loss scaling, ``--resume`` with other speed flags.
 Plus sync-BN = one device on the same global batch, checkpoint cadence with an exact
 resume, one stacked metric reduction, and the resolved defaults.

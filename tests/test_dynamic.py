@@ -159,7 +159,7 @@ def test_holdout_is_set_aside_before_training(tiny_folder):
 
 
 
-# ----------------------------------------------------------------- #17 item 3: --dynamic-eval
+# ----------------------------------------------------------------- --dynamic-eval
 
 
 def test_anytime_only_trains_on_every_training_image(tiny_folder, tmp_path, capsys):

@@ -517,7 +517,7 @@ def test_recover_restores_a_folder_artifact_caught_mid_swap(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["saved_model"]
 
 
-# --------------------------------------------------------------------------- phones (issue #13)
+# --------------------------------------------------------------------------- phones
 
 LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 MEDIAPIPE_AGREEMENT = {"model.tflite": 0.99, "model_float16.tflite": 0.99,

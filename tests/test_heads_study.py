@@ -1,4 +1,4 @@
-"""#19: shipping a shallow head — --ship-head, self-distillation, the sub-network trained
+"""Shipping a shallow head — --ship-head, self-distillation, the sub-network trained
 alone, the head-vs-alone benchmark and its table in export/report."""
 
 from __future__ import annotations
@@ -237,7 +237,7 @@ def test_export_table_and_report_show_the_alone_column(study, tmp_path):
     plain = heads_markdown(heads_rows(manifests), "t")
     assert "alone" not in plain
     text = render([out / "runs" / "sila-s0"], tmp_path / "report.md")
-    assert "Head vs sub-network alone (#19): resnet8" in text
+    assert "Head vs sub-network alone: resnet8, 18 training images, 1 epoch(s)" in text
 
 
 def test_tuner_targets_the_shipped_head():

@@ -331,7 +331,7 @@ def test_resume_needs_an_earlier_run(idx_dir, tmp_path, capsys):
     assert "Cannot resume" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
-# --------------------------------------------------------------------------- #17 item 4: --pair-draw
+# --------------------------------------------------------------------------- --pair-draw
 
 
 def test_pair_draw_once_repeats_the_pairs_per_round_redraws(idx_dir):

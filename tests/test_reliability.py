@@ -197,7 +197,7 @@ def test_sigkill_during_checkpoint_write_resumes_exactly(point, tiny_folder, tmp
 
 @pytest.mark.slow
 def test_sigkill_with_streamed_uncached_images_resumes_exactly(tiny_folder, tmp_path, uninterrupted):
-    """Issue 14: images decoded from the files every epoch (--cache none), killed while epoch 2
+    """Images decoded from the files every epoch (--cache none), killed while epoch 2
     is committed: --resume ends with the metrics of the uninterrupted (in-memory) run."""
     args = [f"folder:{tiny_folder}", *RUN3, "--cache", "none", "--out", str(tmp_path), "--name", "s"]
     proc = subprocess.run([sys.executable, "-c", KILLER, "before_commit", "2", *args], env=ENV,

@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--objective", default=s["objective"].default,
                    help="head_k_acc to maximise on the validation split (val_head_k_acc "
                         "accepted); e.g. head_3_acc with --ship-head 3 to tune for the head "
-                        "you will ship (#19)")
+                        "you will ship")
     g.add_argument("--beta-range", default=_fmt(s["beta_range"].default),
                    help="LO,HI of β, sampled log-uniformly (LO > 0)")
     g.add_argument("--lam-range", default=_fmt(s["lam_range"].default),
@@ -93,7 +93,7 @@ def config_from_args(args: argparse.Namespace) -> SearchConfig:
             raise ConfigError("--resume needs --out DIR: the folder of the search to continue.")
         out = str(Path(TrainConfig().run.out) / f"tune-{default_run_name(args.dataset, args.model)}")
     d = TrainConfig()
-    # --val-split here is the search's hold-out (SearchConfig), not the dataset's (issue 14)
+    # --val-split here is the search's hold-out (SearchConfig), not the dataset's
     ns = argparse.Namespace(**{**vars(args), "beta": d.sila.beta, "lam": d.sila.lam, "betas": None,
                                "name": "trial", "resume": False, "out": out, "val_split": None})
     train = train_config(ns)

@@ -144,7 +144,7 @@ class SearchConfig:
         object.__setattr__(self, "beta_range", self._check_range("--beta-range", self.beta_range, log=True))
         object.__setattr__(self, "lam_range", self._check_range("--lam-range", self.lam_range, log=False))
         object.__setattr__(self, "objective", normalize_objective(self.objective, self.min_heads))
-        ship = self.train.sila.ship_head  # #19
+        ship = self.train.sila.ship_head  # the head the search tunes for
         if ship is not None and ship > self.min_heads:
             raise ConfigError(f"`--ship-head {ship}` needs every trial to have head {ship}, but "
                               f"--tune-heads tries M = {self.min_heads}. Drop --tune-heads or ship "

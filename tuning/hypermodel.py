@@ -152,7 +152,7 @@ class SilaHyperModel(kt.HyperModel):
             )
         config = self.trial_config(hp)
         epochs = int(epochs or config.optim.epochs)
-        config = config.with_epochs(epochs)  # #15: freeze/warmup fit in the trial
+        config = config.with_epochs(epochs)  # the freeze and warmup phases fit in the trial
         d = self.data
         train_ds, val_ds, steps = sk_train.make_datasets(config, d.train_x, d.train_y, d.val_x,
                                                          d.val_y, initial_epoch)
@@ -160,7 +160,7 @@ class SilaHyperModel(kt.HyperModel):
         history = sk_train.fit(model, train_ds, val_ds, epochs=epochs, steps=steps,
                                initial_epoch=initial_epoch, callbacks=[guard, *callbacks],
                                verbose=config.run.verbose if verbose is None else verbose,
-                               freeze_epochs=config.optim.freeze_epochs)  # #15
+                               freeze_epochs=config.optim.freeze_epochs)
         if guard.failure:
             raise kt.errors.FailedTrialError(guard.failure)
         n = len(history.epoch)

@@ -173,7 +173,7 @@ def final_run(config: SearchConfig, best: dict, data) -> dict:
     from sila_keras.training.callbacks import NonFiniteGuard
 
     cfg = config.train.replace(beta=best["beta"], lam=best["lam"], heads=int(best["heads"]),
-                               betas=None).with_epochs(int(config.final_epochs))  # #15
+                               betas=None).with_epochs(int(config.final_epochs))
     print(f"Final run: β={cfg.sila.beta:.4g}, λ={cfg.sila.lam:.4g}, M={cfg.sila.heads}, {cfg.optim.epochs} epoch(s) on all "
           f"{len(data.train_y)} training images; then one evaluation on the test split.", flush=True)
     t0 = time.time()
@@ -185,7 +185,7 @@ def final_run(config: SearchConfig, best: dict, data) -> dict:
         model = sk_train.compile_model(sk_train.build_model(cfg, data), cfg, data.num_classes, steps)
     guard = NonFiniteGuard()
     sk_train.fit(model, train_ds, None, epochs=cfg.optim.epochs, steps=steps, callbacks=[guard],
-                 verbose=cfg.run.verbose, freeze_epochs=cfg.optim.freeze_epochs)  # #15
+                 verbose=cfg.run.verbose, freeze_epochs=cfg.optim.freeze_epochs)
     if guard.failure:
         raise SearchFailed(f"Final run: {guard.failure}")
     test = model.evaluate(test_ds, verbose=0, return_dict=True)  # the only look at the test split

@@ -168,7 +168,7 @@ def build_backbone(backbone: str, num_classes: int, input_shape: Sequence[int] =
             f"Received: input_shape={input_shape}. Resize the images or pick another backbone."
         )
     inputs = keras.Input(input_shape, name="image")
-    # #15: raw_input backbones (keras: applications) bring their own preprocessing.
+    # raw_input backbones (keras: applications) bring their own preprocessing.
     x = inputs if spec.raw_input else normalizer(input_shape[-1], mean, std)(inputs)
     return inputs, spec.builder(x, int(num_classes), **backbone_kwargs)
 
@@ -203,7 +203,7 @@ def build_sila_model(backbone: str, num_classes: int, num_heads: int = 3,
     """
     inputs, out = build_backbone(backbone, num_classes, input_shape, mean, std, **backbone_kwargs)
     return assemble(inputs, out.logits, out.taps, num_heads, int(num_classes),
-                    name or f"sila_{backbone.replace(':', '_')}",  # #15: keras:<Name>
+                    name or f"sila_{backbone.replace(':', '_')}",  # keras:<Name> → keras_<Name>
                     model_name=f"Backbone '{backbone}'")
 
 
@@ -280,11 +280,11 @@ def check_heads_fit(backbone: str, num_heads: int) -> None:
     place_heads(out.taps, num_heads, f"Backbone '{backbone}'")
 
 
-STANDALONE_PREFIX = "aux"  # #19: head k's own layers in a sub-network trained alone
+STANDALONE_PREFIX = "aux"  # head k's own layers in a sub-network trained alone
 
 
 def standalone_head(model: keras.Model, head: int, name: str | None = None) -> keras.Model:
-    """#19: head k's sub-network as a fresh classifier, to train alone (``--heads 1``).
+    """Head k's sub-network as a fresh classifier, to train alone (``--heads 1``).
 
     The same layers as :func:`extract_head` (what ``python -m export RUN --head k`` ships),
     cloned with **new** weights (drawn from each layer's initializer under the current Keras

@@ -23,7 +23,7 @@ Learning KL terms (Zhang et al. 2018)::
 
     L_DML = Σ_c KL(p_other ‖ p_c),  p = N-way softmax of one classifier's own logits
 
-Issue #19 (shipping a shallow head): :func:`ship_head_weights` gives head k the weight 1 of
+Shipping a shallow head: :func:`ship_head_weights` gives head k the weight 1 of
 head 1, and :func:`distill_loss` adds self-distillation from the deepest head (the teacher,
 held constant) into the shallower ones, with the same KL term as DML at a temperature T::
 
@@ -77,7 +77,7 @@ def set_weights(num_sets: int, beta: float = 0.1, lam: float = 0.5,
 
 def ship_head_weights(num_sets: int, head: int, beta: float = 0.1,
                       lam: float = 0.5) -> list[float]:
-    """#19: the set weights of ``--ship-head k``: paper A's ``[1, β, λβ, …]`` with head k's
+    """The set weights of ``--ship-head k``: paper A's ``[1, β, λβ, …]`` with head k's
     weight raised to 1, the weight of head 1 (head k becomes a first-class target).
 
     Args:
@@ -105,7 +105,7 @@ def ship_head_weights(num_sets: int, head: int, beta: float = 0.1,
 
 
 def distill_loss(y_pred, num_sets: int, num_classes: int, temperature: float = 1.0):
-    """#19: per-example self-distillation, Σ_{k≥2} T²·KL(p_1^T ‖ p_k^T).
+    """Per-example self-distillation, Σ_{k≥2} T²·KL(p_1^T ‖ p_k^T).
 
     The teacher is head 1 (the deepest classifier; its distribution is a constant target,
     :func:`dml_kl`'s ``stop_gradient``), the students are heads 2..M; each distribution is
@@ -154,7 +154,7 @@ def sila_loss(y_true, y_pred, num_classes: int, weights: Sequence[float],
     offsets = ops.arange(num_sets, dtype="int32") * num_classes
     targets = labels[:, None] + offsets[None, :]  # (B, M)
     picked = ops.take_along_axis(log_probs, targets, axis=-1)  # (B, M)
-    if label_smoothing:  # #15: ε spread over each set's own N entries
+    if label_smoothing:  # ε spread over each set's own N entries
         per_set = ops.mean(ops.reshape(log_probs, (-1, num_sets, num_classes)), axis=-1)
         picked = (1.0 - float(label_smoothing)) * picked + float(label_smoothing) * per_set
     w = ops.convert_to_tensor(list(weights), dtype="float32")
@@ -175,7 +175,7 @@ class SilaLoss(keras.losses.Loss):
         betas: explicit weights β_1..β_M, one per set (paper B). When given,
             ``beta``/``lam`` are ignored and M must equal ``len(betas)``.
         label_smoothing: ε in [0, 1) (see :func:`sila_loss`). Default 0.
-        distill: W, weight of the self-distillation term (#19, :func:`distill_loss`).
+        distill: W, weight of the self-distillation term (:func:`distill_loss`).
             Default 0 (off).
         distill_t: T, its temperature. Default 1 (the KL of DML).
         name: loss name.
@@ -228,7 +228,7 @@ class SilaLoss(keras.losses.Loss):
             raise ConfigError("SilaLoss needs a static logits width. Received: y_pred.shape[-1]=None")
         loss = sila_loss(y_true, y_pred, self.num_classes, self.weights_for(int(width)),
                          self.label_smoothing)
-        if self.distill:  # #19
+        if self.distill:  # self-distillation into the shallower heads
             m = self.num_sets_for(int(width))
             loss = loss + self.distill * distill_loss(y_pred, m, self.num_classes, self.distill_t)
         return loss
@@ -237,13 +237,13 @@ class SilaLoss(keras.losses.Loss):
         config = super().get_config()
         config.update(num_classes=self.num_classes, beta=self.beta, lam=self.lam, betas=self.betas,
                       label_smoothing=self.label_smoothing)
-        if self.distill:  # #19 (absent when off: older saved losses stay identical)
+        if self.distill:  # absent when off: saved losses without it stay identical
             config.update(distill=self.distill, distill_t=self.distill_t)
         return config
 
 
 def check_distill(weight: float, temperature: float) -> None:
-    """#19: W >= 0 and T > 0 for :func:`distill_loss`.
+    """W >= 0 and T > 0 for :func:`distill_loss`.
 
     Raises:
         ConfigError: a negative weight or a non-positive temperature.

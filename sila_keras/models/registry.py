@@ -80,19 +80,19 @@ class BackboneSpec:
     min_input_size: int = 32
     description: str = ""
     family: str = ""
-    # #15: True when the builder takes raw 0–255 pixels and preprocesses itself
+    # True when the builder takes raw 0–255 pixels and preprocesses itself
     # (keras: applications); otherwise build_backbone normalizes first.
     raw_input: bool = False
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
-# #15: name prefix → resolver(name) -> BackboneSpec, for families named by a prefix
+# Name prefix → resolver(name) -> BackboneSpec, for families named by a prefix
 # (``keras:<Name>``, see sila_keras/models/applications.py).
 _PREFIXES: dict[str, Callable[[str], BackboneSpec]] = {}
 
 
 def register_prefix(prefix: str, resolver: Callable[[str], BackboneSpec]) -> None:
-    """Resolve every name starting with ``prefix`` through ``resolver`` (#15).
+    """Resolve every name starting with ``prefix`` through ``resolver`` (``keras:<Name>``).
 
     Raises:
         ModelError: ``prefix`` is already registered.
@@ -135,7 +135,7 @@ def get_backbone(name: str) -> BackboneSpec:
         ValueError: unknown name, listing the available ones.
     """
     load_families()
-    for prefix, resolver in _PREFIXES.items():  # #15: keras:<Name> and other prefixed names
+    for prefix, resolver in _PREFIXES.items():  # keras:<Name> and other prefixed names
         if name.startswith(prefix):
             return resolver(name)
     if name not in _REGISTRY:
@@ -143,14 +143,14 @@ def get_backbone(name: str) -> BackboneSpec:
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise ModelError(
             f"Unknown backbone '{name}'.{hint} Available: {', '.join(sorted(_REGISTRY))}"
-            + "".join(f", or {p}<Name>" for p in _PREFIXES)  # #15
+            + "".join(f", or {p}<Name>" for p in _PREFIXES)  # the prefixed families
         )
     return _REGISTRY[name]
 
 
 # The family modules of this package; importing one registers its backbones.
 FAMILIES = ("densenet", "inception", "mobilenet", "msdnet", "resnet", "resnet_cifar", "vgg", "wrn")
-# #15: prefix families, imported by load_families too (applications: the keras:<Name> prefix).
+# Prefix families, imported by load_families too (applications: the keras:<Name> prefix).
 PREFIX_FAMILIES = ("applications",)
 
 

@@ -31,7 +31,7 @@ from sila_keras.utils.errors import ConfigError
 # ``Mode.options``; giving one to a mode that does not use it is an error.
 OPTION_FLAGS = {"peer": "--peer", "dml": "--dml", "no_sila": "--no-sila",
                 "dynamic_eval": "--dynamic-eval",
-                "ship_head": "--ship-head", "distill": "--distill"}  # #19
+                "ship_head": "--ship-head", "distill": "--distill"}  # shipping a head
 MODEL_FILE_SUFFIXES = (".keras", ".h5")
 
 _REGISTRY: dict[str, type[Mode]] = {}

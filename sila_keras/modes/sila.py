@@ -4,10 +4,10 @@
 user's own ``.keras`` classifier, to which the heads are attached
 (:func:`sila_keras.core.attach.load_and_attach`; it receives raw 0–255 pixels).
 
-#19: ``--ship-head k`` raises head k's set weight to 1 (:func:`sila_keras.core.losses.ship_head_weights`)
-and ``--distill W`` adds self-distillation from head 1 into the shallower heads
-(:func:`sila_keras.core.losses.distill_loss`); the weights used are printed and written to
-``summary.json`` (``set_weights``). See docs/heads.md.
+Shipping a shallow head: ``--ship-head k`` raises head k's set weight to 1
+(:func:`sila_keras.core.losses.ship_head_weights`) and ``--distill W`` adds self-distillation
+from head 1 into the shallower heads (:func:`sila_keras.core.losses.distill_loss`); the weights
+used are printed and written to ``summary.json`` (``set_weights``). See docs/heads.md.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ class SilaMode(Mode):
 
     name = "sila"
     help = "SilaNet heads (paper A)"
-    options = ("ship_head", "distill")  # #19
+    options = ("ship_head", "distill")  # shipping a shallow head
     option_hints = {"no_sila": " Use --heads 1 for a plain model."}
     model_files = True
 
@@ -49,7 +49,7 @@ class SilaMode(Mode):
             from sila_keras.core.heads import check_heads_fit
 
             check_heads_fit(c.net.model, c.sila.heads)
-        if c.sila.ship_head is not None or c.sila.distill:  # #19: say which weights it trains with
+        if c.sila.ship_head is not None or c.sila.distill:  # say which weights it trains with
             print(ship_line(c), flush=True)
 
     def build_model(self, data):
@@ -73,7 +73,7 @@ class SilaMode(Mode):
                         distill=s.distill, distill_t=s.distill_t)
 
     def evaluate(self, model, data, run_dir, rows: list[dict]) -> dict:
-        """#19: the set weights the run trained with (and ``--ship-head``/``--distill``)."""
+        """The set weights the run trained with (and ``--ship-head``/``--distill``)."""
         from sila_keras.core.heads import num_heads_of
         from sila_keras.core.losses import set_weights
 
@@ -90,7 +90,7 @@ class SilaMode(Mode):
 
 
 def loss_betas(config, num_heads: int) -> list[float] | None:
-    """#19: explicit set weights of a run: ``--betas``, or ``--ship-head``'s; None = β/λ."""
+    """Explicit set weights of a run: ``--betas``, or ``--ship-head``'s; None = β/λ."""
     s = config.sila
     if s.ship_head is None:
         return None if s.betas is None else list(s.betas)
@@ -100,7 +100,7 @@ def loss_betas(config, num_heads: int) -> list[float] | None:
 
 
 def ship_line(config) -> str:
-    """#19: the line that says which set weights ``--ship-head``/``--distill`` chose."""
+    """The line that says which set weights ``--ship-head``/``--distill`` chose."""
     from sila_keras.core.losses import set_weights
 
     s = config.sila

@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue a killed run in --out: configurations it finished are loaded from "
                         "<out>/done/, the others are run")
     g.add_argument("--debug", action="store_true", help="show tracebacks")
-    add_recipe_flag(p, "sila-pairs")  # #17
+    add_recipe_flag(p, "sila-pairs")  # one published experiment's settings
     return p
 
 
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Validate every flag (before loading data or building a graph), then run the mode."""
-    origins = apply_recipe(args)  # #17
+    origins = apply_recipe(args)  # fills the flags not typed
     mode, configs = configs_from_args(args)
     out = _out_dir(args)
     files.write_json(out / PairsDir.RECIPE, {"recipe": args.recipe, "origins": origins})
@@ -177,13 +177,13 @@ def _run_or_load(config, pools, out: Path, position: str = "") -> dict:
     return files.read_json(path)["result"]  # the same JSON form whether run now or loaded
 
 
-# #17: the flags a recipe may set (PairConfig fields)
+# The flags a recipe may set (PairConfig fields)
 RECIPE_FIELDS = ("rounds", "epochs", "lr", "batch_size", "pairs", "aux_weight", "momentum",
                  "normalize", "pair_draw")
 
 
 def apply_recipe(args: argparse.Namespace) -> dict:
-    """#17: ``--recipe`` (``pairs-003``) fills the flags not typed, in ``args``; returns
+    """``--recipe`` (``pairs-003``) fills the flags not typed, in ``args``; returns
     each flag's origin (``flag``, ``default`` or ``recipe:<name>``)."""
     from sila_keras.training.flags import given_flags
     from sila_keras.training.recipes import PAIRS, get_recipe, resolve

@@ -73,7 +73,7 @@ class PairConfig:
     momentum: float = 0.9
     normalize: bool = False
     seed: int = 0
-    pair_draw: str = "once"  # #17 item 4
+    pair_draw: str = "once"  # once | per-round: when the training pairs are drawn
 
     def __post_init__(self):
         pmodels.check_arch(self.arch)

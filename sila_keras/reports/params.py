@@ -109,7 +109,7 @@ def param_table(model_name: str, num_classes: int, num_heads: int = 3,
 
     spec = get_backbone(model_name)
     size = max(32, spec.min_input_size) if image_size is None else int(image_size)
-    extra = {"weights": "none"} if model_name.startswith("keras:") else {}  # #15
+    extra = {"weights": "none"} if model_name.startswith("keras:") else {}  # counting needs no download
     try:
         model = build_sila_model(model_name, int(num_classes), int(num_heads), (size, size, 3),
                                  **extra)

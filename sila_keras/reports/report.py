@@ -201,7 +201,7 @@ def plot_group(arms: list[Arm], path: Path, title: str) -> None:
 def render(run_dirs: list[Path], out: Path) -> str:
     """Write the Markdown report (and PNGs beside it); returns the Markdown text.
 
-    A head-vs-alone benchmark folder (#19, ``benchmarks/head_vs_alone.py``) given among the
+    A head-vs-alone benchmark folder (``benchmarks/head_vs_alone.py``) given among the
     runs, or holding one of them, adds its table (:func:`study_sections`).
     """
     from sila_keras.utils.rundir import StudyDir
@@ -229,9 +229,9 @@ def render(run_dirs: list[Path], out: Path) -> str:
 
 
 def study_sections(studies: list[Path], run_paths: list[Path]) -> list[str]:
-    """#19: the head-vs-alone table of each benchmark folder given, or found among the runs'
+    """The head-vs-alone table of each benchmark folder given, or found among the runs'
     parents (:func:`sila_keras.reports.study.find_study`; a run of another recipe adds nothing)."""
-    from sila_keras.reports.study import find_study, load_study, markdown
+    from sila_keras.reports.study import find_study, heading, load_study, markdown
 
     found = {p.resolve(): load_study(p) for p in studies}
     for path in run_paths:
@@ -240,7 +240,7 @@ def study_sections(studies: list[Path], run_paths: list[Path]) -> list[str]:
             found.setdefault(Path(study["folder"]).resolve(), study)
     md = []
     for folder, study in found.items():
-        md += [f"## Head vs sub-network alone (#19): {study.get('backbone')}", "",
+        md += [f"## {heading(study)}", "",
                f"From `{folder}` (benchmarks/head_vs_alone.py).", "", markdown(study)]
     return md
 

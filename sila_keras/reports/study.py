@@ -1,4 +1,4 @@
-"""#19: results of the head-vs-alone benchmark — is the shipped head worth it?
+"""Results of the head-vs-alone benchmark — is the shipped head worth it?
 
 ``benchmarks/head_vs_alone.py`` trains, for one backbone and recipe, the SiLa model, each
 head's sub-network alone (:func:`sila_keras.core.heads.standalone_head`, ``--heads 1``) and the
@@ -104,6 +104,13 @@ def _pct(mean, std, n) -> str:
     return f"{100 * mean:.2f}" if n < 2 else f"{100 * mean:.2f} ± {100 * std:.2f}"
 
 
+def heading(study: dict) -> str:
+    """The table's heading: the backbone and the scale it was measured at."""
+    r = study.get("recipe", {})
+    return (f"Head vs sub-network alone: {study.get('backbone')}, "
+            f"{r.get('limit_train') or 'all'} training images, {r.get('epochs')} epoch(s)")
+
+
 def markdown(study: dict) -> str:
     """The study's table: one line per head, one column per arm (test accuracy %, mean ±
     std over seeds), plus the scale it was measured at."""
@@ -169,7 +176,7 @@ def write_study(folder, study: dict) -> StudyDir:
     out = StudyDir(folder)
     study = {"kind": KIND, "version": VERSION, **study}
     files.write_csv(out / StudyDir.TABLE_CSV, study["table"], TABLE_COLUMNS)
-    files.write_text(out / StudyDir.TABLE, f"# Head vs sub-network alone (#19)\n\n{markdown(study)}")
+    files.write_text(out / StudyDir.TABLE, f"# {heading(study)}\n\n{markdown(study)}")
     plot(study, out / StudyDir.PLOT)
     files.write_json(out / StudyDir.RESULTS, study)  # last: its presence means "complete"
     return out

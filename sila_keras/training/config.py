@@ -26,20 +26,20 @@ BACKBONE_NAMES = ("densenet121", "inceptionv3", "mobilenetv1", "msdnet", "resnet
                   "resnet32", "resnet34", "resnet56", "resnet8", "vgg11", "vgg13", "vgg16", "vgg19",
                   "wrn16_8", "wrn28_10", "wrn40_10")
 AUGMENT_NAMES = ("autoaugment", "crop", "none", "randaugment", "standard")
-# #15: the keras:<Name> backbones (sila_keras/models/applications.py; a test checks they agree).
+# The keras:<Name> backbones (sila_keras/models/applications.py; a test checks they agree).
 KERAS_APPLICATIONS = ("MobileNet", "MobileNetV2", "MobileNetV3Small", "MobileNetV3Large",
                       "EfficientNetB0", "EfficientNetB1", "EfficientNetB2", "EfficientNetB3",
                       "EfficientNetV2B0", "ResNet50")
-OPTIMIZERS = ("sgd", "adamw")  # #15 (sila_keras.training.optim)
-SCHEDULES = ("step", "cosine")  # #15
-# #17 item 5: AutoAugment magnitude semantics (sila_keras.data.augment_ops; default first).
-AUTOAUGMENT_SEMANTICS = ("official", "torchvision")  # augment_ops.SEMANTICS (#17)
-DYNAMIC_EVALUATIONS = ("anytime", "budgeted", "both")  # modes.dynamic.EVALUATIONS (#17)
+OPTIMIZERS = ("sgd", "adamw")  # sila_keras.training.optim
+SCHEDULES = ("step", "cosine")  # sila_keras.training.optim
+# AutoAugment magnitude semantics (sila_keras.data.augment_ops; default first).
+AUTOAUGMENT_SEMANTICS = ("official", "torchvision")  # augment_ops.SEMANTICS
+DYNAMIC_EVALUATIONS = ("anytime", "budgeted", "both")  # modes.dynamic.EVALUATIONS
 
 # Fields that may differ between a run and its --resume continuation (flat names).
 RESUME_MUTABLE = ("resume", "epochs", "verbose", "debug", "steps_per_execution", "jit",
                   "sync_bn", "checkpoint_every")
-# #17: what a run records about where its values came from (never compared on --resume)
+# What a run records about where its values came from (never compared on --resume)
 RECORD_ONLY = ("recipe", "origins")
 
 
@@ -64,7 +64,7 @@ def _set(obj, name: str, value) -> None:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where the images come from and how they reach the model (issue 14)."""
+    """Where the images come from and how they reach the model."""
 
     dataset: str = ""
     augment: str = "standard"
@@ -79,8 +79,8 @@ class DataConfig:
     train_split: str | None = None  # tfds split syntax, e.g. "train[:90%]"
     test_split: str | None = None
     cache: str = "auto"  # auto | none | memory | disk[:DIR]
-    cutout: int = 0  # side of the Cutout square (px) after --augment; 0 = off (#17)
-    autoaugment_semantics: str = AUTOAUGMENT_SEMANTICS[0]  # official | torchvision (#17)
+    cutout: int = 0  # side of the Cutout square (px) after --augment; 0 = off
+    autoaugment_semantics: str = AUTOAUGMENT_SEMANTICS[0]  # official | torchvision
 
     def __post_init__(self):
         from sila_keras.data.dataset import parse_cache
@@ -114,7 +114,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class NetConfig:
-    """The network: a backbone name, ``keras:<Name>`` (#15) or a ``.keras`` file."""
+    """The network: a backbone name, a pretrained ``keras:<Name>`` or a ``.keras`` file."""
 
     model: str = ""
     backbone_kwargs: dict = field(default_factory=dict)
@@ -135,7 +135,7 @@ class SilaConfig:
     beta: float = 0.1
     lam: float = 0.5
     betas: tuple[float, ...] | None = None
-    # #19, shipping a shallow head (docs/heads.md):
+    # Shipping a shallow head (docs/heads.md):
     ship_head: int | None = None  # head k trained as a first-class target (weight 1)
     distill: float = 0.0  # W of the self-distillation term (deepest head → shallower ones)
     distill_t: float = 1.0  # its temperature T (1: the KL of --mode dml)
@@ -156,7 +156,7 @@ class SilaConfig:
         get_mode(self.mode)  # an unknown mode raises, listing the registered ones
         self._check_ship_head()
 
-    def _check_ship_head(self) -> None:  # #19: --ship-head, --distill (no TF import)
+    def _check_ship_head(self) -> None:  # --ship-head, --distill (no TF import)
         if not self.distill >= 0:
             raise ConfigError("`--distill` (the weight W of the self-distillation term) must be "
                               f">= 0. Received: distill={self.distill}")
@@ -217,11 +217,11 @@ class OptimConfig:
     milestones: tuple[int, ...] = PAPER_MILESTONES
     gamma: float = 0.5
     nesterov: bool = False
-    optimizer: str = "sgd"  # #15 (sila_keras.training.optim)
+    optimizer: str = "sgd"  # sgd | adamw (sila_keras.training.optim)
     schedule: str = "step"
     warmup_epochs: int = 0
     label_smoothing: float = 0.0
-    freeze_epochs: int = 0  # #15: epochs with a frozen pretrained backbone
+    freeze_epochs: int = 0  # epochs with a frozen pretrained backbone
     backbone_lr_mult: float = 1.0
     steps_per_epoch: int | None = None  # None: one pass over the training images
 
@@ -262,7 +262,7 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Where the run is written, seeding, devices and speed (issue 18)."""
+    """Where the run is written, seeding, devices and speed."""
 
     seed: int = 0
     out: str = "runs"
@@ -408,7 +408,7 @@ class TrainConfig:
         return {k: v for g in GROUPS for k, v in _jsonable(getattr(self, g)).items()}
 
     def with_epochs(self, epochs: int) -> TrainConfig:
-        """#15: this config for a run of ``epochs`` epochs (a tuning trial, a final run): the
+        """This config for a run of ``epochs`` epochs (a tuning trial, a final run): the
         freeze and warmup phases are cut to leave at least one epoch after them."""
         epochs = int(epochs)
         return self.replace(epochs=epochs,

@@ -2,7 +2,7 @@
 
 Parsing imports no TensorFlow (``--help`` and argument errors return at once); the
 names offered (backbones, augmentations, ``keras:`` applications, modes) come from static
-lists that tests keep equal to the registries. Each issue's flags sit in one small block
+lists that tests keep equal to the registries. Each feature's flags sit in one small block
 (``_add_speed_flags``, ``_add_finetune_flags``, ``add_data_flags``).
 """
 
@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
     g.add_argument("--augment", default=d.data.augment, choices=AUGMENT_NAMES,
                    help="training augmentation (standard = pad 4 + crop + flip)")
-    _add_augment_flags(g, d)  # #17
+    _add_augment_flags(g, d)  # --cutout, --autoaugment-semantics
     g = p.add_argument_group("data")
     g.add_argument("--data-dir", default=None, help="tfds data_dir with pre-downloaded data")
     g.add_argument("--download", default=d.data.download, choices=DOWNLOAD_MODES,
@@ -111,15 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--debug", action="store_true",
                    help="show tracebacks and TensorFlow's start-up log")
     _add_speed_flags(p, d)
-    _add_finetune_flags(p)  # #15
-    add_recipe_flag(p, "sila-train")  # #17
-    _add_dynamic_flags(p)  # #17
-    _add_ship_flags(p)  # #19
+    _add_finetune_flags(p)  # keras:<Name> backbones and their fine-tuning recipe
+    add_recipe_flag(p, "sila-train")  # one published experiment's settings
+    _add_dynamic_flags(p)  # --mode dynamic's test protocols
+    _add_ship_flags(p)  # --ship-head, --distill
     return p
 
 
 def _add_dynamic_flags(p: argparse.ArgumentParser) -> None:
-    """#17 item 3: --mode dynamic's test protocols (docs/modes.md, "Dynamic evaluation")."""
+    """--mode dynamic's test protocols (docs/modes.md, "Dynamic evaluation")."""
     g = p.add_argument_group("dynamic (--mode dynamic)")
     g.add_argument("--dynamic-eval", default=None, metavar="{anytime,budgeted,both}",
                    help="test protocols after training: anytime prediction (trains on every "
@@ -129,9 +129,9 @@ def _add_dynamic_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _add_ship_flags(p: argparse.ArgumentParser) -> None:
-    """#19: make the head you will ship strong (docs/heads.md)."""
+    """Make the head you will ship strong (docs/heads.md)."""
     d = TrainConfig().sila
-    g = p.add_argument_group("shipping a head (#19, --mode sila; docs/heads.md)")
+    g = p.add_argument_group("shipping a head (--mode sila; docs/heads.md)")
     g.add_argument("--ship-head", type=int, default=None, metavar="K",
                    help="train head K as a first-class target: its set weight becomes 1 (like "
                         "head 1), the others follow --beta/--lam (printed, and written to "
@@ -144,7 +144,7 @@ def _add_ship_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _add_speed_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
-    """Issue 18: devices, speed and checkpoint cadence (resolved per machine, see
+    """Devices, speed and checkpoint cadence (resolved per machine, see
     :func:`sila_keras.devices.distribute.resolve_speed`; a ``--resume`` applies the new values)."""
     g = p.add_argument_group("devices and speed")
     g.add_argument("--jit", action="store_true",
@@ -159,11 +159,11 @@ def _add_speed_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
                    help="checkpoint for --resume every K epochs (and after the last one)")
 
 
-# --------------------------------------------------------------------------- #17 items 2, 5: augmentation options
+# --------------------------------------------------------------------------- augmentation options
 
 
 def _add_augment_flags(g, d: TrainConfig) -> None:
-    """#17: Cutout as its own option; AutoAugment's magnitude semantics."""
+    """Cutout as its own option; AutoAugment's magnitude semantics."""
     g.add_argument("--cutout", type=int, default=d.data.cutout, metavar="N",
                    help="after --augment, grey out an NxN square at a random centre (Cutout, "
                         "DeVries & Taylor 2017; clipped at the borders); 0 = off. The "
@@ -182,7 +182,7 @@ def _add_augment_flags(g, d: TrainConfig) -> None:
 
 
 def _augment_options(args: argparse.Namespace) -> dict:
-    """#17: ``--autoaugment-semantics`` resolved (None: the default); warns (stderr, one line) when
+    """``--autoaugment-semantics`` resolved (None: the default); warns (stderr, one line) when
     --autoaugment-semantics is given for an augmentation that does not use it."""
     import sys
 
@@ -202,10 +202,10 @@ def _steps(s: str) -> int | str:
         raise argparse.ArgumentTypeError(f"expected 'auto' or an integer, got {s!r}") from None
 
 
-# --------------------------------------------------------------------------- #15 fine-tuning flags
+# --------------------------------------------------------------------------- fine-tuning flags
 
 def _add_finetune_flags(p: argparse.ArgumentParser) -> None:
-    """Flags of issue #15: keras:<Name> backbones and the fine-tuning recipe."""
+    """Flags of the keras:<Name> backbones and the fine-tuning recipe."""
     d = TrainConfig()
     g = p.add_argument_group(
         "pretrained backbones (MODEL = keras:<Name>)",
@@ -239,7 +239,7 @@ def _names(s: str) -> tuple[str, ...]:
 
 
 def add_data_flags(g, d: TrainConfig) -> None:
-    """Issue 14: image size, resize policy, splits, cache, steps per epoch."""
+    """Data flags: image size, resize policy, splits, cache, steps per epoch."""
     g.add_argument("--image-size", default=None, metavar="H[,W]",
                    help="train at this size (default: the images' one size; required when "
                         "they differ, 224 for variable-size tfds datasets)")
@@ -285,17 +285,17 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     # line here).
     flat = {k: v for k, v in vars(args).items() if k in FIELD_GROUP and k not in RECORD_ONLY}
     flat["name"] = name
-    flat.update(_augment_options(args))  # #17: the semantics warning and its default
+    flat.update(_augment_options(args))  # the semantics warning and its default
     return config_with_recipe(flat, given_flags(args, _parser_defaults()) | {"dataset", "model"},
                               getattr(args, "recipe", None))
 
 
 def config_with_recipe(flat: dict, given: set[str], recipe_name: str | None) -> TrainConfig:
-    """#17: flat field values (flags and defaults) → a :class:`TrainConfig` with the
+    """Flat field values (flags and defaults) → a :class:`TrainConfig` with the
     recipe (``--recipe``; without one, ``keras-finetune`` for keras:<Name> backbones) applied
     under the flags in ``given``, and every field's origin recorded."""
     if recipe_name is None and str(flat.get("model", "")).startswith("keras:"):
-        recipe_name = FINETUNE  # #15: the fine-tuning recipe is the keras: models' default
+        recipe_name = FINETUNE  # the fine-tuning recipe is the keras: models' default
     recipe = get_recipe(recipe_name) if recipe_name is not None else None
     explicit = {k: v for k, v in flat.items() if k in given}
     defaults = {k: v for k, v in flat.items() if k not in given}
@@ -315,11 +315,11 @@ def default_run_name(dataset: str, model: str) -> str:
     for suffix in (".tar.gz", ".tgz", ".tar", ".zip"):
         ds = ds.removesuffix(suffix)
     ds = re.sub(r"[^A-Za-z0-9_.-]+", "_", ds) or "data"
-    model = Path(model).stem.replace("keras:", "")  # #15: keras:<Name> → <Name>
+    model = Path(model).stem.replace("keras:", "")  # keras:<Name> → <Name>
     return f"{ds}-{model}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-# --------------------------------------------------------------------------- #17: typed flags
+# --------------------------------------------------------------------------- typed flags
 
 GIVEN_ATTR = "_given_flags"  # the Namespace attribute FlagParser sets: the dests typed
 
@@ -373,7 +373,7 @@ class ListRecipes(argparse.Action):
 
 
 def add_recipe_flag(p: argparse.ArgumentParser, command: str) -> None:
-    """#17: ``--recipe NAME`` (``--recipe list`` prints them; see sila_keras.training.recipes)."""
+    """``--recipe NAME`` (``--recipe list`` prints them; see sila_keras.training.recipes)."""
     from sila_keras.training.recipes import list_recipes
 
     p.add_argument("--recipe", default=None, action=ListRecipes, metavar="NAME",

@@ -74,7 +74,7 @@ def current_lr(optimizer) -> float:
     return float(ops.convert_to_numpy(lr))
 
 
-# --------------------------------------------------------------------------- #15 fine-tuning
+# --------------------------------------------------------------------------- fine-tuning
 # The recipe users expect when fine-tuning a pretrained backbone: AdamW or SGD, a step or
 # cosine schedule with linear warmup, and a smaller lr on the pretrained backbone than on the
 # new layers (classifier + SiLa heads). The paper's recipe (SGDL2 + step) is unchanged.

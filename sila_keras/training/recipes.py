@@ -8,8 +8,8 @@ recipe < flags the user typed and returns every value's origin (``"default"``, `
 ``"recipe:<name>"``), which ``sila-train`` writes to ``config.json``. The docs tables
 (``docs/paper_a.md``, ``docs/paper_b.md``, ``docs/pairs.md``) present the same registry.
 
-Settings of fields this build does not have yet (another issue adds them) are kept in the
-registry and skipped by :func:`resolve` until the field exists.
+Settings of fields this build does not have are kept in the registry and skipped by
+:func:`resolve` until the field exists.
 
 This module imports no TensorFlow (``--recipe list`` and ``--help`` stay fast). The argparse
 side (``--recipe``, telling typed flags from defaults) is in :mod:`sila_keras.training.flags`.
@@ -284,7 +284,7 @@ _SILANET = {
     **_sgd_step(_A_SGD, batch=assumed(128, "not stated in paper A; paper B §4.1 (same authors, "
                                            "same schedule): \"batch size is 128\"")),
     "augment": assumed("standard", _STANDARD_AUG),
-    "cutout": assumed(0, "not mentioned"),  # field of #17 item 2
+    "cutout": assumed(0, "not mentioned"),  # --cutout (Cutout after --augment)
 }
 
 register(Recipe(
@@ -409,9 +409,9 @@ register(Recipe(
     row_key=_pair_row, row_names="network"))
 
 FINETUNE = "keras-finetune"
-_OURS = "ours (#15), not a paper: fine-tuning a pretrained keras.applications model"
+_OURS = "ours, not a paper: fine-tuning a pretrained keras.applications model"
 register(Recipe(
-    FINETUNE, TRAIN, (), "issue #15 (our fine-tuning recipe; the default for keras:<Name>)",
+    FINETUNE, TRAIN, (), "ours, not a paper's (the default for keras:<Name>)",
     "AdamW + cosine fine-tuning of a pretrained keras:<Name> backbone (backbone lr ×0.1 when "
     "pretrained, else 1)",
     {"lr": assumed(1e-3, _OURS), "weight_decay": assumed(0.01, _OURS),

@@ -87,7 +87,7 @@ def check_before_data(config: TrainConfig):
     from sila_keras.training.precision import check_mixed_precision
 
     validate_model_name(config.net.model)
-    _check_weights_file(config)  # #15
+    _check_weights_file(config)  # a keras:<Name> --weights PATH
     mode = make_mode(config)  # validates the mode's flags, once per run
     mode.check_before_data()
     check_mixed_precision(config.net.model, config.run.mixed_precision)
@@ -95,7 +95,7 @@ def check_before_data(config: TrainConfig):
 
 
 def _check_weights_file(config: TrainConfig) -> None:
-    """#15: a keras:<Name> ``--weights PATH`` must exist (checked before any data is read)."""
+    """A keras:<Name> ``--weights PATH`` must exist (checked before any data is read)."""
     if config.net.model.startswith("keras:") and not config.run.resume:
         from sila_keras.models.applications import check_weights
 
@@ -169,7 +169,7 @@ def build_model(config: TrainConfig, data, mode=None):
     """
     from sila_keras.modes import make_mode
 
-    if config.net.model.startswith("keras:"):  # #15: weights and taps go to the application builder
+    if config.net.model.startswith("keras:"):  # weights and taps go to the application builder
         extra = {"weights": config.net.weights, "taps": config.net.taps}
         mode = make_mode(config.replace(backbone_kwargs={**config.net.backbone_kwargs, **extra}))
     return (mode or make_mode(config)).build_model(data)
@@ -196,8 +196,8 @@ def compile_model(model, config: TrainConfig, num_classes: int, steps: int,
     mode = mode or make_mode(config)
     m = num_heads or num_heads_of(model)
     model.compile(
-        optimizer=wrap_optimizer(optimizer_for(config, steps)),  # paper SGD or #15's recipe
-        loss=_with_label_smoothing(mode.loss(num_classes, m), config),  # #15
+        optimizer=wrap_optimizer(optimizer_for(config, steps)),  # paper SGD or the fine-tuning recipe
+        loss=_with_label_smoothing(mode.loss(num_classes, m), config),
         # weighted: padded evaluation images (weight 0, several replicas) are not counted
         weighted_metrics=mode.metrics(num_classes, m),
     )
@@ -205,7 +205,7 @@ def compile_model(model, config: TrainConfig, num_classes: int, steps: int,
 
 
 def _with_label_smoothing(loss, config: TrainConfig):
-    """#15: ``--label-smoothing`` on the SiLa loss (TrainConfig allows it for --mode sila only)."""
+    """``--label-smoothing`` on the SiLa loss (TrainConfig allows it for --mode sila only)."""
     from sila_keras.core.losses import SilaLoss
 
     if config.optim.label_smoothing and isinstance(loss, SilaLoss):
@@ -278,7 +278,7 @@ def fit(model, train_ds, eval_ds, *, epochs: int, steps: int, initial_epoch: int
     terminal only). Keras' own bar is not used: it runs into the next printed line and
     names the test-split metrics ``val_*``; the epoch line comes from the callbacks.
 
-    ``freeze_epochs`` (#15): the backbone stays frozen for the first K epochs
+    ``freeze_epochs``: a pretrained backbone stays frozen for the first K epochs
     (:class:`sila_keras.training.finetune.FreezeBackbone`, first in the callback list).
     """
     from sila_keras.training.callbacks import ProgressBar
@@ -289,7 +289,7 @@ def fit(model, train_ds, eval_ds, *, epochs: int, steps: int, initial_epoch: int
     callbacks = list(callbacks)
     if verbose:
         callbacks.insert(0, ProgressBar(steps))
-    if freeze_epochs:  # #15
+    if freeze_epochs:
         callbacks = [FreezeBackbone(freeze_epochs), *callbacks]
     build_optimizer(model)  # before Keras traces the step (see build_optimizer)
     return model.fit(train_ds, validation_data=eval_ds, epochs=epochs, initial_epoch=initial_epoch,
@@ -452,12 +452,12 @@ def _run(config: TrainConfig) -> dict:
     if state.initial_epoch < config.optim.epochs:  # Ctrl-C / SIGTERM (sila_keras.utils.cli): exit 130
         fit(model, train_ds, eval_ds, epochs=config.optim.epochs, steps=steps,
             initial_epoch=state.initial_epoch, callbacks=callbacks, verbose=config.run.verbose,
-            freeze_epochs=config.optim.freeze_epochs)  # #15
+            freeze_epochs=config.optim.freeze_epochs)
     if guard.failure:
         raise TrainingFailed(guard.failure)
     summary = save_run(run_dir, model, config, data, logger, strategy, elapsed()["wall_time_s"])
     summary = mode.after_training(model, data, run_dir, logger.rows, summary)
-    summary["speed"] = {**speed.to_dict(), "precision": policy}  # issue 18: resolved settings
+    summary["speed"] = {**speed.to_dict(), "precision": policy}  # resolved settings
     run.write_summary(summary)
     barrier(strategy)  # multi-worker: no process exits while a peer still needs it
     heads = "  ".join(f"head_{k} {100 * (v['final_acc'] or 0):.2f}% (best {100 * (v['best_acc'] or 0):.2f}%)"

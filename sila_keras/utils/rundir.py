@@ -14,7 +14,7 @@ A training run (``sila-train``) writes ``<out>/<name>/``::
     nets.csv, anytime.csv, … mode-specific extras (paper B), named here too
 
 A search (``sila-tune``) writes :class:`SearchDir`; the digit-pair task :class:`PairsDir`;
-the head-vs-alone benchmark (#19, ``benchmarks/head_vs_alone.py``) :class:`StudyDir`.
+the head-vs-alone benchmark (``benchmarks/head_vs_alone.py``) :class:`StudyDir`.
 Every write is atomic (:mod:`sila_keras.utils.files`), so a killed process leaves old or new files,
 never half-written ones. Nothing else in the package spells one of these names.
 
@@ -389,7 +389,7 @@ class PairsDir:
     GRID_JSON = "grid.json"
     CURVES = RunDir.CURVES
     DONE = "done"  # one JSON per finished configuration, for --resume
-    RECIPE = "recipe.json"  # #17: --recipe and each setting's origin
+    RECIPE = "recipe.json"  # --recipe and each setting's origin
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -403,7 +403,7 @@ class PairsDir:
 
 
 class StudyDir:
-    """#19: a head-vs-alone benchmark folder (``benchmarks/head_vs_alone.py --out``).
+    """A head-vs-alone benchmark folder (``benchmarks/head_vs_alone.py --out``).
 
     ``runs/<arm>-s<seed>/`` are ordinary run directories (one per arm × seed, finished when
     they hold ``summary.json``); ``models/`` the re-initialised sub-networks trained alone.
