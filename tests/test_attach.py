@@ -4,8 +4,9 @@ import keras
 import numpy as np
 import pytest
 from helpers import small_cnn
+from model_checks import check_sila_model
 
-from sila_keras import extract_head, trainable_params
+from sila_keras import trainable_params
 from sila_keras.core.attach import attach_heads, find_taps, load_and_attach
 from sila_keras.core.losses import SilaLoss
 from sila_keras.utils.errors import ModelError
@@ -16,15 +17,6 @@ X = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
 
 def _np(t):
     return keras.ops.convert_to_numpy(t)
-
-
-def _check_heads(sila, m):
-    full = _np(sila(X, training=False))
-    assert full.shape == (2, m * N)
-    for k in range(1, m + 1):
-        np.testing.assert_allclose(_np(extract_head(sila, k)(X, training=False)),
-                                   full[:, (k - 1) * N:k * N], atol=1e-5)
-    return full
 
 
 @pytest.fixture(scope="module")
@@ -55,11 +47,11 @@ def test_resnet50_softmax_head1_and_training(resnet50):
         sila = attach_heads(resnet50, num_heads=3)
     assert sila.get_layer("head_2_conv").input.shape[1:] == (2, 2, 1024)  # deepest tap
     assert sila.get_layer("head_3_conv").input.shape[1:] == (4, 4, 512)
-    full = _check_heads(sila, 3)
+    checked = check_sila_model(sila, num_heads=3, num_classes=N, images=X)
     # head_1 is the model's own classifier, before the softmax.
-    np.testing.assert_allclose(_np(keras.ops.softmax(full[:, :N])),
+    np.testing.assert_allclose(_np(keras.ops.softmax(checked.logits[:, :N])),
                                _np(resnet50(X, training=False)), atol=1e-5)
-    assert trainable_params(extract_head(sila, 1)) == trainable_params(resnet50)
+    assert trainable_params(checked.heads[0]) == trainable_params(resnet50)
 
     # One SiLa step trains the copy, not the user's model.
     original = resnet50.get_layer("conv1_conv").get_weights()[0].copy()
@@ -74,10 +66,10 @@ def test_mobilenetv2_depthwise(mobilenetv2):
     assert [t.reduction for t in taps] == [2, 4, 8, 16]
     assert all(t.tensor.shape[1] == 32 // t.reduction for t in taps)
     sila = attach_heads(mobilenetv2, num_heads=4)
-    _check_heads(sila, 4)
+    head_1 = check_sila_model(sila, num_heads=4, num_classes=N, images=X).heads[0]
     assert [sila.get_layer(f"head_{k}_conv").input.shape[1] for k in (2, 3, 4)] == [2, 4, 8]
     # Logits output: no twin layer, head_1 is the model's own output.
-    np.testing.assert_allclose(_np(extract_head(sila, 1)(X, training=False)),
+    np.testing.assert_allclose(_np(head_1(X, training=False)),
                                _np(mobilenetv2(X, training=False)), atol=1e-5)
 
 
@@ -109,7 +101,7 @@ def test_own_model_with_softmax_layer():
     with pytest.warns(UserWarning, match="softmax layer 'probs'"):
         sila = attach_heads(model, num_heads=3, copy=False)
     assert sila.get_layer("head_2_conv").input.shape[1:] == (16, 16, 16)
-    _check_heads(sila, 3)
+    check_sila_model(sila, num_heads=3, num_classes=N, images=X)
     assert "probs" not in [la.name for la in sila.layers]
 
 
@@ -132,7 +124,8 @@ def test_load_and_attach(tmp_path):
     path = tmp_path / "mine.keras"
     _small_cnn().save(path)
     sila = load_and_attach(path, num_heads=2, num_classes=N)
-    assert sila.output.shape == (None, 2 * N)
+    # The attached model saves and reloads; its heads load with plain Keras.
+    check_sila_model(sila, num_heads=2, num_classes=N, images=X, save_dir=tmp_path / "round_trip")
     with pytest.raises(ValueError, match=r"outputs 10 classes but the dataset has 5"):
         load_and_attach(path, num_heads=2, num_classes=5)
     with pytest.raises(ModelError, match="Model file not found"):

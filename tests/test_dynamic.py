@@ -7,8 +7,9 @@ import keras
 import numpy as np
 import pytest
 from helpers import MSDNET_TINY, run_err
+from model_checks import check_sila_model
 
-from sila_keras import extract_head, num_heads_of, trainable_params
+from sila_keras import trainable_params
 from sila_keras.core.losses import MutualLoss, SilaLoss
 from sila_keras.data import load_dataset
 from sila_keras.models.msdnet import block_layers, scales_at
@@ -35,9 +36,8 @@ def read_csv(path):
 
 def test_default_msdnet_is_the_cifar_anytime_network():
     model = build_dynamic_model("msdnet", 10, (32, 32, 3))
-    assert num_heads_of(model) == 7 and model.output.shape == (None, 70)
+    check_sila_model(model, num_heads=7, num_classes=10)  # 7 exits: head_1 … head_7, (B, 70)
     assert trainable_params(model) == 2_986_690  # documented in models/msdnet.py
-    assert all(model.get_layer(f"head_{c}").output.shape == (None, 10) for c in range(1, 8))
 
 
 def test_block_schedule_and_scale_reduction():
@@ -128,8 +128,7 @@ def test_dynamic_run_writes_both_evaluations(dynamic_runs, name, loss_type):
     model = keras.models.load_model(run_dir / "model.keras")
     assert isinstance(model.loss, loss_type)
     x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
-    np.testing.assert_allclose(np.asarray(extract_head(model, 2)(x, training=False)),
-                               np.asarray(model(x, training=False))[:, 3:6], atol=1e-4)
+    check_sila_model(model, num_heads=3, num_classes=3, images=x, atol=1e-4)  # the tiny folder's 3
 
 
 @pytest.mark.slow

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from helpers import PEER
+from model_checks import check_sila_model
 
-from sila_keras import extract_head, num_heads_of, trainable_params
+from sila_keras import trainable_params
 from sila_keras.core.heads import build_sila_model
 from sila_keras.core.losses import MutualLoss, dml_kl
 from sila_keras.modes import make_mode, method_label
@@ -102,16 +103,15 @@ def test_loss_serializes_and_validates():
 
 def test_mutual_model_layout_and_independent_init():
     model = build_mutual_model("resnet20", None, N, (32, 32, 3))
-    assert model.output.shape == (None, 2 * N) and num_heads_of(model) == 2
     net1, net2 = model.get_layer("net_1"), model.get_layer("net_2")
     w1, w2 = net1.get_layer("stem_conv").kernel, net2.get_layer("stem_conv").kernel
     assert not np.allclose(w1, w2), "the two nets must be initialised independently"
     x = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
-    full = np.asarray(model(x, training=False))
-    net2 = np.asarray(extract_head(model, 2)(x, training=False))
-    np.testing.assert_allclose(net2, full[:, N:], atol=1e-5)
+    # Net k is head k of a 2-head SiLa model and reproduces its slice of sila_logits (each net
+    # nests a one-head SiLa model of its own, so its head keeps that model's SilaLogits).
+    heads = check_sila_model(model, num_heads=2, num_classes=N, images=x, builtin_heads=False).heads
     single = standalone_params("resnet20", N)
-    assert trainable_params(extract_head(model, 1)) == trainable_params(extract_head(model, 2)) == single
+    assert trainable_params(heads[0]) == trainable_params(heads[1]) == single
     assert trainable_params(model) == 2 * single
 
 
@@ -191,8 +191,7 @@ def standalone_params(backbone, num_classes):
 def test_saved_mutual_model_exports_net_2_alone(mutual_runs):
     model = keras.models.load_model(mutual_runs / "hetero_dml" / "model.keras")
     assert isinstance(model.loss, MutualLoss) and model.loss.dml and model.loss.sila
-    net2 = extract_head(model, 2)
-    assert {layer.name for layer in net2.layers} == {"image", "net_2", "head_2"}
     x = np.random.default_rng(2).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
-    full = np.asarray(model(x, training=False))
-    np.testing.assert_allclose(np.asarray(net2(x, training=False)), full[:, 3:], atol=1e-4)
+    heads = check_sila_model(model, num_heads=2, num_classes=3, images=x, builtin_heads=False,
+                             atol=1e-4).heads  # 3 classes: the tiny folder's
+    assert {layer.name for layer in heads[1].layers} == {"image", "net_2", "head_2"}
