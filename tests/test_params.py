@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from sila_keras.core.sizes import float32_mib
 from sila_keras.reports.params import PAPER_TABLE3, main, num_classes_of, param_table
-
-MIB = 4 / 2**20
 
 
 def test_param_table_counts_resnet20():
@@ -19,7 +18,7 @@ def test_param_table_counts_resnet20():
     # He et al.'s ResNet-20 (0.27M); aux modules: 9·C·N + N at C = 32 (head 2) and 16 (head 3).
     assert t["base_params"] == 269_722
     assert t["train_params"] == 269_722 + (9 * 32 * 10 + 10) + (9 * 16 * 10 + 10)
-    assert t["base_mib"] == round(269_722 * MIB, 2)
+    assert t["base_mib"] == round(float32_mib(269_722), 2)
     assert list(t["heads"]) == ["head_1", "head_2", "head_3"]
     assert t["heads"]["head_1"] == {"params": 269_722, "mib": 1.03, "cr_percent": 0.0}
     h2 = t["heads"]["head_2"]

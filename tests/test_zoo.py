@@ -8,10 +8,10 @@ import pytest
 from sila_keras import build_sila_model, extract_head, trainable_params
 from sila_keras.core.heads import assemble, normalizer
 from sila_keras.core.losses import SilaLoss
+from sila_keras.core.sizes import float32_mib
 from sila_keras.models import get_backbone, list_backbones
 
 N = 10
-MIB = 4 / 2**20
 
 # SilaNet Table 3 (N = 10, M = 3): exact base and train counts (paper-architectures.md),
 # head-2 ("test") size in MiB as printed in the paper, and the input channels of
@@ -90,7 +90,7 @@ def test_backbone_contract(name):
         base, train, head2_mib, module_cd = PAPER[name]
         assert sizes[0] == base
         assert trainable_params(model) == train
-        assert sizes[1] * MIB == pytest.approx(head2_mib, abs=0.005)
+        assert float32_mib(sizes[1]) == pytest.approx(head2_mib, abs=0.005)
         assert tuple(channels[:2]) == module_cd
     keras.backend.clear_session()
 

@@ -25,10 +25,9 @@ import argparse
 import json
 import sys
 
+from sila_keras.core.sizes import float32_mib
 from sila_keras.utils.cli import Command, HelpFormatter, run_command
 from sila_keras.utils.errors import ConfigError
-
-MIB = 4 / 2**20
 
 # SilaNet Table 3 (CIFAR-10, M = 3): params size in MB (= MiB of float32), CR in %.
 PAPER_TABLE3 = {
@@ -103,9 +102,8 @@ def param_table(model_name: str, num_classes: int, num_heads: int = 3,
     """
     import keras
 
-    from sila_keras.core.heads import build_sila_model, trainable_params
+    from sila_keras.core.heads import build_sila_model, head_table, trainable_params
     from sila_keras.models import get_backbone
-    from sila_keras.training.train import head_table
 
     spec = get_backbone(model_name)
     size = max(32, spec.min_input_size) if image_size is None else int(image_size)
@@ -113,13 +111,13 @@ def param_table(model_name: str, num_classes: int, num_heads: int = 3,
     try:
         model = build_sila_model(model_name, int(num_classes), int(num_heads), (size, size, 3),
                                  **extra)
-        heads = head_table(model, int(num_classes))
+        heads = head_table(model)
         train = trainable_params(model)
     finally:
         keras.backend.clear_session()
     base = heads["head_1"]["params"]
-    return {"base_params": base, "base_mib": round(base * MIB, 2), "train_params": train,
-            "train_mib": round(train * MIB, 2), "heads": heads}
+    return {"base_params": base, "base_mib": round(float32_mib(base), 2), "train_params": train,
+            "train_mib": round(float32_mib(train), 2), "heads": heads}
 
 
 def num_classes_of(dataset: str) -> int:

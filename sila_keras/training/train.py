@@ -296,22 +296,10 @@ def fit(model, train_ds, eval_ds, *, epochs: int, steps: int, initial_epoch: int
                      steps_per_epoch=steps, callbacks=callbacks, verbose=0, shuffle=False)
 
 
-def head_table(model, num_classes: int) -> dict:
-    """Trainable params / MiB / CR of every extracted head vs the base (head 1)."""
-    from sila_keras.core.heads import extract_head, num_heads_of, trainable_params
-
-    out = {}
-    base = trainable_params(extract_head(model, 1))
-    for k in range(1, num_heads_of(model) + 1):
-        p = trainable_params(extract_head(model, k))
-        out[f"head_{k}"] = {"params": p, "mib": round(p * 4 / 2**20, 2),
-                            "cr_percent": round(100 * (1 - p / base), 2)}
-    return out
-
-
 def save_run(run_dir: Path, model, config: TrainConfig, data, logger, strategy, wall_time_s: float) -> dict:
     """Write ``model.keras``, ``labels.txt``, ``summary.json`` and ``curves.png``."""
-    from sila_keras.core.heads import num_heads_of, trainable_params
+    from sila_keras.core.heads import head_table, num_heads_of, trainable_params
+    from sila_keras.core.sizes import float32_mib
     from sila_keras.devices.distribute import strategy_name
     from sila_keras.utils.plots import plot_curves
 
@@ -321,7 +309,7 @@ def save_run(run_dir: Path, model, config: TrainConfig, data, logger, strategy, 
     m = num_heads_of(model)
     rows, best = logger.rows, logger.best()
     last = rows[-1] if rows else {}
-    heads = head_table(model, data.num_classes)
+    heads = head_table(model)
     for k in range(1, m + 1):
         final = last.get(f"head_{k}_acc")
         heads[f"head_{k}"] = {"final_acc": None if final in (None, "") else float(final),
@@ -335,7 +323,7 @@ def save_run(run_dir: Path, model, config: TrainConfig, data, logger, strategy, 
         "class_names": data.class_names, "notes": data.notes}
     summary = {
         "dataset": config.data.dataset, "model": config.net.model, "num_classes": data.num_classes,
-        "num_heads": m, "heads": heads, "total_params": total, "train_mib": round(total * 4 / 2**20, 2),
+        "num_heads": m, "heads": heads, "total_params": total, "train_mib": round(float32_mib(total), 2),
         "base_params": heads["head_1"]["params"], "epochs_done": int(last.get("epoch", 0) or 0),
         "epochs": config.optim.epochs, "top5": _f(last.get("top5")), "nll": _f(last.get("nll")),
         "wall_time_s": round(wall_time_s, 1), "strategy": strategy_name(strategy),
