@@ -6,6 +6,11 @@ ordered list of :class:`Tap` s, the candidate attach points for auxiliary heads
 (the ends of the resolution stages before the last one, shallow → deep).
 Auxiliary heads pick taps from that list only, never by layer-name lookups.
 
+A MODEL string names one of three things, told apart here only (:func:`model_kind`, no
+TensorFlow import): a registered backbone (``resnet18``), a ``keras.applications`` model
+(``keras:<Name>``, :mod:`sila_keras.models.applications`) or the user's own saved
+classifier (a ``.keras``/``.h5`` file).
+
 Example:
     >>> from sila_keras.models import register_backbone, list_backbones
     >>> "vgg19" in list_backbones()
@@ -18,9 +23,38 @@ import difflib
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from sila_keras.utils.errors import ModelError
+
+# The prefix of the keras.applications family: MODEL = keras:<Name>.
+APPLICATION_PREFIX = "keras:"
+# A MODEL ending in one of these is the path of the user's own saved Keras classifier.
+MODEL_FILE_SUFFIXES = (".keras", ".h5")
+
+
+def is_model_file(model: str) -> bool:
+    """Whether ``model`` names a saved Keras model file (``.keras``/``.h5``) rather than a backbone."""
+    return str(model).endswith(MODEL_FILE_SUFFIXES)
+
+
+def is_application(model: str) -> bool:
+    """Whether ``model`` names a ``keras:<Name>`` backbone (known or not)."""
+    return str(model).startswith(APPLICATION_PREFIX)
+
+
+def model_kind(model: str) -> Literal["registered", "application", "file"]:
+    """What a MODEL string names: ``"file"`` (the user's ``.keras``/``.h5`` classifier),
+    ``"application"`` (``keras:<Name>``) or ``"registered"`` (a backbone name; whether it
+    is known is :func:`get_backbone`'s check).
+
+    Example:
+        >>> [model_kind(m) for m in ("resnet18", "keras:MobileNetV2", "runs/a/model.keras")]
+        ['registered', 'application', 'file']
+    """
+    if is_model_file(model):
+        return "file"
+    return "application" if is_application(model) else "registered"
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ and ``--distill W`` adds self-distillation from head 1 into the shallower heads
 
 from __future__ import annotations
 
-from sila_keras.modes.base import Mode, is_model_file, option, register_mode
+from sila_keras.models.registry import is_model_file
+from sila_keras.modes.base import Mode, option, register_mode
 from sila_keras.utils.errors import ConfigError
 
 

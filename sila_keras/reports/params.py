@@ -103,11 +103,11 @@ def param_table(model_name: str, num_classes: int, num_heads: int = 3,
     import keras
 
     from sila_keras.core.heads import build_sila_model, head_table, trainable_params
-    from sila_keras.models import get_backbone
+    from sila_keras.models import get_backbone, is_application
 
     spec = get_backbone(model_name)
     size = max(32, spec.min_input_size) if image_size is None else int(image_size)
-    extra = {"weights": "none"} if model_name.startswith("keras:") else {}  # #15
+    extra = {"weights": "none"} if is_application(model_name) else {}  # #15
     try:
         model = build_sila_model(model_name, int(num_classes), int(num_heads), (size, size, 3),
                                  **extra)

@@ -65,9 +65,9 @@ class ResumeState:
 
 def validate_model_name(model: str) -> None:
     """Fail early (before data loading) on an unknown backbone or a missing model file."""
-    from sila_keras.models import get_backbone
+    from sila_keras.models import get_backbone, is_model_file
 
-    if model.endswith((".keras", ".h5")):
+    if is_model_file(model):
         if not Path(model).is_file():
             raise ConfigError(f"Model file not found: '{model}'. Pass a saved Keras classifier "
                                     "(.keras) or a registered backbone name.")
@@ -96,7 +96,9 @@ def check_before_data(config: TrainConfig):
 
 def _check_weights_file(config: TrainConfig) -> None:
     """#15: a keras:<Name> ``--weights PATH`` must exist (checked before any data is read)."""
-    if config.net.model.startswith("keras:") and not config.run.resume:
+    from sila_keras.models import is_application
+
+    if is_application(config.net.model) and not config.run.resume:
         from sila_keras.models.applications import check_weights
 
         check_weights(config.net.model, config.net.weights)
@@ -151,7 +153,9 @@ def load_data(config: TrainConfig):
                         skip_bad_images=d.skip_bad_images, image_size=d.image_size,
                         resize=d.resize, val_split=d.val_split, train_split=d.train_split,
                         test_split=d.test_split, cache=d.cache)
-    if not config.net.model.endswith((".keras", ".h5")):
+    from sila_keras.models import is_model_file
+
+    if not is_model_file(config.net.model):
         from sila_keras.data.images import check_size_for_backbone
         from sila_keras.models import get_backbone
 
@@ -167,9 +171,10 @@ def build_model(config: TrainConfig, data, mode=None):
     In ``--mode sila``, ``config.net.model`` may be a path to the user's own ``.keras``
     classifier: SiLa heads are attached to it; it receives raw 0–255 pixels.
     """
+    from sila_keras.models import is_application
     from sila_keras.modes import make_mode
 
-    if config.net.model.startswith("keras:"):  # #15: weights and taps go to the application builder
+    if is_application(config.net.model):  # #15: weights and taps go to the application builder
         extra = {"weights": config.net.weights, "taps": config.net.taps}
         mode = make_mode(config.replace(backbone_kwargs={**config.net.backbone_kwargs, **extra}))
     return (mode or make_mode(config)).build_model(data)
