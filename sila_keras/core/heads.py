@@ -162,12 +162,7 @@ def build_backbone(backbone: str, num_classes: int, input_shape: Sequence[int] =
     input_shape = tuple(int(d) for d in input_shape)
     if len(input_shape) != 3:
         raise ModelError(f"`input_shape` must be (H, W, C). Received: input_shape={input_shape}")
-    if min(input_shape[:2]) < spec.min_input_size:
-        raise ModelError(
-            f"Backbone '{backbone}' needs inputs of at least {spec.min_input_size}×"
-            f"{spec.min_input_size} pixels (it downsamples that much). "
-            f"Received: input_shape={input_shape}. Resize the images or pick another backbone."
-        )
+    spec.check_input_size(*input_shape[:2], f"input_shape={input_shape}")
     inputs = keras.Input(input_shape, name="image")
     # #15: raw_input backbones (keras: applications) bring their own preprocessing.
     x = inputs if spec.raw_input else normalizer(input_shape[-1], mean, std)(inputs)

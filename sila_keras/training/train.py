@@ -156,11 +156,9 @@ def load_data(config: TrainConfig):
     from sila_keras.models import is_model_file
 
     if not is_model_file(config.net.model):
-        from sila_keras.data.images import check_size_for_backbone
         from sila_keras.models import get_backbone
 
-        check_size_for_backbone(data.image_size, get_backbone(config.net.model).min_input_size,
-                                config.net.model)
+        get_backbone(config.net.model).check_image_size(data.image_size)
     return data
 
 
