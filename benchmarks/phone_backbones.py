@@ -30,6 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
+from sila_keras.core.sizes import float32_mib  # noqa: E402
+
 DEFAULT_MODELS = ("keras:MobileNetV2", "keras:MobileNetV3Small")
 
 
@@ -73,7 +75,7 @@ def print_table(rows: list[dict], size: int) -> None:
         speedup = b["tflite_latency_ms"] / r["tflite_latency_ms"] if r["tflite_latency_ms"] else 0
         tap = "classifier" if r["tap"] is None else "×".join(str(d) for d in r["tap"])
         print(f"{r['model']:22s} {r['head']:>4d} {tap:>14s} {r['params']:>10,d} "
-              f"{r['params'] * 4 / 2**20:>6.2f} {r['cr_percent']:>6.1f} {r['tflite_mib']:>9.2f} "
+              f"{float32_mib(r['params']):>6.2f} {r['cr_percent']:>6.1f} {r['tflite_mib']:>9.2f} "
               f"{_f(r['tflite_int8_mib']):>9s} {r['tflite_latency_ms']:>8.2f} "
               f"{_f(r['tflite_int8_latency_ms']):>8s} {speedup:>6.2f}×")
 

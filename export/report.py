@@ -24,6 +24,7 @@ def build_manifest(*, model, head_model, head, out_dir, source, class_names, inp
                    calibration_count, data_notes, plan) -> dict:
     """Everything a deployer needs to know about one exported head (see docs/export.md)."""
     from sila_keras.core.heads import extract_head, num_heads_of, trainable_params
+    from sila_keras.core.sizes import compression_percent, float32_mib
 
     n = int(head_model.output.shape[-1])
     names = list(class_names) if class_names else [f"class_{i}" for i in range(n)]
@@ -59,8 +60,8 @@ def build_manifest(*, model, head_model, head, out_dir, source, class_names, inp
         "num_classes": n,
         "params": {
             "sila_model": total, "base_head_1": base, "head": own,
-            "head_mib": round(own * 4 / 2**20, 3), "base_mib": round(base * 4 / 2**20, 3),
-            "cr_percent": round(100.0 * (1.0 - own / base), 2) if base else 0.0,
+            "head_mib": round(float32_mib(own), 3), "base_mib": round(float32_mib(base), 3),
+            "cr_percent": round(compression_percent(base, own), 2) if base else 0.0,
             "note": "trainable parameters (BN moving statistics excluded); CR = 1 − head/base",
         },
         "options": {"formats": list(options["formats"]), "quantize": list(options["quantize"]),
