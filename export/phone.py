@@ -13,39 +13,39 @@ MediaPipe's ``ImageClassifier`` loading the file as exported.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from export import artifacts as art
 
+if TYPE_CHECKING:
+    from export.exporter import HeadExport
 
-def export_tflite(spec, staging, saved_model, cal, options, images, reference, labels,
-                  latency_runs, phone, *, verify, one_line) -> dict:
-    """Convert, add metadata, verify in LiteRT; the int8 gate with its int16x8 fallback;
-    then LiteRT's GPU verdict and a pass through MediaPipe's ImageClassifier.
 
-    ``verify(entry, spec, path, options, images, reference, labels, latency_runs)`` is the
-    exporter's parity step; ``one_line(exception)`` its error formatter. Returns the
+def export_tflite(entry: dict, spec, path: Path, job: HeadExport, saved_model: Path, *,
+                  verify, one_line) -> dict:
+    """Convert ``saved_model`` to ``path``, add metadata, verify in LiteRT; the int8 gate with
+    its int16x8 fallback; then LiteRT's GPU verdict and a pass through MediaPipe's
+    ImageClassifier.
+
+    ``entry`` is the artifact's manifest entry so far; ``verify(entry, spec, path, job)`` is
+    the exporter's parity step; ``one_line(exception)`` its error formatter. Returns the
     manifest entry: ``staged`` (the verified file) or ``error``.
     """
-    path = staging / spec.file
-    entry = {"file": spec.file, "format": spec.family, "quantization": spec.quantization,
-             "runtime": spec.runtime}
-    if saved_model is None:
-        entry["error"] = ("conversion failed: the SavedModel it is converted from could not be written"
-                          + (f" ({options['savedmodel_error']})" if "savedmodel_error" in options else ""))
-        return entry
+    options, phone = job.options, job.phone
     schemes = ["int8", "int16x8"] if spec.quantization == "int8" else [None]
     attempts = []
     for scheme in schemes:
         attempt = dict(entry)
         t0 = time.perf_counter()
         try:
-            info = art.write_tflite(saved_model, path, spec.quantization, cal,
-                                    int8_io=options["int8_io"], scheme=scheme or "int8",
-                                    allow_flex=options["allow_flex"], layer_names=phone["layers"])
-            if options["metadata"]:
+            info = art.write_tflite(saved_model, path, spec.quantization, job.calibration,
+                                    int8_io=options.int8_io, scheme=scheme or "int8",
+                                    allow_flex=options.allow_flex, layer_names=phone["layers"])
+            if options.metadata:
                 from export import metadata as md
 
                 md.write(path, phone["metadata"])
@@ -55,7 +55,7 @@ def export_tflite(spec, staging, saved_model, cal, options, images, reference, l
         attempt["convert_s"] = round(time.perf_counter() - t0, 2)
         attempt["scheme"] = info["scheme"]
         attempt["flex_ops"] = info["flex_ops"]
-        attempt = verify(attempt, spec, path, options, images, reference, labels, latency_runs)
+        attempt = verify(attempt, spec, path, job)
         agreement_failed = "error" in attempt and "top-1 agreement" in attempt.get("error", "")
         if not agreement_failed or scheme == schemes[-1]:
             break
@@ -69,9 +69,9 @@ def export_tflite(spec, staging, saved_model, cal, options, images, reference, l
         return entry
     if attempts:
         entry["fallback"] = (f"int8 reached {attempts[0]['parity']['top1_agreement']:.1%} top-1 agreement "
-                             f"(< {options['tolerances']['int8']:.0%}): shipped int16x8 (16-bit activations, "
+                             f"(< {options.tolerances['int8']:.0%}): shipped int16x8 (16-bit activations, "
                              "8-bit weights, float32 input/output) instead")
-    if options["metadata"]:
+    if options.metadata:
         from export import metadata as md
 
         entry["metadata"] = _metadata_summary(md.read(path))
@@ -79,7 +79,7 @@ def export_tflite(spec, staging, saved_model, cal, options, images, reference, l
         entry["gpu_delegate"] = art.gpu_compatibility(path)
     except Exception as e:  # noqa: BLE001 - the analyzer is informative only
         entry["gpu_delegate"] = {"compatible": None, "verdict": f"analyzer failed: {one_line(e)}"}
-    entry["mediapipe"] = _mediapipe(path, entry, options, images, reference, phone, one_line)
+    entry["mediapipe"] = _mediapipe(path, entry, job, one_line)
     if entry["mediapipe"].get("error"):
         entry.pop("staged", None)
         entry["error"] = entry["mediapipe"]["error"]
@@ -93,12 +93,12 @@ def _with_attempts(entry, attempts):
     return entry
 
 
-def _mediapipe(path, entry, options, images, reference, phone, one_line) -> dict:
+def _mediapipe(path, entry, job: HeadExport, one_line) -> dict:
     """Run the file in MediaPipe's ImageClassifier when it is meant to run there."""
     from export.runtimes import mediapipe_check
 
     why_not = None
-    if not options["metadata"]:
+    if not job.options.metadata:
         why_not = "written without metadata (--no-metadata): ImageClassifier needs it"
     elif entry.get("flex_ops"):
         why_not = "needs Flex ops, which MediaPipe's runtime does not have"
@@ -111,7 +111,8 @@ def _mediapipe(path, entry, options, images, reference, phone, one_line) -> dict
     if why_not:
         return {"runs": None, "reason": why_not}
     try:
-        return mediapipe_check(path, images, np.asarray(reference).argmax(-1), phone["labels"])
+        return mediapipe_check(path, job.images, np.asarray(job.reference).argmax(-1),
+                               job.phone["labels"])
     except Exception as e:  # noqa: BLE001
         return {"runs": False, "error": f"MediaPipe check failed: {one_line(e)}"}
 
@@ -140,8 +141,10 @@ def _metadata_summary(meta: dict | None) -> dict | None:
             "labels": len(meta["labels"])}
 
 
-def phone_context(model, sub, head, names, source, model_info, options) -> dict:
-    """Labels, layer names and the metadata an exported TFLite file carries."""
+def phone_context(model, sub, head: int, *, names, source, model_info,
+                  outputs: Sequence[str]) -> dict:
+    """Labels, layer names and the metadata an exported TFLite file carries (with the TFLite
+    ``outputs``)."""
     from export import metadata as md
     from sila_keras import __version__
 
@@ -155,7 +158,7 @@ def phone_context(model, sub, head, names, source, model_info, options) -> dict:
             f"Head {head} of the SiLa model '{model.name}' (SilaNet, Gan et al.), exported by "
             f"sila_keras {__version__}: an image classifier over {n} classes. Input: an RGB "
             f"image of {sub.input_shape[1]}x{sub.input_shape[2]} raw pixels (0-255). Output: "
-            + ", ".join(options["tflite_outputs"]) + "."),
+            + ", ".join(outputs) + "."),
         version=info.get("version") or f"{run}/head_{head}",
         author=info.get("author") or f"sila_keras {__version__}",
         license=info.get("license") or "",
