@@ -48,7 +48,7 @@ def test_recorded_warnings_are_shown(tmp_path):
                                           [f"c{i}" for i in range(10)])
     files.write_json(run / "summary.json", summary)
     text = render([run, fake_run(tmp_path, "fine", 3, 1, [0.5, 0.6])], tmp_path / "r.md")
-    assert "## Warnings" in text and "`stale`: head_1 predicts class 'c3' for 100%" in text
+    assert "## Warnings" in text and "`stale`: head_1 (class 'c3', 100%) predicts one class" in text
     assert "--precise-bn" in text and "`fine`:" not in text
 
 

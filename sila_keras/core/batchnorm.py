@@ -45,6 +45,10 @@ import numpy as np
 
 from sila_keras.utils.errors import ConfigError
 
+# The momentum fitted to a run (:func:`fitted_momentum`): at most Keras' default, and small
+# enough that the initial statistics weigh less than STALE_SHARE after the run's steps.
+MOMENTUM_CAP = 0.99
+STALE_SHARE = 0.01
 # The guard (:func:`collapsed_heads`): a head whose test predictions put at least this share
 # on one class, while it trains at least TRAIN_OVER_CHANCE × chance.
 COLLAPSE_SHARE = 0.9
@@ -92,6 +96,33 @@ def set_bn_momentum(model, momentum: float) -> int:
     for layer in layers:
         layer.momentum = float(momentum)
     return len(layers)
+
+
+def fitted_momentum(total_steps: int) -> float:
+    """The largest momentum, at most :data:`MOMENTUM_CAP` (Keras' default 0.99), with which
+    the initial moving statistics weigh less than :data:`STALE_SHARE` (1 %) after
+    ``total_steps`` updates: ``min(0.99, 0.01 ** (1 / S))`` — 0.99 from 459 steps on
+    (keras.applications' 0.999 would need 4603), 0.955 for 100 steps.
+
+    Example:
+        >>> round(fitted_momentum(100), 4), fitted_momentum(625)
+        (0.955, 0.99)
+    """
+    return min(MOMENTUM_CAP, STALE_SHARE ** (1.0 / max(1, int(total_steps))))
+
+
+def cap_bn_momentum(model, cap: float) -> int:
+    """Lower every BN layer whose momentum is above ``cap`` to ``cap`` (faster ones keep
+    theirs). Returns the number of layers lowered.
+
+    Raises:
+        ConfigError: ``cap`` outside (0, 1).
+    """
+    check_momentum(cap)
+    lowered = [la for la in batchnorm_layers(model) if la.momentum > cap]
+    for layer in lowered:
+        layer.momentum = float(cap)
+    return len(lowered)
 
 
 def bn_momenta(model) -> list[float]:
@@ -403,8 +434,13 @@ def collapsed_heads(predictions: Mapping[str, np.ndarray], train_accuracy: Mappi
     return out
 
 
-def warning_line(warning: Mapping) -> str:
-    """One line for a :func:`collapsed_heads` entry (the run prints it; reports show it)."""
-    return (f"{warning['head']} predicts class '{warning['top_class_name']}' for "
-            f"{100 * warning['top_class_share']:.0f}% of the test images while it trains at "
-            f"{100 * warning['train_accuracy']:.1f}% accuracy: {warning['hint']}.")
+def warning_line(warnings: Sequence[Mapping]) -> str:
+    """One line for the :func:`collapsed_heads` entries of a run (printed after training;
+    reports show it)."""
+    heads = ", ".join(f"{w['head']} (class '{w['top_class_name']}', "
+                      f"{100 * w['top_class_share']:.0f}%)" for w in warnings)
+    accs = sorted(100 * w["train_accuracy"] for w in warnings)
+    acc = f"{accs[0]:.1f}%" if accs[0] == accs[-1] else f"{accs[0]:.1f}–{accs[-1]:.1f}%"
+    verb = "predicts" if len(warnings) == 1 else "predict"
+    return (f"{heads} {verb} one class for the test images while training at {acc} accuracy: "
+            f"{warnings[0]['hint']}.")

@@ -234,8 +234,11 @@ def warning_section(runs: list[Run]) -> list[str]:
     class at test time: stale BatchNorm statistics, :mod:`sila_keras.core.batchnorm`)."""
     from sila_keras.core.batchnorm import warning_line
 
-    lines = [f"- `{r.path.name}`: {warning_line(w)}" for r in runs
-             for w in r.summary.get("warnings") or [] if w.get("kind") == "collapsed_predictions"]
+    lines = []
+    for r in runs:
+        found = [w for w in r.summary.get("warnings") or [] if w.get("kind") == "collapsed_predictions"]
+        if found:
+            lines.append(f"- `{r.path.name}`: {warning_line(found)}")
     return ["## Warnings", "", *lines, ""] if lines else []
 
 

@@ -250,13 +250,13 @@ def train_accuracy(logger, num_heads: int) -> dict[str, float]:
 def collapse_warnings(model, eval_ds, data, logger, print_fn=None) -> list[dict]:
     """The guard: a warning per head that predicts one class for ≥ 90 % of the test images
     while it trains at ≥ twice chance (:func:`sila_keras.core.batchnorm.collapsed_heads`),
-    each printed as one line."""
+    printed as one line (stderr) for all of them."""
     from sila_keras.core.heads import num_heads_of
 
     preds = head_predictions(model, eval_ds, len(data.test_y), data.num_classes)
     found = collapsed_heads(preds, train_accuracy(logger, num_heads_of(model)), data.num_classes,
                             data.class_names)
     out = print_fn or (lambda line: print(line, file=sys.stderr, flush=True))
-    for w in found:
-        out(f"Warning: {warning_line(w)}")
+    if found:
+        out(f"Warning: {warning_line(found)}")
     return found
