@@ -205,6 +205,7 @@ def test_guard_fires_on_stale_statistics_and_not_on_healthy_ones(capsys):
 # --------------------------------------------------------------------------- the flags
 
 
+@pytest.mark.slow
 def test_flags_are_recorded_and_kept_on_resume(tiny_folder, tmp_path, capsys):
     common = [f"folder:{tiny_folder}", "resnet8", "--heads", "2", "--batch-size", "8",
               "--milestones", "", "--out", str(tmp_path), "--name", "r",
@@ -230,6 +231,7 @@ def test_flags_are_recorded_and_kept_on_resume(tiny_folder, tmp_path, capsys):
     assert json.loads((run / "config.json").read_text())["net"]["precise_bn"] == 100
 
 
+@pytest.mark.slow
 def test_keras_models_get_the_defaults(tiny_folder, tmp_path, capsys):
     """keras:MobileNet α = 0.25 (the cheapest application with BatchNorm), flags not typed:
     momentum 0.99 and precise BN are recorded and applied, and --resume compares them."""

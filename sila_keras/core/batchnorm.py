@@ -167,6 +167,13 @@ class BatchNormRecalibrator:
     Args:
         model: a Keras model (functional, Sequential or subclassed; nested models included).
         strategy: the ``tf.distribute`` strategy the model lives in (default: the current one).
+
+    Example:
+        >>> import keras, numpy as np
+        >>> m = keras.Sequential([keras.Input((2,)), keras.layers.BatchNormalization()])
+        >>> r = BatchNormRecalibrator(m).run(np.ones((4, 2), "float32"), batch_size=2)
+        >>> r.layers, m.layers[0].moving_variance.numpy().tolist()
+        (1, [0.0, 0.0])
     """
 
     def __init__(self, model, strategy=None):

@@ -132,6 +132,13 @@ class PreciseBN(keras.callbacks.Callback):
         last_epoch: the run's ``--epochs``.
         every_epoch: before every epoch's evaluation, or the last one's only.
         print_fn: where the one line after the first use goes (None: silent).
+        batch_size: the batch size for images given as an array.
+
+    Example:
+        >>> m = keras.Sequential([keras.Input((2,)), keras.layers.BatchNormalization()])
+        >>> cb = PreciseBN(BatchNormRecalibrator(m), np.ones((8, 2), "float32"), last_epoch=3)
+        >>> cb.due(2), cb.due(3)
+        (True, True)
     """
 
     def __init__(self, recalibrator: BatchNormRecalibrator, images, last_epoch: int,
