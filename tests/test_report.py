@@ -39,6 +39,19 @@ def test_base_vs_sila_with_seeds(tmp_path):
     assert (out.parent / "report_curves_1.png").stat().st_size > 1000
 
 
+def test_recorded_warnings_are_shown(tmp_path):
+    from sila_keras.core.batchnorm import collapsed_heads
+
+    run = fake_run(tmp_path, "stale", 3, 0, [0.1, 0.1])
+    summary = files.read_json(run / "summary.json")
+    summary["warnings"] = collapsed_heads({"head_1": [3] * 10}, {"head_1": 0.36}, 10,
+                                          [f"c{i}" for i in range(10)])
+    files.write_json(run / "summary.json", summary)
+    text = render([run, fake_run(tmp_path, "fine", 3, 1, [0.5, 0.6])], tmp_path / "r.md")
+    assert "## Warnings" in text and "`stale`: head_1 (class 'c3', 100%) predicts one class" in text
+    assert "--precise-bn" in text and "`fine`:" not in text
+
+
 def test_not_a_run_dir(tmp_path, capsys):
     assert main([str(tmp_path), "--out", str(tmp_path / "r.md")]) == 2
     assert "not a finished run directory" in capsys.readouterr().err

@@ -20,6 +20,7 @@ import numpy as np
 from sila_keras.data import ImageData, holdout_split
 from sila_keras.data.pipeline import steps_per_epoch
 from sila_keras.training import train as sk_train
+from sila_keras.training.batchnorm import precise_bn_callback
 from sila_keras.training.callbacks import NonFiniteGuard
 from sila_keras.training.config import TrainConfig
 from sila_keras.utils.errors import ConfigError
@@ -157,8 +158,10 @@ class SilaHyperModel(kt.HyperModel):
         train_ds, val_ds, steps = sk_train.make_datasets(config, d.train_x, d.train_y, d.val_x,
                                                          d.val_y, initial_epoch)
         guard = NonFiniteGuard()
+        precise = precise_bn_callback(model, config, d, None, steps, print_fn=None)  # keras: models
+        extra = [precise] if precise is not None else []
         history = sk_train.fit(model, train_ds, val_ds, epochs=epochs, steps=steps,
-                               initial_epoch=initial_epoch, callbacks=[guard, *callbacks],
+                               initial_epoch=initial_epoch, callbacks=[guard, *extra, *callbacks],
                                verbose=config.run.verbose if verbose is None else verbose,
                                freeze_epochs=config.optim.freeze_epochs)
         if guard.failure:

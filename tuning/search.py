@@ -170,6 +170,7 @@ def final_run(config: SearchConfig, best: dict, data) -> dict:
     import keras
 
     from sila_keras.devices.distribute import make_strategy
+    from sila_keras.training.batchnorm import precise_bn_callback
     from sila_keras.training.callbacks import NonFiniteGuard
 
     cfg = config.train.replace(beta=best["beta"], lam=best["lam"], heads=int(best["heads"]),
@@ -184,7 +185,10 @@ def final_run(config: SearchConfig, best: dict, data) -> dict:
     with strategy.scope():
         model = sk_train.compile_model(sk_train.build_model(cfg, data), cfg, data.num_classes, steps)
     guard = NonFiniteGuard()
-    sk_train.fit(model, train_ds, None, epochs=cfg.optim.epochs, steps=steps, callbacks=[guard],
+    with strategy.scope():  # precise BN (keras: models): recomputed when fit ends
+        precise = precise_bn_callback(model, cfg, data, strategy, steps, print_fn=None)
+    sk_train.fit(model, train_ds, None, epochs=cfg.optim.epochs, steps=steps,
+                 callbacks=[guard] + ([precise] if precise is not None else []),
                  verbose=cfg.run.verbose, freeze_epochs=cfg.optim.freeze_epochs)
     if guard.failure:
         raise SearchFailed(f"Final run: {guard.failure}")

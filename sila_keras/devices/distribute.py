@@ -365,20 +365,12 @@ def set_sync_bn(model, on: bool) -> int:
     """Switch every ``BatchNormalization`` of ``model`` (nested models included) to
     synchronized (statistics over the global batch, one all-reduce per layer) or per-replica
     statistics. Takes effect at the next trace. Returns the number of layers switched."""
-    import keras
+    from sila_keras.core.batchnorm import batchnorm_layers
 
-    def layers(m):
-        for layer in m.layers:
-            yield layer
-            if isinstance(layer, keras.Model):
-                yield from layers(layer)
-
-    count = 0
-    for layer in layers(model):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.synchronized = bool(on)
-            count += 1
-    return count
+    layers = batchnorm_layers(model)
+    for layer in layers:
+        layer.synchronized = bool(on)
+    return len(layers)
 
 
 def apply_speed(model, speed: SpeedSettings):

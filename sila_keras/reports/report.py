@@ -223,10 +223,24 @@ def render(run_dirs: list[Path], out: Path) -> str:
             "### Table 3 — parameters (SilaNet Table 3; MiB = trainable params × 4 / 2²⁰)", "", *table3(arms), "",
             "### Top-1 / Top-5 / BEST / NLL per network (SiLa learning Tables 1–3)", "", *table_nets(arms), "",
             f"![curves]({png.name})", ""]
+    md += warning_section(runs)
     md += study_sections(studies, [r.path for r in runs])
     text = "\n".join(md)
     files.write_text(out, text)
     return text
+
+
+def warning_section(runs: list[Run]) -> list[str]:
+    """The warnings the runs recorded in ``summary.json`` (e.g. a head that predicts one
+    class at test time: stale BatchNorm statistics, :mod:`sila_keras.core.batchnorm`)."""
+    from sila_keras.core.batchnorm import warning_line
+
+    lines = []
+    for r in runs:
+        found = [w for w in r.summary.get("warnings") or [] if w.get("kind") == "collapsed_predictions"]
+        if found:
+            lines.append(f"- `{r.path.name}`: {warning_line(found)}")
+    return ["## Warnings", "", *lines, ""] if lines else []
 
 
 def study_sections(studies: list[Path], run_paths: list[Path]) -> list[str]:

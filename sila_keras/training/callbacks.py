@@ -70,6 +70,7 @@ class EpochLogger(keras.callbacks.Callback):
         self.total_epochs = total_epochs
         self._t0 = 0.0
         self._lr = float("nan")
+        self.train_accuracy: dict[str, float] = {}  # head → last epoch's (for the guard)
 
     @property
     def columns(self) -> list[str]:
@@ -93,6 +94,8 @@ class EpochLogger(keras.callbacks.Callback):
                    top3=logs.get("val_top3"), top4=logs.get("val_top4"),
                    time_s=round(time.time() - self._t0, 3))
         row = {k: (float(v) if v is not None and k != "epoch" else v) for k, v in row.items()}
+        self.train_accuracy = {f"head_{k}": float(logs[f"head_{k}_acc"])
+                               for k in range(1, self.num_heads + 1) if f"head_{k}_acc" in logs}
         self.rows = [r for r in self.rows if int(r["epoch"]) < row["epoch"]] + [row]
         files.write_csv(self.path, self.rows, self.columns)
         if self.print_fn:

@@ -37,6 +37,10 @@ SCHEDULES = ("step", "cosine")  # sila_keras.training.optim
 AUTOAUGMENT_SEMANTICS = ("official", "torchvision")  # augment_ops.SEMANTICS
 DYNAMIC_EVALUATIONS = ("anytime", "budgeted", "both")  # modes.dynamic.EVALUATIONS
 
+# Images for precise BN by default: what the per-channel statistics of a BN layer need to
+# settle (pycls uses 8192 on ImageNet, fvcore 200 batches); see docs/zoo.md for the cost.
+PRECISE_BN_IMAGES = 2048
+
 # Fields that may differ between a run and its --resume continuation (flat names).
 RESUME_MUTABLE = ("resume", "epochs", "verbose", "debug", "steps_per_execution", "jit",
                   "sync_bn", "checkpoint_every")
@@ -50,6 +54,38 @@ def _positive(name: str, value, allow_zero: bool = False) -> None:
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(
             f"`{name}` must be {'>= 0' if allow_zero else '> 0'}. Received: {name}={value}")
+
+
+def _image_count(value) -> int | None:
+    """``--precise-bn`` as an int (the flag arrives as text, so a bad value is one line)."""
+    if value is None:
+        return None
+    n = value
+    if isinstance(value, str):
+        try:
+            n = int(value.strip())
+        except ValueError:
+            n = None
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ConfigError("`--precise-bn` must be an integer >= 0: the number of training images "
+                          "whose statistics replace the BatchNorm moving averages (0 = off). "
+                          f"Received: precise_bn={value!r}")
+    return n
+
+
+def stale_statistics_possible(model: str) -> bool:
+    """Whether BatchNorm statistics may go stale in a run of ``model`` by default: models we
+    did not build — ``keras:<Name>`` (keras.applications builds MobileNetV2/V3 with momentum
+    0.999, which a run of a few hundred steps never averages out) and the user's own
+    ``.keras`` file. The registered backbones (momentum 0.9, PyTorch's 0.1) are not.
+
+    For those models an unset ``--bn-momentum`` is fitted to the run's length
+    (:func:`sila_keras.training.batchnorm.apply_bn_momentum`) and ``--precise-bn`` defaults
+    to :data:`PRECISE_BN_IMAGES`; for the registered backbones both stay off, so the papers'
+    recipes and earlier results are unchanged.
+    """
+    model = str(model)
+    return model.startswith("keras:") or model.endswith((".keras", ".h5"))
 
 
 def _set(obj, name: str, value) -> None:
@@ -115,16 +151,23 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class NetConfig:
-    """The network: a backbone name, a pretrained ``keras:<Name>`` or a ``.keras`` file."""
+    """The network: a backbone name, ``keras:<Name>`` or a ``.keras`` file, and its
+    BatchNorm statistics (``sila_keras.core.batchnorm``; None: :func:`stale_statistics_possible`)."""
 
     model: str = ""
     backbone_kwargs: dict = field(default_factory=dict)
     weights: str = "none"
     taps: tuple[str, ...] | None = None
+    bn_momentum: float | None = None  # every BN layer's; None: own (fitted: keras:, .keras)
+    precise_bn: int | None = None  # training images for precise BN (0 = off)
 
     def __post_init__(self):
         if self.taps is not None:
             _set(self, "taps", tuple(str(t) for t in self.taps))
+        from sila_keras.core.batchnorm import check_momentum
+
+        check_momentum(self.bn_momentum)
+        _set(self, "precise_bn", _image_count(self.precise_bn))
 
 
 @dataclass(frozen=True)
@@ -440,10 +483,19 @@ class TrainConfig:
             d = {**d, "cutout": 16, "autoaugment_semantics": "torchvision"}
         return cls().replace(**{k: v for k, v in d.items() if k in FIELD_GROUP})
 
+    def resolved(self) -> TrainConfig:
+        """This config with ``precise_bn`` left at None set to the model kind's default
+        (:func:`stale_statistics_possible`): what the run uses and records."""
+        if self.net.precise_bn is not None:
+            return self
+        possible = stale_statistics_possible(self.net.model)
+        return self.replace(precise_bn=PRECISE_BN_IMAGES if possible else 0)
+
     def differences(self, other: TrainConfig, ignore=RESUME_MUTABLE) -> dict:
         """Fields (outside ``ignore`` and :data:`RECORD_ONLY`) whose values differ: flat
-        name → (self, other)."""
-        a, b = self.flat(), other.flat()
+        name → (self, other). Defaults are resolved first (:meth:`resolved`), so a run
+        written before ``precise_bn`` existed compares equal to one that takes its default."""
+        a, b = self.resolved().flat(), other.resolved().flat()
         return {k: (a[k], b[k]) for k in a
                 if k not in ignore and k not in RECORD_ONLY and a[k] != b[k]}
 

@@ -25,6 +25,7 @@ from sila_keras.training.config import (
     KERAS_APPLICATIONS,
     OPTIMIZERS,
     PAPER_MILESTONES,
+    PRECISE_BN_IMAGES,
     RECORD_ONLY,
     SCHEDULES,
     STRATEGIES,
@@ -116,7 +117,31 @@ def build_parser() -> argparse.ArgumentParser:
     add_recipe_flag(p, "sila-train")  # one published experiment's settings
     _add_dynamic_flags(p)  # --mode dynamic's test protocols
     _add_ship_flags(p)  # --ship-head, --distill
+    _add_batchnorm_flags(p)  # --bn-momentum, --precise-bn
     return p
+
+
+def _add_batchnorm_flags(p: argparse.ArgumentParser) -> None:
+    """BatchNorm statistics: momentum and precise BN (sila_keras.core.batchnorm)."""
+    g = p.add_argument_group(
+        "BatchNorm statistics (docs/zoo.md)",
+        "A BN layer tests with moving averages of its batch statistics. keras.applications' "
+        "MobileNetV2/V3 average with momentum 0.999, too slow for a short run: the model "
+        "then predicts one class at test time (a warning says so).")
+    # no argparse types: a bad value is TrainConfig's one-line error (exit 2)
+    g.add_argument("--bn-momentum", type=float, default=None, metavar="M",
+                   help="momentum of every BatchNormalization layer, in (0, 1) (moving = "
+                        "M·moving + (1−M)·batch). Default: the model's own; for keras:<Name> "
+                        "and .keras models at most min(0.99, 0.01^(1/S)) for a run of S steps "
+                        "(the initial statistics then weigh under 1%% at its end)")
+    g.add_argument("--precise-bn", default=None, metavar="N",
+                   help="recompute every BN layer's moving mean/variance from N un-augmented "
+                        "training images (training-mode passes; weights untouched) before the "
+                        "test evaluation of every epoch (of the last one when N is more than "
+                        "half the images an epoch trains on) and so before model.keras is "
+                        "saved; 0 = off. "
+                        f"Default: {PRECISE_BN_IMAGES} for keras:<Name> and .keras models, "
+                        "0 for the registered backbones")
 
 
 def _add_dynamic_flags(p: argparse.ArgumentParser) -> None:

@@ -170,11 +170,14 @@ def build_model(config: TrainConfig, data, mode=None):
     """
     from sila_keras.models import is_application
     from sila_keras.modes import make_mode
+    from sila_keras.training.batchnorm import apply_bn_momentum
 
     if is_application(config.net.model):  # weights and taps go to the application builder
         extra = {"weights": config.net.weights, "taps": config.net.taps}
         mode = make_mode(config.replace(backbone_kwargs={**config.net.backbone_kwargs, **extra}))
-    return (mode or make_mode(config)).build_model(data)
+    model = (mode or make_mode(config)).build_model(data)
+    apply_bn_momentum(model, config, data)  # --bn-momentum, or fitted to the run (keras:, .keras)
+    return model
 
 
 def compile_model(model, config: TrainConfig, num_classes: int, steps: int,
@@ -338,6 +341,18 @@ def save_run(run_dir: Path, model, config: TrainConfig, data, logger, strategy, 
     return summary
 
 
+def batchnorm_summary(model, config: TrainConfig, precise, eval_ds, data, logger) -> dict:
+    """``summary.json``'s ``batchnorm`` block (momenta, precise BN's uses and cost) and
+    ``warnings`` (the stale-statistics guard, each also printed as one line)."""
+    from sila_keras.core.batchnorm import batchnorm_layers, bn_momenta
+    from sila_keras.training.batchnorm import collapse_warnings
+
+    block = {"layers": len(batchnorm_layers(model)), "momentum": bn_momenta(model),
+             "bn_momentum": config.net.bn_momentum, "precise_bn": config.net.precise_bn,
+             "recalibration": precise.summary() if precise is not None else None}
+    return {"batchnorm": block, "warnings": collapse_warnings(model, eval_ds, data, logger)}
+
+
 def dataset_label(dataset: str) -> str:
     """A human name for a dataset argument: ``cifar10``, or the folder/archive name of
     ``folder:PATH`` (``cifar10-jpg``), never a cache path."""
@@ -383,9 +398,11 @@ def _run(config: TrainConfig) -> dict:
         strategy_name,
     )
     from sila_keras.devices.multiworker import agree_on_epoch, barrier
+    from sila_keras.training.batchnorm import batchnorm_line, precise_bn_callback
     from sila_keras.training.callbacks import EpochLogger, NonFiniteGuard, ResumeCheckpoint
     from sila_keras.training.precision import check_resumed_policy, set_precision
 
+    config = config.resolved()  # BatchNorm defaults of the model kind, recorded in config.json
     # The strategy first: multi-worker collectives must be configured before any TF op runs
     # (the checks below may build a model symbolically).
     strategy = make_strategy(config.run.strategy)
@@ -428,6 +445,9 @@ def _run(config: TrainConfig) -> dict:
           "statistics and other non-trainable weights); "
           f"strategy {strategy_name(strategy)} × {strategy.num_replicas_in_sync} replica(s); "
           f"run dir {run_dir}\n{speed.line()}; precision {policy}", flush=True)
+    bn_line = batchnorm_line(model, config, data)
+    if bn_line:
+        print(bn_line, flush=True)
     if state.initial_epoch >= config.optim.epochs:
         print(f"Nothing to do: {state.initial_epoch} of {config.optim.epochs} epochs are done.")
     guard = NonFiniteGuard()
@@ -439,6 +459,10 @@ def _run(config: TrainConfig) -> dict:
                                                  last_epoch=config.optim.epochs),
                  keras.callbacks.TensorBoard(str(run.tensorboard), write_graph=False,
                                              profile_batch=0)]
+    with strategy.scope():
+        precise = precise_bn_callback(model, config, data, strategy, steps)
+    if precise is not None:  # --precise-bn: statistics recomputed before the test evaluation
+        callbacks.append(precise)
     if state.initial_epoch < config.optim.epochs:  # Ctrl-C / SIGTERM (sila_keras.utils.cli): exit 130
         fit(model, train_ds, eval_ds, epochs=config.optim.epochs, steps=steps,
             initial_epoch=state.initial_epoch, callbacks=callbacks, verbose=config.run.verbose,
@@ -448,6 +472,7 @@ def _run(config: TrainConfig) -> dict:
     summary = save_run(run_dir, model, config, data, logger, strategy, elapsed()["wall_time_s"])
     summary = mode.after_training(model, data, run_dir, logger.rows, summary)
     summary["speed"] = {**speed.to_dict(), "precision": policy}  # resolved settings
+    summary.update(batchnorm_summary(model, config, precise, eval_ds, data, logger))
     run.write_summary(summary)
     barrier(strategy)  # multi-worker: no process exits while a peer still needs it
     heads = "  ".join(f"head_{k} {100 * (v['final_acc'] or 0):.2f}% (best {100 * (v['best_acc'] or 0):.2f}%)"
