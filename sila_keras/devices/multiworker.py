@@ -23,7 +23,7 @@ functions still have the shape this module expects. ``tests/test_multiworker.py`
 checks the result end to end (identical weights on two workers).
 
 Example:
-    >>> from sila_keras import multiworker
+    >>> from sila_keras.devices import multiworker
     >>> multiworker.install()  # idempotent; returns True when the fix is active
     True
 """

@@ -17,7 +17,7 @@ Synchronized BatchNorm all-reduces inside the forward pass; a collective inside 
 cluster is not supported under ``MirroredStrategy``, so :func:`install` refuses that pair.
 
 Example:
-    >>> from sila_keras import replica_jit
+    >>> from sila_keras.devices import replica_jit
     >>> replica_jit.install(model)  # after compile, in strategy.scope()  # doctest: +SKIP
 """
 
