@@ -29,7 +29,7 @@ import numpy as np
 from export import artifacts as art
 from export import deps, inputs, outdir, parity, report
 from export.outdir import prepare_out_dir
-from export.phone import export_tflite, phone_context
+from export.phone import export_tflite, phone_context, time_tflite
 from sila_keras.utils.errors import ConfigError, RunFailed
 
 DEFAULT_QUANTIZE = ("none",)
@@ -125,6 +125,12 @@ def export_head(model, head: int, out_dir, formats: str | Sequence[str] = art.FO
             "export from a run directory whose training data can be loaded, or drop int8 from --quantize."
         )
     eval_x, eval_y = inputs.eval_arrays(eval_data, input_shape)
+    if any(s.quantization == "int8" for s in plan) and eval_y is None:
+        raise ConfigError(
+            "The int8 gate judges accuracy on labelled held-out images, and none were given. "
+            "Received: eval_data=None. Pass --eval DATASET (its test split), export from a run "
+            "directory whose test split can be loaded, or (Python) eval_data=(images, labels); "
+            "never the calibration images.")
     out_dir = prepare_out_dir(out_dir)
     images, labels, image_note = inputs.parity_images(eval_x, eval_y, sample_images, sample_note, cal,
                                                 parity_samples, input_shape)
@@ -153,7 +159,8 @@ def export_head(model, head: int, out_dir, formats: str | Sequence[str] = art.FO
         for spec in plan:
             _say(verbose, f"  {spec.name:15s} → {spec.file} …")
             entry = _export_one(spec, staging, sub, export_model, saved_model, cal, input_shape,
-                                options, images, reference, labels, latency_runs, phone)
+                                options, images, reference, labels, latency_runs, phone,
+                                say=lambda text: _say(verbose, text))
             path = entry.pop("staged", None)
             if spec.family == "savedmodel" and path is not None and not own_source:
                 saved_model = path  # TFLite converts from the verified SavedModel
@@ -164,6 +171,7 @@ def export_head(model, head: int, out_dir, formats: str | Sequence[str] = art.FO
             else:
                 results[spec.name], staged[spec.file] = entry, path
 
+        timing = time_tflite(results, staged, saved_model, staging, images, latency_runs)
         keras_acc = parity.accuracy(reference, labels) if labels is not None else None
         manifest = report.build_manifest(
             model=model, head_model=sub, head=int(head), out_dir=out_dir, source=source,
@@ -172,6 +180,7 @@ def export_head(model, head: int, out_dir, formats: str | Sequence[str] = art.FO
             keras_accuracy=keras_acc,
             calibration_count=len(cal) if any(sp.quantization == "int8" for sp in plan) else None,
             data_notes=dict(data_notes or {}), plan=plan)
+        manifest.update(latency_reference=timing["reference"], warnings=timing["warnings"])
         outdir.commit(out_dir, staging, staged, [e["file"] for e in failed.values()], manifest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -308,13 +317,13 @@ def _validate(model, head, formats, quantize, opset, tolerances, **phone):
 
 
 def _export_one(spec, staging, sub, export_model, saved_model, cal, input_shape, options,
-                images, reference, labels, latency_runs, phone=None) -> dict:
+                images, reference, labels, latency_runs, phone=None, say=None) -> dict:
     """Write one artifact into ``staging`` and verify it; ``entry["staged"]`` is its path
     (installed into the output folder only when the whole export commits), or
     ``entry["error"]`` says why it failed."""
     if spec.family == "tflite":
         return export_tflite(spec, staging, saved_model, cal, options, images, reference, labels,
-                             latency_runs, phone, verify=_verify, one_line=_one_line)
+                             latency_runs, phone, verify=_verify, one_line=_one_line, say=say)
     path = staging / spec.file
     entry = {"file": spec.file, "format": spec.family, "quantization": spec.quantization,
              "runtime": spec.runtime}
@@ -354,7 +363,8 @@ def _verify(entry, spec, path, options, images, reference, labels, latency_runs)
         entry["error"] = f"could not run in {spec.runtime}: {_one_line(e)}"
         return entry
     ref = reference if runner.output == "logits" else parity.softmax(reference)
-    entry["parity"] = parity.compare(ref, outputs, spec.check, options["tolerances"], runner.output)
+    entry["parity"] = parity.compare(ref, outputs, spec.check, options["tolerances"], runner.output,
+                                     labels=labels)
     if labels is not None:
         entry["accuracy"] = parity.accuracy(outputs, labels)
     if hasattr(runner, "input_details"):

@@ -30,6 +30,8 @@ import numpy as np
 THREADS = 2
 ROUNDS = 5
 WARMUP = 3
+MIN_SECONDS = 0.25  # timed per file at least (more calls for fast files: a steadier median)
+MAX_CALLS = 5000
 # A shipped int8 file is reported slower than float32 beyond this ratio of medians: the
 # margin keeps a busy machine's jitter (a few %) from raising the warning.
 SLOWER_MARGIN = 1.10
@@ -73,7 +75,7 @@ def measure(files: Mapping[str, Path], image: np.ndarray, runs: int = 30, *,
     Args:
         files: ``{name: path}`` of ``.tflite`` files.
         image: one raw-pixel image ``(H, W, C)`` or ``(1, H, W, C)``.
-        runs: timed calls per file in all (at least one per round).
+        runs: timed calls per file at least (fast files get more: :data:`MIN_SECONDS`).
         threads: LiteRT threads.
         rounds: each round times every file in turn.
 
@@ -83,18 +85,20 @@ def measure(files: Mapping[str, Path], image: np.ndarray, runs: int = 30, *,
     """
     import ai_edge_litert
 
-    interpreters = {}
+    interpreters, per_round = {}, {}
     for name, path in files.items():
         it = interpreter(path, threads=threads)
         _set_image(it, image)
+        t0 = time.perf_counter()
         for _ in range(WARMUP):
             it.invoke()
-        interpreters[name] = it
-    per_round = max(1, math.ceil(runs / rounds))
+        each = max((time.perf_counter() - t0) / WARMUP, 1e-6)
+        calls = min(MAX_CALLS, max(runs, math.ceil(MIN_SECONDS / each)))
+        interpreters[name], per_round[name] = it, max(1, math.ceil(calls / rounds))
     times: dict[str, list[float]] = {name: [] for name in files}
     for _ in range(rounds):
         for name, it in interpreters.items():
-            for _ in range(per_round):
+            for _ in range(per_round[name]):
                 t0 = time.perf_counter()
                 it.invoke()
                 times[name].append(1000.0 * (time.perf_counter() - t0))
@@ -110,6 +114,8 @@ def measure(files: Mapping[str, Path], image: np.ndarray, runs: int = 30, *,
 
 
 def slower_than(latency: dict, reference: dict, margin: float = SLOWER_MARGIN) -> float | None:
-    """``latency / reference`` (median) when it exceeds ``margin``, else None."""
+    """``latency / reference`` (medians) when both the medians and the minimums exceed
+    ``margin`` (a busy machine moves medians; the minimums confirm), else None."""
     ratio = latency["median_ms"] / max(reference["median_ms"], 1e-9)
-    return ratio if ratio > margin else None
+    best = latency["min_ms"] / max(reference["min_ms"], 1e-9)
+    return ratio if ratio > margin and best > margin else None
