@@ -30,6 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
+from sila_keras.core.sizes import float32_mib  # noqa: E402
+
 DEFAULT_MODELS = ("keras:MobileNetV2", "keras:MobileNetV3Small")
 
 
@@ -44,11 +46,11 @@ def bench(model_name: str, size: int, out: Path, runs: int) -> list[dict]:
                              weights="none")
     taps = {k: tuple(model.get_layer(f"head_{k}_conv").input.shape[1:]) for k in (2, 3)}
     calibration = np.random.default_rng(0).integers(0, 256, (32, size, size, 3), dtype=np.uint8)
-    result = export.export_heads(model, out / model_name.replace(":", "_"), heads=[1, 2, 3],
-                                 formats="tflite", quantize="none,int8", calibration=calibration,
-                                 eval_data=(calibration[:8], np.zeros(8, int)),  # gate off:
-                                 tolerances={"int8": 0.0, "int8-drop": 100.0},   # random weights
-                                 latency_runs=runs, verbose=0)
+    options = export.ExportOptions(formats="tflite", quantize="none,int8", latency_runs=runs,
+                                   tolerances={"int8": 0.0, "int8-drop": 100.0})  # random weights:
+    result = export.export_heads(model, out / model_name.replace(":", "_"), heads=[1, 2, 3],  # gate off
+                                 options=options, calibration=calibration,
+                                 eval_data=(calibration[:8], np.zeros(8, int)), verbose=0)
     keras.backend.clear_session()
     rows = []
     for row, manifest in zip(result["heads"], result["manifests"], strict=True):
@@ -74,7 +76,7 @@ def print_table(rows: list[dict], size: int) -> None:
         speedup = b["tflite_latency_ms"] / r["tflite_latency_ms"] if r["tflite_latency_ms"] else 0
         tap = "classifier" if r["tap"] is None else "×".join(str(d) for d in r["tap"])
         print(f"{r['model']:22s} {r['head']:>4d} {tap:>14s} {r['params']:>10,d} "
-              f"{r['params'] * 4 / 2**20:>6.2f} {r['cr_percent']:>6.1f} {r['tflite_mib']:>9.2f} "
+              f"{float32_mib(r['params']):>6.2f} {r['cr_percent']:>6.1f} {r['tflite_mib']:>9.2f} "
               f"{_f(r['tflite_int8_mib']):>9s} {r['tflite_latency_ms']:>8.2f} "
               f"{_f(r['tflite_int8_latency_ms']):>8s} {speedup:>6.2f}×")
 

@@ -6,11 +6,12 @@ the Keras head computes, in its own runtime (TensorFlow, LiteRT, onnxruntime).
 
 Public API::
 
-    from export import export_head, export_heads, load_source
+    from export import ExportOptions, export_head, export_heads, load_source
 
     src = load_source("runs/cifar10-resnet20-…")           # run dir or .keras file
-    manifest = export_head(src.model, 2, "out/head_2", formats="savedmodel,tflite,onnx",
-                           quantize="none,int8", calibration=images_uint8)
+    options = ExportOptions(formats="savedmodel,tflite,onnx", quantize="none,int8")
+    manifest = export_head(src.model, 2, "out/head_2", options=options,
+                           calibration=images_uint8)
     assert manifest["ok"], manifest["failed"]
 
 CLI: ``python -m export SOURCE --head K|all …`` (see :mod:`export.cli`, ``docs/export.md``).
@@ -24,6 +25,7 @@ _EXPORTS = {
     **dict.fromkeys(("INSTALL_HINT", "MissingDependencyError"), "export.deps"),
     **dict.fromkeys(("ExportFailed", "export_head", "export_heads"), "export.exporter"),
     "DEFAULT_TOLERANCES": "export.parity",
+    "ExportOptions": "export.options",
     **dict.fromkeys(("ExportSource", "load_source"), "export.source"),
 }
 

@@ -110,12 +110,14 @@ def _main(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> dict:
     """Validate everything, load the data, export; returns ``{"ok", "message", "result"}``."""
     from export import exporter, parity
+    from export.options import ExportOptions
     from export.source import load_source
 
-    options = exporter.check_options(args.formats, args.quantize, args.opset,
-                                     parity.parse_tolerances(args.tolerance),
-                                     tflite_outputs=args.tflite_outputs, int8_io=args.int8_io,
-                                     allow_flex=args.allow_flex, metadata=not args.no_metadata)
+    options = ExportOptions(formats=args.formats, quantize=args.quantize, opset=args.opset,
+                            tolerances=parity.parse_tolerances(args.tolerance),
+                            tflite_outputs=args.tflite_outputs, int8_io=args.int8_io,
+                            allow_flex=args.allow_flex, metadata=not args.no_metadata,
+                            latency_runs=args.latency_runs, parity_samples=args.parity_samples)
     for flag in ("calibration_samples", "eval_samples", "parity_samples", "latency_runs"):
         if getattr(args, flag) < 1:
             raise ConfigError(f"`--{flag.replace('_', '-')}` must be >= 1. Received: {getattr(args, flag)}")
@@ -125,7 +127,7 @@ def run(args: argparse.Namespace) -> dict:
     for k in heads or []:
         exporter.check_head(src.model, k)
     alone_ref = _alone_reference(args, src) if heads is None else {}  # before any write
-    if options["metadata"] and "tflite" in options["formats"]:
+    if options.writes_metadata:
         from export.metadata import check_channels
 
         check_channels(src.input_shape)  # before the output folder is created
@@ -145,14 +147,9 @@ def _export(args, src, options, heads, out, class_names, alone_ref) -> dict:
 
     for note in src.notes:
         print(f"{PROG}: note: {note}", file=sys.stderr)
-    data = load_data(args, src, needs_calibration="int8" in options["quantize"])
-    common = dict(formats=options["formats"], quantize=options["quantize"], opset=options["opset"],
-                  class_names=class_names, source=str(src.run_dir or src.model_path),
-                  tolerances=options["tolerances"],
-                  tflite_outputs=options["tflite_outputs"], int8_io=options["int8_io"],
-                  allow_flex=options["allow_flex"], metadata=options["metadata"],
+    data = load_data(args, src, needs_calibration=options.needs_calibration)
+    common = dict(options=options, class_names=class_names, source=str(src.run_dir or src.model_path),
                   model_info={"author": args.author, "version": args.model_version},
-                  latency_runs=args.latency_runs, parity_samples=args.parity_samples,
                   verbose=0 if args.quiet else 1, **data)
     if heads is None:
         result = exporter.export_heads(src.model, out, **alone_ref, **common)

@@ -17,22 +17,23 @@ The flow for head k (SilaNet's compression use: ship the small head-k model):
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from export import artifacts as art
-from export import deps, inputs, outdir, parity, report
+from export import inputs, outdir, parity, report
+from export.options import ExportOptions
 from export.outdir import prepare_out_dir
 from export.phone import export_tflite, phone_context, time_tflite
 from sila_keras.utils.errors import ConfigError, RunFailed
-
-DEFAULT_QUANTIZE = ("none",)
 
 
 class ExportFailed(RunFailed):
@@ -43,14 +44,60 @@ class ExportFailed(RunFailed):
         self.manifest = manifest
 
 
-def export_head(model, head: int, out_dir, formats: str | Sequence[str] = art.FORMATS,
-                quantize: str | Sequence[str] = DEFAULT_QUANTIZE, calibration=None, eval_data=None,
-                class_names: Sequence[str] | None = None, opset: int = 17, *,
-                sample_images=None, sample_note: str | None = None, parity_samples: int = 200,
-                source: str | None = None, data_notes: Mapping[str, str] | None = None,
-                tolerances: Mapping[str, float] | None = None, latency_runs: int = 30,
-                tflite_outputs: str | Sequence[str] = art.DEFAULT_TFLITE_OUTPUTS,
-                int8_io: str = "uint8", allow_flex: bool = False, metadata: bool = True,
+@dataclasses.dataclass(frozen=True)
+class HeadExport:
+    """One head on its way out: what its artifacts are written from and checked against.
+
+    Attributes:
+        model: the SiLa model (a float32 copy when it was trained in mixed precision).
+        head: k in 1..M.
+        out_dir: the output folder (checked and created).
+        options: the export settings.
+        trained_precision: the dtype policy ``model`` was trained in.
+        input_shape: ``(H, W, C)``.
+        calibration: float32 images for int8 calibration, or None.
+        head_model: head k as extracted, built-in Keras layers only (``model.keras``).
+        export_model: the head with logits and probabilities outputs (SavedModel, ONNX).
+        tflite_model: the head with the TFLite outputs (``export_model`` when those are both).
+        images: the parity images; ``image_note`` says where they come from.
+        reference: the Keras head's logits on ``images``, which every artifact must reproduce.
+        labels: the labels of ``images`` (eval data), or None.
+        slice_check: ``reference`` compared with slice k of ``sila_logits``.
+        class_names: one name per class, or None.
+        source: where the model came from (for the manifest and the metadata).
+        phone: labels, layer names and metadata of the TFLite files
+            (:func:`export.phone.phone_context`).
+    """
+
+    model: Any
+    head: int
+    out_dir: Path
+    options: ExportOptions
+    trained_precision: str
+    input_shape: tuple[int, ...]
+    calibration: np.ndarray | None
+    head_model: Any
+    export_model: Any
+    tflite_model: Any
+    images: np.ndarray
+    image_note: str
+    reference: np.ndarray
+    labels: np.ndarray | None
+    slice_check: dict
+    class_names: list[str] | None
+    source: str | None
+    phone: dict
+
+    @property
+    def own_tflite_source(self) -> bool:
+        """TFLite converts from a SavedModel of its own, not from the exported one."""
+        return self.tflite_model is not self.export_model or "savedmodel" not in self.options.formats
+
+
+def export_head(model, head: int, out_dir, *, options: ExportOptions | None = None,
+                calibration=None, eval_data=None, class_names: Sequence[str] | None = None,
+                sample_images=None, sample_note: str | None = None, source: str | None = None,
+                data_notes: Mapping[str, str] | None = None,
                 model_info: Mapping[str, str] | None = None,
                 strict: bool = False, verbose: int = 1) -> dict:
     """Export head ``head`` of a SiLa model to deployable, parity-checked artifacts.
@@ -59,30 +106,19 @@ def export_head(model, head: int, out_dir, formats: str | Sequence[str] = art.FO
         model: a SiLa model (a ``keras.Model`` with a ``sila_logits`` layer).
         head: k in 1..M (1 = the base model).
         out_dir: output folder; artifacts, ``labels.txt`` and ``manifest.json`` go there.
-        formats: subset of ``keras, savedmodel, tflite, onnx`` (list or comma string).
-        quantize: TFLite variants, subset of ``none, float16, dynamic, int8``.
+        options: formats, quantization, opset, tolerances, TFLite outputs and int8 I/O,
+            metadata, latency runs and parity images (:class:`export.ExportOptions`;
+            default: its defaults).
         calibration: real images ``(n, H, W, C)`` (0–255) for int8 calibration, or an
             ``ImageData`` (its training images). Required for ``int8``.
         eval_data: ``(images, labels)`` or an ``ImageData`` (its test split): each
             format's accuracy is measured on it, and it serves as the parity images.
         class_names: N names (default ``class_0`` …).
-        opset: ONNX opset (9–18).
         sample_images: parity images when there is no ``eval_data`` (default: the
             calibration images, else 64 random images, noted in the manifest).
         sample_note: where ``sample_images`` come from (for the manifest).
-        parity_samples: at most this many parity images (eval images are all used).
         source: where the model came from (for the manifest).
         data_notes: ``{"calibration": ..., "eval": ...}`` dataset descriptions.
-        tolerances: overrides of :data:`export.parity.DEFAULT_TOLERANCES`.
-        latency_runs: timed batch-1 calls per artifact (median reported).
-        tflite_outputs: outputs of the TFLite files, from ``logits, probabilities``
-            (default: ``probabilities`` only, the one output phone classifiers read).
-        int8_io: input/output type of the full-integer model: ``uint8`` (default: raw
-            pixels, scale 1, zero point 0, what MediaPipe takes), ``int8`` or ``float32``.
-        allow_flex: accept TFLite files that need Flex (TF) ops (they do not run on stock
-            mobile LiteRT); by default such a model fails naming the ops and layers.
-        metadata: write the TFLite metadata (:mod:`export.metadata`): RGB image input,
-            normalization, labels, score semantics. Needs an RGB input.
         model_info: ``name``, ``description``, ``version``, ``author``, ``license`` for
             the metadata (defaults derived from the model and ``source``).
         strict: raise :class:`ExportFailed` when an artifact fails (after writing the manifest).
@@ -93,95 +129,32 @@ def export_head(model, head: int, out_dir, formats: str | Sequence[str] = art.FO
         is False when an artifact failed, ``manifest["failed"]`` says why.
 
     Raises:
-        ValueError: bad arguments, head out of range, not a SiLa model, wrong image shapes,
-            ``int8`` without calibration images, an ``out_dir`` holding foreign files.
+        ValueError: head out of range, not a SiLa model, wrong image shapes, ``int8``
+            without calibration images, an ``out_dir`` holding foreign files (and bad
+            settings: :class:`export.ExportOptions`).
         PermissionError: ``out_dir`` cannot be written.
-        export.deps.MissingDependencyError: an optional package is missing.
+        export.deps.MissingDependencyError: an optional package is missing (the default
+            ``options`` need them all).
 
     Example:
         >>> import sila_keras, export
         >>> m = sila_keras.build_sila_model("resnet20", 10, num_heads=3)
-        >>> manifest = export.export_head(m, 2, "/tmp/head2", formats="tflite,onnx")  # doctest: +SKIP
+        >>> opts = export.ExportOptions(formats="tflite,onnx")  # doctest: +SKIP
+        >>> manifest = export.export_head(m, 2, "/tmp/head2", options=opts)  # doctest: +SKIP
         >>> manifest["artifacts"]["tflite"]["parity"]["passed"]  # doctest: +SKIP
         True
     """
-    from sila_keras.core.heads import extract_head
-    from sila_keras.training.precision import as_float32, is_float32, mixed_policy
-
-    plan, options = _validate(model, head, formats, quantize, opset, tolerances,
-                              tflite_outputs=tflite_outputs, int8_io=int8_io,
-                              allow_flex=allow_flex, metadata=metadata)
-    if not is_float32(model):  # trained with --mixed-precision: deployed models are float32
-        options = {**options, "trained_precision": mixed_policy(model)}
-        _say(verbose, f"Model '{model.name}' computes in {options['trained_precision']}: "
-                      "exporting a float32 copy with the same weights")
-        model = as_float32(model)
-    input_shape = tuple(int(d) for d in model.input_shape[1:])
-    cal = inputs.calibration_images(calibration, input_shape)
-    if any(s.quantization == "int8" for s in plan) and cal is None:
-        raise ConfigError(
-            "int8 quantization needs calibration images (a representative set of real inputs). "
-            "Received: calibration=None. Pass --calibration DATASET (folder:PATH or a tfds name), "
-            "export from a run directory whose training data can be loaded, or drop int8 from --quantize."
-        )
-    eval_x, eval_y = inputs.eval_arrays(eval_data, input_shape)
-    if any(s.quantization == "int8" for s in plan) and eval_y is None:
-        raise ConfigError(
-            "The int8 gate judges accuracy on labelled held-out images, and none were given. "
-            "Received: eval_data=None. Pass --eval DATASET (its test split), export from a run "
-            "directory whose test split can be loaded, or (Python) eval_data=(images, labels); "
-            "never the calibration images.")
-    out_dir = prepare_out_dir(out_dir)
-    images, labels, image_note = inputs.parity_images(eval_x, eval_y, sample_images, sample_note, cal,
-                                                parity_samples, input_shape)
-    names = inputs.check_class_names(class_names, model)
-
-    sub = art.to_builtin_layers(extract_head(model, int(head)))  # deployed heads: built-ins only
-    _say(verbose, f"Head {head} of '{model.name}': checking it against sila_logits on {len(images)} images")
-    reference = inputs.keras_logits(sub, images)
-    slice_check = inputs.verify_slice(model, reference, images, int(head))
-    export_model = art.build_export_model(sub)
-    tflite_model = (export_model if options["tflite_outputs"] == art.OUTPUTS
-                    else art.build_export_model(sub, options["tflite_outputs"]))
-    phone = phone_context(model, sub, int(head), names, source, model_info, options)
-
-    results, failed, staged = {}, {}, {}
-    staging = Path(tempfile.mkdtemp(prefix=outdir.STAGING_PREFIX, dir=out_dir))
+    options = options or ExportOptions()
+    head = _check_model(model, head, options)
+    job = _prepare(model, head, out_dir, options, calibration=calibration, eval_data=eval_data,
+                   class_names=class_names, sample_images=sample_images, sample_note=sample_note,
+                   source=source, model_info=model_info, verbose=verbose)
+    staging = Path(tempfile.mkdtemp(prefix=outdir.STAGING_PREFIX, dir=job.out_dir))
     try:
-        saved_model = None
-        own_source = tflite_model is not export_model or "savedmodel" not in options["formats"]
-        if any(s.family == "tflite" for s in plan) and own_source:
-            try:  # TFLite is converted from a SavedModel with its outputs; this one is not kept
-                saved_model = _write_quiet(lambda p: art.write_savedmodel(tflite_model, p, input_shape),
-                                           staging / "_tflite_source")
-            except Exception as e:  # noqa: BLE001 - reported on each TFLite artifact
-                options = {**options, "savedmodel_error": _one_line(e)}
-        for spec in plan:
-            _say(verbose, f"  {spec.name:15s} → {spec.file} …")
-            entry = _export_one(spec, staging, sub, export_model, saved_model, cal, input_shape,
-                                options, images, reference, labels, latency_runs, phone,
-                                say=lambda text: _say(verbose, text))
-            path = entry.pop("staged", None)
-            if spec.family == "savedmodel" and path is not None and not own_source:
-                saved_model = path  # TFLite converts from the verified SavedModel
-            if entry.get("error"):
-                reason = entry.pop("error")
-                failed[spec.name] = {"reason": reason, **entry}
-                _say(verbose, f"    FAILED: {reason}")
-            else:
-                results[spec.name], staged[spec.file] = entry, path
-
-        timing = time_tflite(results, staged, saved_model, staging, images, latency_runs)
-        keras_acc = parity.accuracy(reference, labels) if labels is not None else None
-        manifest = report.build_manifest(
-            model=model, head_model=sub, head=int(head), out_dir=out_dir, source=source,
-            class_names=names, input_shape=input_shape, options=options, artifacts=results, failed=failed,
-            slice_check=slice_check, image_note=image_note, n_images=len(images),
-            keras_accuracy=keras_acc,
-            calibration_count=len(cal) if any(sp.quantization == "int8" for sp in plan) else None,
-            data_notes=dict(data_notes or {}), plan=plan)
+        results, failed, staged, timing = _write_artifacts(job, staging, verbose)
+        manifest = _manifest(job, results, failed, data_notes)
         manifest.update(latency_reference=timing["reference"], warnings=timing["warnings"])
-        outdir.commit(out_dir, staging, staged, [e["file"] for e in failed.values()], manifest)
+        outdir.commit(job.out_dir, staging, staged, [e["file"] for e in failed.values()], manifest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if verbose:
@@ -191,20 +164,21 @@ def export_head(model, head: int, out_dir, formats: str | Sequence[str] = art.FO
     return manifest
 
 
-def export_heads(model, out_dir, heads: Sequence[int] | None = None, *, strict: bool = False,
-                 verbose: int = 1, alone: dict | None = None, alone_note: str | None = None,
-                 **kwargs) -> dict:
+def export_heads(model, out_dir, heads: Sequence[int] | None = None, *,
+                 options: ExportOptions | None = None, strict: bool = False, verbose: int = 1,
+                 alone: dict | None = None, alone_note: str | None = None, **kwargs) -> dict:
     """Export several heads (default: all) into ``out_dir/head_k``, plus ``heads.md``/``heads.csv``.
 
     Args:
         model: a SiLa model.
         out_dir: parent folder; head k goes to ``out_dir/head_k``.
         heads: head indices (default ``1..M``).
+        options: the export settings of every head (:class:`export.ExportOptions`).
         strict: raise :class:`ExportFailed` after all heads when any artifact failed.
         verbose: 0 silent, 1 progress and tables.
         alone: ``{head: (mean, std, n)}`` of the sub-networks trained alone (an "alone"
             column; :func:`sila_keras.reports.study.alone_accuracy`); ``alone_note`` says where from.
-        **kwargs: passed to :func:`export_head` (formats, quantize, calibration, …).
+        **kwargs: passed to :func:`export_head` (calibration, eval_data, class_names, …).
 
     Returns:
         ``{"heads": rows, "manifests": [...], "ok": bool}``; ``rows`` are the lines of
@@ -216,14 +190,14 @@ def export_heads(model, out_dir, heads: Sequence[int] | None = None, *, strict: 
     from sila_keras.core.heads import num_heads_of
     from sila_keras.utils import files
 
+    options = options or ExportOptions()
     m = num_heads_of(model)
     heads = list(range(1, m + 1)) if heads is None else list(heads)
     for k in heads:
-        _validate(model, k, kwargs.get("formats", art.FORMATS), kwargs.get("quantize", DEFAULT_QUANTIZE),
-                  kwargs.get("opset", 17), kwargs.get("tolerances"),
-                  **{key: kwargs[key] for key in PHONE_OPTIONS if key in kwargs})
+        _check_model(model, k, options)
     out = prepare_out_dir(out_dir)
-    manifests = [export_head(model, k, out / f"head_{k}", verbose=verbose, **kwargs) for k in heads]
+    manifests = [export_head(model, k, out / f"head_{k}", options=options, verbose=verbose, **kwargs)
+                 for k in heads]
     rows = report.heads_rows(manifests, alone)
     text = report.heads_markdown(rows, f"Heads of {model.name}", alone_note)
     files.write_csv(out / "heads.csv", rows, report.heads_columns(rows))
@@ -238,45 +212,6 @@ def export_heads(model, out_dir, heads: Sequence[int] | None = None, *, strict: 
 
 
 # --------------------------------------------------------------------------- checks
-
-
-def check_options(formats, quantize, opset: int = 17, tolerances=None, *,
-                  tflite_outputs=art.DEFAULT_TFLITE_OUTPUTS, int8_io: str = "uint8",
-                  allow_flex: bool = False, metadata: bool = True) -> dict:
-    """Validate the export options (cheap: call it before loading anything).
-
-    Returns:
-        ``{"formats", "quantize", "opset", "tolerances", "tflite_outputs", "int8_io",
-        "allow_flex", "metadata"}`` normalized.
-
-    Raises:
-        ValueError: unknown format/quantization, quantization without TFLite, bad opset or
-            tolerance, unknown ``--tflite-outputs`` or ``--int8-io``.
-        export.deps.MissingDependencyError: a package the formats need is not installed.
-    """
-    from sila_keras.utils.errors import ConfigError
-
-    outputs = art.parse_outputs(tflite_outputs)
-    if int8_io not in art.INT8_IO:
-        raise ConfigError(f"Unknown --int8-io value {int8_io!r}. Available: {', '.join(art.INT8_IO)} "
-                          "(uint8: raw pixels, what MediaPipe and NNAPI-style accelerators take). "
-                          f"Received: --int8-io {int8_io}")
-    formats = art.parse_choices(formats, art.FORMATS, "--formats")
-    quantize = art.parse_choices(quantize, art.QUANTIZATIONS, "--quantize")
-    if quantize != DEFAULT_QUANTIZE and "tflite" not in formats:
-        raise ConfigError(f"--quantize applies to TFLite artifacts: add tflite to --formats. "
-                         f"Received: formats={','.join(formats)}, quantize={','.join(quantize)}")
-    if isinstance(opset, bool) or not isinstance(opset, (int, np.integer)) \
-            or not art.MIN_OPSET <= opset <= art.MAX_OPSET:
-        raise ConfigError(f"`--opset` must be an integer in {art.MIN_OPSET}..{art.MAX_OPSET} "
-                         f"(tf2onnx 1.17 supports opsets up to 18). Received: opset={opset}")
-    tol = parity.resolve_tolerances(tolerances)
-    deps.require(sorted({f for f in formats if f in deps.REQUIREMENTS}))
-    if metadata and "tflite" in formats:
-        deps.require(["tflite_metadata"])
-    return {"formats": formats, "quantize": quantize, "opset": int(opset), "tolerances": tol,
-            "tflite_outputs": outputs, "int8_io": int8_io, "allow_flex": bool(allow_flex),
-            "metadata": bool(metadata)}
 
 
 def check_head(model, head) -> int:
@@ -297,54 +232,180 @@ def check_head(model, head) -> int:
     return int(head)
 
 
-PHONE_OPTIONS = ("tflite_outputs", "int8_io", "allow_flex", "metadata")
-
-
-def _validate(model, head, formats, quantize, opset, tolerances, **phone):
+def _check_model(model, head, options: ExportOptions) -> int:
+    """``head`` checked (:func:`check_head`), and the model exportable with ``options``."""
     from export import metadata as md
 
-    options = check_options(formats, quantize, opset, tolerances, **phone)
-    check_head(model, head)
+    head = check_head(model, head)
     if any(d is None for d in model.input_shape[1:]):
         raise ConfigError(f"The model input needs a fixed (H, W, C) to export. "
                          f"Received: input_shape={model.input_shape}")
-    if options["metadata"] and "tflite" in options["formats"]:
+    if options.writes_metadata:
         md.check_channels(model.input_shape[1:])
-    return art.plan(options["formats"], options["quantize"]), options
+    return head
+
+
+def _check_data(options: ExportOptions, calibration, eval_data, input_shape):
+    """``(calibration images or None, (eval images, labels) or (None, None))``, checked.
+
+    Raises:
+        ValueError: images of the wrong shape, or ``int8`` without calibration images or
+            without labelled held-out images (the int8 gate's data).
+    """
+    cal = inputs.calibration_images(calibration, input_shape)
+    if options.needs_calibration and cal is None:
+        raise ConfigError(
+            "int8 quantization needs calibration images (a representative set of real inputs). "
+            "Received: calibration=None. Pass --calibration DATASET (folder:PATH or a tfds name), "
+            "export from a run directory whose training data can be loaded, or drop int8 from --quantize."
+        )
+    eval_x, eval_y = inputs.eval_arrays(eval_data, input_shape)
+    if options.needs_calibration and eval_y is None:
+        raise ConfigError(
+            "The int8 gate judges accuracy on labelled held-out images, and none were given. "
+            "Received: eval_data=None. Pass --eval DATASET (its test split), export from a run "
+            "directory whose test split can be loaded, or (Python) eval_data=(images, labels); "
+            "never the calibration images.")
+    return cal, (eval_x, eval_y)
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def _prepare(model, head: int, out_dir, options: ExportOptions, *, calibration, eval_data,
+             class_names, sample_images, sample_note, source, model_info, verbose) -> HeadExport:
+    """Check the data, create ``out_dir``, extract the head and prove it is slice ``head`` of
+    ``sila_logits``, and build the models the artifacts are written from."""
+    from sila_keras.core.heads import extract_head
+
+    model, precision = _as_float32(model, verbose)
+    input_shape = tuple(int(d) for d in model.input_shape[1:])
+    cal, (eval_x, eval_y) = _check_data(options, calibration, eval_data, input_shape)
+    out_dir = prepare_out_dir(out_dir)
+    images, labels, image_note = inputs.parity_images(eval_x, eval_y, sample_images, sample_note,
+                                                      cal, options.parity_samples, input_shape)
+    names = inputs.check_class_names(class_names, model)
+
+    sub = art.to_builtin_layers(extract_head(model, head))  # deployed heads: built-ins only
+    _say(verbose, f"Head {head} of '{model.name}': checking it against sila_logits on {len(images)} images")
+    reference = inputs.keras_logits(sub, images)
+    slice_check = inputs.verify_slice(model, reference, images, head)
+    export_model = art.build_export_model(sub)
+    tflite_model = (export_model if options.tflite_outputs == art.OUTPUTS
+                    else art.build_export_model(sub, options.tflite_outputs))
+    phone = phone_context(model, sub, head, names=names, source=source, model_info=model_info,
+                          outputs=options.tflite_outputs)
+    return HeadExport(model=model, head=head, out_dir=out_dir, options=options,
+                      trained_precision=precision, input_shape=input_shape, calibration=cal,
+                      head_model=sub, export_model=export_model, tflite_model=tflite_model,
+                      images=images, image_note=image_note, reference=reference, labels=labels,
+                      slice_check=slice_check, class_names=names, source=source, phone=phone)
+
+
+def _as_float32(model, verbose: int):
+    """``(model computing in float32, the policy it was trained in)``: deployed models are
+    float32; a model trained with --mixed-precision is exported as a copy with its weights."""
+    from sila_keras.training.precision import as_float32, is_float32, mixed_policy
+
+    if is_float32(model):
+        return model, "float32"
+    policy = mixed_policy(model)
+    _say(verbose, f"Model '{model.name}' computes in {policy}: "
+                  "exporting a float32 copy with the same weights")
+    return as_float32(model), policy
+
+
+def _write_artifacts(job: HeadExport, staging: Path, verbose: int):
+    """Write and verify each planned artifact in ``staging``.
+
+    Returns:
+        ``(results, failed, staged, timing)``: the manifest entries of the verified artifacts
+        and of the failed ones (by name), the staged path of each verified artifact (by file),
+        and the LiteRT timing of the TFLite files next to float32
+        (:func:`export.phone.time_tflite`, which adds it to their entries).
+    """
+    results, failed, staged = {}, {}, {}
+    saved_model, source_error = _tflite_source(job, staging)
+    for spec in job.options.plan:
+        _say(verbose, f"  {spec.name:15s} → {spec.file} …")
+        entry = _export_one(spec, job, staging, saved_model, source_error,
+                            say=lambda text: _say(verbose, text))
+        path = entry.pop("staged", None)
+        if spec.family == "savedmodel" and path is not None and not job.own_tflite_source:
+            saved_model = path  # TFLite converts from the verified SavedModel
+        if entry.get("error"):
+            reason = entry.pop("error")
+            failed[spec.name] = {"reason": reason, **entry}
+            _say(verbose, f"    FAILED: {reason}")
+        else:
+            results[spec.name], staged[spec.file] = entry, path
+    timing = time_tflite(results, staged, saved_model, staging, job.images, job.options.latency_runs)
+    return results, failed, staged, timing
+
+
+def _tflite_source(job: HeadExport, staging: Path):
+    """``(path, None)`` of the SavedModel TFLite files convert from when it cannot be the
+    exported one (another set of outputs, or no SavedModel exported), ``(None, why)`` when it
+    could not be written, ``(None, None)`` when not needed (yet)."""
+    if not (job.own_tflite_source and any(s.family == "tflite" for s in job.options.plan)):
+        return None, None
+    try:  # TFLite is converted from a SavedModel with its outputs; this one is not kept
+        return _write_quiet(lambda p: art.write_savedmodel(job.tflite_model, p, job.input_shape),
+                            staging / "_tflite_source"), None
+    except Exception as e:  # noqa: BLE001 - reported on each TFLite artifact
+        return None, _one_line(e)
+
+
+def _manifest(job: HeadExport, results: dict, failed: dict, data_notes) -> dict:
+    labels, plan = job.labels, job.options.plan
+    return report.build_manifest(
+        model=job.model, head_model=job.head_model, head=job.head, out_dir=job.out_dir,
+        source=job.source, class_names=job.class_names, input_shape=job.input_shape,
+        options=job.options, trained_precision=job.trained_precision, artifacts=results,
+        failed=failed, slice_check=job.slice_check, image_note=job.image_note,
+        n_images=len(job.images),
+        keras_accuracy=parity.accuracy(job.reference, labels) if labels is not None else None,
+        calibration_count=len(job.calibration) if job.options.needs_calibration else None,
+        data_notes=dict(data_notes or {}), plan=plan)
 
 
 # --------------------------------------------------------------------------- one artifact
 
 
-def _export_one(spec, staging, sub, export_model, saved_model, cal, input_shape, options,
-                images, reference, labels, latency_runs, phone=None, say=None) -> dict:
+def _export_one(spec, job: HeadExport, staging: Path, saved_model, source_error,
+                say=None) -> dict:
     """Write one artifact into ``staging`` and verify it; ``entry["staged"]`` is its path
     (installed into the output folder only when the whole export commits), or
-    ``entry["error"]`` says why it failed."""
-    if spec.family == "tflite":
-        return export_tflite(spec, staging, saved_model, cal, options, images, reference, labels,
-                             latency_runs, phone, verify=_verify, one_line=_one_line, say=say)
+    ``entry["error"]`` says why it failed. TFLite files convert from ``saved_model``
+    (None: it could not be written, ``source_error`` says why when known)."""
     path = staging / spec.file
     entry = {"file": spec.file, "format": spec.family, "quantization": spec.quantization,
              "runtime": spec.runtime}
+    if spec.family == "tflite":
+        if saved_model is None:
+            entry["error"] = ("conversion failed: the SavedModel it is converted from could not be "
+                              "written" + (f" ({source_error})" if source_error else ""))
+            return entry
+        return export_tflite(entry, spec, path, job, saved_model, verify=_verify,
+                             one_line=_one_line, say=say)
     t0 = time.perf_counter()
     try:
         if spec.family == "keras":
-            art.write_keras(sub, path)
+            art.write_keras(job.head_model, path)
         elif spec.family == "savedmodel":
-            _write_quiet(lambda p: art.write_savedmodel(export_model, p, input_shape), path)
+            _write_quiet(lambda p: art.write_savedmodel(job.export_model, p, job.input_shape), path)
         else:
-            art.write_onnx(export_model, path, input_shape, options["opset"])
+            art.write_onnx(job.export_model, path, job.input_shape, job.options.opset)
     except Exception as e:  # noqa: BLE001 - any converter failure is reported, not raised
         entry["error"] = f"conversion failed: {_one_line(e)}"
         return entry
     entry["convert_s"] = round(time.perf_counter() - t0, 2)
     if spec.family == "keras":
         entry["builtin_layers_only"] = True  # write_keras refuses custom classes
-    return _verify(entry, spec, path, options, images, reference, labels, latency_runs)
+    return _verify(entry, spec, path, job)
 
 
-def _verify(entry, spec, path, options, images, reference, labels, latency_runs) -> dict:
+def _verify(entry, spec, path, job: HeadExport) -> dict:
     """Size, parity in the artifact's runtime, accuracy, latency; ``entry["staged"]`` if it passes."""
     from export.runtimes import open_artifact
 
@@ -358,15 +419,15 @@ def _verify(entry, spec, path, options, images, reference, labels, latency_runs)
         return entry
     try:
         runner = open_artifact(spec, path)
-        outputs = runner.predict(images)
+        outputs = runner.predict(job.images)
     except Exception as e:  # noqa: BLE001
         entry["error"] = f"could not run in {spec.runtime}: {_one_line(e)}"
         return entry
-    ref = reference if runner.output == "logits" else parity.softmax(reference)
-    entry["parity"] = parity.compare(ref, outputs, spec.check, options["tolerances"], runner.output,
-                                     labels=labels)
-    if labels is not None:
-        entry["accuracy"] = parity.accuracy(outputs, labels)
+    ref = job.reference if runner.output == "logits" else parity.softmax(job.reference)
+    entry["parity"] = parity.compare(ref, outputs, spec.check, job.options.tolerances, runner.output,
+                                     labels=job.labels)
+    if job.labels is not None:
+        entry["accuracy"] = parity.accuracy(outputs, job.labels)
     if hasattr(runner, "input_details"):
         entry["input"] = runner.input_details
         entry["output"] = {"name": runner.output, **runner.output_details}
@@ -374,7 +435,7 @@ def _verify(entry, spec, path, options, images, reference, labels, latency_runs)
     if not entry["parity"]["passed"]:
         entry["error"] = parity.failure_reason(entry["parity"])
         return entry
-    entry["latency"] = runner.latency_ms(images[:1], runs=latency_runs)
+    entry["latency"] = runner.latency_ms(job.images[:1], runs=job.options.latency_runs)
     del runner
     entry["staged"] = path
     return entry

@@ -13,43 +13,42 @@ exported. :func:`time_tflite` then times every TFLite file next to float32.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from export import artifacts as art
 
+if TYPE_CHECKING:
+    from export.exporter import HeadExport
 
-def export_tflite(spec, staging, saved_model, cal, options, images, reference, labels,
-                  latency_runs, phone, *, verify, one_line, say=None) -> dict:
-    """Convert, add metadata, verify in LiteRT (the int8 file: found by
-    :func:`export.quantize.full_integer`); then LiteRT's GPU verdict and a pass through
-    MediaPipe's ImageClassifier.
 
-    ``verify(entry, spec, path, options, images, reference, labels, latency_runs)`` is the
-    exporter's parity step; ``one_line(exception)`` its error formatter. Returns the
-    manifest entry: ``staged`` (the verified file) or ``error``.
+def export_tflite(entry: dict, spec, path: Path, job: HeadExport, saved_model: Path, *,
+                  verify, one_line, say=None) -> dict:
+    """Convert ``saved_model`` to ``path`` (the int8 file: found by
+    :func:`export.quantize.full_integer`), add metadata, verify in LiteRT; then LiteRT's GPU
+    verdict and a pass through MediaPipe's ImageClassifier.
+
+    ``entry`` is the artifact's manifest entry so far; ``verify(entry, spec, path, job)`` is
+    the exporter's parity step; ``one_line(exception)`` its error formatter; ``say`` prints
+    progress. Returns the manifest entry: ``staged`` (the verified file) or ``error``.
     """
-    path = staging / spec.file
-    entry = {"file": spec.file, "format": spec.family, "quantization": spec.quantization,
-             "runtime": spec.runtime}
-    if saved_model is None:
-        entry["error"] = ("conversion failed: the SavedModel it is converted from could not be written"
-                          + (f" ({options['savedmodel_error']})" if "savedmodel_error" in options else ""))
-        return entry
+    options, phone = job.options, job.phone
     t0 = time.perf_counter()
     try:
         found = None
         if spec.quantization == "int8":
             from export import quantize
 
-            found = quantize.full_integer(
-                saved_model, cal, {"images": images, "labels": labels, "reference": reference},
-                tolerances=options["tolerances"], int8_io=options["int8_io"],
-                layer_names=phone["layers"], workdir=staging, say=say)
+            held_out = {"images": job.images, "labels": job.labels, "reference": job.reference}
+            found = quantize.full_integer(saved_model, job.calibration, held_out,
+                                          tolerances=options.tolerances, int8_io=options.int8_io,
+                                          layer_names=phone["layers"], workdir=path.parent, say=say)
         if found is None:  # not int8, or a graph with Flex ops: one plain conversion
-            info = art.write_tflite(saved_model, path, spec.quantization, cal,
-                                    int8_io=options["int8_io"], allow_flex=options["allow_flex"],
+            info = art.write_tflite(saved_model, path, spec.quantization, job.calibration,
+                                    int8_io=options.int8_io, allow_flex=options.allow_flex,
                                     layer_names=phone["layers"])
         else:
             entry["search"] = found["record"]
@@ -61,7 +60,7 @@ def export_tflite(spec, staging, saved_model, cal, options, images, reference, l
             entry.update({k: found["summary"][k] for k in ("float_layers", "float_mac_share")})
             if found["scheme"] != "int8":
                 entry["fallback"] = _fallback_note(found)
-        if options["metadata"]:
+        if options.metadata:
             from export import metadata as md
 
             md.write(path, phone["metadata"])
@@ -71,10 +70,10 @@ def export_tflite(spec, staging, saved_model, cal, options, images, reference, l
     entry["convert_s"] = round(time.perf_counter() - t0, 2)
     entry["scheme"] = info["scheme"]
     entry["flex_ops"] = info["flex_ops"]
-    entry = verify(entry, spec, path, options, images, reference, labels, latency_runs)
+    entry = verify(entry, spec, path, job)
     if "error" in entry:
         return entry
-    if options["metadata"]:
+    if options.metadata:
         from export import metadata as md
 
         entry["metadata"] = _metadata_summary(md.read(path))
@@ -82,7 +81,7 @@ def export_tflite(spec, staging, saved_model, cal, options, images, reference, l
         entry["gpu_delegate"] = art.gpu_compatibility(path)
     except Exception as e:  # noqa: BLE001 - the analyzer is informative only
         entry["gpu_delegate"] = {"compatible": None, "verdict": f"analyzer failed: {one_line(e)}"}
-    entry["mediapipe"] = _mediapipe(path, entry, options, images, reference, phone, one_line)
+    entry["mediapipe"] = _mediapipe(path, entry, job, one_line)
     if entry["mediapipe"].get("error"):
         entry.pop("staged", None)
         entry["error"] = entry["mediapipe"]["error"]
@@ -115,7 +114,7 @@ def time_tflite(results: dict, staged: dict, saved_model, staging, images, runs:
 
     files = {name: staged[e["file"]] for name, e in results.items()
              if e.get("format") == "tflite" and not e.get("flex_ops") and e["file"] in staged}
-    if not files or saved_model is None:
+    if not files or ("tflite" not in files and saved_model is None):
         return {"reference": None, "warnings": []}
     reference = {"file": "model.tflite", "written": "tflite" in files}
     try:
@@ -143,12 +142,12 @@ def time_tflite(results: dict, staged: dict, saved_model, staging, images, runs:
     return {"reference": reference, "warnings": warnings}
 
 
-def _mediapipe(path, entry, options, images, reference, phone, one_line) -> dict:
+def _mediapipe(path, entry, job: HeadExport, one_line) -> dict:
     """Run the file in MediaPipe's ImageClassifier when it is meant to run there."""
     from export.runtimes import mediapipe_check
 
     why_not = None
-    if not options["metadata"]:
+    if not job.options.metadata:
         why_not = "written without metadata (--no-metadata): ImageClassifier needs it"
     elif entry.get("flex_ops"):
         why_not = "needs Flex ops, which MediaPipe's runtime does not have"
@@ -161,7 +160,8 @@ def _mediapipe(path, entry, options, images, reference, phone, one_line) -> dict
     if why_not:
         return {"runs": None, "reason": why_not}
     try:
-        return mediapipe_check(path, images, np.asarray(reference).argmax(-1), phone["labels"])
+        return mediapipe_check(path, job.images, np.asarray(job.reference).argmax(-1),
+                               job.phone["labels"])
     except Exception as e:  # noqa: BLE001
         return {"runs": False, "error": f"MediaPipe check failed: {one_line(e)}"}
 
@@ -190,8 +190,10 @@ def _metadata_summary(meta: dict | None) -> dict | None:
             "labels": len(meta["labels"])}
 
 
-def phone_context(model, sub, head, names, source, model_info, options) -> dict:
-    """Labels, layer names and the metadata an exported TFLite file carries."""
+def phone_context(model, sub, head: int, *, names, source, model_info,
+                  outputs: Sequence[str]) -> dict:
+    """Labels, layer names and the metadata an exported TFLite file carries (with the TFLite
+    ``outputs``)."""
     from export import metadata as md
     from sila_keras import __version__
 
@@ -205,7 +207,7 @@ def phone_context(model, sub, head, names, source, model_info, options) -> dict:
             f"Head {head} of the SiLa model '{model.name}' (SilaNet, Gan et al.), exported by "
             f"sila_keras {__version__}: an image classifier over {n} classes. Input: an RGB "
             f"image of {sub.input_shape[1]}x{sub.input_shape[2]} raw pixels (0-255). Output: "
-            + ", ".join(options["tflite_outputs"]) + "."),
+            + ", ".join(outputs) + "."),
         version=info.get("version") or f"{run}/head_{head}",
         author=info.get("author") or f"sila_keras {__version__}",
         license=info.get("license") or "",

@@ -20,10 +20,12 @@ HEADS_COLUMNS = ("head", "params", "mib", "cr_percent", "keras_mib", "tflite_mib
 
 
 def build_manifest(*, model, head_model, head, out_dir, source, class_names, input_shape, options,
-                   artifacts, failed, slice_check, image_note, n_images, keras_accuracy,
-                   calibration_count, data_notes, plan) -> dict:
-    """Everything a deployer needs to know about one exported head (see docs/export.md)."""
+                   trained_precision, artifacts, failed, slice_check, image_note, n_images,
+                   keras_accuracy, calibration_count, data_notes, plan) -> dict:
+    """Everything a deployer needs to know about one exported head (see docs/export.md);
+    ``options`` is the :class:`export.ExportOptions` it was exported with."""
     from sila_keras.core.heads import extract_head, num_heads_of, trainable_params
+    from sila_keras.core.sizes import compression_percent, float32_mib
 
     n = int(head_model.output.shape[-1])
     names = list(class_names) if class_names else [f"class_{i}" for i in range(n)]
@@ -49,7 +51,7 @@ def build_manifest(*, model, head_model, head, out_dir, source, class_names, inp
         "outputs": {
             "logits": f"float32 (batch, {n}): head_{head} logits",
             "probabilities": f"float32 (batch, {n}): softmax of the logits",
-            "tflite": list(options.get("tflite_outputs", ("logits", "probabilities"))),
+            "tflite": list(options.tflite_outputs),
             "note": f"SavedModel signature '{SIGNATURE}' and ONNX outputs are named logits and "
                     "probabilities; the TFLite files have the outputs listed under 'tflite' "
                     "(default: probabilities only, what phone classifiers read); model.keras "
@@ -59,17 +61,16 @@ def build_manifest(*, model, head_model, head, out_dir, source, class_names, inp
         "num_classes": n,
         "params": {
             "sila_model": total, "base_head_1": base, "head": own,
-            "head_mib": round(own * 4 / 2**20, 3), "base_mib": round(base * 4 / 2**20, 3),
-            "cr_percent": round(100.0 * (1.0 - own / base), 2) if base else 0.0,
+            "head_mib": round(float32_mib(own), 3), "base_mib": round(float32_mib(base), 3),
+            "cr_percent": round(compression_percent(base, own), 2) if base else 0.0,
             "note": "trainable parameters (BN moving statistics excluded); CR = 1 − head/base",
         },
-        "options": {"formats": list(options["formats"]), "quantize": list(options["quantize"]),
-                    "opset": options["opset"], "tolerances": options["tolerances"],
+        "options": {"formats": list(options.formats), "quantize": list(options.quantize),
+                    "opset": options.opset, "tolerances": options.tolerances,
                     "planned": [s.name for s in plan],
-                    "tflite_outputs": list(options.get("tflite_outputs", ())),
-                    "int8_io": options.get("int8_io"), "allow_flex": options.get("allow_flex"),
-                    "metadata": options.get("metadata"),
-                    "trained_precision": options.get("trained_precision", "float32")},
+                    "tflite_outputs": list(options.tflite_outputs),
+                    "int8_io": options.int8_io, "allow_flex": options.allow_flex,
+                    "metadata": options.metadata, "trained_precision": trained_precision},
         "submodel_check": slice_check,
         "parity_images": {"source": image_note, "count": int(n_images)},
         "calibration": None if calibration_count is None else {

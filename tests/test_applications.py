@@ -202,8 +202,9 @@ def test_extracted_head_exports_and_matches(finetune_setup, tmp_path):
 
     model = load(finetune_setup[0])
     x = images(4, seed=1)
-    m = export.export_head(model, 2, tmp_path, formats="tflite", quantize="none", sample_images=x,
-                           latency_runs=1, verbose=0, tflite_outputs="logits")
+    options = export.ExportOptions(formats="tflite", quantize="none", latency_runs=1,
+                                   tflite_outputs="logits")
+    m = export.export_head(model, 2, tmp_path, options=options, sample_images=x, verbose=0)
     assert m["ok"], m["failed"]
     interpreter = Interpreter(model_path=str(tmp_path / "model.tflite"))
     runner = interpreter.get_signature_runner(interpreter.get_signature_list().popitem()[0])

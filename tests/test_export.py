@@ -9,6 +9,7 @@ Other backbones of the zoo convert their shallowest head (BN, depthwise,
 concatenation and residual topologies) to TFLite fp32 and ONNX.
 """
 
+import dataclasses
 import json
 import os
 import shutil
@@ -267,7 +268,8 @@ def test_heads_table(exported):
 
 
 def _export_onnx(model, out, **kw):
-    return export.export_head(model, 2, out, formats="keras,onnx", latency_runs=1, verbose=0, **kw)
+    options = export.ExportOptions(formats="keras,onnx", latency_runs=1)
+    return export.export_head(model, 2, out, options=options, verbose=0, **kw)
 
 
 @pytest.mark.slow
@@ -302,7 +304,7 @@ def test_submodel_must_reproduce_its_slice(sila_model, cifar_test, tmp_path, mon
     real = heads.extract_head
     monkeypatch.setattr(heads, "extract_head", lambda model, k: real(model, 3 - k))  # the wrong head
     with pytest.raises(RuntimeError, match="does not reproduce slice 2 of sila_logits"):
-        export.export_head(sila_model, 2, tmp_path / "o", formats="keras",
+        export.export_head(sila_model, 2, tmp_path / "o", options=export.ExportOptions(formats="keras"),
                            sample_images=cifar_test[0][:4], verbose=0)
     assert list((tmp_path / "o").iterdir()) == []
 
@@ -356,8 +358,9 @@ def test_zoo_backbone_converts(backbone, cifar_test, tmp_path):
     x = cifar_test[0][:8]
     model = shallowest_head_model(backbone)
     head = num_heads_of(model)
-    m = export.export_head(model, head, tmp_path, formats="tflite,onnx", sample_images=x,
-                           latency_runs=1, verbose=0, tflite_outputs="logits,probabilities")
+    options = export.ExportOptions(formats="tflite,onnx", latency_runs=1,
+                                   tflite_outputs="logits,probabilities")
+    m = export.export_head(model, head, tmp_path, options=options, sample_images=x, verbose=0)
     assert m["ok"], m["failed"]
     ref = extract_head(model, head).predict(x, verbose=0)
     assert scaled_diff(ref, run_tflite(tmp_path / "model.tflite", x, "logits")) <= 1e-4
@@ -640,14 +643,14 @@ def flex_sila_model():
 
 def test_a_model_needing_flex_ops_is_refused(tmp_path):
     x = np.random.default_rng(0).uniform(0, 255, (4, 8, 8, 3)).astype(np.float32)
-    m = export.export_head(flex_sila_model(), 2, tmp_path, formats="tflite", sample_images=x,
-                           latency_runs=1, verbose=0)
+    options = export.ExportOptions(formats="tflite", latency_runs=1)
+    m = export.export_head(flex_sila_model(), 2, tmp_path, options=options, sample_images=x, verbose=0)
     assert not m["ok"] and not (tmp_path / "model.tflite").exists()
     reason = m["failed"]["tflite"]["reason"]
     assert "FlexCumprod (from cumprod_mix)" in reason and "--allow-flex" in reason
     assert json.loads((tmp_path / "manifest.json").read_text())["failed"]["tflite"]["reason"] == reason
-    m = export.export_head(flex_sila_model(), 2, tmp_path, formats="tflite", sample_images=x,
-                           latency_runs=1, verbose=0, allow_flex=True)  # accepted, and said so
+    options = dataclasses.replace(options, allow_flex=True)  # accepted, and said so
+    m = export.export_head(flex_sila_model(), 2, tmp_path, options=options, sample_images=x, verbose=0)
     entry = m["artifacts"]["tflite"]
     assert m["ok"] and (tmp_path / "model.tflite").is_file()
     assert entry["flex_ops"] == {"FlexCumprod": ["cumprod_mix"]} and entry["parity"]["checked"] is False
@@ -675,8 +678,8 @@ def test_exported_heads_load_with_plain_keras(exported, cifar_test, tmp_path, mo
         f, s, name=name)(x))
     old = shallowest_head_model("resnet20")  # built as before: PadShortcut layers
     assert any(isinstance(layer, model_layers.PadShortcut) for layer in old.layers)
-    m = export.export_head(old, 2, tmp_path / "old", formats="keras", sample_images=cifar_test[0][:8],
-                           latency_runs=1, verbose=0)
+    m = export.export_head(old, 2, tmp_path / "old", sample_images=cifar_test[0][:8], verbose=0,
+                           options=export.ExportOptions(formats="keras", latency_runs=1))
     assert m["ok"], m["failed"]  # the rewrite reproduced sila_logits' slice (submodel check)
     paths = [exported / "head_2" / "model.keras", tmp_path / "old" / "model.keras"]
     assert [art.custom_classes(p) for p in paths] == [[], []]

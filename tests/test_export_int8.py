@@ -6,6 +6,7 @@ plain int8 loses 0.5 points of accuracy on both heads; with ``--tolerance int8-d
 needs one layer in float (selective int8) and head 2 cannot be brought through by any scheme.
 """
 
+import dataclasses
 import json
 from types import SimpleNamespace
 
@@ -139,21 +140,22 @@ def test_int8_io_and_the_int16x8_last_resort(sila_model, phone_images, tmp_path,
     from ai_edge_litert.interpreter import Interpreter
 
     x, y = phone_images[0][:60].astype(np.float32), phone_images[1][:60]
-    kw = dict(formats="tflite", quantize="int8", calibration=x[:20], eval_data=(x, y), latency_runs=1,
-              verbose=0)
-    off = {"int8": 0.0, "int8-drop": 100.0}  # gate off: the plain uint8-in/uint8-out file
-    entry = export.export_head(sila_model, 2, tmp_path / "u8", tolerances=off, **kw)["artifacts"]["tflite_int8"]
+    kw = dict(calibration=x[:20], eval_data=(x, y), verbose=0)
+    gated = export.ExportOptions(formats="tflite", quantize="int8", latency_runs=1)
+    off = dataclasses.replace(gated, tolerances={"int8": 0.0, "int8-drop": 100.0})  # gate off:
+    entry = export.export_head(sila_model, 2, tmp_path / "u8", options=off,  # plain uint8 I/O
+                               **kw)["artifacts"]["tflite_int8"]
     assert entry["scheme"] == "int8" and "fallback" not in entry and entry["float_layers"] == []
     assert entry["input"] == {"dtype": "uint8", "scale": 1.0, "zero_point": 0}
     assert entry["output"] == {"name": "probabilities", "dtype": "uint8", "scale": 1 / 256, "zero_point": 0}
     assert entry["mediapipe"]["runs"] and entry["mediapipe"]["category_names_ok"]
     assert "int8 accelerators (NNAPI-style NPUs/DSPs)" in entry["targets"]
-    entry = export.export_head(sila_model, 2, tmp_path / "i8", tolerances=off, int8_io="int8",
-                               **kw)["artifacts"]["tflite_int8"]  # --int8-io int8
+    entry = export.export_head(sila_model, 2, tmp_path / "i8", **kw,  # --int8-io int8
+                               options=dataclasses.replace(off, int8_io="int8"))["artifacts"]["tflite_int8"]
     assert entry["input"] == {"dtype": "int8", "scale": 1.0, "zero_point": -128}
     assert entry["mediapipe"]["runs"] is None and "int8 input" in entry["mediapipe"]["reason"]
     _grey_calibration(monkeypatch, int16x8=False)  # int8 fails, selective may not: int16x8 ships
-    m = export.export_head(sila_model, 2, tmp_path / "fb", **kw)
+    m = export.export_head(sila_model, 2, tmp_path / "fb", options=gated, **kw)
     assert m["ok"], m["failed"]
     entry = m["artifacts"]["tflite_int8"]
     assert entry["scheme"] == "int16x8" and "shipped int16x8" in entry["fallback"]
@@ -166,7 +168,7 @@ def test_int8_io_and_the_int16x8_last_resort(sila_model, phone_images, tmp_path,
     assert entry["latency"]["delegate_pieces"] == 0  # reference kernels only
     assert any("slower than float32" in w for w in m["warnings"])  # a phone CPU should not get it
     _grey_calibration(monkeypatch, int16x8=True)  # every scheme loses accuracy: nothing shipped
-    m = export.export_head(sila_model, 2, tmp_path / "none", **kw)
+    m = export.export_head(sila_model, 2, tmp_path / "none", options=gated, **kw)
     assert not m["ok"] and not (tmp_path / "none" / "model_int8.tflite").exists()
     assert "no int8 scheme passed the gate" in m["failed"]["tflite_int8"]["reason"]
 
@@ -177,8 +179,8 @@ def test_int8_io_and_the_int16x8_last_resort(sila_model, phone_images, tmp_path,
 def test_int8_needs_labelled_held_out_images(sila_model, trained_run, tmp_path, capsys, monkeypatch):
     x = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype(np.float32)
     with pytest.raises(ValueError, match="labelled held-out images.*eval_data=\\(images, labels\\)"):
-        export.export_head(sila_model, 2, tmp_path / "api", formats="tflite", quantize="int8",
-                           calibration=x, sample_images=x)
+        export.export_head(sila_model, 2, tmp_path / "api", calibration=x, sample_images=x,
+                           options=export.ExportOptions(formats="tflite", quantize="int8"))
     assert not (tmp_path / "api").exists()
     from export import source
 
@@ -208,6 +210,6 @@ def test_calibration_images_of_the_wrong_shape(sila_model, trained_run, tmp_path
     assert err.count("error:") == 1 and not (tmp_path / "o").exists()
     x = np.zeros((4, 16, 16, 3), np.float32)
     with pytest.raises(ValueError, match=r"Calibration images must be \(n, 32, 32, 3\).*16, 16, 3\]"):
-        export.export_head(sila_model, 2, tmp_path / "api", formats="tflite", quantize="int8",
-                           calibration=x, eval_data=(x, np.zeros(4, int)))
+        export.export_head(sila_model, 2, tmp_path / "api", calibration=x, eval_data=(x, np.zeros(4, int)),
+                           options=export.ExportOptions(formats="tflite", quantize="int8"))
     assert not (tmp_path / "api").exists()

@@ -6,7 +6,9 @@ import pytest
 
 from sila_keras import build_sila_model, extract_head, num_heads_of, trainable_params
 from sila_keras.core.heads import place_heads
+from sila_keras.core.sizes import float32_mib
 from sila_keras.models import get_backbone, list_backbones
+from sila_keras.reports.params import TABLE3
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +40,11 @@ def test_placement_deepest_first(resnet20_m3):
 
 
 def test_vgg19_reproduces_table3_sizes():
-    m = build_sila_model("vgg19", 10, 3)
-    mib = lambda p: p * 4 / 2**20  # noqa: E731
-    assert trainable_params(extract_head(m, 1)) == 38_958_922
-    assert mib(trainable_params(m)) == pytest.approx(148.88, abs=0.005)
-    assert mib(trainable_params(extract_head(m, 2))) == pytest.approx(40.58, abs=0.005)
+    m, paper = build_sila_model("vgg19", 10, 3), TABLE3["vgg19"]
+    assert trainable_params(extract_head(m, 1)) == paper["base_params"]
+    assert float32_mib(trainable_params(m)) == pytest.approx(paper["train_mib"], abs=0.005)
+    assert float32_mib(trainable_params(extract_head(m, 2))) == pytest.approx(paper["head_2_mib"],
+                                                                              abs=0.005)
     assert m.get_layer("head_2_conv").input.shape[-1] == 512
     assert m.get_layer("head_3_conv").input.shape[-1] == 256
 

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from sila_keras.reports.params import PAPER_TABLE3, main, num_classes_of, param_table
-
-MIB = 4 / 2**20
+from sila_keras.core.sizes import float32_mib
+from sila_keras.reports.params import PAPER_TABLE3, TABLE3, main, num_classes_of, param_table
 
 
 def test_param_table_counts_resnet20():
@@ -19,7 +18,7 @@ def test_param_table_counts_resnet20():
     # He et al.'s ResNet-20 (0.27M); aux modules: 9·C·N + N at C = 32 (head 2) and 16 (head 3).
     assert t["base_params"] == 269_722
     assert t["train_params"] == 269_722 + (9 * 32 * 10 + 10) + (9 * 16 * 10 + 10)
-    assert t["base_mib"] == round(269_722 * MIB, 2)
+    assert t["base_mib"] == round(float32_mib(269_722), 2)
     assert list(t["heads"]) == ["head_1", "head_2", "head_3"]
     assert t["heads"]["head_1"] == {"params": 269_722, "mib": 1.03, "cr_percent": 0.0}
     h2 = t["heads"]["head_2"]
@@ -36,7 +35,7 @@ def test_json_cli_in_process(capsys):
     assert set(mb["heads"]["head_2"]) == {"params", "mib", "cr_percent"}
     # SilaNet Table 3: base, train and test (head 2) sizes of MobileNetV1.
     paper = PAPER_TABLE3["mobilenetv1"]
-    assert mb["base_params"] == 3_223_178
+    assert mb["base_params"] == TABLE3["mobilenetv1"]["base_params"]
     assert mb["base_mib"] == paper["base_mib"] and mb["train_mib"] == paper["train_mib"]
     assert mb["heads"]["head_2"]["mib"] == paper["head_2_mib"]
     assert mb["paper"] == paper

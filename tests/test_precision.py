@@ -79,10 +79,10 @@ def test_float32_copy_has_the_same_weights_and_close_outputs(mixed_model):
 
 
 def test_export_of_a_mixed_model_is_float32(mixed_model, tmp_path):
-    from export import export_head
+    from export import ExportOptions, export_head
 
-    manifest = export_head(mixed_model, 2, tmp_path / "head2", formats="keras", verbose=0,
-                           parity_samples=8, latency_runs=1)
+    options = ExportOptions(formats="keras", parity_samples=8, latency_runs=1)
+    manifest = export_head(mixed_model, 2, tmp_path / "head2", options=options, verbose=0)
     assert manifest["ok"], manifest["failed"]
     assert manifest["options"]["trained_precision"] == "mixed_bfloat16"
     exported = keras.models.load_model(tmp_path / "head2" / "model.keras", compile=False)

@@ -9,21 +9,22 @@ from model_checks import check_sila_model
 from sila_keras import build_sila_model, trainable_params
 from sila_keras.core.heads import assemble, normalizer
 from sila_keras.core.losses import SilaLoss
+from sila_keras.core.sizes import float32_mib
 from sila_keras.models import get_backbone, list_backbones
+from sila_keras.reports.params import TABLE3
 
 N = 10
-MIB = 4 / 2**20
 
-# SilaNet Table 3 (N = 10, M = 3): exact base and train counts (paper-architectures.md),
-# head-2 ("test") size in MiB as printed in the paper, and the input channels of
-# module C (head 2) and module D (head 3).
-PAPER = {
-    "vgg19": (38_958_922, 39_028_062, 40.58, (512, 256)),
-    "resnet18": (11_173_962, 11_208_542, 10.67, (256, 128)),
-    "wrn40_10": (55_856_330, 55_900_510, 50.57, (320, 160)),
-    "mobilenetv1": (3_223_178, 3_292_318, 6.34, (512, 256)),
-    "densenet121": (6_956_298, 7_026_974, 18.44, (512, 256)),
-    "inceptionv3": (22_133_738, 22_228_798, 35.72, (768, 288)),  # paper train 84.86: docs/zoo.md
+# The input channels of module C (head 2) and module D (head 3) in the paper's Table 3
+# models (their exact counts and printed sizes: TABLE3; InceptionV3's printed train size
+# 84.86 MiB: docs/zoo.md).
+MODULE_CD = {
+    "vgg19": (512, 256),
+    "resnet18": (256, 128),
+    "wrn40_10": (320, 160),
+    "mobilenetv1": (512, 256),
+    "densenet121": (512, 256),
+    "inceptionv3": (768, 288),
 }
 PREACT = {"densenet121", "wrn16_8", "wrn28_10", "wrn40_10"}
 
@@ -79,12 +80,12 @@ def test_backbone_contract(name):
     first = "bn" if name in PREACT else "conv"  # pre-activation taps: BN + ReLU before the conv
     channels = [model.get_layer(f"head_{k}_{first}").input.shape[-1] for k in range(2, m + 1)]
     assert channels == [t.channels for t in reversed(out.taps)][: m - 1]  # deepest tap first
-    if name in PAPER:
-        base, train, head2_mib, module_cd = PAPER[name]
-        assert sizes[0] == base
-        assert trainable_params(model) == train
-        assert sizes[1] * MIB == pytest.approx(head2_mib, abs=0.005)
-        assert tuple(channels[:2]) == module_cd
+    if name in TABLE3:  # SilaNet Table 3 (N = 10, M = 3)
+        row = TABLE3[name]
+        assert sizes[0] == row["base_params"]
+        assert trainable_params(model) == row["train_params"]
+        assert float32_mib(sizes[1]) == pytest.approx(row["head_2_mib"], abs=0.005)
+        assert tuple(channels[:2]) == MODULE_CD[name]
     keras.backend.clear_session()
 
 

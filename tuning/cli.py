@@ -117,10 +117,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args: argparse.Namespace) -> None:
     config = config_from_args(args)
-    if args.cpu_devices:
-        from sila_keras.devices.distribute import split_cpu
+    from sila_keras.devices.distribute import apply_cpu_devices
 
-        split_cpu(args.cpu_devices)
+    apply_cpu_devices(args.cpu_devices)
     from tuning.search import run_search
 
     run_search(config)

@@ -27,6 +27,7 @@ from pathlib import Path
 import keras
 
 from sila_keras.core.heads import SILA_OUTPUT, assemble
+from sila_keras.models.registry import MODEL_FILE_SUFFIXES
 from sila_keras.models.taps import check_classifier, classifier_logits, find_taps, taps_by_name
 from sila_keras.utils.errors import ModelError
 
@@ -112,7 +113,7 @@ def load_and_attach(path, num_heads: int = 3, num_classes: int | None = None) ->
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"Model file not found. Received: path='{path}'")
-    if path.suffix not in (".keras", ".h5"):
+    if path.suffix not in MODEL_FILE_SUFFIXES:
         raise ModelError(
             "A model file must be a Keras '.keras' (or legacy '.h5') file; save yours with "
             f"model.save('my_model.keras'). Received: path='{path}'"

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 import keras
 from keras import layers
 
+from sila_keras.core.sizes import compression_percent, float32_mib
 from sila_keras.models.registry import Tap, get_backbone
 from sila_keras.utils.errors import ModelError
 
@@ -161,12 +162,7 @@ def build_backbone(backbone: str, num_classes: int, input_shape: Sequence[int] =
     input_shape = tuple(int(d) for d in input_shape)
     if len(input_shape) != 3:
         raise ModelError(f"`input_shape` must be (H, W, C). Received: input_shape={input_shape}")
-    if min(input_shape[:2]) < spec.min_input_size:
-        raise ModelError(
-            f"Backbone '{backbone}' needs inputs of at least {spec.min_input_size}×"
-            f"{spec.min_input_size} pixels (it downsamples that much). "
-            f"Received: input_shape={input_shape}. Resize the images or pick another backbone."
-        )
+    spec.check_input_size(*input_shape[:2], f"input_shape={input_shape}")
     inputs = keras.Input(input_shape, name="image")
     # raw_input backbones (keras: applications) bring their own preprocessing.
     x = inputs if spec.raw_input else normalizer(input_shape[-1], mean, std)(inputs)
@@ -266,6 +262,23 @@ def extract_head(model: keras.Model, head: int) -> keras.Model:
 def trainable_params(model: keras.Model) -> int:
     """Trainable parameters (BN moving statistics excluded), as the papers count them."""
     return int(sum(math.prod(w.shape) for w in model.trainable_weights))
+
+
+def head_table(model: keras.Model) -> dict:
+    """Trainable params, MiB and CR of every extracted head vs the base (head 1).
+
+    Returns:
+        ``{"head_k": {"params", "mib", "cr_percent"}}`` for k = 1 … M; MiB
+        (:func:`~sila_keras.core.sizes.float32_mib`) and CR in percent
+        (:func:`~sila_keras.core.sizes.compression_percent`) rounded to 0.01.
+    """
+    out = {}
+    base = trainable_params(extract_head(model, 1))
+    for k in range(1, num_heads_of(model) + 1):
+        p = trainable_params(extract_head(model, k))
+        out[head_name(k)] = {"params": p, "mib": round(float32_mib(p), 2),
+                             "cr_percent": round(compression_percent(base, p), 2)}
+    return out
 
 
 def check_heads_fit(backbone: str, num_heads: int) -> None:

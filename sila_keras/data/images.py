@@ -109,13 +109,6 @@ def choose_size(sizes: list[tuple[int, int]], requested: tuple[int, int] | None,
                     "--resize squash|crop|pad) to train at one size.")
 
 
-def check_size_for_backbone(size: tuple[int, int], min_size: int, backbone: str) -> None:
-    """Raises ConfigError when ``size`` is below what ``backbone`` accepts."""
-    if min(size) < min_size:
-        raise ConfigError(f"`--image-size` must be at least {min_size} px for backbone "
-                          f"'{backbone}'. Received: image_size={size[0]},{size[1]}")
-
-
 # --------------------------------------------------------------------------- tf.data side
 
 

@@ -24,6 +24,7 @@ process read only its part of each global batch (multi-worker), before decoding.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 
@@ -50,6 +51,21 @@ SHUFFLE_BUFFER = 4096  # streamed sets (tfds, disk cache): examples shuffled wit
 
 
 _M1, _M2, _GOLD = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB, 0x9E3779B97F4A7C15
+ORDER_STRIDE = 1_000_003  # seed strides: keep the seeds of different epochs/passes apart
+AUGMENT_STRIDE = 7
+
+
+def mix_seed(outer, inner, item, *, stride: int, dtype=tf.int64):
+    """The seed pair ``[outer·stride + inner, item]`` of a stateless random op.
+
+    The one place where the pipeline mixes its seeds: the run's seed, the epoch and an item
+    (an example's index, a shuffle window, a pass over the set), so every random choice is a
+    pure function of them. ``item`` may be a vector (then ``[len, 2]``, one pair per entry).
+    The first entry is computed in int64, then cast to ``dtype``.
+    """
+    first = tf.cast(tf.cast(outer, tf.int64) * stride + tf.cast(inner, tf.int64), dtype)
+    item = tf.cast(item, dtype)
+    return tf.stack([tf.broadcast_to(first, tf.shape(item)), item], axis=-1)
 
 
 def _mix(z):
@@ -188,6 +204,92 @@ def fill_disk_cache(source: ImageSet, path: str) -> tf.data.Dataset:
     return ds
 
 
+@dataclasses.dataclass(frozen=True)
+class EpochPlan:
+    """What each epoch of :func:`train_dataset` reads, in which order, and how it is augmented
+    and batched; built and checked once by :meth:`build`.
+
+    Attributes:
+        seed: the run's seed: with the epoch, it seeds every permutation and augmentation.
+        examples: size of the source set.
+        total: examples per epoch over all workers: one pass over the set, or
+            ``steps × batch_size`` (further passes, each its own permutation).
+        passes: permutations of the set an epoch draws from.
+        steps: batches per epoch.
+        batch_size: the global batch size.
+        shards: ``(num, index)``: the workers, and which one reads here.
+        augment: ``fn(images, seeds)`` on batches when ``batched``, else ``fn(image, seed)``.
+        batched: whether ``augment`` runs on batches (its vectorised form).
+        streamed: read in shuffled windows (tfds splits and disk caches have no random access).
+        cache_path: the tf.data cache files read instead of the source (or ``None``).
+        epochs: ``(first, end)``: the epochs produced, ``first … end-1``.
+    """
+
+    seed: int
+    examples: int
+    total: int
+    passes: int
+    steps: int
+    batch_size: int
+    shards: tuple[int, int]
+    augment: Callable
+    batched: bool
+    streamed: bool
+    cache_path: str | None
+    epochs: tuple[int, int]
+
+    @classmethod
+    def build(cls, source: ImageSet, batch_size: int, *, seed: int, augment: str,
+              initial_epoch: int, epochs: int, drop_remainder: bool, steps: int | None, shard,
+              cache_path: str | None, cutout: int, autoaugment_semantics: str) -> EpochPlan:
+        """The plan of :func:`train_dataset`'s arguments (see there).
+
+        Raises:
+            DataError: ``cutout`` not smaller than the image side, an unknown augmentation,
+                or a global batch that does not divide over the ``shard`` workers.
+        """
+        check_cutout(cutout, source.shape)
+        aug_kw = dict(semantics=autoaugment_semantics, cutout=cutout)
+        per_image = get_augmentation(augment, **aug_kw)
+        batched = augment in BATCH_AUGMENTATIONS
+        n = len(source)
+        drop = drop_remainder or shard is not None
+        natural = steps_per_epoch(n, batch_size, drop)
+        total = n if (steps is None and not drop) else int(steps or natural) * batch_size
+        num, index = shard or (1, 0)
+        if batch_size % num:
+            raise DataError(f"The global batch size must divide over {num} workers. "
+                            f"Received: batch_size={batch_size}")
+        return cls(seed=seed, examples=n, total=total, passes=max(1, math.ceil(total / max(n, 1))),
+                   steps=int(steps or natural), batch_size=batch_size, shards=(num, index),
+                   augment=get_batch_augmentation(augment, **aug_kw) if batched else per_image,
+                   batched=batched, streamed=bool(cache_path) or not source.random_access,
+                   cache_path=cache_path or None,
+                   epochs=(initial_epoch, max(epochs, initial_epoch + 1)))
+
+    @property
+    def local_batch(self) -> int:
+        """This worker's share of every global batch."""
+        return self.batch_size // self.shards[0]
+
+    @property
+    def window(self) -> int:
+        """Examples shuffled together when streamed."""
+        return min(SHUFFLE_BUFFER, max(1, self.total))
+
+    def order_seed(self, epoch, r):
+        """Seed of the permutation of pass ``r`` in ``epoch``: ``[seed + r·stride, epoch]``."""
+        return mix_seed(r, self.seed, epoch, stride=ORDER_STRIDE)
+
+    def window_seed(self, epoch, w):
+        """Seed of the shuffle of streamed window ``w`` in ``epoch``."""
+        return mix_seed(self.seed, epoch, w, stride=ORDER_STRIDE)
+
+    def example_seeds(self, epoch, indices):
+        """Augmentation seed(s) of the example(s) ``indices`` in ``epoch`` (int32 pairs)."""
+        return mix_seed(self.seed, epoch, indices, stride=AUGMENT_STRIDE, dtype=tf.int32)
+
+
 def train_dataset(x, y=None, batch_size: int = 128, *, seed: int = 0, augment: str = "standard",
                   initial_epoch: int = 0, epochs: int = 1, options: tf.data.Options | None = None,
                   drop_remainder: bool = False, steps: int | None = None, shard=None,
@@ -210,91 +312,94 @@ def train_dataset(x, y=None, batch_size: int = 128, *, seed: int = 0, augment: s
             ``torchvision``; used by ``augment="autoaugment"`` only).
 
     Raises:
-        DataError: ``cutout`` not smaller than the image side.
+        DataError: ``cutout`` not smaller than the image side, an unknown ``augment``, or a
+            ``batch_size`` that does not divide over the ``shard`` workers.
 
     Batches never straddle epochs; pass the same ``steps`` to ``fit``.
     """
     source = as_set(x, y)
-    check_cutout(cutout, source.shape)
-    aug_kw = dict(semantics=autoaugment_semantics, cutout=cutout)
-    per_image = get_augmentation(augment, **aug_kw)
-    fn = get_batch_augmentation(augment, **aug_kw)
-    batched = augment in BATCH_AUGMENTATIONS
-    n = len(source)
-    drop = drop_remainder or shard is not None
-    natural = steps_per_epoch(n, batch_size, drop)
-    total = n if (steps is None and not drop) else int(steps or natural) * batch_size
-    steps = int(steps or natural)
-    reps = max(1, math.ceil(total / max(n, 1)))
-    num, index = shard or (1, 0)
-    if batch_size % num:
-        raise DataError(f"The global batch size must divide over {num} workers. "
-                         f"Received: batch_size={batch_size}")
-    local = batch_size // num
-    cached = fill_disk_cache(source, cache_path) if cache_path else None
-    # streamed sources are opened here, not inside the per-epoch function (tfds.load is eager)
-    raw = source.raw() if cached is None and not source.random_access else None
-
-    def positions_for(epoch):
-        perms = [tf.random.experimental.stateless_shuffle(
-            tf.range(n, dtype=tf.int64), seed=tf.stack([tf.constant(seed + 1_000_003 * r, tf.int64),
-                                                        epoch])) for r in range(reps)]
-        pos = tf.concat(perms, 0)[:total]
-        if num > 1:  # this worker's slice of every global batch
-            pos = tf.reshape(tf.reshape(pos[:steps * batch_size], [steps, num, local])[:, index], [-1])
-        return pos
-
-    def streamed(epoch):
-        base = cached if cached is not None else raw
-        window = min(SHUFFLE_BUFFER, max(1, total))
-
-        def shuffle_window(w, items):  # stateless: a pure function of (seed, epoch, window)
-            perm = tf.random.experimental.stateless_shuffle(
-                tf.range(tf.shape(items[-1])[0]),
-                seed=tf.stack([tf.constant(seed, tf.int64) * 1_000_003 + epoch, w]))
-            return tf.data.Dataset.from_tensor_slices(tuple(tf.gather(t, perm) for t in items))
-
-        ds = (base.repeat(reps).take(total).batch(window).enumerate()
-              .flat_map(shuffle_window))
-        if num > 1:
-            ds = ds.enumerate().filter(lambda k, e: (k // local) % num == index).map(lambda k, e: e)
-        if cached is None:
-            size, channels, policy = source.image_size, source.channels, source.resize
-            from sila_keras.data.images import preprocess
-
-            ds = ds.map(lambda b, lab, i: (preprocess(b, size, channels, policy), lab, i),
-                        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return ds
+    plan = EpochPlan.build(source, batch_size, seed=seed, augment=augment,
+                           initial_epoch=initial_epoch, epochs=epochs,
+                           drop_remainder=drop_remainder, steps=steps, shard=shard,
+                           cache_path=cache_path, cutout=cutout,
+                           autoaugment_semantics=autoaugment_semantics)
+    read_epoch = _epoch_source(source, plan)
 
     def one_epoch(epoch):
-        if source.random_access and cached is None:
-            ds = source.elements(positions_for(epoch))
-        else:
-            ds = streamed(epoch)
+        return _augmented_batches(read_epoch(epoch), plan, epoch).take(plan.steps)
 
-        first = tf.cast(seed * 7 + epoch, tf.int32)
-
-        def augment_batch(images, labels, indices):
-            seeds = tf.stack([tf.fill(tf.shape(indices), first), tf.cast(indices, tf.int32)], 1)
-            return tf.cast(fn(images, seeds), tf.float32), labels
-
-        def augment_one(image, label, index):
-            seed_i = tf.stack([first, tf.cast(index, tf.int32)])
-            return tf.cast(per_image(image, seed_i), tf.float32), label
-
-        # Every epoch is already cut to whole batches when dropping: the batch dimension stays
-        # dynamic (None), as Keras and tf.distribute are used to. Augmentations without a
-        # vectorised form run per example, before batching (same seeds, same result).
-        par = dict(num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        if batched:
-            ds = ds.batch(local).map(augment_batch, **par)
-        else:
-            ds = ds.map(augment_one, **par).batch(local)
-        return ds.take(steps)
-
-    ds = tf.data.Dataset.range(initial_epoch, max(epochs, initial_epoch + 1)).flat_map(one_epoch)
-    ds = ds.prefetch(tf.data.AUTOTUNE)
+    ds = tf.data.Dataset.range(*plan.epochs).flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)
     return ds.with_options(options) if options is not None else ds
+
+
+def _epoch_source(source: ImageSet, plan: EpochPlan) -> Callable:
+    """``epoch → tf.data`` of this worker's ``(image uint8, label, index)`` of that epoch, in
+    the epoch's order. A disk cache is filled and a stream opened here, once (tfds.load is
+    eager), not in the per-epoch function."""
+    if not plan.streamed:
+        return lambda epoch: source.elements(_positions(plan, epoch))
+    if plan.cache_path:
+        cached = fill_disk_cache(source, plan.cache_path)
+        return lambda epoch: _shuffled_stream(cached, plan, epoch)
+    raw = source.raw()
+    return lambda epoch: _decoded(_shuffled_stream(raw, plan, epoch), source)
+
+
+def _positions(plan: EpochPlan, epoch):
+    """The positions an epoch reads from a random-access set: ``passes`` stateless
+    permutations cut to ``total``, then this worker's slice of every global batch."""
+    n, (num, index) = plan.examples, plan.shards
+    perms = [tf.random.experimental.stateless_shuffle(
+        tf.range(n, dtype=tf.int64), seed=plan.order_seed(epoch, r)) for r in range(plan.passes)]
+    pos = tf.concat(perms, 0)[:plan.total]
+    if num > 1:
+        steps, local = plan.steps, plan.local_batch
+        pos = tf.reshape(tf.reshape(pos[:steps * plan.batch_size], [steps, num, local])[:, index],
+                         [-1])
+    return pos
+
+
+def _shuffled_stream(base: tf.data.Dataset, plan: EpochPlan, epoch) -> tf.data.Dataset:
+    """``base`` repeated to ``total`` examples, each window shuffled by a stateless permutation
+    (a pure function of seed, epoch and window); then this worker's part of every batch."""
+    def shuffle_window(w, items):
+        perm = tf.random.experimental.stateless_shuffle(tf.range(tf.shape(items[-1])[0]),
+                                                        seed=plan.window_seed(epoch, w))
+        return tf.data.Dataset.from_tensor_slices(tuple(tf.gather(t, perm) for t in items))
+
+    ds = (base.repeat(plan.passes).take(plan.total).batch(plan.window).enumerate()
+          .flat_map(shuffle_window))
+    (num, index), local = plan.shards, plan.local_batch
+    if num > 1:
+        ds = ds.enumerate().filter(lambda k, e: (k // local) % num == index).map(lambda k, e: e)
+    return ds
+
+
+def _decoded(ds: tf.data.Dataset, source: ImageSet) -> tf.data.Dataset:
+    """Encoded images of a stream decoded (and resized) in parallel, in order."""
+    from sila_keras.data.images import preprocess
+
+    size, channels, policy = source.image_size, source.channels, source.resize
+    return ds.map(lambda b, lab, i: (preprocess(b, size, channels, policy), lab, i),
+                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def _augmented_batches(ds: tf.data.Dataset, plan: EpochPlan, epoch) -> tf.data.Dataset:
+    """float32 ``(images, labels)`` batches of ``plan.local_batch``, each example augmented with
+    its own seed (:meth:`EpochPlan.example_seeds`): per batch where the augmentation has a
+    vectorised form, else per example before batching (same seeds, same result).
+
+    Every epoch is already cut to whole batches when dropping: the batch dimension stays
+    dynamic (None), as Keras and tf.distribute are used to.
+    """
+    def augment(images, labels, indices):
+        seeds = plan.example_seeds(epoch, indices)
+        return tf.cast(plan.augment(images, seeds), tf.float32), labels
+
+    par = dict(num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if plan.batched:
+        return ds.batch(plan.local_batch).map(augment, **par)
+    return ds.map(augment, **par).batch(plan.local_batch)
 
 
 def _eval_padding(n: int, batch_size: int, replicas: int) -> int:

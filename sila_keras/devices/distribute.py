@@ -54,6 +54,17 @@ def split_cpu(n: int) -> None:
         ) from None
 
 
+def apply_cpu_devices(n: int | None) -> None:
+    """The ``--cpu-devices N`` flag of ``sila-train`` and ``sila-tune``: split the CPU into
+    ``n`` logical devices (:func:`split_cpu`); nothing when ``n`` is ``None`` or 0.
+
+    Raises:
+        RuntimeError: if TensorFlow has already initialised its devices.
+    """
+    if n:
+        split_cpu(n)
+
+
 _STRATEGIES: dict[tuple, tf.distribute.Strategy] = {}
 
 

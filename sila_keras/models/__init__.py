@@ -9,10 +9,13 @@ from sila_keras.models.registry import (
     BackboneSpec,
     Tap,
     get_backbone,
+    is_application,
+    is_model_file,
     list_backbones,
     load_families,
+    model_kind,
     register_backbone,
 )
 
-__all__ = ["BackboneOutput", "BackboneSpec", "Tap", "get_backbone", "list_backbones",
-           "load_families", "register_backbone"]
+__all__ = ["BackboneOutput", "BackboneSpec", "Tap", "get_backbone", "is_application",
+           "is_model_file", "list_backbones", "load_families", "model_kind", "register_backbone"]

@@ -41,10 +41,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sila_keras.models.registry import BackboneOutput, BackboneSpec, register_prefix
+from sila_keras.models.registry import APPLICATION_PREFIX as PREFIX
+from sila_keras.models.registry import (
+    BackboneOutput,
+    BackboneSpec,
+    is_application,
+    register_prefix,
+)
 from sila_keras.utils.errors import ModelError
 
-PREFIX = "keras:"
 WEIGHTS_CHOICES = ("none", "imagenet")
 # Layer names our builder adds around the application (never part of the application).
 CLASSIFIER = "classifier"
@@ -88,11 +93,6 @@ APPLICATIONS = _apps(
 def application_names() -> list[str]:
     """``keras:<Name>`` for every supported application (static; no TF import)."""
     return [PREFIX + n for n in APPLICATIONS]
-
-
-def is_application(model: str) -> bool:
-    """Whether ``model`` names a ``keras:`` backbone (known or not)."""
-    return str(model).startswith(PREFIX)
 
 
 def get_application(model: str) -> Application:

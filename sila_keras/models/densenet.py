@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from keras import layers
 
-from sila_keras.models.layers import bn_relu, check_spatial
+from sila_keras.models.layers import bn_relu
 from sila_keras.models.registry import BackboneOutput, Tap, register_backbone
 from sila_keras.utils.errors import ModelError
 
@@ -55,7 +55,6 @@ def densenet(x, num_classes: int, blocks, growth: int = 32, *, reduction: float 
     """
     if not 0 < reduction <= 1:
         raise ModelError(f"`reduction` must be in (0, 1]. Received: reduction={reduction}")
-    check_spatial(x, 2 ** (len(blocks) - 1), "densenet")
     x = _conv(2 * growth, 3, "stem_conv")(x)
     taps, depth = [], 1
     for b, n in enumerate(blocks, start=1):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from keras import layers
 
-from sila_keras.models.layers import check_spatial, conv_bn_relu
+from sila_keras.models.layers import conv_bn_relu
 from sila_keras.models.registry import BackboneOutput, Tap, register_backbone
 
 
@@ -97,7 +97,6 @@ def inception_v3(x, num_classes: int, *, dropout: float = 0.5) -> BackboneOutput
     Returns:
         BackboneOutput with taps after the stem, Mixed_5d and Mixed_6e.
     """
-    check_spatial(x, 16, "inceptionv3")
     size = x.shape[1]
     x = _cbr(x, 32, 3, "conv2d_1a")
     x = _cbr(x, 32, 3, "conv2d_2a")

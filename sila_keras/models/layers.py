@@ -5,8 +5,6 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from sila_keras.utils.errors import ModelError
-
 
 def conv_bn_relu(x, filters: int, kernel_size=3, strides: int = 1, *, name: str,
                  use_bias: bool = False, relu: bool = True, padding: str = "same"):
@@ -23,26 +21,6 @@ def bn_relu(x, *, name: str):
     """BatchNorm → ReLU (the pre-activation of WRN and DenseNet), named ``{name}_bn/_relu``."""
     x = layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
-
-
-def check_spatial(x, min_size: int, model: str) -> None:
-    """Fail at build time, with a clear message, on inputs too small for a backbone.
-
-    Args:
-        x: the backbone's input tensor ``(B, H, W, C)``.
-        min_size: the smallest H and W the backbone can take.
-        model: the backbone (family) name, for the message.
-
-    Raises:
-        ValueError: H or W (when known) is below ``min_size``.
-    """
-    h, w = x.shape[1], x.shape[2]
-    if any(d is not None and d < min_size for d in (h, w)):
-        raise ModelError(
-            f"Backbone '{model}' needs inputs of at least {min_size}×{min_size} pixels (it "
-            f"downsamples that much). Received: input of {h}×{w}. Resize the images or pick "
-            "another backbone."
-        )
 
 
 def pad_shortcut(x, filters: int, strides: int = 2, *, name: str):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from keras import layers
 
-from sila_keras.models.layers import check_spatial, conv_bn_relu
+from sila_keras.models.layers import conv_bn_relu
 from sila_keras.models.registry import BackboneOutput, Tap, register_backbone
 from sila_keras.utils.errors import ModelError
 
@@ -48,7 +48,6 @@ def mobilenet_v1(x, num_classes: int, *, alpha: float = 1.0) -> BackboneOutput:
     """
     if alpha <= 0:
         raise ModelError(f"`alpha` must be > 0. Received: alpha={alpha}")
-    check_spatial(x, 16, "mobilenetv1")
     x = conv_bn_relu(x, int(32 * alpha), 3, 1, name="stem")
     taps, depth, reduction = [], 1, 1
     for i, (f, s) in enumerate(BLOCKS, start=1):

@@ -6,6 +6,11 @@ ordered list of :class:`Tap` s, the candidate attach points for auxiliary heads
 (the ends of the resolution stages before the last one, shallow → deep).
 Auxiliary heads pick taps from that list only, never by layer-name lookups.
 
+A MODEL string names one of three things, told apart here only (:func:`model_kind`, no
+TensorFlow import): a registered backbone (``resnet18``), a ``keras.applications`` model
+(``keras:<Name>``, :mod:`sila_keras.models.applications`) or the user's own saved
+classifier (a ``.keras``/``.h5`` file).
+
 Example:
     >>> from sila_keras.models import register_backbone, list_backbones
     >>> "vgg19" in list_backbones()
@@ -14,13 +19,44 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import functools
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from sila_keras.utils.errors import ModelError
+from sila_keras.utils.errors import ConfigError, ModelError
+
+# The prefix of the keras.applications family: MODEL = keras:<Name>.
+APPLICATION_PREFIX = "keras:"
+# A MODEL ending in one of these is the path of the user's own saved Keras classifier.
+MODEL_FILE_SUFFIXES = (".keras", ".h5")
+
+
+def is_model_file(model: str) -> bool:
+    """Whether ``model`` names a saved Keras model file (``.keras``/``.h5``) rather than a backbone."""
+    return str(model).endswith(MODEL_FILE_SUFFIXES)
+
+
+def is_application(model: str) -> bool:
+    """Whether ``model`` names a ``keras:<Name>`` backbone (known or not)."""
+    return str(model).startswith(APPLICATION_PREFIX)
+
+
+def model_kind(model: str) -> Literal["registered", "application", "file"]:
+    """What a MODEL string names: ``"file"`` (the user's ``.keras``/``.h5`` classifier),
+    ``"application"`` (``keras:<Name>``) or ``"registered"`` (a backbone name; whether it
+    is known is :func:`get_backbone`'s check).
+
+    Example:
+        >>> [model_kind(m) for m in ("resnet18", "keras:MobileNetV2", "runs/a/model.keras")]
+        ['registered', 'application', 'file']
+    """
+    if is_model_file(model):
+        return "file"
+    return "application" if is_application(model) else "registered"
 
 
 @dataclass(frozen=True)
@@ -73,7 +109,12 @@ class BackboneOutput:
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """A registered backbone: its builder and what it needs of its input."""
+    """A registered backbone: its builder and what it needs of its input.
+
+    ``min_input_size`` is the one record of the smallest H and W the backbone takes (it
+    downsamples that much); :meth:`check_input_size` and :meth:`check_image_size` are the
+    checks against it.
+    """
 
     name: str
     builder: Callable[..., BackboneOutput]
@@ -83,6 +124,52 @@ class BackboneSpec:
     # True when the builder takes raw 0–255 pixels and preprocesses itself
     # (keras: applications); otherwise build_backbone normalizes first.
     raw_input: bool = False
+
+    def too_small(self, height: int | None, width: int | None) -> bool:
+        """Whether H or W (where known) is below ``min_input_size``."""
+        return any(d is not None and d < self.min_input_size for d in (height, width))
+
+    def check_input_size(self, height: int | None, width: int | None, received: str) -> None:
+        """Refuse, at build time, an input too small for this backbone.
+
+        Args:
+            height: the input's H (``None``: unknown, not checked).
+            width: the input's W (``None``: unknown, not checked).
+            received: how the input is shown after ``Received:`` (e.g. ``input_shape=(8, 8, 3)``).
+
+        Raises:
+            ModelError: H or W is below ``min_input_size``.
+        """
+        if self.too_small(height, width):
+            m = self.min_input_size
+            raise ModelError(
+                f"Backbone '{self.name}' needs inputs of at least {m}×{m} pixels (it "
+                f"downsamples that much). Received: {received}. Resize the images or pick "
+                "another backbone."
+            )
+
+    def check_image_size(self, size: tuple[int, int]) -> None:
+        """Refuse an ``--image-size`` (H, W) too small for this backbone, before any data is read.
+
+        Raises:
+            ConfigError: H or W is below ``min_input_size``.
+        """
+        if self.too_small(*size):
+            raise ConfigError(f"`--image-size` must be at least {self.min_input_size} px for "
+                              f"backbone '{self.name}'. Received: image_size={size[0]},{size[1]}")
+
+
+def _checking_input_size(spec: BackboneSpec) -> Callable[..., BackboneOutput]:
+    """``spec.builder``, first checking its input ``x`` against ``spec.min_input_size`` (for
+    callers that bypass :func:`sila_keras.core.heads.build_backbone`)."""
+
+    @functools.wraps(spec.builder)
+    def builder(x, num_classes, **kwargs):
+        h, w = x.shape[1], x.shape[2]
+        spec.check_input_size(h, w, f"input of {h}×{w}")
+        return spec.builder(x, num_classes, **kwargs)
+
+    return builder
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
@@ -106,6 +193,13 @@ def register_backbone(name: str, *, min_input_size: int = 32, description: str =
                       family: str = ""):
     """Decorator that registers a backbone builder under ``name``.
 
+    Args:
+        name: the backbone's name (MODEL on the command line).
+        min_input_size: the smallest input H and W the backbone takes; the registered
+            builder refuses a smaller input (:meth:`BackboneSpec.check_input_size`).
+        description: one line for listings (default: the builder's first docstring line).
+        family: the family module's name.
+
     Raises:
         ValueError: if ``name`` is already registered.
     """
@@ -116,7 +210,9 @@ def register_backbone(name: str, *, min_input_size: int = 32, description: str =
                 f"Backbone '{name}' is already registered (by {_REGISTRY[name].builder.__module__}). "
                 "Pick another name."
             )
-        _REGISTRY[name] = BackboneSpec(name, fn, min_input_size, description or (fn.__doc__ or "").strip().split("\n")[0], family)
+        spec = BackboneSpec(name, fn, min_input_size,
+                            description or (fn.__doc__ or "").strip().split("\n")[0], family)
+        _REGISTRY[name] = dataclasses.replace(spec, builder=_checking_input_size(spec))
         return fn
 
     return decorator

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from keras import layers
 
-from sila_keras.models.layers import check_spatial, conv_bn_relu
+from sila_keras.models.layers import conv_bn_relu
 from sila_keras.models.registry import BackboneOutput, Tap, register_backbone
 
 # Basic blocks per stage (variants are data).
@@ -46,7 +46,6 @@ def resnet(x, num_classes: int, blocks, widths=WIDTHS) -> BackboneOutput:
     Returns:
         BackboneOutput with a tap at the end of every stage but the last.
     """
-    check_spatial(x, 2 ** (len(widths) - 1), "resnet")
     x = conv_bn_relu(x, widths[0], 3, 1, name="stem")
     taps, depth = [], 1
     for s, (n, w) in enumerate(zip(blocks, widths), start=1):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from keras import layers
 
-from sila_keras.models.layers import bn_relu, check_spatial
+from sila_keras.models.layers import bn_relu
 from sila_keras.models.registry import BackboneOutput, Tap, register_backbone
 from sila_keras.utils.errors import ModelError
 
@@ -57,11 +57,10 @@ def wrn(x, num_classes: int, depth: int, widen: int, *, dropout: float = 0.3) ->
         BackboneOutput with pre-activation taps at the ends of groups 1 and 2.
 
     Raises:
-        ValueError: bad depth, or an input smaller than 4×4.
+        ValueError: bad depth (the registered builder refuses an input smaller than 4×4).
     """
     if depth < 10 or (depth - 4) % 6:
         raise ModelError(f"WRN depth must be 6n + 4 (16, 22, 28, 40, …). Received: depth={depth}")
-    check_spatial(x, 4, f"wrn{depth}_{widen}")
     n = (depth - 4) // 6
     x = _conv(16, 3, 1, "stem_conv")(x)
     taps, done = [], 1

@@ -25,6 +25,7 @@ import difflib
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from sila_keras.models.registry import is_model_file
 from sila_keras.utils.errors import ConfigError
 
 # Mode-specific TrainConfig fields and their CLI flags. A mode lists those it uses in
@@ -32,7 +33,6 @@ from sila_keras.utils.errors import ConfigError
 OPTION_FLAGS = {"peer": "--peer", "dml": "--dml", "no_sila": "--no-sila",
                 "dynamic_eval": "--dynamic-eval",
                 "ship_head": "--ship-head", "distill": "--distill"}  # shipping a head
-MODEL_FILE_SUFFIXES = (".keras", ".h5")
 
 _REGISTRY: dict[str, type[Mode]] = {}
 
@@ -142,11 +142,6 @@ def option(config, name: str, default: Any = None) -> Any:
 
         return flat_config(config).get(name, default)
     return config.value(name)
-
-
-def is_model_file(model: str) -> bool:
-    """Whether ``MODEL`` names a saved Keras model file rather than a backbone."""
-    return str(model).endswith(MODEL_FILE_SUFFIXES)
 
 
 def register_mode(cls: type[Mode]) -> type[Mode]:

@@ -12,7 +12,8 @@ used are printed and written to ``summary.json`` (``set_weights``). See docs/hea
 
 from __future__ import annotations
 
-from sila_keras.modes.base import Mode, is_model_file, option, register_mode
+from sila_keras.models.registry import is_model_file
+from sila_keras.modes.base import Mode, option, register_mode
 from sila_keras.utils.errors import ConfigError
 
 

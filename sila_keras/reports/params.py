@@ -25,20 +25,31 @@ import argparse
 import json
 import sys
 
+from sila_keras.core.sizes import float32_mib
 from sila_keras.utils.cli import Command, HelpFormatter, run_command
 from sila_keras.utils.errors import ConfigError
 
-MIB = 4 / 2**20
-
-# SilaNet Table 3 (CIFAR-10, M = 3): params size in MB (= MiB of float32), CR in %.
-PAPER_TABLE3 = {
-    "vgg19": {"base_mib": 148.62, "train_mib": 148.88, "head_2_mib": 40.58, "head_2_cr": 72.70},
-    "resnet18": {"base_mib": 42.63, "train_mib": 42.76, "head_2_mib": 10.67, "head_2_cr": 74.97},
-    "wrn40_10": {"base_mib": 213.07, "train_mib": 213.24, "head_2_mib": 50.57, "head_2_cr": 76.26},
-    "mobilenetv1": {"base_mib": 12.30, "train_mib": 12.56, "head_2_mib": 6.34, "head_2_cr": 48.46},
-    "densenet121": {"base_mib": 26.54, "train_mib": 26.81, "head_2_mib": 18.44, "head_2_cr": 30.52},
-    "inceptionv3": {"base_mib": 84.43, "train_mib": 84.86, "head_2_mib": 35.72, "head_2_cr": 57.69},
+# SilaNet Table 3 (CIFAR-10, M = 3), the one copy (tests/test_zoo.py reads it too): the
+# paper's printed sizes — params size in MB (= MiB of float32) and CR in % — and the exact
+# trainable-parameter counts of the same definitions and placement (base = head 1, train =
+# the M = 3 model; ../shared/reference/paper-architectures.md).
+TABLE3 = {
+    "vgg19": {"base_params": 38_958_922, "train_params": 39_028_062,
+              "base_mib": 148.62, "train_mib": 148.88, "head_2_mib": 40.58, "head_2_cr": 72.70},
+    "resnet18": {"base_params": 11_173_962, "train_params": 11_208_542,
+                 "base_mib": 42.63, "train_mib": 42.76, "head_2_mib": 10.67, "head_2_cr": 74.97},
+    "wrn40_10": {"base_params": 55_856_330, "train_params": 55_900_510,
+                 "base_mib": 213.07, "train_mib": 213.24, "head_2_mib": 50.57, "head_2_cr": 76.26},
+    "mobilenetv1": {"base_params": 3_223_178, "train_params": 3_292_318,
+                    "base_mib": 12.30, "train_mib": 12.56, "head_2_mib": 6.34, "head_2_cr": 48.46},
+    "densenet121": {"base_params": 6_956_298, "train_params": 7_026_974,
+                    "base_mib": 26.54, "train_mib": 26.81, "head_2_mib": 18.44, "head_2_cr": 30.52},
+    "inceptionv3": {"base_params": 22_133_738, "train_params": 22_228_798,
+                    "base_mib": 84.43, "train_mib": 84.86, "head_2_mib": 35.72, "head_2_cr": 57.69},
 }
+# The columns the paper prints: the reference shown beside ours (``"paper"`` in --json).
+PAPER_COLUMNS = ("base_mib", "train_mib", "head_2_mib", "head_2_cr")
+PAPER_TABLE3 = {name: {k: row[k] for k in PAPER_COLUMNS} for name, row in TABLE3.items()}
 # CIFAR-100 (N = 100): the paper gives no sizes; these are the counts of the same
 # definitions and placement (../shared/reference/paper-architectures.md).
 REFERENCE_CIFAR100 = {
@@ -103,23 +114,22 @@ def param_table(model_name: str, num_classes: int, num_heads: int = 3,
     """
     import keras
 
-    from sila_keras.core.heads import build_sila_model, trainable_params
-    from sila_keras.models import get_backbone
-    from sila_keras.training.train import head_table
+    from sila_keras.core.heads import build_sila_model, head_table, trainable_params
+    from sila_keras.models import get_backbone, is_application
 
     spec = get_backbone(model_name)
     size = max(32, spec.min_input_size) if image_size is None else int(image_size)
-    extra = {"weights": "none"} if model_name.startswith("keras:") else {}  # counting needs no download
+    extra = {"weights": "none"} if is_application(model_name) else {}  # counting needs no download
     try:
         model = build_sila_model(model_name, int(num_classes), int(num_heads), (size, size, 3),
                                  **extra)
-        heads = head_table(model, int(num_classes))
+        heads = head_table(model)
         train = trainable_params(model)
     finally:
         keras.backend.clear_session()
     base = heads["head_1"]["params"]
-    return {"base_params": base, "base_mib": round(base * MIB, 2), "train_params": train,
-            "train_mib": round(train * MIB, 2), "heads": heads}
+    return {"base_params": base, "base_mib": round(float32_mib(base), 2), "train_params": train,
+            "train_mib": round(float32_mib(train), 2), "heads": heads}
 
 
 def num_classes_of(dataset: str) -> int:

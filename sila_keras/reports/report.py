@@ -16,6 +16,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sila_keras.core.sizes import float32_mib
 from sila_keras.utils import files
 from sila_keras.utils.cli import Command, run_command
 from sila_keras.utils.rundir import RunDir
@@ -138,7 +139,7 @@ def table3(arms: list[Arm]) -> list[str]:
         s = a.runs[0].summary
         heads = s.get("heads", {})
         h2 = heads.get("head_2", {})
-        mib = lambda p: f"{p * 4 / 2**20:.2f}" if p else "–"  # noqa: E731
+        mib = lambda p: f"{float32_mib(p):.2f}" if p else "–"  # noqa: E731
         lines.append(f"| {a.label} | {mib(s.get('total_params'))} | {mib(heads.get('head_1', {}).get('params'))} "
                      f"| {mib(h2.get('params'))} | {h2.get('cr_percent', '–')} "
                      f"| {mean_std([_last(r, 'head_2_acc') for r in a.runs]) if h2 else '–'} |")

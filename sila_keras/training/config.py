@@ -15,6 +15,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sila_keras.models.registry import is_application
 from sila_keras.utils.errors import ConfigError
 
 PAPER_MILESTONES = (30, 55, 80, 105, 135, 160, 180, 200, 220, 240)
@@ -355,7 +356,7 @@ class TrainConfig:
         if optim.label_smoothing and self.sila.mode != "sila":
             raise ConfigError("`--label-smoothing` applies to --mode sila. Received: "
                               f"mode={self.sila.mode}, label_smoothing={optim.label_smoothing}")
-        keras_model = net.model.startswith("keras:")
+        keras_model = is_application(net.model)
         only_keras = {"weights": net.weights != "none", "taps": net.taps is not None,
                       "freeze_epochs": optim.freeze_epochs > 0,
                       "backbone_lr_mult": optim.backbone_lr_mult != 1.0}

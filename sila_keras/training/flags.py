@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from sila_keras.models.registry import APPLICATION_PREFIX, is_application
 from sila_keras.training.config import (
     AUGMENT_NAMES,
     AUTOAUGMENT_SEMANTICS,
@@ -209,7 +210,7 @@ def _add_finetune_flags(p: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     g = p.add_argument_group(
         "pretrained backbones (MODEL = keras:<Name>)",
-        f"keras.applications models: {', '.join('keras:' + n for n in KERAS_APPLICATIONS)}. Built with "
+        f"keras.applications models: {', '.join(APPLICATION_PREFIX + n for n in KERAS_APPLICATIONS)}. Built with "
         "include_top=False + global pooling + a Dense classifier (head_1); the application's "
         "own preprocessing is inside the model (it takes raw 0–255 pixels). Without --recipe, "
         "keras: models use the keras-finetune recipe for the options you do not type (AdamW "
@@ -294,7 +295,7 @@ def config_with_recipe(flat: dict, given: set[str], recipe_name: str | None) -> 
     """Flat field values (flags and defaults) → a :class:`TrainConfig` with the
     recipe (``--recipe``; without one, ``keras-finetune`` for keras:<Name> backbones) applied
     under the flags in ``given``, and every field's origin recorded."""
-    if recipe_name is None and str(flat.get("model", "")).startswith("keras:"):
+    if recipe_name is None and is_application(flat.get("model", "")):
         recipe_name = FINETUNE  # the fine-tuning recipe is the keras: models' default
     recipe = get_recipe(recipe_name) if recipe_name is not None else None
     explicit = {k: v for k, v in flat.items() if k in given}
@@ -315,7 +316,7 @@ def default_run_name(dataset: str, model: str) -> str:
     for suffix in (".tar.gz", ".tgz", ".tar", ".zip"):
         ds = ds.removesuffix(suffix)
     ds = re.sub(r"[^A-Za-z0-9_.-]+", "_", ds) or "data"
-    model = Path(model).stem.replace("keras:", "")  # keras:<Name> → <Name>
+    model = Path(model).stem.replace(APPLICATION_PREFIX, "")  # keras:<Name> → <Name>
     return f"{ds}-{model}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import keras
 
+from sila_keras.models.registry import is_model_file
 from sila_keras.utils.errors import ConfigError
 
 FLOAT32 = "float32"
@@ -86,7 +87,7 @@ def check_mixed_precision(model_name: str, mixed: bool) -> None:
     Raises:
         ValueError: with the fix.
     """
-    if mixed and str(model_name).endswith((".keras", ".h5")):
+    if mixed and is_model_file(model_name):
         raise ConfigError(
             f"--mixed-precision cannot be applied to a saved model: '{model_name}' keeps the dtype "
             "policy it was saved with. Rebuild it after "

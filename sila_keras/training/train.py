@@ -41,10 +41,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args: argparse.Namespace) -> None:
     config = config_from_args(args)
-    if args.cpu_devices:
-        from sila_keras.devices.distribute import split_cpu
+    from sila_keras.devices.distribute import apply_cpu_devices
 
-        split_cpu(args.cpu_devices)
+    apply_cpu_devices(args.cpu_devices)
     run(config)
 
 
@@ -65,9 +64,9 @@ class ResumeState:
 
 def validate_model_name(model: str) -> None:
     """Fail early (before data loading) on an unknown backbone or a missing model file."""
-    from sila_keras.models import get_backbone
+    from sila_keras.models import get_backbone, is_model_file
 
-    if model.endswith((".keras", ".h5")):
+    if is_model_file(model):
         if not Path(model).is_file():
             raise ConfigError(f"Model file not found: '{model}'. Pass a saved Keras classifier "
                                     "(.keras) or a registered backbone name.")
@@ -96,7 +95,9 @@ def check_before_data(config: TrainConfig):
 
 def _check_weights_file(config: TrainConfig) -> None:
     """A keras:<Name> ``--weights PATH`` must exist (checked before any data is read)."""
-    if config.net.model.startswith("keras:") and not config.run.resume:
+    from sila_keras.models import is_application
+
+    if is_application(config.net.model) and not config.run.resume:
         from sila_keras.models.applications import check_weights
 
         check_weights(config.net.model, config.net.weights)
@@ -151,12 +152,12 @@ def load_data(config: TrainConfig):
                         skip_bad_images=d.skip_bad_images, image_size=d.image_size,
                         resize=d.resize, val_split=d.val_split, train_split=d.train_split,
                         test_split=d.test_split, cache=d.cache)
-    if not config.net.model.endswith((".keras", ".h5")):
-        from sila_keras.data.images import check_size_for_backbone
+    from sila_keras.models import is_model_file
+
+    if not is_model_file(config.net.model):
         from sila_keras.models import get_backbone
 
-        check_size_for_backbone(data.image_size, get_backbone(config.net.model).min_input_size,
-                                config.net.model)
+        get_backbone(config.net.model).check_image_size(data.image_size)
     return data
 
 
@@ -167,9 +168,10 @@ def build_model(config: TrainConfig, data, mode=None):
     In ``--mode sila``, ``config.net.model`` may be a path to the user's own ``.keras``
     classifier: SiLa heads are attached to it; it receives raw 0–255 pixels.
     """
+    from sila_keras.models import is_application
     from sila_keras.modes import make_mode
 
-    if config.net.model.startswith("keras:"):  # weights and taps go to the application builder
+    if is_application(config.net.model):  # weights and taps go to the application builder
         extra = {"weights": config.net.weights, "taps": config.net.taps}
         mode = make_mode(config.replace(backbone_kwargs={**config.net.backbone_kwargs, **extra}))
     return (mode or make_mode(config)).build_model(data)
@@ -296,22 +298,10 @@ def fit(model, train_ds, eval_ds, *, epochs: int, steps: int, initial_epoch: int
                      steps_per_epoch=steps, callbacks=callbacks, verbose=0, shuffle=False)
 
 
-def head_table(model, num_classes: int) -> dict:
-    """Trainable params / MiB / CR of every extracted head vs the base (head 1)."""
-    from sila_keras.core.heads import extract_head, num_heads_of, trainable_params
-
-    out = {}
-    base = trainable_params(extract_head(model, 1))
-    for k in range(1, num_heads_of(model) + 1):
-        p = trainable_params(extract_head(model, k))
-        out[f"head_{k}"] = {"params": p, "mib": round(p * 4 / 2**20, 2),
-                            "cr_percent": round(100 * (1 - p / base), 2)}
-    return out
-
-
 def save_run(run_dir: Path, model, config: TrainConfig, data, logger, strategy, wall_time_s: float) -> dict:
     """Write ``model.keras``, ``labels.txt``, ``summary.json`` and ``curves.png``."""
-    from sila_keras.core.heads import num_heads_of, trainable_params
+    from sila_keras.core.heads import head_table, num_heads_of, trainable_params
+    from sila_keras.core.sizes import float32_mib
     from sila_keras.devices.distribute import strategy_name
     from sila_keras.utils.plots import plot_curves
 
@@ -321,7 +311,7 @@ def save_run(run_dir: Path, model, config: TrainConfig, data, logger, strategy, 
     m = num_heads_of(model)
     rows, best = logger.rows, logger.best()
     last = rows[-1] if rows else {}
-    heads = head_table(model, data.num_classes)
+    heads = head_table(model)
     for k in range(1, m + 1):
         final = last.get(f"head_{k}_acc")
         heads[f"head_{k}"] = {"final_acc": None if final in (None, "") else float(final),
@@ -335,7 +325,7 @@ def save_run(run_dir: Path, model, config: TrainConfig, data, logger, strategy, 
         "class_names": data.class_names, "notes": data.notes}
     summary = {
         "dataset": config.data.dataset, "model": config.net.model, "num_classes": data.num_classes,
-        "num_heads": m, "heads": heads, "total_params": total, "train_mib": round(total * 4 / 2**20, 2),
+        "num_heads": m, "heads": heads, "total_params": total, "train_mib": round(float32_mib(total), 2),
         "base_params": heads["head_1"]["params"], "epochs_done": int(last.get("epoch", 0) or 0),
         "epochs": config.optim.epochs, "top5": _f(last.get("top5")), "nll": _f(last.get("nll")),
         "wall_time_s": round(wall_time_s, 1), "strategy": strategy_name(strategy),
