@@ -138,7 +138,7 @@ def time_tflite(results: dict, staged: dict, saved_model, staging, images, runs:
             f"model_int8.tflite ({int8.get('scheme')}) is {int8['latency']['vs_float32']:.1f}x slower "
             f"than float32 in LiteRT ({int8['latency']['median_ms']:.3g} ms vs {ref['median_ms']:.3g} "
             f"ms, {int8['latency']['delegate_pieces']} XNNPACK piece(s)): on a phone CPU ship "
-            "model.tflite, model_float16.tflite or model_dynamic.tflite instead")
+            "model.tflite or model_float16.tflite instead")
     return {"reference": reference, "warnings": warnings}
 
 
