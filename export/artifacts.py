@@ -285,7 +285,7 @@ def write_tflite(saved_model: Path, path: Path, quantization: str,
         if not allow_flex:
             raise FlexOpsError(flex) from None
     if scheme == "int8" and int8_io in EXACT_PIXEL_QUANTIZATION:
-        _check_pixel_quantization(flatbuffer, int8_io)
+        check_pixel_quantization(flatbuffer, int8_io)
     path.write_bytes(flatbuffer)
     return {"scheme": scheme, "flex_ops": flex}
 
@@ -337,7 +337,12 @@ def calibration_with_pixel_range(calibration) -> np.ndarray:
     return images
 
 
-def _check_pixel_quantization(flatbuffer: bytes, int8_io: str) -> None:
+def check_pixel_quantization(flatbuffer: bytes, int8_io: str) -> None:
+    """Check the full-integer input maps raw 0–255 pixels exactly (see :data:`EXACT_PIXEL_QUANTIZATION`).
+
+    Raises:
+        RuntimeError: another scale or zero point.
+    """
     from ai_edge_litert.interpreter import Interpreter
 
     details = Interpreter(model_content=flatbuffer).get_input_details()[0]
@@ -354,8 +359,6 @@ def flex_ops(flatbuffer: bytes, layer_names: Sequence[str] = ()) -> dict[str, li
     A Flex op is a custom op named ``Flex<TFOp>``; the layer is read from the names of
     its output tensors (``functional/<layer>_1/Cumprod``).
     """
-    import re
-
     from tensorflow.lite.python import schema_py_generated as fb
 
     model = fb.Model.GetRootAs(flatbuffer, 0)
@@ -374,14 +377,24 @@ def flex_ops(flatbuffer: bytes, layer_names: Sequence[str] = ()) -> dict[str, li
                 continue
             layers = found.setdefault(codes[op.OpcodeIndex()], [])
             for k in range(op.OutputsLength()):
-                name = graph.Tensors(op.Outputs(k)).Name().decode()
-                parts = [p for part in name.split(";") for p in part.split("/")]
-                hits = [p for p in parts if p in known] or \
-                       [re.sub(r"_\d+$", "", p) for p in parts if re.sub(r"_\d+$", "", p) in known]
-                for layer in hits[:1] or [name]:
-                    if layer not in layers:
-                        layers.append(layer)
+                layer = layer_of(graph.Tensors(op.Outputs(k)).Name().decode(), known)
+                if layer not in layers:
+                    layers.append(layer)
     return found
+
+
+def layer_of(tensor_name: str, layer_names) -> str:
+    """The Keras layer that produced a TFLite tensor, read from its name
+    (``functional/<layer>_1/Cumprod``), or the tensor name when none matches."""
+    import re
+
+    known = set(layer_names)
+    parts = [p for part in tensor_name.split(";") for p in part.split("/")]
+    # the exported graph names a layer's scope '<layer>_1': strip that suffix first, so that
+    # 'activation_1/mul' is layer 'activation', not a layer named 'activation_1'
+    hits = [re.sub(r"_\d+$", "", p) for p in parts if re.sub(r"_\d+$", "", p) in known] or \
+           [p for p in parts if p in known]
+    return hits[0] if hits else tensor_name
 
 
 def gpu_compatibility(path: Path) -> dict:

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from sila_keras.utils.cli import Command, HelpFormatter, run_command
-from sila_keras.utils.errors import ConfigError, RunFailed
+from sila_keras.utils.errors import ConfigError, RunFailed, SilaError
 
 PROG = "sila-export"
 
@@ -132,7 +132,19 @@ def run(args: argparse.Namespace) -> dict:
 
         check_channels(src.input_shape)  # before the output folder is created
     out = args.out or (src.default_out if heads is None else src.default_out / f"head_{heads[0]}")
+    created = not Path(out).expanduser().exists()
     exporter.prepare_out_dir(out)
+    try:
+        return _export(args, src, options, heads, out, class_names, alone_ref)
+    except SilaError:  # bad data found after the folder was made: leave nothing behind
+        if created and Path(out).expanduser().is_dir() and not any(Path(out).expanduser().iterdir()):
+            Path(out).expanduser().rmdir()
+        raise
+
+
+def _export(args, src, options, heads, out, class_names, alone_ref) -> dict:
+    from export import exporter
+
     for note in src.notes:
         print(f"{PROG}: note: {note}", file=sys.stderr)
     data = load_data(args, src, needs_calibration=options.needs_calibration)
@@ -224,13 +236,19 @@ def load_data(args, src, needs_calibration: bool) -> dict:
         _check_classes(ev, src, "--eval")
         out["eval_data"] = (ev.test_x, ev.test_y)
         out["data_notes"]["eval"] = f"{args.eval} (test split, {len(ev.test_y)} images)"
+    # int8 is judged on labelled held-out images: without --eval, the test split of the
+    # calibration data or of the run's own data (never the calibration images themselves)
+    held_out = needs_calibration and not args.eval
+    test = args.eval_samples if held_out else args.parity_samples
     if args.calibration:
-        cal = load_images(args.calibration, train=args.calibration_samples, test=args.parity_samples,
+        cal = load_images(args.calibration, train=args.calibration_samples, test=test,
                           data_dir=data_dir, **sized)
         _check_classes(cal, src, "--calibration")
         out["calibration"] = cal.train_x
         out["data_notes"]["calibration"] = f"{args.calibration} (train split, {len(cal.train_x)} images)"
         out["sample_images"], out["sample_note"] = cal.test_x, f"{args.calibration} test split"
+        if held_out:
+            _held_out(out, cal, f"{args.calibration} (test split")
         return out
     dataset = cfg.get("dataset")
     if not dataset or (args.eval and not needs_calibration):
@@ -242,7 +260,7 @@ def load_data(args, src, needs_calibration: bool) -> dict:
         return out
     try:
         run_data = load_images(dataset, train=args.calibration_samples if needs_calibration else 1,
-                               test=args.parity_samples, data_dir=data_dir,
+                               test=test, data_dir=data_dir,
                                download=cfg.get("download", "auto"), seed=int(cfg.get("seed", 0)),
                                val_split=cfg.get("val_split"), train_split=cfg.get("train_split"),
                                test_split=cfg.get("test_split"), **sized)
@@ -258,7 +276,26 @@ def load_data(args, src, needs_calibration: bool) -> dict:
         out["calibration"] = run_data.train_x
         out["data_notes"]["calibration"] = f"{dataset} (the run's train split, {len(run_data.train_x)} images)"
     out["sample_images"], out["sample_note"] = run_data.test_x, f"{dataset} test split (the run's data)"
+    if held_out:
+        _held_out(out, run_data, f"{dataset} (the run's test split")
     return out
+
+
+def _held_out(out: dict, data, note: str) -> None:
+    """The labelled held-out images the int8 gate judges (and every artifact's accuracy).
+
+    Raises:
+        sila_keras.utils.errors.ConfigError: the split has no images.
+    """
+    if not len(getattr(data, "test_y", ())):
+        raise ConfigError(
+            "The int8 gate judges accuracy on labelled held-out images, and the data has no test "
+            f"split. Received: {note.split(' (')[0]} with 0 test images. Pass --eval DATASET "
+            "(labelled images the model was not trained on) or drop int8 from --quantize.")
+    out["eval_data"] = (data.test_x, data.test_y)
+    out["data_notes"]["eval"] = f"{note}, {len(data.test_y)} held-out images)"
+    out.pop("sample_images", None)
+    out.pop("sample_note", None)
 
 
 def _check_classes(data, src, flag: str) -> None:

@@ -32,7 +32,7 @@ from export import artifacts as art
 from export import inputs, outdir, parity, report
 from export.options import ExportOptions
 from export.outdir import prepare_out_dir
-from export.phone import export_tflite, phone_context
+from export.phone import export_tflite, phone_context, time_tflite
 from sila_keras.utils.errors import ConfigError, RunFailed
 
 
@@ -151,8 +151,9 @@ def export_head(model, head: int, out_dir, *, options: ExportOptions | None = No
                    source=source, model_info=model_info, verbose=verbose)
     staging = Path(tempfile.mkdtemp(prefix=outdir.STAGING_PREFIX, dir=job.out_dir))
     try:
-        results, failed, staged = _write_artifacts(job, staging, verbose)
+        results, failed, staged, timing = _write_artifacts(job, staging, verbose)
         manifest = _manifest(job, results, failed, data_notes)
+        manifest.update(latency_reference=timing["reference"], warnings=timing["warnings"])
         outdir.commit(job.out_dir, staging, staged, [e["file"] for e in failed.values()], manifest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -248,7 +249,8 @@ def _check_data(options: ExportOptions, calibration, eval_data, input_shape):
     """``(calibration images or None, (eval images, labels) or (None, None))``, checked.
 
     Raises:
-        ValueError: images of the wrong shape, or ``int8`` without calibration images.
+        ValueError: images of the wrong shape, or ``int8`` without calibration images or
+            without labelled held-out images (the int8 gate's data).
     """
     cal = inputs.calibration_images(calibration, input_shape)
     if options.needs_calibration and cal is None:
@@ -257,7 +259,14 @@ def _check_data(options: ExportOptions, calibration, eval_data, input_shape):
             "Received: calibration=None. Pass --calibration DATASET (folder:PATH or a tfds name), "
             "export from a run directory whose training data can be loaded, or drop int8 from --quantize."
         )
-    return cal, inputs.eval_arrays(eval_data, input_shape)
+    eval_x, eval_y = inputs.eval_arrays(eval_data, input_shape)
+    if options.needs_calibration and eval_y is None:
+        raise ConfigError(
+            "The int8 gate judges accuracy on labelled held-out images, and none were given. "
+            "Received: eval_data=None. Pass --eval DATASET (its test split), export from a run "
+            "directory whose test split can be loaded, or (Python) eval_data=(images, labels); "
+            "never the calibration images.")
+    return cal, (eval_x, eval_y)
 
 
 # --------------------------------------------------------------------------- steps
@@ -310,14 +319,17 @@ def _write_artifacts(job: HeadExport, staging: Path, verbose: int):
     """Write and verify each planned artifact in ``staging``.
 
     Returns:
-        ``(results, failed, staged)``: the manifest entries of the verified artifacts and of
-        the failed ones (by name), and the staged path of each verified artifact (by file).
+        ``(results, failed, staged, timing)``: the manifest entries of the verified artifacts
+        and of the failed ones (by name), the staged path of each verified artifact (by file),
+        and the LiteRT timing of the TFLite files next to float32
+        (:func:`export.phone.time_tflite`, which adds it to their entries).
     """
     results, failed, staged = {}, {}, {}
     saved_model, source_error = _tflite_source(job, staging)
     for spec in job.options.plan:
         _say(verbose, f"  {spec.name:15s} → {spec.file} …")
-        entry = _export_one(spec, job, staging, saved_model, source_error)
+        entry = _export_one(spec, job, staging, saved_model, source_error,
+                            say=lambda text: _say(verbose, text))
         path = entry.pop("staged", None)
         if spec.family == "savedmodel" and path is not None and not job.own_tflite_source:
             saved_model = path  # TFLite converts from the verified SavedModel
@@ -327,7 +339,8 @@ def _write_artifacts(job: HeadExport, staging: Path, verbose: int):
             _say(verbose, f"    FAILED: {reason}")
         else:
             results[spec.name], staged[spec.file] = entry, path
-    return results, failed, staged
+    timing = time_tflite(results, staged, saved_model, staging, job.images, job.options.latency_runs)
+    return results, failed, staged, timing
 
 
 def _tflite_source(job: HeadExport, staging: Path):
@@ -359,7 +372,8 @@ def _manifest(job: HeadExport, results: dict, failed: dict, data_notes) -> dict:
 # --------------------------------------------------------------------------- one artifact
 
 
-def _export_one(spec, job: HeadExport, staging: Path, saved_model, source_error) -> dict:
+def _export_one(spec, job: HeadExport, staging: Path, saved_model, source_error,
+                say=None) -> dict:
     """Write one artifact into ``staging`` and verify it; ``entry["staged"]`` is its path
     (installed into the output folder only when the whole export commits), or
     ``entry["error"]`` says why it failed. TFLite files convert from ``saved_model``
@@ -373,7 +387,7 @@ def _export_one(spec, job: HeadExport, staging: Path, saved_model, source_error)
                               "written" + (f" ({source_error})" if source_error else ""))
             return entry
         return export_tflite(entry, spec, path, job, saved_model, verify=_verify,
-                             one_line=_one_line)
+                             one_line=_one_line, say=say)
     t0 = time.perf_counter()
     try:
         if spec.family == "keras":
@@ -410,7 +424,8 @@ def _verify(entry, spec, path, job: HeadExport) -> dict:
         entry["error"] = f"could not run in {spec.runtime}: {_one_line(e)}"
         return entry
     ref = job.reference if runner.output == "logits" else parity.softmax(job.reference)
-    entry["parity"] = parity.compare(ref, outputs, spec.check, job.options.tolerances, runner.output)
+    entry["parity"] = parity.compare(ref, outputs, spec.check, job.options.tolerances, runner.output,
+                                     labels=job.labels)
     if job.labels is not None:
         entry["accuracy"] = parity.accuracy(outputs, job.labels)
     if hasattr(runner, "input_details"):

@@ -1,13 +1,13 @@
-"""TFLite files for phones: the int8 accuracy gate, metadata, GPU verdict, MediaPipe check.
+"""TFLite files for phones: conversion, metadata, GPU verdict, MediaPipe check, latency.
 
 Phone apps run a ``.tflite`` through their runtime's own client — MediaPipe Tasks'
 ``ImageClassifier`` on Android/iOS — not a bare interpreter. For each TFLite variant
-:func:`export_tflite` converts (builtin ops only, see :func:`export.artifacts.write_tflite`),
-writes the metadata (:mod:`export.metadata`), verifies parity in LiteRT, and for the
-full-integer file applies the **int8 gate**: below the agreement bound it converts again
-with 16-bit activations × 8-bit weights and ships that only if it passes, recording both.
-Then it records LiteRT's GPU-delegate verdict and classifies the parity images with
-MediaPipe's ``ImageClassifier`` loading the file as exported.
+:func:`export_tflite` converts (builtin ops only, see :func:`export.artifacts.write_tflite`;
+the full-integer file through :func:`export.quantize.full_integer`: plain int8, the XNNPACK
+fix, selective int8, int16x8, each judged by the int8 gate), writes the metadata
+(:mod:`export.metadata`), verifies parity in LiteRT, records LiteRT's GPU-delegate verdict
+and classifies the parity images with MediaPipe's ``ImageClassifier`` loading the file as
+exported. :func:`time_tflite` then times every TFLite file next to float32.
 """
 
 from __future__ import annotations
@@ -26,51 +26,53 @@ if TYPE_CHECKING:
 
 
 def export_tflite(entry: dict, spec, path: Path, job: HeadExport, saved_model: Path, *,
-                  verify, one_line) -> dict:
-    """Convert ``saved_model`` to ``path``, add metadata, verify in LiteRT; the int8 gate with
-    its int16x8 fallback; then LiteRT's GPU verdict and a pass through MediaPipe's
-    ImageClassifier.
+                  verify, one_line, say=None) -> dict:
+    """Convert ``saved_model`` to ``path`` (the int8 file: found by
+    :func:`export.quantize.full_integer`), add metadata, verify in LiteRT; then LiteRT's GPU
+    verdict and a pass through MediaPipe's ImageClassifier.
 
     ``entry`` is the artifact's manifest entry so far; ``verify(entry, spec, path, job)`` is
-    the exporter's parity step; ``one_line(exception)`` its error formatter. Returns the
-    manifest entry: ``staged`` (the verified file) or ``error``.
+    the exporter's parity step; ``one_line(exception)`` its error formatter; ``say`` prints
+    progress. Returns the manifest entry: ``staged`` (the verified file) or ``error``.
     """
     options, phone = job.options, job.phone
-    schemes = ["int8", "int16x8"] if spec.quantization == "int8" else [None]
-    attempts = []
-    for scheme in schemes:
-        attempt = dict(entry)
-        t0 = time.perf_counter()
-        try:
-            info = art.write_tflite(saved_model, path, spec.quantization, job.calibration,
-                                    int8_io=options.int8_io, scheme=scheme or "int8",
-                                    allow_flex=options.allow_flex, layer_names=phone["layers"])
-            if options.metadata:
-                from export import metadata as md
+    t0 = time.perf_counter()
+    try:
+        found = None
+        if spec.quantization == "int8":
+            from export import quantize
 
-                md.write(path, phone["metadata"])
-        except Exception as e:  # noqa: BLE001 - any converter failure is reported, not raised
-            attempt["error"] = f"conversion failed: {one_line(e)}"
-            return _with_attempts(attempt, attempts)
-        attempt["convert_s"] = round(time.perf_counter() - t0, 2)
-        attempt["scheme"] = info["scheme"]
-        attempt["flex_ops"] = info["flex_ops"]
-        attempt = verify(attempt, spec, path, job)
-        agreement_failed = "error" in attempt and "top-1 agreement" in attempt.get("error", "")
-        if not agreement_failed or scheme == schemes[-1]:
-            break
-        attempts.append({k: attempt[k] for k in ("scheme", "parity", "accuracy", "size_bytes", "input",
-                                                 "output") if k in attempt})
-    entry = _with_attempts(attempt, attempts)
-    if "error" in entry:
-        if attempts:
-            entry["error"] = (f"int8 failed the accuracy gate ({attempts[0]['parity']['top1_agreement']:.1%}"
-                              f" top-1 agreement) and so did the int16x8 fallback: {entry['error']}")
+            held_out = {"images": job.images, "labels": job.labels, "reference": job.reference}
+            found = quantize.full_integer(saved_model, job.calibration, held_out,
+                                          tolerances=options.tolerances, int8_io=options.int8_io,
+                                          layer_names=phone["layers"], workdir=path.parent, say=say)
+        if found is None:  # not int8, or a graph with Flex ops: one plain conversion
+            info = art.write_tflite(saved_model, path, spec.quantization, job.calibration,
+                                    int8_io=options.int8_io, allow_flex=options.allow_flex,
+                                    layer_names=phone["layers"])
+        else:
+            entry["search"] = found["record"]
+            if found["error"]:
+                entry["error"] = found["error"]
+                return entry
+            path.write_bytes(found["model"])
+            info = {"scheme": found["scheme"], "flex_ops": {}}
+            entry.update({k: found["summary"][k] for k in ("float_layers", "float_mac_share")})
+            if found["scheme"] != "int8":
+                entry["fallback"] = _fallback_note(found)
+        if options.metadata:
+            from export import metadata as md
+
+            md.write(path, phone["metadata"])
+    except Exception as e:  # noqa: BLE001 - any converter failure is reported, not raised
+        entry["error"] = f"conversion failed: {one_line(e)}"
         return entry
-    if attempts:
-        entry["fallback"] = (f"int8 reached {attempts[0]['parity']['top1_agreement']:.1%} top-1 agreement "
-                             f"(< {options.tolerances['int8']:.0%}): shipped int16x8 (16-bit activations, "
-                             "8-bit weights, float32 input/output) instead")
+    entry["convert_s"] = round(time.perf_counter() - t0, 2)
+    entry["scheme"] = info["scheme"]
+    entry["flex_ops"] = info["flex_ops"]
+    entry = verify(entry, spec, path, job)
+    if "error" in entry:
+        return entry
     if options.metadata:
         from export import metadata as md
 
@@ -87,10 +89,57 @@ def export_tflite(entry: dict, spec, path: Path, job: HeadExport, saved_model: P
     return entry
 
 
-def _with_attempts(entry, attempts):
-    if attempts:
-        entry["int8_attempt"] = attempts[0]
-    return entry
+def _fallback_note(found) -> str:
+    """Why the shipped int8 file is not a plain full-integer graph."""
+    attempts = found["record"]["attempts"]
+    plain = attempts[0]
+    why = ("; ".join(plain["gate"]["reasons"]) if not plain["passed"]
+           else f"XNNPACK split it into {plain['delegate_pieces']} pieces")
+    layers = found["summary"]["float_layers"]
+    if found["scheme"] == "int16x8":
+        return (f"plain int8: {why}; selective int8 did not pass either: shipped int16x8 (16-bit "
+                "activations, 8-bit weights, float32 input/output; LiteRT reference kernels)")
+    return (f"plain int8: {why}; shipped {found['record']['shipped']}: {len(layers)} op(s) in float "
+            f"({100 * found['summary']['float_mac_share']:.1f}% of the MACs), the rest int8")
+
+
+def time_tflite(results: dict, staged: dict, saved_model, staging, images, runs: int) -> dict:
+    """LiteRT latency of every verified TFLite file next to float32 (:func:`export.latency.measure`).
+
+    Updates each TFLite entry's ``latency`` (with ``vs_float32``, the ratio of medians) and
+    returns ``{"reference": ..., "warnings": [...]}``; a float32 file converted only for the
+    comparison is noted as such.
+    """
+    from export import latency
+
+    files = {name: staged[e["file"]] for name, e in results.items()
+             if e.get("format") == "tflite" and not e.get("flex_ops") and e["file"] in staged}
+    if not files or ("tflite" not in files and saved_model is None):
+        return {"reference": None, "warnings": []}
+    reference = {"file": "model.tflite", "written": "tflite" in files}
+    try:
+        if "tflite" not in files:
+            path = Path(staging) / "_float32_reference.tflite"
+            art.write_tflite(saved_model, path, "none")
+            files = {"float32 reference": path, **files}
+        timings = latency.measure(files, images[:1], runs)
+    except Exception as e:  # noqa: BLE001 - timing is informative: report it, keep the files
+        return {"reference": None, "warnings": [f"LiteRT latency not measured: {e}"[:300]]}
+    ref = timings["tflite" if "tflite" in files else "float32 reference"]
+    reference.update(ref)
+    warnings = []
+    for name, t in timings.items():
+        if name in results:
+            t["vs_float32"] = round(t["median_ms"] / max(ref["median_ms"], 1e-9), 3)
+            results[name]["latency"] = t
+    int8 = results.get("tflite_int8")
+    if int8 and latency.slower_than(int8["latency"], ref):
+        warnings.append(
+            f"model_int8.tflite ({int8.get('scheme')}) is {int8['latency']['vs_float32']:.1f}x slower "
+            f"than float32 in LiteRT ({int8['latency']['median_ms']:.3g} ms vs {ref['median_ms']:.3g} "
+            f"ms, {int8['latency']['delegate_pieces']} XNNPACK piece(s)): on a phone CPU ship "
+            "model.tflite or model_float16.tflite instead")
+    return {"reference": reference, "warnings": warnings}
 
 
 def _mediapipe(path, entry, job: HeadExport, one_line) -> dict:
@@ -127,7 +176,7 @@ def _targets(entry) -> list[str]:
     if entry.get("gpu_delegate", {}).get("compatible") and scheme in ("float32", "float16"):
         out.append("GPU delegate")
     if scheme == "int8" and entry["input"]["dtype"] in ("uint8", "int8"):
-        out.append("int8 accelerators (NNAPI-style NPUs/DSPs)")
+        out.append("int8 accelerators (NNAPI-style NPUs/DSPs)")  # full-integer graphs only
     return out
 
 

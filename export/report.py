@@ -91,10 +91,10 @@ def input_block(model, input_shape) -> dict:
         "shape": [None, *(int(d) for d in input_shape)], "range": [0, 255],
         "preprocessing": "feed raw pixel values 0–255 as float32 (no scaling outside the model); "
                          "the model standardizes each channel inside: (x − mean) / std",
-        "int8_tflite": "model_int8.tflite (scheme int8) takes raw uint8 pixels by default (scale 1, "
-                       "zero point 0; --int8-io) and gives uint8 probabilities (scale 1/256); the "
-                       "exact values are in artifacts.tflite_int8.input/output. An int16x8 fallback "
-                       "takes float32 pixels 0–255",
+        "int8_tflite": "model_int8.tflite (scheme int8 or int8-selective) takes raw uint8 pixels by "
+                       "default (scale 1, zero point 0; --int8-io) and gives uint8 probabilities "
+                       "(scale 1/256); the exact values are in artifacts.tflite_int8.input/output. "
+                       "An int16x8 fallback takes float32 pixels 0–255",
     }
     try:
         layer = model.get_layer("normalize")
@@ -137,8 +137,8 @@ def summary_table(manifest: dict) -> str:
     if manifest.get("eval"):
         acc = manifest["eval"]["accuracy"]["keras_reference"]
         lines.append(f"{'keras (ref)':16s} {'-':22s} {'':>8s} {'':>12s} {'':>9s} {_pct(acc):>8s} {'':>8s}")
-    rows = [(k, v, "ok" if v.get("scheme") != "int16x8" else "ok (int16x8)")
-            for k, v in manifest["artifacts"].items()]
+    rows = [(k, v, "ok" if v.get("scheme") in (None, "float32", "float16", "dynamic", "int8")
+             else f"ok ({v['scheme']})") for k, v in manifest["artifacts"].items()]
     rows += [(k, v, "FAILED") for k, v in manifest["failed"].items()]
     for name, entry, status in rows:
         par = entry.get("parity") or {}
@@ -152,10 +152,15 @@ def summary_table(manifest: dict) -> str:
     for name, entry in manifest["artifacts"].items():
         if entry.get("fallback"):
             lines.append(f"  {name}: {entry['fallback']}")
+        lat = entry.get("latency") or {}
+        if entry.get("format") == "tflite" and lat.get("vs_float32") is not None:
+            lines.append(f"  {name}: LiteRT {lat['median_ms']:.3g} ms ({lat['vs_float32']:.2f}x float32, "
+                         f"{lat.get('threads')} threads, {lat.get('delegate_pieces')} XNNPACK piece(s))")
         mp = entry.get("mediapipe") or {}
         if mp.get("runs"):
             lines.append(f"  {name}: MediaPipe ImageClassifier top-1 agreement "
                          f"{mp['top1_agreement']:.1%} on {mp['images']} images")
+    lines += [f"  WARNING: {w}" for w in manifest.get("warnings", [])]
     return "\n".join(lines)
 
 

@@ -52,9 +52,10 @@ def trained_run(cifar_folder, tmp_path_factory):
     off, one head's probabilities flat, so its int8 file disagreed with Keras on 6–12 % of the
     images from quantization noise alone (head_1: 88 % int8, 94 % int16x8), and the exporter
     rightly refused it. Trained like this, every variant agrees ≥ 99 % while the classes it
-    predicts still vary across images; the int8 attempts reach 95–96 %, just under the 97 %
-    gate, so both heads ship the int16x8 fallback (the tests accept either scheme; the plain
-    uint8 file is checked in ``test_int8_below_the_gate_ships_int16x8``)."""
+    predicts still vary across images; plain int8 agrees on 95–96 % of all images but on
+    every image where the float head is confident, and loses 0.5 points of accuracy, so both
+    heads ship plain int8 under the accuracy gate (selective int8 and the int16x8 last resort
+    are forced in ``test_export_int8.py``)."""
     from sila_keras.training.train import main as train_main
 
     def train(out):
@@ -90,8 +91,8 @@ def phone_folder(tmp_path_factory, shared_dir):
 @pytest.fixture(scope="session")
 def exported(trained_run, phone_folder, tmp_path_factory):
     """``--head all`` to every format and quantization, evaluated on 100 real test images.
-    The int8 gate is on (a weak model's int8 file may ship as int16x8, as the manifest
-    says); the dynamic-range bound is off (an 80-image model's near ties say little about
+    The int8 gate is on (judged on these labelled images; the manifest says which scheme
+    shipped); the dynamic-range bound is off (an 80-image model's near ties say little about
     it; its figures are still recorded and re-measured below)."""
     def export_all(out):
         rc = main([str(trained_run), "--head", "all", "--formats", "keras,savedmodel,tflite,onnx",
@@ -205,14 +206,15 @@ def test_quantized_artifacts_are_quantized_and_figures_reproduce(exported, sila_
         agreement = float(np.mean(unique & (got.argmax(-1) == ref.argmax(-1))))
         assert agreement == pytest.approx(manifest["artifacts"][name]["parity"]["top1_agreement"])
     int8 = manifest["artifacts"]["tflite_int8"]
-    assert int8["parity"]["top1_agreement"] >= 0.97  # the gate: never a silently worse int8 file
+    gate = int8["parity"]["gate"]  # the gate: never a silently worse int8 file
+    assert gate["passed"] and gate["accuracy_drop"] <= 1.0 and gate["confident_agreement"] >= 0.97
     details = Interpreter(model_path=str(folder / "model_int8.tflite")).get_signature_runner(
         "serving_default").get_input_details()["image"]
-    if int8["scheme"] == "int8":
+    if int8["scheme"] in ("int8", "int8-selective"):
         assert details["dtype"] == np.uint8  # phones: raw pixels, scale 1, zero point 0
         assert details["quantization"] == (1.0, 0)
-    else:  # the int16x8 fallback, with the int8 figures that made it necessary
-        assert int8["scheme"] == "int16x8" and int8["int8_attempt"]["parity"]["top1_agreement"] < 0.97
+    else:  # the int16x8 last resort, after the int8 attempts that made it necessary
+        assert int8["scheme"] == "int16x8" and not int8["search"]["attempts"][0]["passed"]
         assert details["dtype"] == np.float32
     scale, zero_point = details["quantization"]
     assert int8["input"] == {"dtype": np.dtype(details["dtype"]).name, "scale": scale,
@@ -444,6 +446,8 @@ def test_missing_optional_dependency(trained_run, tmp_path, capsys, monkeypatch,
     (["--formats", "onnx", "--quantize", "int8"], "add tflite to --formats"),
     (["--opset", "19"], "opsets up to 18"),
     (["--tolerance", "int8"], "KIND=VALUE"),
+    (["--tolerance", "int8-drop=abc"], "Tolerance 'int8-drop' must be a number in [0, 100]"),
+    (["--tolerance", "int8-drop=-1"], "Tolerance 'int8-drop' must be in [0, 100] (points of top-1"),
     (["--eval-samples", "0"], "--eval-samples` must be >= 1"),
 ])
 def test_bad_options(trained_run, tmp_path, capsys, argv, message):
@@ -523,6 +527,8 @@ def test_recover_restores_a_folder_artifact_caught_mid_swap(tmp_path):
 # --------------------------------------------------------------------------- phones
 
 LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+# top-1 agreement with Keras in MediaPipe; int8 is judged as its gate judges it, on the images
+# where the float head is confident (near ties flip under uint8 scores: 96 % over all images)
 MEDIAPIPE_AGREEMENT = {"model.tflite": 0.99, "model_float16.tflite": 0.99,
                        "model_dynamic.tflite": 0.97, "model_int8.tflite": 0.97}
 
@@ -556,7 +562,10 @@ def mediapipe_classify(path, images):
 @pytest.mark.slow
 def test_mediapipe_classifies_real_images_with_every_variant(exported, sila_model, phone_images):
     x, _ = phone_images
-    top1 = extract_head(sila_model, 2).predict(x.astype(np.float32), verbose=0).argmax(-1)
+    from export.gate import confident as confident_rows
+
+    logits = extract_head(sila_model, 2).predict(x.astype(np.float32), verbose=0)
+    top1, confident = logits.argmax(-1), confident_rows(softmax(logits))
     figures = {}
     for file, bound in MEDIAPIPE_AGREEMENT.items():
         results = mediapipe_classify(exported / "head_2" / file, x)
@@ -565,8 +574,8 @@ def test_mediapipe_classifies_real_images_with_every_variant(exported, sila_mode
             assert all(0.0 <= s <= 1.0 for _, _, s in cats), file
             assert sum(s for _, _, s in cats) == pytest.approx(1.0, abs=0.05), file  # probabilities
         # top-1 agrees when MediaPipe's first category is Keras' class and is not tied
-        figures[file] = float(np.mean([cats[0][0] == k and cats[0][2] > cats[1][2]
-                                       for cats, k in zip(results, top1)]))
+        agree = np.array([cats[0][0] == k and cats[0][2] > cats[1][2] for cats, k in zip(results, top1)])
+        figures[file] = float(np.mean(agree[confident] if file == "model_int8.tflite" else agree))
         assert figures[file] >= bound, (file, figures)
     manifest = json.loads((exported / "head_2" / "manifest.json").read_text())
     for name, a in manifest["artifacts"].items():
@@ -647,60 +656,6 @@ def test_a_model_needing_flex_ops_is_refused(tmp_path):
     assert entry["flex_ops"] == {"FlexCumprod": ["cumprod_mix"]} and entry["parity"]["checked"] is False
     assert entry["targets"] == ["LiteRT with the Flex delegate only"]
     assert "Flex" in entry["mediapipe"]["reason"]
-
-
-def _break_int8(monkeypatch, schemes):
-    """Calibrate the given schemes on flat grey images: their activation ranges are wrong."""
-    real = art._convert
-
-    def convert(saved_model, quantization, calibration, int8_io, scheme, flex):
-        if scheme in schemes:
-            calibration = np.full_like(calibration, 128.0)
-        return real(saved_model, quantization, calibration, int8_io, scheme, flex)
-
-    monkeypatch.setattr(art, "_convert", convert)
-
-
-@pytest.mark.slow
-def test_int8_below_the_gate_ships_int16x8(sila_model, phone_images, tmp_path, monkeypatch):
-    from ai_edge_litert.interpreter import Interpreter
-
-    x = phone_images[0][:60].astype(np.float32)
-    # gate off: the plain uint8-in/uint8-out int8 file, as NNAPI-style accelerators want it
-    gate_off = export.ExportOptions(formats="tflite", quantize="int8", latency_runs=1,
-                                    tolerances={"int8": 0.0})
-    m = export.export_head(sila_model, 2, tmp_path / "u8", options=gate_off, calibration=x,
-                           sample_images=x, verbose=0)
-    entry = m["artifacts"]["tflite_int8"]
-    assert entry["scheme"] == "int8" and "fallback" not in entry
-    assert entry["input"] == {"dtype": "uint8", "scale": 1.0, "zero_point": 0}
-    assert entry["output"] == {"name": "probabilities", "dtype": "uint8", "scale": 1 / 256, "zero_point": 0}
-    assert entry["mediapipe"]["runs"] and entry["mediapipe"]["category_names_ok"]
-    assert "int8 accelerators (NNAPI-style NPUs/DSPs)" in entry["targets"]
-    m = export.export_head(sila_model, 2, tmp_path / "i8", calibration=x, sample_images=x, verbose=0,
-                           options=dataclasses.replace(gate_off, int8_io="int8"))  # --int8-io int8
-    entry = m["artifacts"]["tflite_int8"]
-    assert entry["input"] == {"dtype": "int8", "scale": 1.0, "zero_point": -128}
-    assert entry["mediapipe"]["runs"] is None and "int8 input" in entry["mediapipe"]["reason"]
-    _break_int8(monkeypatch, {"int8"})
-    gated = export.ExportOptions(formats="tflite", quantize="int8", latency_runs=1)
-    m = export.export_head(sila_model, 2, tmp_path / "fb", options=gated, calibration=x,
-                           sample_images=x, verbose=0)
-    assert m["ok"], m["failed"]
-    entry = m["artifacts"]["tflite_int8"]
-    assert entry["scheme"] == "int16x8" and "shipped int16x8" in entry["fallback"]
-    assert entry["int8_attempt"]["scheme"] == "int8"
-    assert entry["int8_attempt"]["parity"]["top1_agreement"] < 0.97 <= entry["parity"]["top1_agreement"]
-    interp = Interpreter(model_path=str(tmp_path / "fb" / "model_int8.tflite"))
-    assert interp.get_input_details()[0]["dtype"] == np.float32
-    assert any(t["dtype"] == np.int16 for t in interp.get_tensor_details())  # 16-bit activations
-    assert entry["mediapipe"]["runs"] and entry["input"]["dtype"] == "float32"
-    assert "int8 accelerators (NNAPI-style NPUs/DSPs)" not in entry["targets"]
-    _break_int8(monkeypatch, {"int8", "int16x8"})  # both lose accuracy: nothing is shipped
-    m = export.export_head(sila_model, 2, tmp_path / "none", options=gated, calibration=x,
-                           sample_images=x, verbose=0)
-    assert not m["ok"] and not (tmp_path / "none" / "model_int8.tflite").exists()
-    assert "and so did the int16x8 fallback" in m["failed"]["tflite_int8"]["reason"]
 
 
 PLAIN_KERAS_LOAD = r"""
