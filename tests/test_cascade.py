@@ -120,11 +120,18 @@ def test_calibration_never_sees_the_test_split(finished_run, unseen_folder):
 # --------------------------------------------------------------------------- the command
 
 
-def test_cascade_command_writes_its_files(finished_run, unseen_folder, tmp_path, capsys):
-    run = tmp_path / "run"
+@pytest.fixture(scope="module")
+def cascaded_run(finished_run, unseen_folder, tmp_path_factory):
+    """A copy of ``finished_run`` after ``sila-cascade --target-drop 100``."""
+    run = tmp_path_factory.mktemp("cascade") / "run"
     shutil.copytree(finished_run, run)
     assert cas.main([str(run), "--calibration", f"folder:{unseen_folder}",
                      "--target-drop", "100"]) == 0
+    return run
+
+
+def test_cascade_command_writes_its_files(cascaded_run, tmp_path):
+    run = cascaded_run
     result = json.loads((run / RunDir.CASCADE_JSON).read_text())
     heads = ["head_3", "head_2", "head_1"]
     assert result["heads"] == heads  # cheapest (shallowest tap) first
@@ -174,3 +181,56 @@ def test_bad_input_is_one_line_and_writes_nothing(finished_run, tmp_path, capsys
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "not both" in proc.stderr and not (run / RunDir.CASCADE_JSON).exists()
+
+
+# --------------------------------------------------------------------------- export
+
+
+def test_segments_chain_to_the_heads_of_every_kind_of_model():
+    """The cut works on a residual trunk and on MSDNet's multi-scale exits (several features)."""
+    import keras
+
+    from export.cascade import build_segments
+    from sila_keras import build_sila_model
+    from sila_keras.modes.dynamic import build_dynamic_model
+
+    for model in (build_sila_model("resnet8", 10, num_heads=3),
+                  build_dynamic_model("msdnet", 10, blocks=3, base=1, step=1)):
+        order = cas.cascade_order(model)
+        x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+        want = cas.head_probs(model, x, order)
+        feeds = [x]
+        for segment, probs in zip(build_segments(model, order), want):
+            out = segment(feeds)
+            out = out if isinstance(out, list) else [out]
+            np.testing.assert_allclose(keras.ops.convert_to_numpy(out[0]), probs, atol=1e-5)
+            feeds = [keras.ops.convert_to_numpy(o) for o in out[1:]]
+        assert feeds == []
+
+
+def test_exported_segments_in_litert_equal_the_keras_cascade(cascaded_run, capsys):
+    from export import metadata as md
+    from export.cascade import MANIFEST, CascadeRunner, check_against_keras
+    from export.cli import main
+
+    assert main([str(cascaded_run), "--cascade", "--latency-runs", "3"]) == 0
+    out = cascaded_run / RunDir.EXPORT / "cascade"
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert [s["file"] for s in manifest["segments"]] == [f"segment_{k}.tflite" for k in (1, 2, 3)]
+    assert manifest["parity"]["agreement"] == 1.0 and len(manifest["segment_latency_ms"]) == 3
+    assert md.read(out / "segment_1.tflite")["name"]  # phone metadata on the first segment
+    result = json.loads((cascaded_run / RunDir.CASCADE_JSON).read_text())
+    assert result["cascade"]["mean_latency_ms"] > 0
+    # Thresholds that send images through every segment: LiteRT and Keras still agree.
+    from sila_keras.reports.analyze import load_run
+
+    model, config = load_run(cascaded_run)
+    _, data = _test_images(cascaded_run)
+    images = data.test.to_array()
+    runner = CascadeRunner(out)
+    conf = cas.confidences(cas.head_probs(model, images, manifest["order"]))
+    for q in (0.3, 0.7):
+        runner.thresholds = np.append(np.quantile(conf[:, :-1], q, axis=0), -np.inf)
+        check = check_against_keras(runner, model, images)
+        assert check["agreement"] == 1.0 and check["same_exit"] == 1.0
+        assert len(set(runner.predict(images)[1])) > 1  # images leave at several segments
