@@ -181,6 +181,14 @@ def test_bad_input_is_one_line_and_writes_nothing(finished_run, tmp_path, capsys
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "not both" in proc.stderr and not (run / RunDir.CASCADE_JSON).exists()
+    # Export before calibration, or with int8 segments: one line, nothing written.
+    from export.cli import main as export_main
+
+    for argv, says in (([], "run it first"), (["--quantize", "int8"], "int8 segments")):
+        assert export_main([str(run), "--cascade", *argv]) == 2
+        err = capsys.readouterr().err
+        assert says in err and err.count("\n") == 1, err
+    assert not (run / RunDir.EXPORT).exists()
 
 
 # --------------------------------------------------------------------------- export
