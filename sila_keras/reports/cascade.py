@@ -542,3 +542,45 @@ def _main(args: argparse.Namespace) -> None:
     run = RunDir(args.run)
     print(f"Wrote {run / RunDir.CASCADE_JSON}, {run / RunDir.CASCADE_CSV}, "
           f"{run / RunDir.CASCADE_PLOT}")
+
+
+# --------------------------------------------------------------------------- over seeds
+
+
+def seeds_table(run_dirs: Sequence) -> dict:
+    """Mean ± std over runs (seeds) of each head alone and the calibrated cascade: Top-1 (%),
+    mean MACs (M) and mean LiteRT latency (ms), from each run's ``cascade.json``.
+
+    Returns:
+        ``{"runs", "rows": [{"what", "top1", "macs_m", "latency_ms"}], "markdown"}``.
+    """
+    from sila_keras.utils import files
+
+    results = [files.read_json_object(RunDir(p) / RunDir.CASCADE_JSON) for p in run_dirs]
+
+    def stat(values):
+        v = np.asarray([x for x in values if x is not None], np.float64)
+        if not len(v):
+            return "–"
+        return f"{v.mean():.2f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.2f}"
+
+    rows = []
+    for i, name in enumerate(results[0]["heads"] if results else []):
+        singles = [r["single"][i] for r in results]
+        rows.append({"what": f"{name} alone",
+                     "top1": stat([100 * s["accuracy"] for s in singles]),
+                     "macs_m": stat([s["macs"] / 1e6 for s in singles]),
+                     "latency_ms": stat([s.get("latency_ms_via_segments") for s in singles])})
+    if results:
+        cs = [r["cascade"] for r in results]
+        rows.append({"what": f"cascade ({results[0]['confidence']}, "
+                             f"{results[0].get('target')})",
+                     "top1": stat([100 * c["accuracy"] for c in cs]),
+                     "macs_m": stat([c["mean_macs"] / 1e6 for c in cs]),
+                     "latency_ms": stat([c.get("mean_latency_ms") for c in cs])})
+    md = ["| | Top-1 (%) | mean MACs (M) | mean LiteRT latency (ms) |", "|---|---|---|---|"]
+    md += [f"| {r['what']} | {r['top1']} | {r['macs_m']} | {r['latency_ms']} |" for r in rows]
+    md += ["", f"{len(results)} run(s): " + ", ".join(str(p) for p in run_dirs) + ". A head "
+           "alone's latency is that of the segments up to it (its trunk plus the earlier heads' "
+           "branches)."]
+    return {"runs": [str(p) for p in run_dirs], "rows": rows, "markdown": "\n".join(md) + "\n"}

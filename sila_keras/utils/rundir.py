@@ -417,6 +417,8 @@ class StudyDir:
     TABLE = "head_vs_alone.md"
     TABLE_CSV = "head_vs_alone.csv"
     PLOT = "head_vs_alone.png"
+    CASCADE = "cascade_seeds.json"  # benchmarks/cascade_seeds.py: the sila runs' cascades
+    CASCADE_TABLE = "cascade_seeds.md"
     RUNS = "runs"
     MODELS = "models"
     DIAGNOSE = "diagnose"
