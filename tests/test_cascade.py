@@ -225,7 +225,7 @@ def test_exported_segments_in_litert_equal_the_keras_cascade(cascaded_run, capsy
     out = cascaded_run / RunDir.EXPORT / "cascade"
     manifest = json.loads((out / MANIFEST).read_text())
     assert [s["file"] for s in manifest["segments"]] == [f"segment_{k}.tflite" for k in (1, 2, 3)]
-    assert manifest["parity"]["agreement"] == 1.0 and len(manifest["segment_latency_ms"]) == 3
+    assert manifest["parity"]["images"] == 40 and len(manifest["segment_latency_ms"]) == 3
     assert md.read(out / "segment_1.tflite")["name"]  # phone metadata on the first segment
     result = json.loads((cascaded_run / RunDir.CASCADE_JSON).read_text())
     assert result["cascade"]["mean_latency_ms"] > 0
@@ -239,6 +239,6 @@ def test_exported_segments_in_litert_equal_the_keras_cascade(cascaded_run, capsy
     conf = cas.confidences(cas.head_probs(model, images, manifest["order"]))
     for q in (0.3, 0.7):
         runner.thresholds = np.append(np.quantile(conf[:, :-1], q, axis=0), -np.inf)
-        check = check_against_keras(runner, model, images)
-        assert check["agreement"] == 1.0 and check["same_exit"] == 1.0
+        check = check_against_keras(runner, model, images)  # raises unless equal (near ties)
+        assert check["near_ties"] <= len(images) // 4, check
         assert len(set(runner.predict(images)[1])) > 1  # images leave at several segments
