@@ -30,9 +30,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("source", help="a run directory written by sila-train (model.keras, config.json, "
                                   "labels.txt, summary.json) or a .keras file")
-    p.add_argument("--head", required=True,
+    p.add_argument("--head", default=None,
                    help="head to export: K in 1..M (1 = the base model, 2 = the deepest auxiliary "
-                        "head) or 'all' (one subfolder per head + heads.md/heads.csv)")
+                        "head) or 'all' (one subfolder per head + heads.md/heads.csv); required "
+                        "unless --cascade")
+    p.add_argument("--cascade", action="store_true",
+                   help="export the early-exit cascade chosen by `python -m sila_keras.cascade "
+                        "RUN`: one TFLite model per segment + cascade_manifest.json (default "
+                        "folder <run>/export/cascade), checked in LiteRT against the Keras "
+                        "cascade on the run's test images and timed (docs/export.md)")
     p.add_argument("--formats", default=",".join(FORMATS), help=f"comma-separated: {', '.join(FORMATS)}")
     p.add_argument("--quantize", default="none",
                    help=f"TFLite variants, comma-separated: {', '.join(QUANTIZATIONS)} "
@@ -121,6 +127,10 @@ def run(args: argparse.Namespace) -> dict:
     for flag in ("calibration_samples", "eval_samples", "parity_samples", "latency_runs"):
         if getattr(args, flag) < 1:
             raise ConfigError(f"`--{flag.replace('_', '-')}` must be >= 1. Received: {getattr(args, flag)}")
+    if args.cascade:
+        return _export_cascade(args)
+    if args.head is None:
+        raise ConfigError("Say what to export: --head K|all, or --cascade. Received: no --head")
     heads = _parse_head(args.head)
     src = load_source(args.source)
     class_names = _labels(args.labels, src) if args.labels else src.class_names
@@ -140,6 +150,25 @@ def run(args: argparse.Namespace) -> dict:
         if created and Path(out).expanduser().is_dir() and not any(Path(out).expanduser().iterdir()):
             Path(out).expanduser().rmdir()
         raise
+
+
+def _export_cascade(args) -> dict:
+    """``--cascade``: the segments, their manifest, LiteRT parity and latency."""
+    from export.cascade import MANIFEST, run_export
+    from export.source import load_source
+
+    if args.head is not None:
+        raise ConfigError("--cascade exports every head as one cascade; drop --head. "
+                          f"Received: --head {args.head} --cascade")
+    if args.quantize != "none":
+        raise ConfigError("--cascade writes float32 segments; int8 segments are not supported "
+                          f"yet. Received: --quantize {args.quantize}")
+    manifest = run_export(load_source(args.source), args)
+    p = manifest["parity"]
+    print(f"Cascade {' -> '.join(manifest['heads'])}: {len(manifest['segments'])} segments, "
+          f"LiteRT = Keras on {p['images']} test images; segment latency (ms): "
+          + ", ".join(f"{v:.3g}" for v in manifest["segment_latency_ms"]) + f"; {MANIFEST} written")
+    return {"ok": True, "message": "cascade exported", "result": manifest}
 
 
 def _export(args, src, options, heads, out, class_names, alone_ref) -> dict:

@@ -55,6 +55,11 @@ TFLITE_IDENTIFIER = b"TFL3"
 MIN_PARSER_VERSION = "1.0.0"
 LABELS_FILE = "labels.txt"
 BUFFER_ALIGNMENT = 16
+# Outputs of an early-exit cascade segment that carry features to the next segment
+# (export/cascade.py): described, with no labels.
+FEATURES_PREFIX = "features_"
+FEATURES_DESCRIPTION = ("intermediate features for the next segment of the early-exit cascade "
+                        "(feed them, by name, to the next segment's input of the same name)")
 SCORE_KINDS = {
     "probabilities": "class probabilities (softmax of the logits): each score in [0, 1], "
                      "the scores of an image sum to 1",
@@ -161,6 +166,8 @@ def check_fits(io_info: dict, meta: ClassifierMetadata) -> None:
             "ImageClassifier feeds RGB frames. Export an RGB model, or pass --no-metadata to "
             f"write TFLite files without metadata. Received: input shapes {shapes}")
     for out in outputs:
+        if out["name"].startswith(FEATURES_PREFIX):
+            continue
         if len(out["shape"]) != 2 or out["shape"][-1] != len(meta.labels):
             raise ConfigError(
                 f"Output '{out['name']}' must be (batch, N) with one score per label "
@@ -217,6 +224,10 @@ def build(meta: ClassifierMetadata, io_info: dict) -> bytes:
     for out in io_info["outputs"]:
         t = meta_fb.TensorMetadataT()
         t.name = out["name"]
+        if out["name"].startswith(FEATURES_PREFIX):
+            t.description = FEATURES_DESCRIPTION
+            outputs.append(t)
+            continue
         t.description = SCORE_KINDS[out["name"]]
         t.content = meta_fb.ContentT()
         t.content.contentPropertiesType = meta_fb.ContentProperties.FeatureProperties

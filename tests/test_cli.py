@@ -109,6 +109,7 @@ SCRIPTS = [
     ("sila-analyze", "sila_keras.reports.analyze", ["noise"]),
     ("sila-params", "sila_keras.reports.params", ["--heads", "x"]),
     ("sila-report", "sila_keras.reports.report", []),
+    ("sila-cascade", "sila_keras.reports.cascade", ["run", "--confidence", "x"]),
 ]
 
 _PROBE = """

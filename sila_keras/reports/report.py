@@ -224,6 +224,7 @@ def render(run_dirs: list[Path], out: Path) -> str:
             "### Top-1 / Top-5 / BEST / NLL per network (SiLa learning Tables 1–3)", "", *table_nets(arms), "",
             f"![curves]({png.name})", ""]
     md += warning_section(runs)
+    md += cascade_section(runs)
     md += study_sections(studies, [r.path for r in runs])
     text = "\n".join(md)
     files.write_text(out, text)
@@ -241,6 +242,19 @@ def warning_section(runs: list[Run]) -> list[str]:
         if found:
             lines.append(f"- `{r.path.name}`: {warning_line(found)}")
     return ["## Warnings", "", *lines, ""] if lines else []
+
+
+def cascade_section(runs: list[Run]) -> list[str]:
+    """Each run's early-exit cascade (``sila-cascade``'s ``cascade.json`` and its plot)."""
+    from sila_keras.reports.cascade import report_lines
+    from sila_keras.utils.rundir import RunDir
+
+    lines = []
+    for r in runs:
+        found = report_lines(r.path)
+        if found:
+            lines += [*found, "", f"![cascade]({(r.path / RunDir.CASCADE_PLOT).resolve()})", ""]
+    return ["## Early-exit cascade (sila-cascade)", "", *lines] if lines else []
 
 
 def study_sections(studies: list[Path], run_paths: list[Path]) -> list[str]:

@@ -92,3 +92,26 @@ def save_png(fig, path) -> None:
     with files.atomic_path(Path(path), suffix=".png") as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
+
+
+def plot_cascade(result: dict, path, title: str = "") -> None:
+    """Test Top-1 vs mean MACs per image: the threshold sweep (curve), the calibrated cascade
+    (star) and each head alone (points), from a ``cascade.json`` dict."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    pts = sorted((p["mean_macs"] / 1e6, 100 * p["accuracy"]) for p in result["sweep"])
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", ms=3,
+            label=f"cascade, threshold sweep ({result.get('confidence', 'max')} confidence)")
+    c = result["cascade"]
+    ax.plot([c["mean_macs"] / 1e6], [100 * c["accuracy"]], marker="*", ms=12, ls="",
+            color="C3", label="calibrated cascade")
+    for s in result["single"]:
+        ax.plot([s["macs"] / 1e6], [100 * s["accuracy"]], marker="o", ls="", color="grey")
+        ax.annotate(s["name"], (s["macs"] / 1e6, 100 * s["accuracy"]), textcoords="offset points",
+                    xytext=(3, 4), fontsize=7)
+    ax.set_xlabel("mean MACs per test image (×10⁶ multiply-adds)")
+    ax.set_ylabel("test Top-1 (%)")
+    ax.set_title(f"{title} early-exit cascade".strip())
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    save_png(fig, path)

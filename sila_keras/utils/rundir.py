@@ -12,6 +12,7 @@ A training run (``sila-train``) writes ``<out>/<name>/``::
     tensorboard/      TensorBoard logs
     .workers/         multi-worker scratch folders of non-chief processes
     nets.csv, anytime.csv, … mode-specific extras (paper B), named here too
+    cascade.json/csv/png  the early-exit cascade of the heads (sila-cascade)
 
 A search (``sila-tune``) writes :class:`SearchDir`; the digit-pair task :class:`PairsDir`;
 the head-vs-alone benchmark (``benchmarks/head_vs_alone.py``) :class:`StudyDir`.
@@ -93,6 +94,9 @@ class RunDir:
     BUDGETED_PLOT = "budgeted.png"
     NOISE = "noise.csv"
     NOISE_PLOT = "noise.png"
+    CASCADE_JSON = "cascade.json"  # early-exit cascade of the heads (sila-cascade)
+    CASCADE_CSV = "cascade.csv"
+    CASCADE_PLOT = "cascade.png"
 
     @staticmethod
     def net_curves(k: int) -> str:
@@ -413,6 +417,8 @@ class StudyDir:
     TABLE = "head_vs_alone.md"
     TABLE_CSV = "head_vs_alone.csv"
     PLOT = "head_vs_alone.png"
+    CASCADE = "cascade_seeds.json"  # benchmarks/cascade_seeds.py: the sila runs' cascades
+    CASCADE_TABLE = "cascade_seeds.md"
     RUNS = "runs"
     MODELS = "models"
     DIAGNOSE = "diagnose"

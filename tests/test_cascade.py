@@ -1,0 +1,244 @@
+"""The early-exit cascade of a run's heads (sila_keras.reports.cascade, export --cascade).
+
+Calibration on synthetic probabilities with a known answer; routing against a NumPy loop;
+calibration images never from the test split; the command on the shared ``finished_run``
+(resnet20, 2 heads, real CIFAR images); bad input: one line, exit 2, nothing written.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from helpers import cifar_subset_folder, train_once
+
+from sila_keras.reports import cascade as cas
+from sila_keras.utils.rundir import RunDir
+
+# --------------------------------------------------------------------------- synthetic
+
+
+def _known_case():
+    """Two steps; the cheap one is right exactly when its max probability is 0.9."""
+    y = np.array([0, 1, 0, 1, 0, 1, 0, 1])
+    right = np.eye(2)[y] * 0.8 + 0.1  # 0.9 on the true class
+    wrong = np.eye(2)[1 - y] * 0.2 + 0.4  # 0.6 on the wrong class
+    sure = np.arange(8) < 4
+    cheap = np.where(sure[:, None], right, wrong)
+    deep = np.eye(2)[y]
+    return [cheap, deep], y
+
+
+def test_calibration_finds_the_known_threshold():
+    probs, y = _known_case()
+    cal = cas.calibrate(probs, y, [1.0, 3.0], target_drop=0.0)
+    # Only the four confident images may leave early: threshold in (0.6, 0.9], cost 1·½ + 3·½.
+    assert 0.6 < cal.thresholds[0] <= 0.9 and cal.thresholds[-1] == -np.inf
+    assert cal.accuracy == 1.0 and cal.mean_macs == pytest.approx(2.0)
+    assert cal.head1_accuracy == 1.0
+    # Half the head-1 accuracy may be lost: everything leaves at the cheap head (cost 1).
+    cheap = cas.calibrate(probs, y, [1.0, 3.0], target_drop=50.0)
+    assert cheap.mean_macs == pytest.approx(1.0) and cheap.accuracy == 0.5
+    by_budget = cas.calibrate(probs, y, [1.0, 3.0], budget_macs=2.0)
+    assert by_budget.accuracy == 1.0 and by_budget.mean_macs <= 2.0
+
+
+@pytest.mark.parametrize("kind", cas.CONFIDENCES)
+def test_routing_equals_a_numpy_loop(kind):
+    rng = np.random.default_rng(0)
+    probs = [cas.softmax(rng.normal(size=(64, 5)) * s) for s in (1.0, 2.0, 3.0)]
+    conf = cas.confidences(probs, kind)
+    thresholds = np.quantile(conf, 0.6, axis=0)
+    pred, steps = cas.route(probs, thresholds, kind)
+    for i in range(64):
+        for k, p in enumerate(probs):
+            p = p[i]
+            top = np.sort(p)
+            c = {"max": p.max(), "margin": top[-1] - top[-2],
+                 "entropy": float(np.sum(p * np.log(p)))}[kind]
+            if k == len(probs) - 1 or c >= thresholds[k]:
+                assert (steps[i], pred[i]) == (k, p.argmax())
+                break
+
+
+def test_unreachable_targets_say_what_is_reachable():
+    probs, y = _known_case()
+    with pytest.raises(cas.ConfigError, match=r"reachable mean MACs per image: 1 … 3"):
+        cas.calibrate(probs, y, [1.0, 3.0], budget_macs=0.5)
+    with pytest.raises(cas.ConfigError, match=r"reachable: --target-drop >= 0.00"):
+        cas.calibrate(probs, y, [1.0, 3.0], target_drop=-5.0)
+    with pytest.raises(cas.ConfigError, match="not both"):
+        cas.calibrate(probs, y, [1.0, 3.0], target_drop=1.0, budget_macs=2.0)
+
+
+# --------------------------------------------------------------------------- calibration images
+
+
+@pytest.fixture(scope="session")
+def unseen_folder(cifar_folder, tmp_path_factory):
+    """CIFAR training JPEGs that ``cifar_folder`` (and so ``finished_run``) does not hold."""
+    def make(out):
+        cifar_subset_folder(out, 12, 1)
+        for path in (out / "train").rglob("*.jpg"):
+            if (cifar_folder / path.relative_to(out)).exists():
+                path.unlink()
+    return train_once(tmp_path_factory, "cascade_unseen", make)
+
+
+def _test_images(run):
+    from sila_keras.data import load_dataset, run_dataset_kwargs
+
+    config = RunDir(run).read_config()
+    data = load_dataset(config["dataset"], cache="none", **run_dataset_kwargs(config))
+    return config, data
+
+
+def _overlap(a, b) -> int:
+    keys = {x.tobytes() for x in b}
+    return sum(x.tobytes() in keys for x in a)
+
+
+def test_calibration_never_sees_the_test_split(finished_run, unseen_folder):
+    config, data = _test_images(finished_run)
+    test_x, train_x = data.test.to_array(), data.train.to_array()
+    x, y, source = cas.calibration_images(config, (32, 32), f"folder:{unseen_folder}")
+    assert len(y) == 40 and _overlap(x, test_x) == 0 and _overlap(x, train_x) == 0
+    # A run that trained on a subset calibrates on the training images it left out.
+    x, y, source = cas.calibration_images({**config, "limit_train": 50}, (32, 32))
+    assert len(y) == 30 and "outside --limit-train" in source
+    assert _overlap(x, test_x) == 0
+    trained = data.train.take(cas.unused_training_positions({**config, "limit_train": None},
+                                                            data.train_y)[0])
+    assert len(trained) == 0  # trained on all: nothing unused
+    with pytest.raises(cas.DataError, match=r"trained on all 80 training images .* Pass "
+                                            r"--calibration DATASET"):
+        cas.calibration_images(config, (32, 32))
+
+
+# --------------------------------------------------------------------------- the command
+
+
+@pytest.fixture(scope="module")
+def cascaded_run(finished_run, unseen_folder, tmp_path_factory):
+    """A copy of ``finished_run`` after ``sila-cascade --target-drop 100``."""
+    run = tmp_path_factory.mktemp("cascade") / "run"
+    shutil.copytree(finished_run, run)
+    assert cas.main([str(run), "--calibration", f"folder:{unseen_folder}",
+                     "--target-drop", "100"]) == 0
+    return run
+
+
+def test_cascade_command_writes_its_files(cascaded_run, tmp_path):
+    run = cascaded_run
+    result = json.loads((run / RunDir.CASCADE_JSON).read_text())
+    heads = ["head_3", "head_2", "head_1"]
+    assert result["heads"] == heads  # cheapest (shallowest tap) first
+    assert result["costs"] == sorted(result["costs"])
+    assert result["calibration"]["examples"] == 40 and result["test_examples"] == 40
+    # Any drop allowed: on the calibration images every image leaves at the cheapest head.
+    assert result["calibration"]["mean_macs"] == pytest.approx(result["costs"][0])
+    assert result["cascade"]["reach"][0] == 1.0 and len(result["sweep"]) == cas.SWEEP_POINTS
+    assert [s["name"] for s in result["single"]] == heads
+    assert (run / RunDir.CASCADE_CSV).is_file() and (run / RunDir.CASCADE_PLOT).is_file()
+    # The report shows it.
+    from sila_keras.reports.report import render
+
+    text = render([run], tmp_path / "report.md")
+    assert "Early-exit cascade" in text and RunDir.CASCADE_PLOT in text
+
+
+def _bad(capsys, argv, match):
+    rc = cas.main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err and err.count("\n") == 1, err
+    assert match in err, err
+
+
+def test_bad_input_is_one_line_and_writes_nothing(finished_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    _bad(capsys, [str(run)], "Pass --calibration DATASET")
+    _bad(capsys, [str(run), "--calibration", "folder:x", "--calibration-split", "train",
+                  "--budget-macs", "-1"], "--budget-macs must be > 0")
+    assert not (run / RunDir.CASCADE_JSON).exists()
+    one_head = tmp_path / "one"
+    shutil.copytree(finished_run, one_head)
+    import keras
+
+    from sila_keras.core.heads import extract_head
+
+    model = keras.models.load_model(one_head / RunDir.MODEL, compile=False)
+    from sila_keras.core.heads import sila_output
+
+    single = keras.Model(model.input, sila_output([extract_head(model, 1).output]))
+    single.save(one_head / RunDir.MODEL)
+    _bad(capsys, [str(one_head), "--calibration", "folder:x"], "at least 2 heads")
+    # Both targets: refused by the argument check, before TensorFlow (a fresh process).
+    proc = subprocess.run([sys.executable, "-m", "sila_keras.cascade", str(run),
+                           "--target-drop", "1", "--budget-macs", "5"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "not both" in proc.stderr and not (run / RunDir.CASCADE_JSON).exists()
+    # Export before calibration, or with int8 segments: one line, nothing written.
+    from export.cli import main as export_main
+
+    for argv, says in (([], "run it first"), (["--quantize", "int8"], "int8 segments")):
+        assert export_main([str(run), "--cascade", *argv]) == 2
+        err = capsys.readouterr().err
+        assert says in err and err.count("\n") == 1, err
+    assert not (run / RunDir.EXPORT).exists()
+
+
+# --------------------------------------------------------------------------- export
+
+
+def test_segments_chain_to_the_heads_of_every_kind_of_model():
+    """The cut works on a residual trunk and on MSDNet's multi-scale exits (several features)."""
+    import keras
+
+    from export.cascade import build_segments
+    from sila_keras import build_sila_model
+    from sila_keras.modes.dynamic import build_dynamic_model
+
+    for model in (build_sila_model("resnet8", 10, num_heads=3),
+                  build_dynamic_model("msdnet", 10, blocks=3, base=1, step=1)):
+        order = cas.cascade_order(model)
+        x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+        want = cas.head_probs(model, x, order)
+        feeds = [x]
+        for segment, probs in zip(build_segments(model, order), want):
+            out = segment(feeds)
+            out = out if isinstance(out, list) else [out]
+            np.testing.assert_allclose(keras.ops.convert_to_numpy(out[0]), probs, atol=1e-5)
+            feeds = [keras.ops.convert_to_numpy(o) for o in out[1:]]
+        assert feeds == []
+
+
+def test_exported_segments_in_litert_equal_the_keras_cascade(cascaded_run, capsys):
+    from export import metadata as md
+    from export.cascade import MANIFEST, CascadeRunner, check_against_keras
+    from export.cli import main
+
+    assert main([str(cascaded_run), "--cascade", "--latency-runs", "3"]) == 0
+    out = cascaded_run / RunDir.EXPORT / "cascade"
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert [s["file"] for s in manifest["segments"]] == [f"segment_{k}.tflite" for k in (1, 2, 3)]
+    assert manifest["parity"]["images"] == 40 and len(manifest["segment_latency_ms"]) == 3
+    assert md.read(out / "segment_1.tflite")["name"]  # phone metadata on the first segment
+    result = json.loads((cascaded_run / RunDir.CASCADE_JSON).read_text())
+    assert result["cascade"]["mean_latency_ms"] > 0
+    # Thresholds that send images through every segment: LiteRT and Keras still agree.
+    from sila_keras.reports.analyze import load_run
+
+    model, config = load_run(cascaded_run)
+    _, data = _test_images(cascaded_run)
+    images = data.test.to_array()
+    runner = CascadeRunner(out)
+    conf = cas.confidences(cas.head_probs(model, images, manifest["order"]))
+    for q in (0.3, 0.7):
+        runner.thresholds = np.append(np.quantile(conf[:, :-1], q, axis=0), -np.inf)
+        check = check_against_keras(runner, model, images)  # raises unless equal (near ties)
+        assert check["near_ties"] <= len(images) // 4, check
+        assert len(set(runner.predict(images)[1])) > 1  # images leave at several segments
