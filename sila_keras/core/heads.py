@@ -32,7 +32,7 @@ from collections.abc import Sequence
 import keras
 from keras import layers
 
-from sila_keras.core.sizes import compression_percent, float32_mib
+from sila_keras.core.sizes import compression_percent, count_macs, float32_mib
 from sila_keras.models.registry import Tap, get_backbone
 from sila_keras.utils.errors import ModelError
 
@@ -265,19 +265,22 @@ def trainable_params(model: keras.Model) -> int:
 
 
 def head_table(model: keras.Model) -> dict:
-    """Trainable params, MiB and CR of every extracted head vs the base (head 1).
+    """Trainable params, MiB, CR and MACs of every extracted head vs the base (head 1).
 
     Returns:
-        ``{"head_k": {"params", "mib", "cr_percent"}}`` for k = 1 … M; MiB
+        ``{"head_k": {"params", "mib", "cr_percent", "macs"}}`` for k = 1 … M; MiB
         (:func:`~sila_keras.core.sizes.float32_mib`) and CR in percent
-        (:func:`~sila_keras.core.sizes.compression_percent`) rounded to 0.01.
+        (:func:`~sila_keras.core.sizes.compression_percent`) rounded to 0.01; MACs of one
+        image through the extracted head (:func:`~sila_keras.core.sizes.count_macs`).
     """
     out = {}
     base = trainable_params(extract_head(model, 1))
     for k in range(1, num_heads_of(model) + 1):
-        p = trainable_params(extract_head(model, k))
+        head = extract_head(model, k)
+        p = trainable_params(head)
         out[head_name(k)] = {"params": p, "mib": round(float32_mib(p), 2),
-                             "cr_percent": round(compression_percent(base, p), 2)}
+                             "cr_percent": round(compression_percent(base, p), 2),
+                             "macs": count_macs(head)}
     return out
 
 

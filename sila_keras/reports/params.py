@@ -6,7 +6,9 @@ SiLa model on a small symbolic input (no training, no data) and reports:
 * base: the backbone alone (``head_1``), in trainable parameters and MiB;
 * train: the whole SiLa model with its M heads (what is trained);
 * per head k: the extracted model ``input → head_k`` and its compression ratio
-  CR = 1 − head/base (SilaNet §3.2; Table 3's "test" column is head 2).
+  CR = 1 − head/base (SilaNet §3.2; Table 3's "test" column is head 2);
+* MMACs: millions of multiply-accumulates of one image through the base and each extracted
+  head, at the input size used (:func:`sila_keras.core.sizes.count_macs`).
 
 MiB = trainable parameters × 4 / 2^20 (float32; BatchNorm moving statistics are
 not counted — the papers' convention). The paper's value is shown beside ours
@@ -100,9 +102,10 @@ def param_table(model_name: str, num_classes: int, num_heads: int = 3,
             of the zoo's all-convolutional backbones.
 
     Returns:
-        ``{"base_params", "base_mib", "train_params", "train_mib",
-        "heads": {"head_k": {"params", "mib", "cr_percent"}}}``; MiB rounded to
-        0.01, CR = 100·(1 − head/base) rounded to 0.01.
+        ``{"base_params", "base_mib", "base_macs", "train_params", "train_mib",
+        "heads": {"head_k": {"params", "mib", "cr_percent", "macs"}}}``; MiB rounded to
+        0.01, CR = 100·(1 − head/base) rounded to 0.01, MACs of one image at the input size
+        used.
 
     Raises:
         ValueError: unknown model, N < 2, or more heads than the model can place
@@ -128,7 +131,8 @@ def param_table(model_name: str, num_classes: int, num_heads: int = 3,
     finally:
         keras.backend.clear_session()
     base = heads["head_1"]["params"]
-    return {"base_params": base, "base_mib": round(float32_mib(base), 2), "train_params": train,
+    return {"base_params": base, "base_mib": round(float32_mib(base), 2),
+            "base_macs": heads["head_1"]["macs"], "train_params": train,
             "train_mib": round(float32_mib(train), 2), "heads": heads}
 
 
@@ -154,16 +158,18 @@ def format_table(rows: dict, num_classes: int, num_heads: int) -> str:
     refs = {name: reference(name, num_classes, num_heads) for name in rows}
     source = {10: "SilaNet Table 3", 100: "reference counts (paper-architectures.md)"}
     heads = [f"head_{k}" for k in range(2, num_heads + 1)]
-    header = ["model", "base MiB", "train MiB"] + [c for h in heads for c in (f"{h} MiB", "CR %")]
+    header = ["model", "base MiB", "base MMACs", "train MiB"] + [
+        c for h in heads for c in (f"{h} MiB", "CR %", f"{h} MMACs")]
     lines, notes = [], []
     for name, row in rows.items():
         ref = refs[name]
-        cells = [name, _cell(row["base_mib"], ref.get("base_mib")),
+        cells = [name, _cell(row["base_mib"], ref.get("base_mib")), _mmacs(row["base_macs"]),
                  _cell(row["train_mib"], ref.get("train_mib"))]
         for h in heads:
             entry = row["heads"][h]
             cells += [_cell(entry["mib"], ref.get(f"{h}_mib")),
-                      _cell(entry["cr_percent"], ref.get(f"{h}_cr"), tolerance=0.1)]
+                      _cell(entry["cr_percent"], ref.get(f"{h}_cr"), tolerance=0.1),
+                      _mmacs(entry["macs"])]
         lines.append(cells)
         for (model, key), why in KNOWN_DIFFERENCES.items():
             if model == name and key in ref and num_classes == 10:
@@ -171,12 +177,17 @@ def format_table(rows: dict, num_classes: int, num_heads: int) -> str:
     widths = [max(len(str(r[i])) for r in [header, *lines]) for i in range(len(header))]
     fmt = lambda r: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)  # noqa: E731
                               for i, (c, w) in enumerate(zip(r, widths)))
-    out = [f"Trainable parameters, N={num_classes}, M={num_heads} heads (MiB = params·4/2^20)"]
+    out = [f"Trainable parameters, N={num_classes}, M={num_heads} heads (MiB = params·4/2^20; "
+           "MMACs = millions of multiply-accumulates per image at the input size used)"]
     if any(refs.values()):
         out.append(f"(in parentheses: {source.get(num_classes, 'reference')}; "
                    "'*' marks a difference beyond rounding)")
     out += [fmt(header), fmt(["-" * w for w in widths]), *map(fmt, lines)]
     return "\n".join(out + notes)
+
+
+def _mmacs(macs: int) -> str:
+    return f"{macs / 1e6:.2f}"
 
 
 def _cell(ours: float, ref: float | None, tolerance: float = 0.011) -> str:
