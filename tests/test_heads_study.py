@@ -71,6 +71,43 @@ def test_sila_mode_uses_and_reports_the_ship_weights(capsys):
     assert "weights unchanged" in capsys.readouterr().out
 
 
+# ----------------------------------------------------------------- --head-module
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--head-module", "sepp"], r"Unknown head module 'sepp'\. Did you mean 'sep'\? Available: "
+                                r"conv, bn_conv, sep\. Received: head_module='sepp'"),
+    (["--head-module", "sep", "--heads", "1"], r"`--head-module` shapes the auxiliary heads "
+                                               r"2\.\.M, so it needs `--heads` >= 2\. Received: "
+                                               r"heads=1, head_module='sep'"),
+    (["--head-module", "bn_conv", "--mode", "dml"], r"--head-module only applies to --mode sila"),
+])
+def test_bad_head_module_is_refused_in_one_line_and_writes_nothing(capsys, tmp_path, argv, message):
+    import re
+
+    from helpers import run_err
+
+    err = run_err(capsys, ["folder:x", "resnet8", *argv, "--out", str(tmp_path)])
+    assert re.search(message, err), err
+    assert not any(tmp_path.iterdir())
+
+
+def test_head_module_that_does_not_fit_is_refused_before_the_data(capsys, tmp_path, monkeypatch):
+    """The symbolic build of check_before_data checks every head's tap (here a tap made too
+    small for ``sep`` by patching the rule): one line, exit 2, the dataset never opened."""
+    from helpers import run_err
+
+    from sila_keras.core import head_modules
+
+    monkeypatch.setattr(head_modules, "min_side", lambda n: 64 if n else 1)
+    err = run_err(capsys, ["folder:does-not-exist", "resnet8", "--head-module", "sep",
+                           "--image-size", "16", "--out", str(tmp_path)])
+    assert ("Head module 'sep' does not fit head_2: it halves the tap 'stage2' (8×8×32, "
+            "reduction 2) 1 time(s)") in err
+    assert "Modules that fit this tap: conv, bn_conv" in err and "tap shape (8, 8, 32)" in err
+    assert not any(tmp_path.iterdir())
+
+
 # ----------------------------------------------------------------- self-distillation
 
 

@@ -12,6 +12,7 @@ used are printed and written to ``summary.json`` (``set_weights``). See docs/hea
 
 from __future__ import annotations
 
+from sila_keras.core.head_modules import DEFAULT_MODULE
 from sila_keras.models.registry import is_model_file
 from sila_keras.modes.base import Mode, option, register_mode
 from sila_keras.utils.errors import ConfigError
@@ -23,7 +24,7 @@ class SilaMode(Mode):
 
     name = "sila"
     help = "SilaNet heads (paper A)"
-    options = ("ship_head", "distill")  # shipping a shallow head
+    options = ("head_module", "ship_head", "distill")  # the heads' module, shipping a head
     option_hints = {"no_sila": " Use --heads 1 for a plain model."}
     model_files = True
 
@@ -40,16 +41,26 @@ class SilaMode(Mode):
                               f"Received: betas={list(c.sila.betas)}")
 
     def check_before_data(self) -> None:
-        """``--heads`` fits the backbone (built symbolically, no data, ~1 s).
+        """``--heads`` and ``--head-module`` fit the backbone (built symbolically at
+        ``--image-size``, or at 32 px when the images' size is not known yet; no data, ~1 s;
+        a ``.keras`` MODEL is loaded for it when the module is not the default).
 
         Raises:
-            ModelError: more heads than the backbone has attach points (+1).
+            ModelError: more heads than the backbone has attach points (+1), or a head
+                module that does not fit its tap.
         """
         c = self.config
         if c.sila.heads > 1 and not is_model_file(c.net.model):
             from sila_keras.core.heads import check_heads_fit
+            from sila_keras.models.registry import is_application
 
-            check_heads_fit(c.net.model, c.sila.heads)
+            extra = {"taps": c.net.taps} if is_application(c.net.model) and c.net.taps else {}
+            check_heads_fit(c.net.model, c.sila.heads, c.sila.head_module, c.data.image_size,
+                            **c.net.backbone_kwargs, **extra)
+        elif c.sila.heads > 1 and c.sila.head_module != DEFAULT_MODULE:
+            from sila_keras.core.attach import load_and_attach
+
+            load_and_attach(c.net.model, c.sila.heads, head_module=c.sila.head_module)
         if c.sila.ship_head is not None or c.sila.distill:  # say which weights it trains with
             print(ship_line(c), flush=True)
 
@@ -58,12 +69,14 @@ class SilaMode(Mode):
         if is_model_file(config.net.model):
             from sila_keras.core.attach import load_and_attach
 
-            return load_and_attach(config.net.model, config.sila.heads, data.num_classes)
+            return load_and_attach(config.net.model, config.sila.heads, data.num_classes,
+                                   head_module=config.sila.head_module)
         from sila_keras.core.heads import build_sila_model
 
         mean, std = data.channel_stats()
         return build_sila_model(config.net.model, data.num_classes, config.sila.heads, data.input_shape,
-                                mean=mean, std=std, **config.net.backbone_kwargs)
+                                mean=mean, std=std, head_module=config.sila.head_module,
+                                **config.net.backbone_kwargs)
 
     def loss(self, num_classes: int, num_heads: int):
         from sila_keras.core.losses import SilaLoss

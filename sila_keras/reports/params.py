@@ -87,7 +87,7 @@ def reference(model_name: str, num_classes: int, num_heads: int) -> dict:
 
 
 def param_table(model_name: str, num_classes: int, num_heads: int = 3,
-                image_size: int | None = None) -> dict:
+                image_size: int | None = None, head_module: str = "conv") -> dict:
     """Trainable-parameter sizes of a registered backbone's SiLa model.
 
     Builds the model on a small symbolic input (32×32×3, or the backbone's
@@ -100,6 +100,8 @@ def param_table(model_name: str, num_classes: int, num_heads: int = 3,
         image_size: input side in pixels (default 32, or the backbone's minimum if larger);
             it moves the heads' attach points of a ``keras:<Name>`` model, not the counts
             of the zoo's all-convolutional backbones.
+        head_module: the module of heads 2..M (``--head-module``;
+            :mod:`sila_keras.core.head_modules`).
 
     Returns:
         ``{"base_params", "base_mib", "base_macs", "train_params", "train_mib",
@@ -125,7 +127,7 @@ def param_table(model_name: str, num_classes: int, num_heads: int = 3,
     extra = {"weights": "none"} if is_application(model_name) else {}  # counting needs no download
     try:
         model = build_sila_model(model_name, int(num_classes), int(num_heads), (size, size, 3),
-                                 **extra)
+                                 head_module=head_module, **extra)
         heads = head_table(model)
         train = trainable_params(model)
     finally:
@@ -153,9 +155,11 @@ def num_classes_of(dataset: str) -> int:
     )
 
 
-def format_table(rows: dict, num_classes: int, num_heads: int) -> str:
-    """A Table-3-style text table; the paper/reference value follows ours in parentheses."""
-    refs = {name: reference(name, num_classes, num_heads) for name in rows}
+def format_table(rows: dict, num_classes: int, num_heads: int, head_module: str = "conv") -> str:
+    """A Table-3-style text table; the paper/reference value follows ours in parentheses (for
+    the paper's head module only)."""
+    refs = {name: reference(name, num_classes, num_heads) if head_module == "conv" else {}
+            for name in rows}
     source = {10: "SilaNet Table 3", 100: "reference counts (paper-architectures.md)"}
     heads = [f"head_{k}" for k in range(2, num_heads + 1)]
     header = ["model", "base MiB", "base MMACs", "train MiB"] + [
@@ -177,8 +181,10 @@ def format_table(rows: dict, num_classes: int, num_heads: int) -> str:
     widths = [max(len(str(r[i])) for r in [header, *lines]) for i in range(len(header))]
     fmt = lambda r: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)  # noqa: E731
                               for i, (c, w) in enumerate(zip(r, widths)))
-    out = [f"Trainable parameters, N={num_classes}, M={num_heads} heads (MiB = params·4/2^20; "
-           "MMACs = millions of multiply-accumulates per image at the input size used)"]
+    module = "" if head_module == "conv" else f", head module {head_module}"
+    out = [f"Trainable parameters, N={num_classes}, M={num_heads} heads{module} (MiB = "
+           "params·4/2^20; MMACs = millions of multiply-accumulates per image at the input size "
+           "used)"]
     if any(refs.values()):
         out.append(f"(in parentheses: {source.get(num_classes, 'reference')}; "
                    "'*' marks a difference beyond rounding)")
@@ -215,6 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="alias of --models (e.g. --model keras:MobileNetV2 --image-size 224)")
     p.add_argument("--image-size", type=int, default=None,
                    help="input side in pixels (default 32; 224 for a phone keras: model)")
+    from sila_keras.core.head_modules import list_head_modules
+
+    p.add_argument("--head-module", default="conv", metavar="{" + ",".join(list_head_modules()) + "}",
+                   help="the module of heads 2..M (sila-train --head-module; SilaNet's conv by "
+                        "default, whose sizes the paper's columns are)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object keyed by model name instead of a table")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -227,25 +238,29 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    rows = collect(args.dataset, args.heads, args.models, args.image_size)
+    rows = collect(args.dataset, args.heads, args.models, args.image_size, args.head_module)
     n = num_classes_of(args.dataset)
+    paper = args.head_module == "conv"  # the paper's sizes are those of its module
     if args.json:
         out = {}
         for name, row in rows.items():
-            ref = reference(name, n, args.heads)
+            ref = reference(name, n, args.heads) if paper else {}
             out[name] = {**row, "paper": ref} if ref else row
         print(json.dumps(out, indent=2))
     else:
-        print(format_table(rows, n, args.heads))
+        print(format_table(rows, n, args.heads, args.head_module))
     return 0
 
 
 def collect(dataset: str, num_heads: int, models: str | None = None,
-            image_size: int | None = None) -> dict:
+            image_size: int | None = None, head_module: str = "conv") -> dict:
     """``param_table`` for each named (or every registered) model; inputs checked first."""
+    from sila_keras.core.head_modules import get_head_module
+
     n = num_classes_of(dataset)
     if num_heads < 1:
         raise ConfigError(f"`--heads` must be >= 1 (1 = the base model). Received: heads={num_heads}")
+    get_head_module(head_module)  # an unknown name fails before any model is built
     from tqdm import tqdm
 
     from sila_keras.models import get_backbone, list_backbones
@@ -258,7 +273,7 @@ def collect(dataset: str, num_heads: int, models: str | None = None,
     rows, skipped = {}, []
     for name in tqdm(names, desc="building", unit="model", file=sys.stderr, disable=None, leave=False):
         try:
-            rows[name] = param_table(name, n, num_heads, image_size)
+            rows[name] = param_table(name, n, num_heads, image_size, head_module)
         except ValueError as e:
             if models or "can place at most" not in str(e):
                 raise  # a model the user named must fit

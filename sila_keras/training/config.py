@@ -179,6 +179,7 @@ class SilaConfig:
     beta: float = 0.1
     lam: float = 0.5
     betas: tuple[float, ...] | None = None
+    head_module: str = "conv"  # the module of heads 2..M (sila_keras.core.head_modules)
     # Shipping a shallow head (docs/heads.md):
     ship_head: int | None = None  # head k trained as a first-class target (weight 1)
     distill: float = 0.0  # W of the self-distillation term (deepest head → shallower ones)
@@ -198,7 +199,17 @@ class SilaConfig:
             if any(b < 0 for b in self.betas):
                 raise ConfigError(f"Every `--betas` entry must be >= 0. Received: betas={list(self.betas)}")
         get_mode(self.mode)  # an unknown mode raises, listing the registered ones
+        self._check_head_module()
         self._check_ship_head()
+
+    def _check_head_module(self) -> None:  # --head-module (no TF import)
+        from sila_keras.core.head_modules import DEFAULT_MODULE, get_head_module
+
+        get_head_module(self.head_module)  # an unknown name raises, listing the modules
+        if self.head_module != DEFAULT_MODULE and self.heads < 2:
+            raise ConfigError(f"`--head-module` shapes the auxiliary heads 2..M, so it needs "
+                              f"`--heads` >= 2. Received: heads={self.heads}, "
+                              f"head_module={self.head_module!r}")
 
     def _check_ship_head(self) -> None:  # --ship-head, --distill (no TF import)
         if not self.distill >= 0:

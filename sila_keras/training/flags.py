@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_finetune_flags(p)  # keras:<Name> backbones and their fine-tuning recipe
     add_recipe_flag(p, "sila-train")  # one published experiment's settings
     _add_dynamic_flags(p)  # --mode dynamic's test protocols
-    _add_ship_flags(p)  # --ship-head, --distill
+    _add_ship_flags(p)  # --head-module, --ship-head, --distill
     _add_batchnorm_flags(p)  # --bn-momentum, --precise-bn
     return p
 
@@ -157,7 +157,15 @@ def _add_dynamic_flags(p: argparse.ArgumentParser) -> None:
 def _add_ship_flags(p: argparse.ArgumentParser) -> None:
     """Make the head you will ship strong (docs/heads.md)."""
     d = TrainConfig().sila
+    from sila_keras.core.head_modules import get_head_module, list_head_modules
+
     g = p.add_argument_group("shipping a head (--mode sila; docs/heads.md)")
+    # no argparse choices: an unknown name is TrainConfig's one-line error (exit 2)
+    g.add_argument("--head-module", default=d.head_module,
+                   metavar="{" + ",".join(list_head_modules()) + "}",
+                   help="the module of heads 2..M (recorded in config.json): "
+                        + "; ".join(f"{m}: {get_head_module(m).summary}"
+                                    for m in list_head_modules()))
     g.add_argument("--ship-head", type=int, default=None, metavar="K",
                    help="train head K as a first-class target: its set weight becomes 1 (like "
                         "head 1), the others follow --beta/--lam (printed, and written to "
