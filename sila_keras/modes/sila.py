@@ -24,7 +24,8 @@ class SilaMode(Mode):
 
     name = "sila"
     help = "SilaNet heads (paper A)"
-    options = ("head_module", "ship_head", "distill")  # the heads' module, shipping a head
+    # the heads' module, shipping a head, levers for heads 2..M (sila_keras.core.levers)
+    options = ("head_module", "ship_head", "distill", "ramp_betas")
     option_hints = {"no_sila": " Use --heads 1 for a plain model."}
     model_files = True
 
@@ -61,7 +62,7 @@ class SilaMode(Mode):
             from sila_keras.core.attach import load_and_attach
 
             load_and_attach(c.net.model, c.sila.heads, head_module=c.sila.head_module)
-        if c.sila.ship_head is not None or c.sila.distill:  # say which weights it trains with
+        if c.sila.ship_head is not None or c.sila.distill or levers(c):  # say what it trains with
             print(ship_line(c), flush=True)
 
     def build_model(self, data):
@@ -84,10 +85,11 @@ class SilaMode(Mode):
         c = self.config
         s = c.sila
         return SilaLoss(num_classes, beta=s.beta, lam=s.lam, betas=loss_betas(c, num_heads),
-                        distill=s.distill, distill_t=s.distill_t)
+                        distill=s.distill, distill_t=s.distill_t, ramp_betas=s.ramp_betas)
 
     def evaluate(self, model, data, run_dir, rows: list[dict]) -> dict:
-        """The set weights the run trained with (and ``--ship-head``/``--distill``)."""
+        """The set weights the run trained with (and ``--ship-head``/``--distill``), the
+        heads' module and the levers used."""
         from sila_keras.core.heads import num_heads_of
         from sila_keras.core.losses import set_weights
 
@@ -95,7 +97,8 @@ class SilaMode(Mode):
         weights = loss_betas(c, m) or set_weights(m, c.sila.beta, c.sila.lam)
         s = c.sila
         return {"set_weights": weights, "ship_head": s.ship_head,
-                "distill": {"weight": s.distill, "temperature": s.distill_t} if s.distill else None}
+                "distill": {"weight": s.distill, "temperature": s.distill_t} if s.distill else None,
+                "head_module": s.head_module, "levers": levers(c)}
 
     @classmethod
     def label(cls, config) -> str:
@@ -113,8 +116,16 @@ def loss_betas(config, num_heads: int) -> list[float] | None:
     return ship_head_weights(num_heads, s.ship_head, s.beta, s.lam)
 
 
+def levers(config) -> dict:
+    """The levers a run uses (flat name → value; empty when none; sila_keras.core.levers)."""
+    s = config.sila
+    used = {"ramp_betas": s.ramp_betas}
+    return {k: v for k, v in used.items() if v}
+
+
 def ship_line(config) -> str:
-    """The line that says which set weights ``--ship-head``/``--distill`` chose."""
+    """The line that says which set weights ``--ship-head``/``--distill`` chose, and the
+    levers."""
     from sila_keras.core.losses import set_weights
 
     s = config.sila
@@ -131,4 +142,7 @@ def ship_line(config) -> str:
     if s.distill:
         line += (f"; self-distillation head_1 → heads 2..{s.heads}: "
                  f"W={s.distill:g}, T={s.distill_t:g}")
+    if s.ramp_betas:
+        line += (f"; --ramp-betas {s.ramp_betas}: heads 2..{s.heads}'s weights × e/{s.ramp_betas} "
+                 f"in epoch e+1, full from epoch {s.ramp_betas + 1}")
     return line

@@ -184,6 +184,8 @@ class SilaConfig:
     ship_head: int | None = None  # head k trained as a first-class target (weight 1)
     distill: float = 0.0  # W of the self-distillation term (deepest head → shallower ones)
     distill_t: float = 1.0  # its temperature T (1: the KL of --mode dml)
+    # Levers for the auxiliary heads (sila_keras.core.levers):
+    ramp_betas: int = 0  # epochs over which the weights of sets 2..M grow from 0 (0 = off)
 
     def __post_init__(self):
         from sila_keras.modes import get_mode
@@ -201,6 +203,15 @@ class SilaConfig:
         get_mode(self.mode)  # an unknown mode raises, listing the registered ones
         self._check_head_module()
         self._check_ship_head()
+        self._check_levers()
+
+    def _check_levers(self) -> None:  # --ramp-betas (no TF import)
+        from sila_keras.core.levers import check_epochs
+
+        ramp = check_epochs("ramp_betas", self.ramp_betas)
+        if ramp and self.heads < 2:
+            raise ConfigError("`--ramp-betas` ramps the set weights of heads 2..M, so it needs "
+                              f"`--heads` >= 2. Received: heads={self.heads}, ramp_betas={ramp}")
 
     def _check_head_module(self) -> None:  # --head-module (no TF import)
         from sila_keras.core.head_modules import DEFAULT_MODULE, get_head_module

@@ -175,6 +175,15 @@ def _add_ship_flags(p: argparse.ArgumentParser) -> None:
                         "self-distillation from the deepest head (held constant); 0 = off")
     g.add_argument("--distill-t", type=float, default=d.distill_t, metavar="T",
                    help="temperature of --distill")
+    g = p.add_argument_group(
+        "levers for heads 2..M (--mode sila, --heads >= 2; docs/heads.md)",
+        "Training levers meant to help the auxiliary heads without changing head 1's "
+        "objective; each is recorded in config.json and printed at the start.")
+    g.add_argument("--ramp-betas", type=int, default=d.ramp_betas, metavar="E",
+                   help="the set weights of heads 2..M grow linearly from 0 over the first E "
+                        "epochs (× e/E in epoch e+1, full from epoch E+1); head 1's stays 1. "
+                        "A ramp-up of an added loss's weight, as in Laine & Aila 2017 "
+                        "(Temporal Ensembling); 0 = off")
 
 
 def _add_speed_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:

@@ -285,8 +285,11 @@ def fit(model, train_ds, eval_ds, *, epochs: int, steps: int, initial_epoch: int
 
     ``freeze_epochs``: a pretrained backbone stays frozen for the first K epochs
     (:class:`sila_keras.training.finetune.FreezeBackbone`, first in the callback list).
+
+    A loss with per-epoch factors (``--ramp-betas``, …) gets them set at the start of every
+    epoch (:class:`sila_keras.training.callbacks.LossSchedule`, before the other callbacks).
     """
-    from sila_keras.training.callbacks import ProgressBar
+    from sila_keras.training.callbacks import LossSchedule, ProgressBar, schedules_loss
     from sila_keras.training.finetune import FreezeBackbone, build_optimizer
 
     if verbose is None:
@@ -294,6 +297,8 @@ def fit(model, train_ds, eval_ds, *, epochs: int, steps: int, initial_epoch: int
     callbacks = list(callbacks)
     if verbose:
         callbacks.insert(0, ProgressBar(steps))
+    if schedules_loss(model):
+        callbacks.insert(0, LossSchedule())
     if freeze_epochs:
         callbacks = [FreezeBackbone(freeze_epochs), *callbacks]
     build_optimizer(model)  # before Keras traces the step (see build_optimizer)

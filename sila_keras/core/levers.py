@@ -1,0 +1,54 @@
+"""Training levers for the shallow heads that leave head 1's objective alone.
+
+Levers, each a ``sila-train`` flag (``--mode sila``, ``--heads`` >= 2; docs/heads.md):
+
+* ``--ramp-betas E`` — the set weights of heads 2..M grow linearly from 0 over the first E
+  epochs (× :func:`ramp` ``(e, 0, E)`` in epoch e, 0-based); head 1's weight stays 1. A
+  ramp-up of an added loss's weight, as the consistency-weight ramp-up of Laine & Aila
+  (ICLR 2017, Temporal Ensembling) — here so that the auxiliary heads do not pull on the
+  shared layers while they are random (docs/heads.md: ``--ship-head`` runs that started
+  badly).
+
+The per-epoch factors live in :class:`~sila_keras.core.losses.SilaLoss` (``set_epoch``),
+which a callback of the training loop calls at the start of every epoch: the value is a
+function of the epoch only, so ``--resume`` continues exactly and every replica of a
+``MirroredStrategy`` reads the same value.
+
+Example:
+    >>> [ramp(e, 0, 4) for e in range(6)]
+    [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+    >>> [ramp(e, 2, 0) for e in range(4)]
+    [0.0, 0.0, 1.0, 1.0]
+"""
+
+from __future__ import annotations
+
+from sila_keras.utils.errors import ConfigError
+
+
+def ramp(epoch: int, start: int = 0, length: int = 0) -> float:
+    """0 before epoch ``start`` (0-based), then ``(epoch − start) / length`` up to 1; a step
+    to 1 at ``start`` when ``length`` is 0.
+
+    Args:
+        epoch: the epoch, 0-based (Keras' ``on_epoch_begin`` index).
+        start: the first epoch of the ramp.
+        length: the epochs it takes from 0 to 1.
+    """
+    epoch, start, length = int(epoch), int(start), int(length)
+    if length <= 0:
+        return 1.0 if epoch >= start else 0.0
+    return min(1.0, max(0.0, (epoch - start) / length))
+
+
+
+def check_epochs(name: str, value) -> int:
+    """An epoch count of a lever (``--ramp-betas``, …): an integer >= 0.
+
+    Raises:
+        ConfigError: anything else.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"`--{name.replace('_', '-')}` must be an integer >= 0 (epochs; 0 = "
+                          f"off). Received: {name}={value!r}")
+    return int(value)

@@ -1,0 +1,110 @@
+"""Levers for heads 2..M (sila_keras.core.levers): each against a NumPy reference with a known
+answer, its flag's validation, and its per-epoch value under MirroredStrategy and on resume."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from sila_keras.core.levers import ramp
+from sila_keras.core.losses import SilaLoss
+from sila_keras.training.config import TrainConfig
+from sila_keras.utils.errors import ConfigError
+
+N, M = 5, 3
+
+
+def _log_softmax(z):
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def sila_reference(y, z, weights):
+    """Paper A's loss in NumPy: −Σ_k w_k log softmax(z)[y + (k−1)N], mean over the batch."""
+    lp = _log_softmax(z)
+    return float(np.mean([-sum(w * lp[i, y[i] + k * N] for k, w in enumerate(weights))
+                          for i in range(len(y))]))
+
+
+def batch(seed=0, b=4):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, N, b), (rng.normal(size=(b, M * N)) * 2).astype(np.float32)
+
+
+# ----------------------------------------------------------------- --ramp-betas
+
+
+def test_ramp_is_zero_then_linear_then_one():
+    assert [ramp(e, 0, 4) for e in range(6)] == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+    assert [ramp(e, 3, 2) for e in range(7)] == [0.0, 0.0, 0.0, 0.0, 0.5, 1.0, 1.0]
+    assert [ramp(e, 2, 0) for e in range(4)] == [0.0, 0.0, 1.0, 1.0]  # a step at the start
+    assert ramp(5) == 1.0  # no lever: always 1
+
+
+@pytest.mark.parametrize("epoch", [0, 1, 3, 4, 9])
+def test_ramped_set_weights_match_numpy_at_every_epoch(epoch):
+    y, z = batch()
+    loss = SilaLoss(N, beta=0.4, lam=0.5, ramp_betas=4)
+    loss.set_epoch(epoch)
+    f = min(1.0, epoch / 4)  # the aux weights × e/E, head 1 × 1
+    want = sila_reference(y, z, [1.0, 0.4 * f, 0.2 * f])
+    assert float(loss(y, z)) == pytest.approx(want, rel=1e-5)
+    assert loss.factors(epoch) == {"aux": f} and loss.scheduled
+
+
+def test_ramped_loss_round_trips_and_the_paper_loss_is_untouched():
+    loss = SilaLoss(N, ramp_betas=3)
+    back = SilaLoss.from_config(loss.get_config())
+    assert back.ramp_betas == 3 and back.scheduled
+    back.set_epoch(1)  # the value comes from the epoch, not from the saved loss
+    y, z = batch(1)
+    assert float(back(y, z)) == pytest.approx(sila_reference(y, z, [1, 0.1 / 3, 0.05 / 3]),
+                                              rel=1e-5)
+    plain = SilaLoss(N)
+    assert "ramp_betas" not in plain.get_config() and not plain.scheduled
+
+
+@pytest.mark.parametrize("fields, match", [
+    ({"ramp_betas": 2, "heads": 1}, r"`--ramp-betas` ramps the set weights of heads 2\.\.M, so "
+                                    r"it needs `--heads` >= 2\. Received: heads=1, ramp_betas=2"),
+    ({"ramp_betas": -1}, r"`--ramp-betas` must be an integer >= 0 \(epochs; 0 = off\)\. "
+                         r"Received: ramp_betas=-1"),
+])
+def test_bad_ramp_is_refused(fields, match):
+    with pytest.raises(ConfigError, match=match):
+        TrainConfig.create("folder:x", "resnet20", **fields)
+
+
+def _toy_model():
+    """A 2-head SiLa model on 4 features (head 2 on the trunk's first layer)."""
+    from sila_keras.core.heads import sila_output
+
+    x = keras.Input((4,))
+    h = keras.layers.Dense(3, name="trunk_1")(x)
+    z2 = keras.layers.Dense(N, name="head_2")(h)
+    z1 = keras.layers.Dense(N, name="classifier")(keras.layers.Dense(3, name="trunk_2")(h))
+    return keras.Model(x, sila_output([keras.layers.Identity(name="head_1")(z1), z2]))
+
+
+def test_ramp_is_set_per_epoch_under_mirrored_strategy_and_on_resume():
+    """Two CPU replicas; lr 0 keeps the weights, so each epoch's logged loss is the loss of
+    the initial weights at that epoch's factor. A run resumed at epoch 2 starts there: the
+    value comes from the epoch Keras passes, not from earlier epochs."""
+    from sila_keras.training.train import fit
+
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(8, 4)).astype(np.float32), rng.integers(0, N, 8)
+    with strategy.scope():
+        keras.utils.set_random_seed(0)
+        model = _toy_model()
+        model.compile(optimizer=keras.optimizers.SGD(0.0),
+                      loss=SilaLoss(N, betas=[1.0, 0.6], ramp_betas=4))
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8).repeat()
+    z = model.predict(x, verbose=0)
+    history = fit(model, ds, None, epochs=4, steps=1, initial_epoch=2, verbose=0)
+    want = [sila_reference(y, z[:, :2 * N], [1.0, 0.6 * e / 4]) for e in (2, 3)]
+    np.testing.assert_allclose(history.history["loss"], want, rtol=1e-5)
+    assert float(model.loss._aux_scale.numpy()) == 0.75
