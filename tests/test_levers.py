@@ -51,7 +51,7 @@ def test_ramped_set_weights_match_numpy_at_every_epoch(epoch):
     f = min(1.0, epoch / 4)  # the aux weights × e/E, head 1 × 1
     want = sila_reference(y, z, [1.0, 0.4 * f, 0.2 * f])
     assert float(loss(y, z)) == pytest.approx(want, rel=1e-5)
-    assert loss.factors(epoch) == {"aux": f} and loss.scheduled
+    assert loss.factors(epoch)["aux"] == f and loss.scheduled
 
 
 def test_ramped_loss_round_trips_and_the_paper_loss_is_untouched():
@@ -108,3 +108,58 @@ def test_ramp_is_set_per_epoch_under_mirrored_strategy_and_on_resume():
     want = [sila_reference(y, z[:, :2 * N], [1.0, 0.6 * e / 4]) for e in (2, 3)]
     np.testing.assert_allclose(history.history["loss"], want, rtol=1e-5)
     assert float(model.loss._aux_scale.numpy()) == 0.75
+
+
+# ----------------------------------------------------------------- --distill-start / --distill-ramp
+
+
+def _kl_reference(z, m, t=1.0):
+    """Σ_{k≥2} T²·KL(p_1^T ‖ p_k^T) per example (the distillation term of --distill)."""
+    blocks = z.reshape(len(z), m, N) / t
+    lp1 = _log_softmax(blocks[:, 0])
+    return sum(t * t * (np.exp(lp1) * (lp1 - _log_softmax(blocks[:, k]))).sum(-1)
+               for k in range(1, m))
+
+
+@pytest.mark.parametrize("epoch, factor", [(0, 0.0), (2, 0.0), (3, 0.0), (4, 0.5), (5, 1.0),
+                                           (8, 1.0)])
+def test_delayed_distillation_matches_numpy(epoch, factor):
+    """--distill 0.7 --distill-start 3 --distill-ramp 2: off in epochs 0..3 (0-based; the
+    ramp starts from 0 at epoch 3), W/2 at epoch 4, W from epoch 5."""
+    y, z = batch(2)
+    loss = SilaLoss(N, distill=0.7, distill_t=2.0, distill_start=3, distill_ramp=2)
+    loss.set_epoch(epoch)
+    want = sila_reference(y, z, [1.0, 0.1, 0.05]) + float(
+        np.mean(0.7 * factor * _kl_reference(z, M, 2.0)))
+    assert float(loss(y, z)) == pytest.approx(want, rel=1e-5)
+    assert loss.factors(epoch)["distill"] == factor
+    back = SilaLoss.from_config(loss.get_config())
+    assert (back.distill_start, back.distill_ramp) == (3, 2) and back.scheduled
+
+
+def test_distillation_from_the_start_needs_no_schedule():
+    loss = SilaLoss(N, distill=0.5)
+    assert not loss.scheduled and "distill_start" not in loss.get_config()
+    step = SilaLoss(N, distill=0.5, distill_start=1)  # a step: off in epoch 0, W from epoch 1
+    assert [step.factors(e)["distill"] for e in range(3)] == [0.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("fields, match", [
+    ({"distill_start": 2}, r"`--distill-start` schedules the self-distillation term, so it "
+                           r"needs `--distill W` > 0\. Received: distill=0\.0, distill_start=2"),
+    ({"distill": 0.1, "distill_ramp": -2}, r"`--distill-ramp` must be an integer >= 0"),
+    ({"distill": 0.1, "distill_start": 1, "heads": 1}, r"`--distill` .*needs `--heads` >= 2"),
+])
+def test_bad_distillation_schedule_is_refused(fields, match):
+    with pytest.raises(ConfigError, match=match):
+        TrainConfig.create("folder:x", "resnet20", **fields)
+
+
+def test_the_run_says_when_distillation_starts(capsys):
+    from sila_keras.modes import make_mode
+
+    make_mode(TrainConfig.create("folder:x", "resnet8", distill=0.5, distill_start=5,
+                                 distill_ramp=4, ramp_betas=3)).check_before_data()
+    out = capsys.readouterr().out
+    assert "W=0.5, T=1, off in epochs 1..5, W × (e−5)/4 in epoch e+1, full W from epoch 10" in out
+    assert "--ramp-betas 3: heads 2..3's weights × e/3 in epoch e+1, full from epoch 4" in out

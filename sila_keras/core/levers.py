@@ -8,6 +8,11 @@ Levers, each a ``sila-train`` flag (``--mode sila``, ``--heads`` >= 2; docs/head
   (ICLR 2017, Temporal Ensembling) — here so that the auxiliary heads do not pull on the
   shared layers while they are random (docs/heads.md: ``--ship-head`` runs that started
   badly).
+* ``--distill-start S`` / ``--distill-ramp R`` — the self-distillation term of ``--distill W``
+  is off for the first S epochs, then grows linearly to W over R epochs (× ``ramp(e, S,
+  R)``): the teacher (head 1) is trained first. A distillation term from a random teacher
+  diverged at lr 0.1 in our runs (docs/heads.md); self-distillation itself: Zhang et al.
+  2019 ("Be Your Own Teacher"), Hinton et al. 2015.
 
 The per-epoch factors live in :class:`~sila_keras.core.losses.SilaLoss` (``set_epoch``),
 which a callback of the training loop calls at the start of every epoch: the value is a

@@ -25,7 +25,8 @@ class SilaMode(Mode):
     name = "sila"
     help = "SilaNet heads (paper A)"
     # the heads' module, shipping a head, levers for heads 2..M (sila_keras.core.levers)
-    options = ("head_module", "ship_head", "distill", "ramp_betas")
+    options = ("head_module", "ship_head", "distill", "ramp_betas", "distill_start",
+               "distill_ramp")
     option_hints = {"no_sila": " Use --heads 1 for a plain model."}
     model_files = True
 
@@ -85,7 +86,8 @@ class SilaMode(Mode):
         c = self.config
         s = c.sila
         return SilaLoss(num_classes, beta=s.beta, lam=s.lam, betas=loss_betas(c, num_heads),
-                        distill=s.distill, distill_t=s.distill_t, ramp_betas=s.ramp_betas)
+                        distill=s.distill, distill_t=s.distill_t, ramp_betas=s.ramp_betas,
+                        distill_start=s.distill_start, distill_ramp=s.distill_ramp)
 
     def evaluate(self, model, data, run_dir, rows: list[dict]) -> dict:
         """The set weights the run trained with (and ``--ship-head``/``--distill``), the
@@ -119,7 +121,8 @@ def loss_betas(config, num_heads: int) -> list[float] | None:
 def levers(config) -> dict:
     """The levers a run uses (flat name → value; empty when none; sila_keras.core.levers)."""
     s = config.sila
-    used = {"ramp_betas": s.ramp_betas}
+    used = {"ramp_betas": s.ramp_betas, "distill_start": s.distill_start,
+            "distill_ramp": s.distill_ramp}
     return {k: v for k, v in used.items() if v}
 
 
@@ -142,6 +145,14 @@ def ship_line(config) -> str:
     if s.distill:
         line += (f"; self-distillation head_1 → heads 2..{s.heads}: "
                  f"W={s.distill:g}, T={s.distill_t:g}")
+        start, length = s.distill_start, s.distill_ramp
+        if start:
+            line += f", off in epochs 1..{start}"
+        if length:
+            shift = f"(e−{start})" if start else "e"
+            line += f", W × {shift}/{length} in epoch e+1"
+        if start or length:
+            line += f", full W from epoch {start + length + 1}"
     if s.ramp_betas:
         line += (f"; --ramp-betas {s.ramp_betas}: heads 2..{s.heads}'s weights × e/{s.ramp_betas} "
                  f"in epoch e+1, full from epoch {s.ramp_betas + 1}")

@@ -186,6 +186,8 @@ class SilaConfig:
     distill_t: float = 1.0  # its temperature T (1: the KL of --mode dml)
     # Levers for the auxiliary heads (sila_keras.core.levers):
     ramp_betas: int = 0  # epochs over which the weights of sets 2..M grow from 0 (0 = off)
+    distill_start: int = 0  # epochs before the distillation term starts
+    distill_ramp: int = 0  # epochs over which it then grows to --distill W (0: at once)
 
     def __post_init__(self):
         from sila_keras.modes import get_mode
@@ -205,13 +207,19 @@ class SilaConfig:
         self._check_ship_head()
         self._check_levers()
 
-    def _check_levers(self) -> None:  # --ramp-betas (no TF import)
+    def _check_levers(self) -> None:  # --ramp-betas, --distill-start/-ramp (no TF import)
         from sila_keras.core.levers import check_epochs
 
         ramp = check_epochs("ramp_betas", self.ramp_betas)
         if ramp and self.heads < 2:
             raise ConfigError("`--ramp-betas` ramps the set weights of heads 2..M, so it needs "
                               f"`--heads` >= 2. Received: heads={self.heads}, ramp_betas={ramp}")
+        for name in ("distill_start", "distill_ramp"):
+            value = check_epochs(name, getattr(self, name))
+            if value and not self.distill:
+                raise ConfigError(f"`--{name.replace('_', '-')}` schedules the self-distillation "
+                                  "term, so it needs `--distill W` > 0. Received: "
+                                  f"distill={self.distill}, {name}={value}")
 
     def _check_head_module(self) -> None:  # --head-module (no TF import)
         from sila_keras.core.head_modules import DEFAULT_MODULE, get_head_module

@@ -184,6 +184,14 @@ def _add_ship_flags(p: argparse.ArgumentParser) -> None:
                         "epochs (× e/E in epoch e+1, full from epoch E+1); head 1's stays 1. "
                         "A ramp-up of an added loss's weight, as in Laine & Aila 2017 "
                         "(Temporal Ensembling); 0 = off")
+    g.add_argument("--distill-start", type=int, default=d.distill_start, metavar="S",
+                   help="--distill: no distillation in the first S epochs, so that the teacher "
+                        "(head 1) trains first; a KL term from a random teacher diverged at lr "
+                        "0.1 in our runs (docs/heads.md)")
+    g.add_argument("--distill-ramp", type=int, default=d.distill_ramp, metavar="R",
+                   help="--distill: from epoch S+1 the weight grows linearly from 0 to W over "
+                        "R epochs (W × (e−S)/R in epoch e+1, full from epoch S+R+1; 0: W at "
+                        "once)")
 
 
 def _add_speed_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:
