@@ -88,28 +88,6 @@ def _toy_model():
     return keras.Model(x, sila_output([keras.layers.Identity(name="head_1")(z1), z2]))
 
 
-def test_ramp_is_set_per_epoch_under_mirrored_strategy_and_on_resume():
-    """Two CPU replicas; lr 0 keeps the weights, so each epoch's logged loss is the loss of
-    the initial weights at that epoch's factor. A run resumed at epoch 2 starts there: the
-    value comes from the epoch Keras passes, not from earlier epochs."""
-    from sila_keras.training.train import fit
-
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    rng = np.random.default_rng(0)
-    x, y = rng.normal(size=(8, 4)).astype(np.float32), rng.integers(0, N, 8)
-    with strategy.scope():
-        keras.utils.set_random_seed(0)
-        model = _toy_model()
-        model.compile(optimizer=keras.optimizers.SGD(0.0),
-                      loss=SilaLoss(N, betas=[1.0, 0.6], ramp_betas=4))
-    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8).repeat()
-    z = model.predict(x, verbose=0)
-    history = fit(model, ds, None, epochs=4, steps=1, initial_epoch=2, verbose=0)
-    want = [sila_reference(y, z[:, :2 * N], [1.0, 0.6 * e / 4]) for e in (2, 3)]
-    np.testing.assert_allclose(history.history["loss"], want, rtol=1e-5)
-    assert float(model.loss._aux_scale.numpy()) == 0.75
-
-
 # ----------------------------------------------------------------- --distill-start / --distill-ramp
 
 
@@ -163,3 +141,93 @@ def test_the_run_says_when_distillation_starts(capsys):
     out = capsys.readouterr().out
     assert "W=0.5, T=1, off in epochs 1..5, W × (e−5)/4 in epoch e+1, full W from epoch 10" in out
     assert "--ramp-betas 3: heads 2..3's weights × e/3 in epoch e+1, full from epoch 4" in out
+
+
+# ----------------------------------------------------------------- --grad-equilibrium
+
+
+def _equilibrium_step_numpy(weights, x, y, betas, lr, l2):
+    """One SGD step on the toy model with Li et al.'s gradient equilibrium written as their
+    code does it, on tensors: at the tap h of exit 0 of n = 2, everything flowing back into h
+    × 1/(n−0), the deeper trunk's part first × (n−0−1) = 1 (``gradient_rescale``)."""
+    (w1, b1), (w2, b2), (wh, bh), (wc, bc) = weights
+    h = x @ w1 + b1
+    h2 = h @ w2 + b2
+    z = np.concatenate([h2 @ wc + bc, h @ wh + bh], axis=-1)  # [head_1, head_2]
+    p = np.exp(_log_softmax(z))
+    dz = sum(betas) * p
+    for k, b in enumerate(betas):
+        dz[np.arange(len(y)), y + k * N] -= b
+    dz /= len(y)  # the batch mean
+    g1, g2 = dz[:, :N], dz[:, N:]
+    g_h2 = g1 @ wc.T
+    g_h = (1 / 2) * (g2 @ wh.T + 1 * (g_h2 @ w2.T))  # the rescaled gradient into the tap
+    grads = [(x.T @ g_h, g_h.sum(0)), (h.T @ g_h2, g_h2.sum(0)), (h.T @ g2, g2.sum(0)),
+             (h2.T @ g1, g1.sum(0))]
+    return [tuple(w - lr * (g + l2 * w) for w, g in zip(layer, grad, strict=True))
+            for layer, grad in zip(weights, grads, strict=True)]
+
+
+def _toy_weights(model):
+    return [tuple(model.get_layer(n).get_weights()) for n in ("trunk_1", "trunk_2", "head_2",
+                                                             "classifier")]
+
+
+def test_gradient_equilibrium_matches_the_tensor_rescaling_of_li_et_al():
+    from sila_keras.core.levers import equilibrium_scales
+    from sila_keras.training.optim import SGDL2
+
+    keras.utils.set_random_seed(1)
+    model = _toy_model()
+    scales = equilibrium_scales(model)
+    assert scales == {"trunk_1/kernel": 0.5, "trunk_1/bias": 0.5}  # the trunk under both heads
+    rng = np.random.default_rng(2)
+    x, y = rng.normal(size=(6, 4)).astype(np.float32), rng.integers(0, N, 6)
+    want = _equilibrium_step_numpy(_toy_weights(model), x.astype(np.float64), y, [1.0, 0.6],
+                                   lr=0.1, l2=0.01)
+    model.compile(optimizer=SGDL2(l2=0.01, learning_rate=0.1, momentum=0.0, grad_scales=scales),
+                  loss=SilaLoss(N, betas=[1.0, 0.6]))
+    model.train_on_batch(x, y)
+    for got, ref in zip(_toy_weights(model), want, strict=True):
+        for a, b in zip(got, ref, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    back = SGDL2.from_config(model.optimizer.get_config())  # restored on --resume
+    assert back.grad_scales == scales
+    assert "grad_scales" not in SGDL2().get_config()  # the paper's optimizer is unchanged
+
+
+def test_gradient_equilibrium_needs_two_heads():
+    with pytest.raises(ConfigError, match=r"`--grad-equilibrium` balances the gradients .* needs "
+                                          r"`--heads` >= 2\. Received: heads=1"):
+        TrainConfig.create("folder:x", "resnet20", heads=1, grad_equilibrium=True)
+
+
+# ----------------------------------------------------------------- MirroredStrategy and resume
+
+
+def test_levers_under_mirrored_strategy_resuming_at_epoch_two():
+    """Two CPU replicas, the training chain's compile_model and fit, a run resumed at epoch 2
+    (0-based) of --ramp-betas 4 with --grad-equilibrium: the epoch's loss is the NumPy loss
+    with head 2's weight × 2/4 (the value comes from the epoch Keras passes, not from earlier
+    epochs), and the step is the NumPy equilibrium step with that weight."""
+    from sila_keras.training.train import compile_model, fit
+
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(8, 4)).astype(np.float32), rng.integers(0, N, 8)
+    config = TrainConfig.create("folder:x", "resnet8", heads=2, betas=(1.0, 0.6), lr=0.1,
+                                momentum=0.0, milestones=(), ramp_betas=4, grad_equilibrium=True)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        keras.utils.set_random_seed(4)
+        model = compile_model(_toy_model(), config, N, steps=1)
+    start, z = _toy_weights(model), model.predict(x, verbose=0)
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8).repeat()
+    history = fit(model, ds, None, epochs=3, steps=1, initial_epoch=2, verbose=0)
+    betas = [1.0, 0.6 * 2 / 4]
+    assert history.history["loss"][0] == pytest.approx(sila_reference(y, z, betas), rel=1e-5)
+    want = _equilibrium_step_numpy(start, x.astype(np.float64), y, betas, lr=0.1, l2=5e-4)
+    for got, ref in zip(_toy_weights(model), want, strict=True):
+        for a, b in zip(got, ref, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    assert model.optimizer.grad_scales == {"trunk_1/kernel": 0.5, "trunk_1/bias": 0.5}
+    assert float(model.loss._aux_scale.numpy()) == 0.5

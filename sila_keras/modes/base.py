@@ -35,7 +35,8 @@ OPTION_FLAGS = {"peer": "--peer", "dml": "--dml", "no_sila": "--no-sila",
                 "head_module": "--head-module",  # the auxiliary heads' module
                 "ship_head": "--ship-head", "distill": "--distill",  # shipping a head
                 "ramp_betas": "--ramp-betas", "distill_start": "--distill-start",
-                "distill_ramp": "--distill-ramp"}  # levers for heads 2..M
+                "distill_ramp": "--distill-ramp",
+                "grad_equilibrium": "--grad-equilibrium"}  # levers for heads 2..M
 
 _REGISTRY: dict[str, type[Mode]] = {}
 

@@ -26,7 +26,7 @@ class SilaMode(Mode):
     help = "SilaNet heads (paper A)"
     # the heads' module, shipping a head, levers for heads 2..M (sila_keras.core.levers)
     options = ("head_module", "ship_head", "distill", "ramp_betas", "distill_start",
-               "distill_ramp")
+               "distill_ramp", "grad_equilibrium")
     option_hints = {"no_sila": " Use --heads 1 for a plain model."}
     model_files = True
 
@@ -122,7 +122,7 @@ def levers(config) -> dict:
     """The levers a run uses (flat name → value; empty when none; sila_keras.core.levers)."""
     s = config.sila
     used = {"ramp_betas": s.ramp_betas, "distill_start": s.distill_start,
-            "distill_ramp": s.distill_ramp}
+            "distill_ramp": s.distill_ramp, "grad_equilibrium": s.grad_equilibrium}
     return {k: v for k, v in used.items() if v}
 
 
@@ -156,4 +156,6 @@ def ship_line(config) -> str:
     if s.ramp_betas:
         line += (f"; --ramp-betas {s.ramp_betas}: heads 2..{s.heads}'s weights × e/{s.ramp_betas} "
                  f"in epoch e+1, full from epoch {s.ramp_betas + 1}")
+    if s.grad_equilibrium:
+        line += "; gradient equilibrium: each shared layer's gradient ÷ the heads that use it"
     return line

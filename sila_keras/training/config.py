@@ -188,6 +188,7 @@ class SilaConfig:
     ramp_betas: int = 0  # epochs over which the weights of sets 2..M grow from 0 (0 = off)
     distill_start: int = 0  # epochs before the distillation term starts
     distill_ramp: int = 0  # epochs over which it then grows to --distill W (0: at once)
+    grad_equilibrium: bool = False  # trunk gradients ÷ the heads that share them (Li et al.)
 
     def __post_init__(self):
         from sila_keras.modes import get_mode
@@ -207,13 +208,17 @@ class SilaConfig:
         self._check_ship_head()
         self._check_levers()
 
-    def _check_levers(self) -> None:  # --ramp-betas, --distill-start/-ramp (no TF import)
+    def _check_levers(self) -> None:  # --ramp-betas, --grad-equilibrium, … (no TF import)
         from sila_keras.core.levers import check_epochs
 
         ramp = check_epochs("ramp_betas", self.ramp_betas)
         if ramp and self.heads < 2:
             raise ConfigError("`--ramp-betas` ramps the set weights of heads 2..M, so it needs "
                               f"`--heads` >= 2. Received: heads={self.heads}, ramp_betas={ramp}")
+        if self.grad_equilibrium and self.heads < 2:
+            raise ConfigError("`--grad-equilibrium` balances the gradients the heads send into "
+                              "the shared layers, so it needs `--heads` >= 2. Received: "
+                              f"heads={self.heads}, grad_equilibrium=True")
         for name in ("distill_start", "distill_ramp"):
             value = check_epochs(name, getattr(self, name))
             if value and not self.distill:

@@ -184,6 +184,12 @@ def _add_ship_flags(p: argparse.ArgumentParser) -> None:
                         "epochs (× e/E in epoch e+1, full from epoch E+1); head 1's stays 1. "
                         "A ramp-up of an added loss's weight, as in Laine & Aila 2017 "
                         "(Temporal Ensembling); 0 = off")
+    g.add_argument("--grad-equilibrium", action="store_true",
+                   help="gradient equilibrium (Li et al. 2019, Improved Techniques for Training "
+                        "Adaptive Deep Networks): the gradient of every shared layer is divided "
+                        "by the number of heads that use it (the stem and stage 1 by M, …, "
+                        "head 1's last stage and every head's own module by 1), before weight "
+                        "decay; what their per-exit gradient rescaling amounts to")
     g.add_argument("--distill-start", type=int, default=d.distill_start, metavar="S",
                    help="--distill: no distillation in the first S epochs, so that the teacher "
                         "(head 1) trains first; a KL term from a random teacher diverged at lr "
