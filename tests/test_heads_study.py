@@ -108,6 +108,36 @@ def test_head_module_that_does_not_fit_is_refused_before_the_data(capsys, tmp_pa
     assert not any(tmp_path.iterdir())
 
 
+def test_cli_trains_a_private_capacity_module_with_levers_and_ships_it(tiny_folder, tmp_path):
+    """sila-train --head-module sep with every lever on, one tiny epoch; config.json and
+    summary.json record them; head 2 exports to TFLite, which MediaPipe's ImageClassifier runs."""
+    import json
+
+    from export.cli import main as export
+    from sila_keras.training.train import main
+    from sila_keras.utils.rundir import RunDir
+
+    levers = ["--ramp-betas", "2", "--grad-equilibrium", "--distill", "0.1", "--distill-start", "1"]
+    assert main([f"folder:{tiny_folder}", "resnet8", "--head-module", "sep", *levers,
+                 "--epochs", "1", "--batch-size", "6", "--milestones", "", "--limit-train", "12",
+                 "--limit-test", "6", "--out", str(tmp_path), "--name", "sep"]) == 0
+    run = RunDir(tmp_path / "sep")
+    sila = run.read_config()  # flat field names
+    assert sila["head_module"] == "sep" and sila["ramp_betas"] == 2 and sila["grad_equilibrium"]
+    summary = run.read_summary()
+    assert summary["head_module"] == "sep"
+    assert summary["levers"] == {"ramp_betas": 2, "distill_start": 1, "grad_equilibrium": True}
+    head = summary["heads"]["head_2"]
+    out = tmp_path / "export"
+    assert export([str(run.path), "--head", "2", "--formats", "tflite", "--quantize", "none",
+                   "--latency-runs", "1", "--parity-samples", "6", "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["params"]["head"] == head["params"]
+    assert manifest["params"]["head_macs"] == head["macs"] > 0
+    mediapipe = manifest["artifacts"]["tflite"]["mediapipe"]
+    assert mediapipe["runs"] and mediapipe["category_names_ok"], mediapipe
+
+
 # ----------------------------------------------------------------- self-distillation
 
 

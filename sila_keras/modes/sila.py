@@ -147,7 +147,7 @@ def ship_line(config) -> str:
                  f"W={s.distill:g}, T={s.distill_t:g}")
         start, length = s.distill_start, s.distill_ramp
         if start:
-            line += f", off in epochs 1..{start}"
+            line += f", off in epoch{'s 1..' if start > 1 else ' '}{start}"
         if length:
             shift = f"(e−{start})" if start else "e"
             line += f", W × {shift}/{length} in epoch e+1"
