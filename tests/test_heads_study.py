@@ -342,3 +342,84 @@ def test_benchmark_refuses_a_finished_arm_made_with_other_settings(study):
     out, argv = study
     with pytest.raises(SystemExit, match="trained with other settings \\(epochs: 1 there, 2 now\\)"):
         _bench().main([*argv, "--arms", "sila", "--epochs", "2"])
+
+
+# ----------------------------------------------------------------- head modules and levers in the benchmark
+
+
+def test_benchmark_plans_every_module_and_passes_the_levers(tmp_path):
+    from sila_keras.training.config import TrainConfig
+    from sila_keras.training.flags import build_parser, config_from_args
+
+    bench = _bench()
+    args = bench.build_parser().parse_args([
+        "folder:x", "--out", str(tmp_path), "--seeds", "0", "--arms", "sila,alone,distill",
+        "--alone-heads", "1,3", "--head-module", "conv,sep", "--grad-equilibrium",
+        "--distill-start", "2"])
+    jobs = {j.name: j for j in bench.plan(args, bench.settings(args))}
+    assert list(jobs) == ["sila-ge", "alone_h1", "alone_h3", "distill-ge.ds2",
+                          "sila-sep.ge", "alone_h3-sep", "distill-sep.ge.ds2"]
+    flags = lambda j: " ".join(jobs[j].argv)  # noqa: E731
+    assert "--head-module sep --grad-equilibrium" in flags("sila-sep.ge")
+    assert "--distill-start" not in flags("sila-sep.ge")  # the schedule of --distill only
+    assert "--grad-equilibrium --distill-start 2" in flags("distill-sep.ge.ds2")
+    assert "--head-module" not in flags("sila-ge") and "--grad" not in flags("alone_h3-sep")
+    assert jobs["alone_h3-sep"].argv[1].endswith("models/head_3-sep-s0.keras")
+    assert jobs["alone_h1"].argv[1].endswith("models/head_1-s0.keras")  # the base: no module
+    assert str(jobs["sila-sep.ge"].run.path).endswith("runs/sila-sep.ge-s0")
+    for name in ("sila-sep.ge", "distill-sep.ge.ds2"):  # what sila-train will be asked
+        config = config_from_args(build_parser().parse_args(jobs[name].argv))
+        assert isinstance(config, TrainConfig) and config.sila.head_module == "sep"
+        assert config.sila.grad_equilibrium
+    with pytest.raises(SystemExit, match="Unknown head module 'sepp'"):
+        bench.settings(bench.build_parser().parse_args(["x", "--out", "o", "--head-module", "sepp"]))
+    with pytest.raises(SystemExit, match="`--ramp-betas` must be an integer >= 0"):
+        bench.settings(bench.build_parser().parse_args(["x", "--out", "o", "--ramp-betas", "-1"]))
+
+
+def test_alone_subnetwork_has_the_module_of_the_sila_heads(tiny_folder, tmp_path):
+    import keras
+
+    from sila_keras.core.heads import build_sila_model, extract_head, trainable_params
+
+    bench = _bench()
+    args = bench.build_parser().parse_args([f"folder:{tiny_folder}", *STUDY_ARGS,
+                                            "--out", str(tmp_path)])
+    path = bench.write_subnetwork(args, bench.settings(args), 3, 0, "sep")
+    assert path.name == "head_3-sep-s0.keras"
+    sub = keras.models.load_model(path)
+    sila = build_sila_model("resnet8", 3, 3, (32, 32, 3), head_module="sep")
+    assert trainable_params(sub) == trainable_params(extract_head(sila, 3))  # the same size
+    assert "aux_dw1" in [la.name for la in sub.layers]
+
+
+def test_variants_share_one_table_and_export_picks_the_runs_module(tmp_path):
+    from sila_keras.reports.study import (
+        alone_accuracy,
+        load_study,
+        markdown,
+        merge_study,
+        table_rows,
+        write_study,
+    )
+
+    base = {"backbone": "resnet8", "recipe": {"epochs": 1}, "sila": {"heads": 3},
+            "ship": {"distill": 0.1}, "seeds": [0]}
+    old = {**base, "table": table_rows({"sila": {1: [0.6], 3: [0.3]}, "alone": {3: [0.4]}},
+                                       {1: 100, 3: 30})}
+    new = {**base, "table": table_rows(
+        {("sila", "sep", ""): {1: [0.61], 3: [0.45]}, ("alone", "sep", ""): {3: [0.5]},
+         ("sila", "conv", "grad-equilibrium"): {1: [0.62], 3: [0.35]}},
+        {1: 100, (3, "sep"): 36, (3, "conv"): 30}, {(3, "sep"): 7, (3, "conv"): 9})}
+    study = merge_study(old, new)
+    md = markdown(study)
+    assert ("| head | params (conv / sep) | SiLa | SiLa [grad-equilibrium] | SiLa [sep] | "
+            "alone | alone [sep] |") in md
+    assert "| 3 | 30 / 36 | 30.00 | 35.00 | 45.00 | 40.00 | 50.00 |" in md
+    assert alone_accuracy(study)[3][0] == 0.4 and alone_accuracy(study, module="sep")[3][0] == 0.5
+    write_study(tmp_path, study)
+    header = (tmp_path / "head_vs_alone.csv").read_text().splitlines()[0]
+    assert header == "head,params,macs,arm,module,levers,n,mean,std,values"
+    assert len(load_study(tmp_path)["table"]) == 3 + 5  # the old rows and the new
+    with pytest.raises(ConfigError, match=r"for another recipe; .*Use another --out"):
+        merge_study(old, {**new, "recipe": {"epochs": 2}})
