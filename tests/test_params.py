@@ -47,8 +47,13 @@ def test_count_macs_matches_the_layer_formulas():
     inner = keras.Sequential([keras.Input((2, 2, 5)), keras.layers.Dense(3)])  # nested: 4 · 5 · 3
     y = keras.layers.GlobalAveragePooling2D()(inner(y))
     y = keras.layers.Dense(7)(keras.layers.BatchNormalization()(y))  # 3 · 7 (BN: not counted)
-    want = 16 * 9 * 2 * 6 + 16 * 9 * 6 * 2 + 4 * (9 * 12 + 12 * 5) + 4 * 5 * 3 + 3 * 7
-    assert count_macs(keras.Model(x, y)) == want
+    shared = keras.layers.Dense(7)
+    y = shared(shared(y))  # one layer called twice: 2 · 7 · 7
+    want = 16 * 9 * 2 * 6 + 16 * 9 * 6 * 2 + 4 * (9 * 12 + 12 * 5) + 4 * 5 * 3 + 3 * 7 + 2 * 49
+    model = keras.Model(x, y)
+    assert count_macs(model) == want
+    first = keras.Model(x, model.layers[1].output)  # a sub-model counts its own calls only
+    assert count_macs(first) == 16 * 9 * 2 * 6
 
 def test_json_cli_in_process(capsys):
     assert main(["--dataset", "cifar10", "--models", "mobilenetv1,resnet20", "--json"]) == 0

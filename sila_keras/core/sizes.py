@@ -44,12 +44,14 @@ def count_macs(model) -> int:
     layers, nested models layer by layer. BatchNorm, activations, pooling and additions are
     not counted (MobileNet's "mult-adds", what the MSDNet paper calls FLOPs).
 
-    A layer costs its kernel's size times its output positions (``H·W`` of a convolution's
-    output, 1 for a ``(B, C)`` dense input): ``H·W · kh·kw · C/groups · filters`` for a
-    ``Conv2D``, ``H·W · kh·kw · C · depth_multiplier`` for a ``DepthwiseConv2D``.
+    Every call counts: a functional model's graph is walked node by node (a layer called
+    twice costs twice; a sub-model cut from a larger one counts its own calls only). A call
+    costs its kernel's size times its output positions (``H·W`` of a convolution's output, 1
+    for a ``(B, C)`` dense input): ``H·W · kh·kw · C/groups · filters`` for a ``Conv2D``,
+    ``H·W · kh·kw · C · depth_multiplier`` for a ``DepthwiseConv2D``.
 
     Args:
-        model: a built ``keras.Model`` with static shapes (batch aside), each layer called once.
+        model: a built ``keras.Model`` with static shapes (batch aside).
 
     Returns:
         The MACs of one example (the batch dimension is not counted).
@@ -62,11 +64,16 @@ def count_macs(model) -> int:
         >>> count_macs(keras.Model(x, y))
         6920
     """
-    return int(sum(_layer_macs(layer) for layer in model.layers))
+    nodes = getattr(model, "_nodes_by_depth", None)
+    if nodes is None:  # a Sequential: its layers, each called once
+        return int(sum(_call_macs(layer, layer.output.shape) for layer in model.layers))
+    return int(sum(_call_macs(node.operation, node.outputs[0].shape)
+                   for depth in nodes.values() for node in depth))
 
 
-def _layer_macs(layer) -> int:
-    """Multiply-accumulates of the one call of ``layer`` (0 for layers without kernels)."""
+def _call_macs(layer, out_shape) -> int:
+    """Multiply-accumulates of one call of ``layer`` whose output has ``out_shape`` (0 for
+    layers without kernels; a nested model counts its own graph)."""
     import keras
     from keras import layers
 
@@ -76,7 +83,7 @@ def _layer_macs(layer) -> int:
              layers.SeparableConv2D)
     if not isinstance(layer, kinds):
         return 0
-    out_shape = tuple(layer.output.shape)
+    out_shape = tuple(out_shape)
     positions = math.prod(int(d) for d in out_shape[1:-1]) if len(out_shape) > 2 else 1
     if isinstance(layer, layers.SeparableConv2D):
         return positions * (math.prod(layer.depthwise_kernel.shape)
