@@ -231,3 +231,16 @@ def test_levers_under_mirrored_strategy_resuming_at_epoch_two():
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
     assert model.optimizer.grad_scales == {"trunk_1/kernel": 0.5, "trunk_1/bias": 0.5}
     assert float(model.loss._aux_scale.numpy()) == 0.5
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--heads", "1", "--grad-equilibrium"], "`--grad-equilibrium` balances the gradients"),
+    (["--heads", "1", "--ramp-betas", "3"], "`--ramp-betas` ramps the set weights"),
+    (["--distill-ramp", "3"], "`--distill-ramp` schedules the self-distillation term"),
+    (["--mode", "dml", "--ramp-betas", "3"], "--ramp-betas only applies to --mode sila"),
+])
+def test_bad_levers_exit_2_on_the_command_line_and_write_nothing(capsys, tmp_path, argv, message):
+    from helpers import run_err
+
+    err = run_err(capsys, ["folder:x", "resnet8", *argv, "--out", str(tmp_path)])
+    assert message in err and not any(tmp_path.iterdir())
