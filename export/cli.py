@@ -203,14 +203,15 @@ def _export(args, src, options, heads, out, class_names, alone_ref) -> dict:
 def _alone_reference(args, src) -> dict:
     """The alone-trained accuracies for the trade-off table, when a head-vs-alone
     benchmark for the run's backbone and recipe is found (:func:`sila_keras.reports.study.find_study`)."""
-    from sila_keras.reports.study import alone_accuracy, find_study
+    from sila_keras.reports.study import alone_accuracy, find_study, run_head_module
 
     study, note = find_study(src.run_dir, getattr(args, "alone", None))
     if study is None:
         if getattr(args, "alone", None) or "another backbone" in note:
             print(f"{PROG}: note: {note}", file=sys.stderr)
         return {}
-    return {"alone": alone_accuracy(study), "alone_note": note}
+    # the sub-networks alone of the run's own head module (the same sizes)
+    return {"alone": alone_accuracy(study, module=run_head_module(src.run_dir)), "alone_note": note}
 
 
 def _labels(path: str, src) -> list[str]:

@@ -14,7 +14,7 @@ from sila_keras.utils.errors import ConfigError
 
 MANIFEST_KIND = "sila-export"
 MANIFEST_VERSION = 1
-HEADS_COLUMNS = ("head", "params", "mib", "cr_percent", "keras_mib", "tflite_mib", "tflite_int8_mib",
+HEADS_COLUMNS = ("head", "params", "mib", "cr_percent", "macs", "keras_mib", "tflite_mib", "tflite_int8_mib",
                  "tflite_latency_ms", "tflite_int8_latency_ms", "accuracy", "tflite_accuracy",
                  "tflite_int8_accuracy", "ok")
 
@@ -25,13 +25,14 @@ def build_manifest(*, model, head_model, head, out_dir, source, class_names, inp
     """Everything a deployer needs to know about one exported head (see docs/export.md);
     ``options`` is the :class:`export.ExportOptions` it was exported with."""
     from sila_keras.core.heads import extract_head, num_heads_of, trainable_params
-    from sila_keras.core.sizes import compression_percent, float32_mib
+    from sila_keras.core.sizes import compression_percent, count_macs, float32_mib
 
     n = int(head_model.output.shape[-1])
     names = list(class_names) if class_names else [f"class_{i}" for i in range(n)]
     if len(names) != n:
         raise ConfigError(f"`class_names` needs one name per class ({n}). Received: {len(names)} names")
-    total, base, own = (trainable_params(model), trainable_params(extract_head(model, 1)),
+    base_model = extract_head(model, 1)
+    total, base, own = (trainable_params(model), trainable_params(base_model),
                         trainable_params(head_model))
     eval_block = None
     if keras_accuracy is not None:
@@ -63,7 +64,9 @@ def build_manifest(*, model, head_model, head, out_dir, source, class_names, inp
             "sila_model": total, "base_head_1": base, "head": own,
             "head_mib": round(float32_mib(own), 3), "base_mib": round(float32_mib(base), 3),
             "cr_percent": round(compression_percent(base, own), 2) if base else 0.0,
-            "note": "trainable parameters (BN moving statistics excluded); CR = 1 − head/base",
+            "head_macs": count_macs(head_model), "base_macs": count_macs(base_model),
+            "note": "trainable parameters (BN moving statistics excluded); CR = 1 − head/base; "
+                    "MACs: multiply-accumulates of one image (convolutions and dense layers)",
         },
         "options": {"formats": list(options.formats), "quantize": list(options.quantize),
                     "opset": options.opset, "tolerances": options.tolerances,
@@ -128,8 +131,10 @@ def _clean(entry: dict) -> dict:
 def summary_table(manifest: dict) -> str:
     """A short fixed-width table: one line per artifact, failures with their reason."""
     p = manifest["params"]
+    macs = (f", {p['head_macs'] / 1e6:.2f} MMACs (base {p['base_macs'] / 1e6:.2f})"
+            if p.get("head_macs") is not None else "")
     lines = [f"Head {manifest['head']} of {manifest['model_name']}: {p['head']:,} params "
-             f"(base {p['base_head_1']:,}, CR {p['cr_percent']:.1f}%) → {manifest['out_dir']}",
+             f"(base {p['base_head_1']:,}, CR {p['cr_percent']:.1f}%){macs} → {manifest['out_dir']}",
              f"Parity on {manifest['parity_images']['count']} images: {manifest['parity_images']['source']}"]
     header = (f"{'artifact':16s} {'file':22s} {'MiB':>8s} {'max|Δlogit|':>12s} {'top-1 agr':>9s} "
               f"{'accuracy':>8s} {'ms/img':>8s}  status")
@@ -193,7 +198,8 @@ def heads_rows(manifests: list[dict], alone: dict | None = None) -> list[dict]:
 
         rows.append({
             "head": m["head"], "params": m["params"]["head"], "mib": m["params"]["head_mib"],
-            "cr_percent": m["params"]["cr_percent"], "keras_mib": get("keras", "size_mib"),
+            "cr_percent": m["params"]["cr_percent"], "macs": m["params"].get("head_macs"),
+            "keras_mib": get("keras", "size_mib"),
             "tflite_mib": get("tflite", "size_mib"), "tflite_int8_mib": get("tflite_int8", "size_mib"),
             "tflite_latency_ms": get("tflite", "latency", "median_ms"),
             "tflite_int8_latency_ms": get("tflite_int8", "latency", "median_ms"),
@@ -222,13 +228,14 @@ def heads_markdown(rows: list[dict], title: str, alone_note: str | None = None) 
     alone = bool(rows) and "alone_accuracy" in rows[0]
     out = [f"# {title}", "",
            "Trainable params, float32 size (MiB), compression ratio vs head 1 (the base model), "
-           "TFLite file sizes, median batch-1 LiteRT latency, and accuracy on the eval data "
+           "millions of multiply-accumulates per image (MMACs), TFLite file sizes, median batch-1 LiteRT latency, and accuracy on the eval data "
            "(Keras reference / TFLite fp32 / TFLite int8; '-' = not measured)."
            + (" alone: the same sub-network trained by itself, test split of the benchmark "
               f"(mean ± std over seeds; {alone_note})." if alone else ""), "",
-           "| head | params | MiB | CR % | TFLite MiB | int8 MiB | TFLite ms | int8 ms | "
+           "| head | params | MiB | CR % | MMACs | TFLite MiB | int8 MiB | TFLite ms | int8 ms | "
            "acc | TFLite acc | int8 acc | ok |" + (" alone |" if alone else ""),
-           "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:--:|" + ("---:|" if alone else "")]
+           "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|:--:|"
+           + ("---:|" if alone else "")]
     for r in rows:
         cell = ""
         if alone:
@@ -237,6 +244,7 @@ def heads_markdown(rows: list[dict], title: str, alone_note: str | None = None) 
                                                          if r["alone_seeds"] > 1 else "") + " |")
         out.append(
             f"| {r['head']} | {r['params']:,} | {r['mib']:.3f} | {r['cr_percent']:.1f} | "
+            f"{_num(None if r.get('macs') is None else r['macs'] / 1e6, '.2f')} | "
             f"{_num(r['tflite_mib'], '.3f')} | {_num(r['tflite_int8_mib'], '.3f')} | "
             f"{_num(r['tflite_latency_ms'], '.2f')} | {_num(r['tflite_int8_latency_ms'], '.2f')} | "
             f"{_pct(r['accuracy'])} | {_pct(r['tflite_accuracy'])} | {_pct(r['tflite_int8_accuracy'])} | "

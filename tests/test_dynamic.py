@@ -11,11 +11,11 @@ from model_checks import check_sila_model
 
 from sila_keras import trainable_params
 from sila_keras.core.losses import MutualLoss, SilaLoss
+from sila_keras.core.sizes import count_macs
 from sila_keras.data import load_dataset
 from sila_keras.models.msdnet import block_layers, scales_at
 from sila_keras.modes import make_mode
 from sila_keras.modes.anytime import (
-    count_macs,
     evaluate_dynamic,
     exit_flops,
     fit_thresholds,

@@ -118,3 +118,80 @@ def test_extract_from_non_sila_model():
 
 def test_registry_lists_foundation_backbones():
     assert {"vgg19", "resnet20"} <= set(list_backbones())
+
+
+# ----------------------------------------------------------------- head modules (--head-module)
+
+
+def _paper_module(tap, k, n):
+    """SilaNet's module as it was written before modules were registered (the reference)."""
+    x = tap.tensor
+    if tap.preact:
+        x = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=f"head_{k}_bn")(x)
+        x = keras.layers.ReLU(name=f"head_{k}_relu")(x)
+    x = keras.layers.Conv2D(n, 3, padding="same", name=f"head_{k}_conv")(x)
+    return keras.layers.GlobalAveragePooling2D(name=f"head_{k}")(x)
+
+
+@pytest.mark.parametrize("backbone", ["resnet8", "wrn16_8"])  # post- and pre-activation taps
+def test_default_module_is_the_papers_bit_for_bit(backbone):
+    from sila_keras.core.heads import build_backbone, head_name, sila_output
+
+    keras.utils.set_random_seed(3)
+    model = build_sila_model(backbone, 10, 3, (8, 8, 3))
+    keras.utils.set_random_seed(3)
+    inputs, out = build_backbone(backbone, 10, (8, 8, 3))
+    heads = [keras.layers.Identity(name=head_name(1))(out.logits)]
+    heads += [_paper_module(t, k, 10) for k, t in enumerate(reversed(out.taps), start=2)]
+    ref = keras.Model(inputs, sila_output(heads))
+    assert [la.name for la in model.layers] == [la.name for la in ref.layers]
+    for a, b in zip(model.get_weights(), ref.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_head_modules_sizes_and_macs_on_resnet20():
+    """Known answers: ResNet-20, N = 10; head 3 sits on stage 1 (16 ch, 32×32, reduction 1),
+    the last stage has reduction 4, so ``sep`` halves twice (16 → 32 → 64 channels)."""
+    from sila_keras.core.sizes import count_macs
+
+    conv = build_sila_model("resnet20", 10, 3)
+    bn = build_sila_model("resnet20", 10, 3, head_module="bn_conv")
+    sep = build_sila_model("resnet20", 10, 3, head_module="sep")
+    p = {name: trainable_params(extract_head(m, 3)) for name, m in
+         (("conv", conv), ("bn_conv", bn), ("sep", sep))}
+    module = 9 * 16 * 10 + 10  # the paper's 3×3 conv 16 → N, with bias
+    assert p["conv"] == 15_930 and p["bn_conv"] == p["conv"] + 2 * 16  # + BN γ, β
+    sep_module = (9 * 16 + 2 * 16 + 16 * 32 + 2 * 32  # stride-2 block 1 (dw, BN, pw, BN)
+                  + 9 * 32 + 2 * 32 + 32 * 64 + 2 * 64  # stride-2 block 2
+                  + 64 * 10 + 10)  # dense to N
+    assert p["sep"] == p["conv"] - module + sep_module
+    macs = {name: count_macs(extract_head(m, 3)) for name, m in (("conv", conv), ("sep", sep))}
+    conv_macs = 32 * 32 * 9 * 16 * 10
+    sep_macs = 16 * 16 * (9 * 16 + 16 * 32) + 8 * 8 * (9 * 32 + 32 * 64) + 64 * 10
+    assert macs["sep"] == macs["conv"] - conv_macs + sep_macs
+    names = [la.name for la in extract_head(sep, 3).layers if la.name.startswith("head_3")]
+    assert names[0] == "head_3_dw1" and names[-2:] == ["head_3_pool", "head_3"]
+    assert isinstance(sep.get_layer("head_3"), keras.layers.Dense)
+    assert sep.get_layer("head_3_dw2").strides == (2, 2) and sep.get_layer("head_2_pw1").filters == 64
+
+
+def test_unknown_head_module_lists_the_modules():
+    with pytest.raises(ValueError, match=r"Unknown head module 'sepp'\. Did you mean 'sep'\? "
+                                         r"Available: conv, bn_conv, sep"):
+        build_sila_model("resnet20", 10, 3, head_module="sepp")
+
+
+def test_module_that_cannot_halve_its_tap_is_refused_in_one_line():
+    from sila_keras.core.head_modules import check_fit, get_head_module, halvings, min_side
+    from sila_keras.models.registry import Tap
+
+    tap = Tap("block11", keras.Input((1, 1, 512)), 512, 16, 20)  # a 1×1 map, one halving to go
+    assert halvings(tap, 32) == 1 and min_side(1) == 2
+    check_fit(get_head_module("conv"), tap, "head_2", 32)  # no halving: fits
+    with pytest.raises(ValueError, match=r"^Head module 'sep' does not fit head_2: it halves the "
+                                         r"tap 'block11' \(1×1×512, reduction 16\) 1 time\(s\) "
+                                         r"to the backbone's last resolution \(reduction 32\), "
+                                         r"which needs at least 2×2 positions\. Modules that fit "
+                                         r"this tap: conv, bn_conv; .*Received: head_module='sep'"
+                                         r", tap shape \(1, 1, 512\)$"):
+        check_fit(get_head_module("sep"), tap, "head_2", 32)

@@ -71,6 +71,73 @@ def test_sila_mode_uses_and_reports_the_ship_weights(capsys):
     assert "weights unchanged" in capsys.readouterr().out
 
 
+# ----------------------------------------------------------------- --head-module
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--head-module", "sepp"], r"Unknown head module 'sepp'\. Did you mean 'sep'\? Available: "
+                                r"conv, bn_conv, sep\. Received: head_module='sepp'"),
+    (["--head-module", "sep", "--heads", "1"], r"`--head-module` shapes the auxiliary heads "
+                                               r"2\.\.M, so it needs `--heads` >= 2\. Received: "
+                                               r"heads=1, head_module='sep'"),
+    (["--head-module", "bn_conv", "--mode", "dml"], r"--head-module only applies to --mode sila"),
+])
+def test_bad_head_module_is_refused_in_one_line_and_writes_nothing(capsys, tmp_path, argv, message):
+    import re
+
+    from helpers import run_err
+
+    err = run_err(capsys, ["folder:x", "resnet8", *argv, "--out", str(tmp_path)])
+    assert re.search(message, err), err
+    assert not any(tmp_path.iterdir())
+
+
+def test_head_module_that_does_not_fit_is_refused_before_the_data(capsys, tmp_path, monkeypatch):
+    """The symbolic build of check_before_data checks every head's tap (here a tap made too
+    small for ``sep`` by patching the rule): one line, exit 2, the dataset never opened."""
+    from helpers import run_err
+
+    from sila_keras.core import head_modules
+
+    monkeypatch.setattr(head_modules, "min_side", lambda n: 64 if n else 1)
+    err = run_err(capsys, ["folder:does-not-exist", "resnet8", "--head-module", "sep",
+                           "--image-size", "16", "--out", str(tmp_path)])
+    assert ("Head module 'sep' does not fit head_2: it halves the tap 'stage2' (8×8×32, "
+            "reduction 2) 1 time(s)") in err
+    assert "Modules that fit this tap: conv, bn_conv" in err and "tap shape (8, 8, 32)" in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_cli_trains_a_private_capacity_module_with_levers_and_ships_it(tiny_folder, tmp_path):
+    """sila-train --head-module sep with every lever on, one tiny epoch; config.json and
+    summary.json record them; head 2 exports to TFLite, which MediaPipe's ImageClassifier runs."""
+    import json
+
+    from export.cli import main as export
+    from sila_keras.training.train import main
+    from sila_keras.utils.rundir import RunDir
+
+    levers = ["--ramp-betas", "2", "--grad-equilibrium", "--distill", "0.1", "--distill-start", "1"]
+    assert main([f"folder:{tiny_folder}", "resnet8", "--head-module", "sep", *levers,
+                 "--epochs", "1", "--batch-size", "6", "--milestones", "", "--limit-train", "12",
+                 "--limit-test", "6", "--out", str(tmp_path), "--name", "sep"]) == 0
+    run = RunDir(tmp_path / "sep")
+    sila = run.read_config()  # flat field names
+    assert sila["head_module"] == "sep" and sila["ramp_betas"] == 2 and sila["grad_equilibrium"]
+    summary = run.read_summary()
+    assert summary["head_module"] == "sep"
+    assert summary["levers"] == {"ramp_betas": 2, "distill_start": 1, "grad_equilibrium": True}
+    head = summary["heads"]["head_2"]
+    out = tmp_path / "export"
+    assert export([str(run.path), "--head", "2", "--formats", "tflite", "--quantize", "none",
+                   "--latency-runs", "1", "--parity-samples", "6", "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["params"]["head"] == head["params"]
+    assert manifest["params"]["head_macs"] == head["macs"] > 0
+    mediapipe = manifest["artifacts"]["tflite"]["mediapipe"]
+    assert mediapipe["runs"] and mediapipe["category_names_ok"], mediapipe
+
+
 # ----------------------------------------------------------------- self-distillation
 
 
@@ -275,3 +342,84 @@ def test_benchmark_refuses_a_finished_arm_made_with_other_settings(study):
     out, argv = study
     with pytest.raises(SystemExit, match="trained with other settings \\(epochs: 1 there, 2 now\\)"):
         _bench().main([*argv, "--arms", "sila", "--epochs", "2"])
+
+
+# ----------------------------------------------------------------- head modules and levers in the benchmark
+
+
+def test_benchmark_plans_every_module_and_passes_the_levers(tmp_path):
+    from sila_keras.training.config import TrainConfig
+    from sila_keras.training.flags import build_parser, config_from_args
+
+    bench = _bench()
+    args = bench.build_parser().parse_args([
+        "folder:x", "--out", str(tmp_path), "--seeds", "0", "--arms", "sila,alone,distill",
+        "--alone-heads", "1,3", "--head-module", "conv,sep", "--grad-equilibrium",
+        "--distill-start", "2"])
+    jobs = {j.name: j for j in bench.plan(args, bench.settings(args))}
+    assert list(jobs) == ["sila-ge", "alone_h1", "alone_h3", "distill-ge.ds2",
+                          "sila-sep.ge", "alone_h3-sep", "distill-sep.ge.ds2"]
+    flags = lambda j: " ".join(jobs[j].argv)  # noqa: E731
+    assert "--head-module sep --grad-equilibrium" in flags("sila-sep.ge")
+    assert "--distill-start" not in flags("sila-sep.ge")  # the schedule of --distill only
+    assert "--grad-equilibrium --distill-start 2" in flags("distill-sep.ge.ds2")
+    assert "--head-module" not in flags("sila-ge") and "--grad" not in flags("alone_h3-sep")
+    assert jobs["alone_h3-sep"].argv[1].endswith("models/head_3-sep-s0.keras")
+    assert jobs["alone_h1"].argv[1].endswith("models/head_1-s0.keras")  # the base: no module
+    assert str(jobs["sila-sep.ge"].run.path).endswith("runs/sila-sep.ge-s0")
+    for name in ("sila-sep.ge", "distill-sep.ge.ds2"):  # what sila-train will be asked
+        config = config_from_args(build_parser().parse_args(jobs[name].argv))
+        assert isinstance(config, TrainConfig) and config.sila.head_module == "sep"
+        assert config.sila.grad_equilibrium
+    with pytest.raises(SystemExit, match="Unknown head module 'sepp'"):
+        bench.settings(bench.build_parser().parse_args(["x", "--out", "o", "--head-module", "sepp"]))
+    with pytest.raises(SystemExit, match="`--ramp-betas` must be an integer >= 0"):
+        bench.settings(bench.build_parser().parse_args(["x", "--out", "o", "--ramp-betas", "-1"]))
+
+
+def test_alone_subnetwork_has_the_module_of_the_sila_heads(tiny_folder, tmp_path):
+    import keras
+
+    from sila_keras.core.heads import build_sila_model, extract_head, trainable_params
+
+    bench = _bench()
+    args = bench.build_parser().parse_args([f"folder:{tiny_folder}", *STUDY_ARGS,
+                                            "--out", str(tmp_path)])
+    path = bench.write_subnetwork(args, bench.settings(args), 3, 0, "sep")
+    assert path.name == "head_3-sep-s0.keras"
+    sub = keras.models.load_model(path)
+    sila = build_sila_model("resnet8", 3, 3, (32, 32, 3), head_module="sep")
+    assert trainable_params(sub) == trainable_params(extract_head(sila, 3))  # the same size
+    assert "aux_dw1" in [la.name for la in sub.layers]
+
+
+def test_variants_share_one_table_and_export_picks_the_runs_module(tmp_path):
+    from sila_keras.reports.study import (
+        alone_accuracy,
+        load_study,
+        markdown,
+        merge_study,
+        table_rows,
+        write_study,
+    )
+
+    base = {"backbone": "resnet8", "recipe": {"epochs": 1}, "sila": {"heads": 3},
+            "ship": {"distill": 0.1}, "seeds": [0]}
+    old = {**base, "table": table_rows({"sila": {1: [0.6], 3: [0.3]}, "alone": {3: [0.4]}},
+                                       {1: 100, 3: 30})}
+    new = {**base, "table": table_rows(
+        {("sila", "sep", ""): {1: [0.61], 3: [0.45]}, ("alone", "sep", ""): {3: [0.5]},
+         ("sila", "conv", "grad-equilibrium"): {1: [0.62], 3: [0.35]}},
+        {1: 100, (3, "sep"): 36, (3, "conv"): 30}, {(3, "sep"): 7, (3, "conv"): 9})}
+    study = merge_study(old, new)
+    md = markdown(study)
+    assert ("| head | params (conv / sep) | SiLa | SiLa [grad-equilibrium] | SiLa [sep] | "
+            "alone | alone [sep] |") in md
+    assert "| 3 | 30 / 36 | 30.00 | 35.00 | 45.00 | 40.00 | 50.00 |" in md
+    assert alone_accuracy(study)[3][0] == 0.4 and alone_accuracy(study, module="sep")[3][0] == 0.5
+    write_study(tmp_path, study)
+    header = (tmp_path / "head_vs_alone.csv").read_text().splitlines()[0]
+    assert header == "head,params,macs,arm,module,levers,n,mean,std,values"
+    assert len(load_study(tmp_path)["table"]) == 3 + 5  # the old rows and the new
+    with pytest.raises(ConfigError, match=r"for another recipe; .*Use another --out"):
+        merge_study(old, {**new, "recipe": {"epochs": 2}})

@@ -20,11 +20,40 @@ def test_param_table_counts_resnet20():
     assert t["train_params"] == 269_722 + (9 * 32 * 10 + 10) + (9 * 16 * 10 + 10)
     assert t["base_mib"] == round(float32_mib(269_722), 2)
     assert list(t["heads"]) == ["head_1", "head_2", "head_3"]
-    assert t["heads"]["head_1"] == {"params": 269_722, "mib": 1.03, "cr_percent": 0.0}
+    assert t["heads"]["head_1"] == {"params": 269_722, "mib": 1.03, "cr_percent": 0.0,
+                                    "macs": 40_551_040}
+    assert t["base_macs"] == 40_551_040  # He et al.'s ResNet-20: ≈41 M mult-adds at 32×32
     h2 = t["heads"]["head_2"]
     assert h2["cr_percent"] == round(100 * (1 - h2["params"] / 269_722), 2)
     assert t["heads"]["head_3"]["params"] < h2["params"] < 269_722
+    # head 3 = stem + stage 1 + its module; the module alone is a 3×3 conv 16 → N at 32×32
+    assert t["heads"]["head_3"]["macs"] - 32 * 32 * 9 * 16 * 10 == _stem_and_stage1_macs()
 
+
+def _stem_and_stage1_macs() -> int:
+    """ResNet-20's stem (3×3, 3 → 16) and stage 1 (6 convs 3×3, 16 → 16) at 32×32."""
+    return 32 * 32 * 9 * (3 * 16 + 6 * 16 * 16)
+
+
+def test_count_macs_matches_the_layer_formulas():
+    import keras
+
+    from sila_keras.core.sizes import count_macs
+
+    x = keras.Input((8, 8, 4))
+    y = keras.layers.Conv2D(6, 3, strides=2, padding="same", groups=2)(x)  # 4·4 · 9 · 2 · 6
+    y = keras.layers.DepthwiseConv2D(3, padding="same", depth_multiplier=2)(y)  # 16 · 9 · 6 · 2
+    y = keras.layers.SeparableConv2D(5, 3, padding="valid")(y)  # 2·2 · (9 · 12 + 12 · 5)
+    inner = keras.Sequential([keras.Input((2, 2, 5)), keras.layers.Dense(3)])  # nested: 4 · 5 · 3
+    y = keras.layers.GlobalAveragePooling2D()(inner(y))
+    y = keras.layers.Dense(7)(keras.layers.BatchNormalization()(y))  # 3 · 7 (BN: not counted)
+    shared = keras.layers.Dense(7)
+    y = shared(shared(y))  # one layer called twice: 2 · 7 · 7
+    want = 16 * 9 * 2 * 6 + 16 * 9 * 6 * 2 + 4 * (9 * 12 + 12 * 5) + 4 * 5 * 3 + 3 * 7 + 2 * 49
+    model = keras.Model(x, y)
+    assert count_macs(model) == want
+    first = keras.Model(x, model.layers[1].output)  # a sub-model counts its own calls only
+    assert count_macs(first) == 16 * 9 * 2 * 6
 
 def test_json_cli_in_process(capsys):
     assert main(["--dataset", "cifar10", "--models", "mobilenetv1,resnet20", "--json"]) == 0
@@ -32,7 +61,8 @@ def test_json_cli_in_process(capsys):
     assert list(out) == ["mobilenetv1", "resnet20"]
     mb = out["mobilenetv1"]
     assert set(mb) >= {"base_params", "base_mib", "train_params", "train_mib", "heads"}
-    assert set(mb["heads"]["head_2"]) == {"params", "mib", "cr_percent"}
+    assert set(mb["heads"]["head_2"]) == {"params", "mib", "cr_percent", "macs"}
+    assert mb["base_macs"] == mb["heads"]["head_1"]["macs"] > mb["heads"]["head_2"]["macs"]
     # SilaNet Table 3: base, train and test (head 2) sizes of MobileNetV1.
     paper = PAPER_TABLE3["mobilenetv1"]
     assert mb["base_params"] == TABLE3["mobilenetv1"]["base_params"]
@@ -48,6 +78,7 @@ def test_table_cli_and_dataset_sizes(capsys):
     assert "N=100, M=4 heads" in text
     assert "12.65 (12.65)" in text and "7.93 (7.93)" in text  # CIFAR-100 reference sizes
     assert "head_4 MiB" in text and ")*" not in text  # no cell differs
+    assert "base MMACs" in text and "head_4 MMACs" in text
     assert num_classes_of("cifar10") == 10 and num_classes_of("7") == 7
 
 

@@ -26,16 +26,24 @@ from pathlib import Path
 
 import keras
 
+from sila_keras.core.head_modules import DEFAULT_MODULE, get_head_module
 from sila_keras.core.heads import SILA_OUTPUT, assemble
 from sila_keras.models.registry import MODEL_FILE_SUFFIXES
-from sila_keras.models.taps import check_classifier, classifier_logits, find_taps, taps_by_name
+from sila_keras.models.taps import (
+    check_classifier,
+    classifier_logits,
+    find_taps,
+    last_stage_reduction,
+    taps_by_name,
+)
 from sila_keras.utils.errors import ModelError
 
 RESERVED = (SILA_OUTPUT,)
 
 
 def attach_heads(model: keras.Model, num_heads: int = 3, taps: Sequence[str] | None = None,
-                 *, copy: bool = True, name: str | None = None) -> keras.Model:
+                 *, copy: bool = True, name: str | None = None,
+                 head_module: str = DEFAULT_MODULE) -> keras.Model:
     """Turn a functional Keras classifier into a SiLa model with ``num_heads`` heads.
 
     ``head_1`` is the model's own classifier output. If it ends in a softmax, the
@@ -43,7 +51,8 @@ def attach_heads(model: keras.Model, num_heads: int = 3, taps: Sequence[str] | N
     softmax activation is replaced by a linear twin ``<name>_logits`` carrying the
     same weights; a final ``Softmax``/``Activation("softmax")`` layer is dropped.
     Heads 2..M are SilaNet's auxiliary modules (3×3 conv to N → global average
-    pooling, with BN + ReLU first on tensors that are not activated yet).
+    pooling, with BN + ReLU first on tensors that are not activated yet), or the modules
+    named by ``head_module`` (:mod:`sila_keras.core.head_modules`).
 
     The SiLa model takes the same inputs as ``model``. Training code in this
     package feeds raw pixels (float32, 0–255): put any preprocessing your model
@@ -58,6 +67,7 @@ def attach_heads(model: keras.Model, num_heads: int = 3, taps: Sequence[str] | N
         copy: work on a clone of ``model`` (default), so training the SiLa model
             leaves ``model`` untouched; ``False`` shares its layers.
         name: name of the SiLa model (default ``sila_<model name>``).
+        head_module: the module of heads 2..M (``--head-module``; default ``conv``).
 
     Returns:
         A functional ``keras.Model`` with the output ``sila_logits`` ``(B, M·N)``.
@@ -65,9 +75,10 @@ def attach_heads(model: keras.Model, num_heads: int = 3, taps: Sequence[str] | N
     Raises:
         TypeError: ``model`` is not a functional Keras model.
         ValueError: bad inputs/outputs, unknown or unusable ``taps``, more heads
-            than attach points (the message gives the maximum), or layer names
-            that clash with the SiLa naming contract.
+            than attach points (the message gives the maximum), layer names
+            that clash with the SiLa naming contract, or a head module that does not fit.
     """
+    get_head_module(head_module)
     _check_model(model)
     if copy:
         clone = keras.models.clone_model(model)
@@ -88,10 +99,21 @@ def attach_heads(model: keras.Model, num_heads: int = 3, taps: Sequence[str] | N
     else:
         chosen = taps_by_name(model, taps)
     return assemble(model.inputs[0], logits, chosen, num_heads, num_classes,
-                    name or f"sila_{model.name}", model_name=f"Model '{model.name}'")
+                    name or f"sila_{model.name}", model_name=f"Model '{model.name}'",
+                    head_module=head_module, reduction=_last_reduction(model))
 
 
-def load_and_attach(path, num_heads: int = 3, num_classes: int | None = None) -> keras.Model:
+def _last_reduction(model: keras.Model) -> int:
+    """The model's last resolution stage's reduction (0, the taps' rule, when its input
+    size is not fixed)."""
+    try:
+        return last_stage_reduction(model)
+    except ModelError:
+        return 0
+
+
+def load_and_attach(path, num_heads: int = 3, num_classes: int | None = None,
+                    head_module: str = DEFAULT_MODULE) -> keras.Model:
     """Load a user's classifier from a ``.keras`` file and attach SiLa heads to it.
 
     The loaded model is used directly (no copy). It receives the images as this
@@ -101,6 +123,7 @@ def load_and_attach(path, num_heads: int = 3, num_classes: int | None = None) ->
         path: a ``.keras`` (or legacy ``.h5``) file holding a functional classifier.
         num_heads: M.
         num_classes: the dataset's N; the model's output width must equal it.
+        head_module: the module of heads 2..M (``--head-module``).
 
     Returns:
         The SiLa model (see :func:`attach_heads`).
@@ -133,7 +156,7 @@ def load_and_attach(path, num_heads: int = 3, num_classes: int | None = None) ->
             f"Rebuild its classifier with {num_classes} outputs (e.g. classes={num_classes}). "
             f"Received: output shape {tuple(model.outputs[0].shape)}"
         )
-    return attach_heads(model, num_heads, copy=False)
+    return attach_heads(model, num_heads, copy=False, head_module=head_module)
 
 
 def _check_model(model) -> None:

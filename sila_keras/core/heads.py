@@ -7,7 +7,8 @@ Naming contract (relied on by the exporter, metrics and tuner):
   end of the second-to-last resolution stage); ``head_3`` one stage shallower
   (module D), and so on;
 * every layer of head k is prefixed ``head_k_`` (``head_3_conv``), and the
-  module's output layer is named ``head_k``;
+  module's output layer is named ``head_k``; the module is SilaNet's by default, or one
+  of :mod:`sila_keras.core.head_modules` (``--head-module``);
 * ``sila_logits`` — the ``Concatenate`` of ``head_1 … head_M``, shape ``(B, M·N)``,
   built by :func:`sila_output` only. It is a :class:`SilaLogits` layer, which records
   the head order and the training mode in its config, so a saved model says what it is
@@ -32,8 +33,9 @@ from collections.abc import Sequence
 import keras
 from keras import layers
 
-from sila_keras.core.sizes import compression_percent, float32_mib
-from sila_keras.models.registry import Tap, get_backbone
+from sila_keras.core.head_modules import DEFAULT_MODULE, build_head, check_fit, get_head_module
+from sila_keras.core.sizes import compression_percent, count_macs, float32_mib
+from sila_keras.models.registry import Tap, get_backbone, last_reduction
 from sila_keras.utils.errors import ModelError
 
 SILA_OUTPUT = "sila_logits"
@@ -113,18 +115,28 @@ def place_heads(taps: Sequence[Tap], num_heads: int, model_name: str = "this mod
     return list(reversed(taps))[: num_heads - 1]
 
 
-def aux_head(tap: Tap, head: int, num_classes: int):
-    """SilaNet auxiliary module: [BN + ReLU if pre-activation] → 3×3 conv to N → GAP.
+def aux_head(tap: Tap, head: int, num_classes: int, module: str = DEFAULT_MODULE,
+             last_reduction: int | None = None):
+    """Head ``head``'s auxiliary module on ``tap``: by default SilaNet's ([BN + ReLU if
+    pre-activation] → 3×3 conv to N → GAP); ``module`` names another
+    (:mod:`sila_keras.core.head_modules`).
 
     Every layer is named ``head_{head}_*``; the output layer is ``head_{head}``.
+
+    Args:
+        tap: where the head attaches.
+        head: k.
+        num_classes: N.
+        module: a registered head module (``--head-module``).
+        last_reduction: the reduction of the backbone's last resolution stage (default:
+            twice the tap's), for modules that downsample to it.
+
+    Raises:
+        ConfigError: unknown module.
+        ModelError: the module does not fit the tap.
     """
-    name = head_name(head)
-    x = tap.tensor
-    if tap.preact:
-        x = layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=f"{name}_bn")(x)
-        x = layers.ReLU(name=f"{name}_relu")(x)
-    x = layers.Conv2D(num_classes, 3, padding="same", name=f"{name}_conv")(x)
-    return layers.GlobalAveragePooling2D(name=name)(x)
+    last = last_reduction or 2 * int(tap.reduction)
+    return build_head(tap, head_name(head), num_classes, module, last)
 
 
 def normalizer(num_channels: int, mean=None, std=None) -> layers.Layer:
@@ -140,11 +152,19 @@ def normalizer(num_channels: int, mean=None, std=None) -> layers.Layer:
 
 
 def assemble(inputs, base_logits, taps: Sequence[Tap], num_heads: int, num_classes: int,
-             name: str, model_name: str = "this model") -> keras.Model:
-    """Join the base classifier and the auxiliary heads into one SiLa model."""
+             name: str, model_name: str = "this model", head_module: str = DEFAULT_MODULE,
+             reduction: int = 0) -> keras.Model:
+    """Join the base classifier and the auxiliary heads into one SiLa model.
+
+    ``head_module``: the module of heads 2..M (:mod:`sila_keras.core.head_modules`);
+    ``reduction``: the backbone's last resolution stage's (0: twice the deepest tap's,
+    :func:`~sila_keras.models.registry.last_reduction`).
+    """
     chosen = place_heads(taps, num_heads, model_name)
+    last = last_reduction(taps, reduction)
     heads = [layers.Identity(name=head_name(1))(base_logits)]
-    heads += [aux_head(tap, k, num_classes) for k, tap in enumerate(chosen, start=2)]
+    heads += [aux_head(tap, k, num_classes, head_module, last)
+              for k, tap in enumerate(chosen, start=2)]
     return keras.Model(inputs, sila_output(heads, mode="sila"), name=name)
 
 
@@ -171,7 +191,8 @@ def build_backbone(backbone: str, num_classes: int, input_shape: Sequence[int] =
 
 def build_sila_model(backbone: str, num_classes: int, num_heads: int = 3,
                      input_shape: Sequence[int] = (32, 32, 3), mean=None, std=None,
-                     name: str | None = None, **backbone_kwargs) -> keras.Model:
+                     name: str | None = None, head_module: str = DEFAULT_MODULE,
+                     **backbone_kwargs) -> keras.Model:
     """Build a SilaNet: backbone + M−1 auxiliary heads, output ``sila_logits``.
 
     The model takes raw pixels (float32, 0–255, NHWC) and normalizes inside.
@@ -184,23 +205,28 @@ def build_sila_model(backbone: str, num_classes: int, num_heads: int = 3,
         mean: per-channel mean of the training pixels (default 127.5).
         std: per-channel std of the training pixels (default 63.75).
         name: model name (default ``sila_<backbone>``).
+        head_module: the auxiliary module of heads 2..M (``--head-module``; default
+            ``conv``, SilaNet's; :mod:`sila_keras.core.head_modules`).
         **backbone_kwargs: passed to the backbone builder.
 
     Returns:
         A functional ``keras.Model`` with one output ``sila_logits`` ``(B, M·N)``.
 
     Raises:
-        ValueError: unknown backbone, bad ``num_heads``, or an input too small.
+        ValueError: unknown backbone or head module, bad ``num_heads``, an input too small,
+            or a head module that does not fit its tap.
 
     Example:
         >>> m = build_sila_model("resnet20", num_classes=10, num_heads=3)
         >>> m.output.shape
         (None, 30)
     """
+    get_head_module(head_module)  # an unknown name fails before the backbone is built
     inputs, out = build_backbone(backbone, num_classes, input_shape, mean, std, **backbone_kwargs)
     return assemble(inputs, out.logits, out.taps, num_heads, int(num_classes),
                     name or f"sila_{backbone.replace(':', '_')}",  # keras:<Name> → keras_<Name>
-                    model_name=f"Backbone '{backbone}'")
+                    model_name=f"Backbone '{backbone}'", head_module=head_module,
+                    reduction=out.last_reduction())
 
 
 def num_heads_of(model: keras.Model) -> int:
@@ -265,32 +291,42 @@ def trainable_params(model: keras.Model) -> int:
 
 
 def head_table(model: keras.Model) -> dict:
-    """Trainable params, MiB and CR of every extracted head vs the base (head 1).
+    """Trainable params, MiB, CR and MACs of every extracted head vs the base (head 1).
 
     Returns:
-        ``{"head_k": {"params", "mib", "cr_percent"}}`` for k = 1 … M; MiB
+        ``{"head_k": {"params", "mib", "cr_percent", "macs"}}`` for k = 1 … M; MiB
         (:func:`~sila_keras.core.sizes.float32_mib`) and CR in percent
-        (:func:`~sila_keras.core.sizes.compression_percent`) rounded to 0.01.
+        (:func:`~sila_keras.core.sizes.compression_percent`) rounded to 0.01; MACs of one
+        image through the extracted head (:func:`~sila_keras.core.sizes.count_macs`).
     """
     out = {}
     base = trainable_params(extract_head(model, 1))
     for k in range(1, num_heads_of(model) + 1):
-        p = trainable_params(extract_head(model, k))
+        head = extract_head(model, k)
+        p = trainable_params(head)
         out[head_name(k)] = {"params": p, "mib": round(float32_mib(p), 2),
-                             "cr_percent": round(compression_percent(base, p), 2)}
+                             "cr_percent": round(compression_percent(base, p), 2),
+                             "macs": count_macs(head)}
     return out
 
 
-def check_heads_fit(backbone: str, num_heads: int) -> None:
-    """``num_heads`` can be placed on ``backbone``: builds it symbolically (no data, ~1 s).
+def check_heads_fit(backbone: str, num_heads: int, head_module: str = DEFAULT_MODULE,
+                    image_size: Sequence[int] | None = None, **backbone_kwargs) -> None:
+    """``num_heads`` heads of ``head_module`` fit ``backbone``: builds it symbolically (no
+    data, ~1 s) at ``image_size`` (H, W; default 32, or the backbone's minimum if larger).
 
     Raises:
-        ModelError: more heads than the backbone has attach points (+1).
+        ConfigError: unknown head module.
+        ModelError: more heads than the backbone has attach points (+1), or a head module
+            that does not fit its tap at this size.
     """
-
+    module = get_head_module(head_module)
     size = max(32, get_backbone(backbone).min_input_size)
-    _, out = build_backbone(backbone, 10, (size, size, 3))
-    place_heads(out.taps, num_heads, f"Backbone '{backbone}'")
+    h, w = (int(d) for d in image_size) if image_size else (size, size)
+    _, out = build_backbone(backbone, 10, (h, w, 3), **backbone_kwargs)
+    chosen = place_heads(out.taps, num_heads, f"Backbone '{backbone}'")
+    for k, tap in enumerate(chosen, start=2):
+        check_fit(module, tap, head_name(k), out.last_reduction())
 
 
 STANDALONE_PREFIX = "aux"  # head k's own layers in a sub-network trained alone

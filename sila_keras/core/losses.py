@@ -28,6 +28,11 @@ head 1, and :func:`distill_loss` adds self-distillation from the deepest head (t
 held constant) into the shallower ones, with the same KL term as DML at a temperature T::
 
     L_KD = W · Σ_{k=2}^{M} T² · KL(p_1^T ‖ p_k^T),  p^T = softmax(z / T) of one head's block
+
+Per-epoch levers (:mod:`sila_keras.core.levers`): ``ramp_betas`` multiplies the weights of
+sets 2..M by a factor that grows from 0 to 1 over the first epochs, ``distill_start`` /
+``distill_ramp`` the distillation weight W by one that is 0 before its start epoch; each is
+held in a variable that :meth:`SilaLoss.set_epoch` sets at the start of every epoch.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from collections.abc import Sequence
 import keras
 from keras import ops
 
+from sila_keras.core.levers import check_epochs, ramp
 from sila_keras.utils.errors import ConfigError
 
 
@@ -125,7 +131,7 @@ def distill_loss(y_pred, num_sets: int, num_classes: int, temperature: float = 1
 
 
 def sila_loss(y_true, y_pred, num_classes: int, weights: Sequence[float],
-              label_smoothing: float = 0.0):
+              label_smoothing: float = 0.0, aux_scale=None):
     """Per-example SiLa loss.
 
     Args:
@@ -135,6 +141,8 @@ def sila_loss(y_true, y_pred, num_classes: int, weights: Sequence[float],
         weights: the M set weights (see :func:`set_weights`).
         label_smoothing: ε; each set's target puts 1 − ε on its class and ε spread evenly
             over that set's N entries (the same M·N softmax). 0 = the papers' loss.
+        aux_scale: a scalar (a tensor or variable) multiplying the weights of sets 2..M
+            (``--ramp-betas``); None = 1.
 
     Returns:
         A float tensor of shape ``(B,)``: the loss of each example.
@@ -158,6 +166,9 @@ def sila_loss(y_true, y_pred, num_classes: int, weights: Sequence[float],
         per_set = ops.mean(ops.reshape(log_probs, (-1, num_sets, num_classes)), axis=-1)
         picked = (1.0 - float(label_smoothing)) * picked + float(label_smoothing) * per_set
     w = ops.convert_to_tensor(list(weights), dtype="float32")
+    if aux_scale is not None:  # sets 2..M × aux_scale, set 1 as it is
+        aux = ops.convert_to_tensor([0.0] + [1.0] * (num_sets - 1), dtype="float32")
+        w = w * (1.0 - aux + aux * ops.cast(aux_scale, "float32"))
     return -ops.sum(picked * w[None, :], axis=-1)
 
 
@@ -178,6 +189,13 @@ class SilaLoss(keras.losses.Loss):
         distill: W, weight of the self-distillation term (:func:`distill_loss`).
             Default 0 (off).
         distill_t: T, its temperature. Default 1 (the KL of DML).
+        ramp_betas: E; the weights of sets 2..M are multiplied by
+            :func:`~sila_keras.core.levers.ramp` ``(epoch, 0, E)`` (``--ramp-betas``; the
+            epoch is set by :meth:`set_epoch`). Default 0 (off).
+        distill_start: S; the distillation term is off before epoch S (0-based) …
+        distill_ramp: R; … and grows linearly to W over R epochs from there: W ×
+            ``ramp(epoch, S, R)`` (``--distill-start``/``--distill-ramp``). Default 0, 0
+            (W from the first epoch).
         name: loss name.
 
     Example:
@@ -190,12 +208,23 @@ class SilaLoss(keras.losses.Loss):
     def __init__(self, num_classes: int, beta: float = 0.1, lam: float = 0.5,
                  betas: Sequence[float] | None = None, name: str = "sila_loss",
                  label_smoothing: float = 0.0, distill: float = 0.0, distill_t: float = 1.0,
+                 ramp_betas: int = 0, distill_start: int = 0, distill_ramp: int = 0,
                  **kwargs):
         super().__init__(name=name, **kwargs)
         if int(num_classes) < 1:
             raise ConfigError(f"`num_classes` must be >= 1. Received: num_classes={num_classes}")
         check_distill(distill, distill_t)
         self.distill, self.distill_t = float(distill), float(distill_t)
+        self.ramp_betas = check_epochs("ramp_betas", ramp_betas)
+        self.distill_start = check_epochs("distill_start", distill_start)
+        self.distill_ramp = check_epochs("distill_ramp", distill_ramp)
+        # Per-epoch factors (--ramp-betas, --distill-start/--distill-ramp): variables the
+        # training loop sets at the start of every epoch (set_epoch); created only when used,
+        # so the paper's loss is unchanged.
+        first = self.factors(0)
+        self._aux_scale = _factor("aux_scale", first["aux"]) if self.ramp_betas else None
+        delayed = self.distill and (self.distill_start or self.distill_ramp)
+        self._distill_scale = _factor("distill_scale", first["distill"]) if delayed else None
         self.num_classes = int(num_classes)
         self.beta = float(beta)
         self.lam = float(lam)
@@ -222,15 +251,38 @@ class SilaLoss(keras.losses.Loss):
         m = self.num_sets_for(width)
         return set_weights(m, self.beta, self.lam, self.betas)
 
+    @property
+    def scheduled(self) -> bool:
+        """Whether a factor changes with the epoch: the training loop then calls
+        :meth:`set_epoch` at the start of every epoch."""
+        return self._aux_scale is not None or self._distill_scale is not None
+
+    def factors(self, epoch: int) -> dict:
+        """The per-epoch factors at ``epoch`` (0-based): ``aux`` multiplies the weights of
+        sets 2..M, ``distill`` the distillation weight W."""
+        return {"aux": ramp(epoch, 0, self.ramp_betas),
+                "distill": ramp(epoch, self.distill_start, self.distill_ramp)}
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the factors of ``epoch`` (0-based); a function of the epoch only, so a resumed
+        run continues exactly."""
+        now = self.factors(epoch)
+        if self._aux_scale is not None:
+            self._aux_scale.assign(now["aux"])
+        if self._distill_scale is not None:
+            self._distill_scale.assign(now["distill"])
+
     def call(self, y_true, y_pred):
         width = y_pred.shape[-1]
         if width is None:
             raise ConfigError("SilaLoss needs a static logits width. Received: y_pred.shape[-1]=None")
         loss = sila_loss(y_true, y_pred, self.num_classes, self.weights_for(int(width)),
-                         self.label_smoothing)
+                         self.label_smoothing, self._aux_scale)
         if self.distill:  # self-distillation into the shallower heads
             m = self.num_sets_for(int(width))
-            loss = loss + self.distill * distill_loss(y_pred, m, self.num_classes, self.distill_t)
+            weight = self.distill if self._distill_scale is None else (
+                self.distill * self._distill_scale)  # W × ramp(epoch, S, R)
+            loss = loss + weight * distill_loss(y_pred, m, self.num_classes, self.distill_t)
         return loss
 
     def get_config(self):
@@ -239,7 +291,19 @@ class SilaLoss(keras.losses.Loss):
                       label_smoothing=self.label_smoothing)
         if self.distill:  # absent when off: saved losses without it stay identical
             config.update(distill=self.distill, distill_t=self.distill_t)
+        if self.ramp_betas:  # the same
+            config.update(ramp_betas=self.ramp_betas)
+        if self._distill_scale is not None:
+            config.update(distill_start=self.distill_start, distill_ramp=self.distill_ramp)
         return config
+
+
+def _factor(name: str, value: float):
+    """A float32 scalar variable the training loop sets each epoch (not trained). Made in the
+    loss's construction, so under a distribution strategy's scope every replica reads it."""
+    return keras.Variable(float(value), trainable=False, dtype="float32", autocast=False,
+                          name=name)
+
 
 
 def check_distill(weight: float, temperature: float) -> None:

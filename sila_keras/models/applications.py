@@ -168,7 +168,7 @@ def build_application(x, num_classes: int, *, app: Application, weights: str | N
     import keras
     from keras import layers
 
-    from sila_keras.models.taps import find_taps, taps_by_name
+    from sila_keras.models.taps import find_taps, last_stage_reduction, taps_by_name
 
     weights = "none" if weights is None else str(weights)
     check_weights(PREFIX + app.name, weights, tuple(x.shape[1:]))
@@ -199,7 +199,7 @@ def build_application(x, num_classes: int, *, app: Application, weights: str | N
     base = keras.Model(x, logits, name=app.name.lower())
     found = taps_by_name(base, list(taps)) if taps else find_taps(base)
     depth = sum(1 for w in base.weights if w.path.endswith("kernel"))
-    return BackboneOutput(logits, found, depth)
+    return BackboneOutput(logits, found, depth, reduction=last_stage_reduction(base))
 
 
 def _mismatch(message: str) -> str:

@@ -117,11 +117,12 @@ def inception_v3(x, num_classes: int, *, dropout: float = 0.5) -> BackboneOutput
     x = inception_e(x, name="mixed_7b")
     x = inception_e(x, name="mixed_7c")
     depth += 4 + 2 * 3
+    last = _reduction(size, x)  # the last stage's reduction, on the taps' scale
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     if dropout:
         x = layers.Dropout(dropout, name="dropout")(x)
     logits = layers.Dense(num_classes, name="classifier")(x)
-    return BackboneOutput(logits, taps, depth + 1)
+    return BackboneOutput(logits, taps, depth + 1, reduction=last)
 
 
 def _reduction(size, x) -> int:

@@ -91,12 +91,21 @@ class BackboneOutput:
         depth: total weight layers of the base model, classifier included.
         exits: for multi-exit networks (MSDNet), the logits of every early
             exit, shallow → deep, the last being ``logits``; empty otherwise.
+        reduction: the reduction of the last resolution stage (where the classifier pools),
+            on the taps' scale; 0 = twice the deepest tap's (each stage halves the
+            resolution, the rule of every registered family). Heads that downsample to the
+            last resolution read it (:meth:`last_reduction`).
     """
 
     logits: Any
     taps: list[Tap] = field(default_factory=list)
     depth: int = 0
     exits: list = field(default_factory=list)
+    reduction: int = 0
+
+    def last_reduction(self) -> int:
+        """The last resolution stage's reduction: ``reduction``, or twice the deepest tap's."""
+        return last_reduction(self.taps, self.reduction)
 
     def __post_init__(self):
         depths = [t.depth for t in self.taps]
@@ -105,6 +114,15 @@ class BackboneOutput:
                 "Backbone taps must be ordered shallow → deep with unique names. "
                 f"Received: {[(t.name, t.depth) for t in self.taps]}"
             )
+
+
+def last_reduction(taps, declared: int = 0) -> int:
+    """The reduction of a backbone's last resolution stage: ``declared`` when known (> 0),
+    else twice the deepest tap's (taps end every stage but the last, and each stage halves
+    the resolution), 1 without taps."""
+    if declared:
+        return int(declared)
+    return 2 * max((int(t.reduction) for t in taps), default=0) or 1
 
 
 @dataclass(frozen=True)

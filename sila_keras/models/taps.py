@@ -41,6 +41,28 @@ def find_taps(model: keras.Model) -> list[Tap]:
     Raises:
         ValueError: the input's spatial size is not fixed.
     """
+    graph, stages = _stages(model)
+    h = model.inputs[0].shape[1]
+    return [_tap(graph, stage[-1], h) for stage in stages[:-1]]
+
+
+def last_stage_reduction(model: keras.Model) -> int:
+    """The reduction (input side ÷ feature-map side) of the last resolution stage of a
+    functional classifier's main path: where its own classifier pools (1 when none is found).
+
+    Raises:
+        ValueError: the input's spatial size is not fixed.
+    """
+    _, stages = _stages(model)
+    if not stages:
+        return 1
+    h, side = model.inputs[0].shape[1], stages[-1][-1].shape[1]  # as a tap's (_tap)
+    return max(1, round(h / side)) if h and side else 1
+
+
+def _stages(model: keras.Model):
+    """``(graph, stages)``: the main path's resolution stages that hold weight layers, each a
+    list of its 4-D tensors, shallow → deep."""
     check_classifier(model)
     graph = _Graph(model.inputs[0], classifier_logits(model, quiet=True))
     h, w = model.inputs[0].shape[1:3]
@@ -67,7 +89,7 @@ def find_taps(model: keras.Model) -> list[Tap]:
         if graph.depth(stage[-1]) > done:
             kept.append(stage)
             done = graph.depth(stage[-1])
-    return [_tap(graph, stage[-1], h) for stage in kept[:-1]]
+    return graph, kept
 
 
 def check_classifier(model) -> None:

@@ -14,7 +14,7 @@ both, as ``--dynamic-eval`` asks):
 
 FLOPs are counted as multiply-accumulates of the convolution and dense layers
 (the MSDNet paper's convention; BN, activations and pooling are not counted),
-from the layer shapes of the exit's sub-graph. Exits are the model's heads in
+from the layer shapes of the exit's sub-graph (:func:`sila_keras.core.sizes.count_macs`). Exits are the model's heads in
 head order (``head_1`` = the shallowest exit).
 """
 
@@ -26,36 +26,12 @@ from pathlib import Path
 
 import keras
 import numpy as np
-from keras import layers
 
+from sila_keras.core.sizes import count_macs
 from sila_keras.utils.errors import ConfigError
 from sila_keras.utils.rundir import RunDir
 
 # --------------------------------------------------------------------------- FLOPs
-
-
-def layer_macs(layer) -> int:
-    """Multiply-accumulates of one call of ``layer`` (conv, depthwise/separable conv, dense).
-
-    Nested models are counted layer by layer; layers without weights count 0.
-    """
-    if isinstance(layer, keras.Model):
-        return count_macs(layer)
-    kinds = (layers.Conv1D, layers.Conv2D, layers.Conv3D, layers.DepthwiseConv2D, layers.Dense,
-             layers.SeparableConv2D)
-    if not isinstance(layer, kinds):
-        return 0
-    out_shape = tuple(layer.output.shape)
-    positions = math.prod(int(d) for d in out_shape[1:-1]) if len(out_shape) > 2 else 1
-    if isinstance(layer, layers.SeparableConv2D):
-        return positions * (math.prod(layer.depthwise_kernel.shape)
-                            + math.prod(layer.pointwise_kernel.shape))
-    return positions * math.prod(layer.kernel.shape)
-
-
-def count_macs(model: keras.Model) -> int:
-    """Multiply-accumulates per image of ``model`` (what the MSDNet paper calls FLOPs)."""
-    return int(sum(layer_macs(layer) for layer in model.layers))
 
 
 def exit_flops(model: keras.Model) -> list[dict]:

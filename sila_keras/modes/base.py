@@ -32,7 +32,11 @@ from sila_keras.utils.errors import ConfigError
 # ``Mode.options``; giving one to a mode that does not use it is an error.
 OPTION_FLAGS = {"peer": "--peer", "dml": "--dml", "no_sila": "--no-sila",
                 "dynamic_eval": "--dynamic-eval",
-                "ship_head": "--ship-head", "distill": "--distill"}  # shipping a head
+                "head_module": "--head-module",  # the auxiliary heads' module
+                "ship_head": "--ship-head", "distill": "--distill",  # shipping a head
+                "ramp_betas": "--ramp-betas", "distill_start": "--distill-start",
+                "distill_ramp": "--distill-ramp",
+                "grad_equilibrium": "--grad-equilibrium"}  # levers for heads 2..M
 
 _REGISTRY: dict[str, type[Mode]] = {}
 
@@ -71,9 +75,10 @@ class Mode:
                 mode needs a registered backbone.
         """
         config = self.config
+        defaults = type(config)()  # a value equal to the default was not given
         for option, flag in OPTION_FLAGS.items():
             value = config.value(option)
-            if value in (None, False) or option in self.options:
+            if value in (None, False) or value == defaults.value(option) or option in self.options:
                 continue
             users = " or ".join(m for m in _REGISTRY if option in _REGISTRY[m].options)
             raise ConfigError(f"{flag} only applies to --mode {users}.{self.option_hints.get(option, '')}"

@@ -6,7 +6,9 @@ SiLa model on a small symbolic input (no training, no data) and reports:
 * base: the backbone alone (``head_1``), in trainable parameters and MiB;
 * train: the whole SiLa model with its M heads (what is trained);
 * per head k: the extracted model ``input → head_k`` and its compression ratio
-  CR = 1 − head/base (SilaNet §3.2; Table 3's "test" column is head 2).
+  CR = 1 − head/base (SilaNet §3.2; Table 3's "test" column is head 2);
+* MMACs: millions of multiply-accumulates of one image through the base and each extracted
+  head, at the input size used (:func:`sila_keras.core.sizes.count_macs`).
 
 MiB = trainable parameters × 4 / 2^20 (float32; BatchNorm moving statistics are
 not counted — the papers' convention). The paper's value is shown beside ours
@@ -85,7 +87,7 @@ def reference(model_name: str, num_classes: int, num_heads: int) -> dict:
 
 
 def param_table(model_name: str, num_classes: int, num_heads: int = 3,
-                image_size: int | None = None) -> dict:
+                image_size: int | None = None, head_module: str = "conv") -> dict:
     """Trainable-parameter sizes of a registered backbone's SiLa model.
 
     Builds the model on a small symbolic input (32×32×3, or the backbone's
@@ -98,11 +100,14 @@ def param_table(model_name: str, num_classes: int, num_heads: int = 3,
         image_size: input side in pixels (default 32, or the backbone's minimum if larger);
             it moves the heads' attach points of a ``keras:<Name>`` model, not the counts
             of the zoo's all-convolutional backbones.
+        head_module: the module of heads 2..M (``--head-module``;
+            :mod:`sila_keras.core.head_modules`).
 
     Returns:
-        ``{"base_params", "base_mib", "train_params", "train_mib",
-        "heads": {"head_k": {"params", "mib", "cr_percent"}}}``; MiB rounded to
-        0.01, CR = 100·(1 − head/base) rounded to 0.01.
+        ``{"base_params", "base_mib", "base_macs", "train_params", "train_mib",
+        "heads": {"head_k": {"params", "mib", "cr_percent", "macs"}}}``; MiB rounded to
+        0.01, CR = 100·(1 − head/base) rounded to 0.01, MACs of one image at the input size
+        used.
 
     Raises:
         ValueError: unknown model, N < 2, or more heads than the model can place
@@ -122,13 +127,14 @@ def param_table(model_name: str, num_classes: int, num_heads: int = 3,
     extra = {"weights": "none"} if is_application(model_name) else {}  # counting needs no download
     try:
         model = build_sila_model(model_name, int(num_classes), int(num_heads), (size, size, 3),
-                                 **extra)
+                                 head_module=head_module, **extra)
         heads = head_table(model)
         train = trainable_params(model)
     finally:
         keras.backend.clear_session()
     base = heads["head_1"]["params"]
-    return {"base_params": base, "base_mib": round(float32_mib(base), 2), "train_params": train,
+    return {"base_params": base, "base_mib": round(float32_mib(base), 2),
+            "base_macs": heads["head_1"]["macs"], "train_params": train,
             "train_mib": round(float32_mib(train), 2), "heads": heads}
 
 
@@ -149,21 +155,25 @@ def num_classes_of(dataset: str) -> int:
     )
 
 
-def format_table(rows: dict, num_classes: int, num_heads: int) -> str:
-    """A Table-3-style text table; the paper/reference value follows ours in parentheses."""
-    refs = {name: reference(name, num_classes, num_heads) for name in rows}
+def format_table(rows: dict, num_classes: int, num_heads: int, head_module: str = "conv") -> str:
+    """A Table-3-style text table; the paper/reference value follows ours in parentheses (for
+    the paper's head module only)."""
+    refs = {name: reference(name, num_classes, num_heads) if head_module == "conv" else {}
+            for name in rows}
     source = {10: "SilaNet Table 3", 100: "reference counts (paper-architectures.md)"}
     heads = [f"head_{k}" for k in range(2, num_heads + 1)]
-    header = ["model", "base MiB", "train MiB"] + [c for h in heads for c in (f"{h} MiB", "CR %")]
+    header = ["model", "base MiB", "base MMACs", "train MiB"] + [
+        c for h in heads for c in (f"{h} MiB", "CR %", f"{h} MMACs")]
     lines, notes = [], []
     for name, row in rows.items():
         ref = refs[name]
-        cells = [name, _cell(row["base_mib"], ref.get("base_mib")),
+        cells = [name, _cell(row["base_mib"], ref.get("base_mib")), _mmacs(row["base_macs"]),
                  _cell(row["train_mib"], ref.get("train_mib"))]
         for h in heads:
             entry = row["heads"][h]
             cells += [_cell(entry["mib"], ref.get(f"{h}_mib")),
-                      _cell(entry["cr_percent"], ref.get(f"{h}_cr"), tolerance=0.1)]
+                      _cell(entry["cr_percent"], ref.get(f"{h}_cr"), tolerance=0.1),
+                      _mmacs(entry["macs"])]
         lines.append(cells)
         for (model, key), why in KNOWN_DIFFERENCES.items():
             if model == name and key in ref and num_classes == 10:
@@ -171,12 +181,19 @@ def format_table(rows: dict, num_classes: int, num_heads: int) -> str:
     widths = [max(len(str(r[i])) for r in [header, *lines]) for i in range(len(header))]
     fmt = lambda r: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)  # noqa: E731
                               for i, (c, w) in enumerate(zip(r, widths)))
-    out = [f"Trainable parameters, N={num_classes}, M={num_heads} heads (MiB = params·4/2^20)"]
+    module = "" if head_module == "conv" else f", head module {head_module}"
+    out = [f"Trainable parameters, N={num_classes}, M={num_heads} heads{module} (MiB = "
+           "params·4/2^20; MMACs = millions of multiply-accumulates per image at the input size "
+           "used)"]
     if any(refs.values()):
         out.append(f"(in parentheses: {source.get(num_classes, 'reference')}; "
                    "'*' marks a difference beyond rounding)")
     out += [fmt(header), fmt(["-" * w for w in widths]), *map(fmt, lines)]
     return "\n".join(out + notes)
+
+
+def _mmacs(macs: int) -> str:
+    return f"{macs / 1e6:.2f}"
 
 
 def _cell(ours: float, ref: float | None, tolerance: float = 0.011) -> str:
@@ -204,6 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="alias of --models (e.g. --model keras:MobileNetV2 --image-size 224)")
     p.add_argument("--image-size", type=int, default=None,
                    help="input side in pixels (default 32; 224 for a phone keras: model)")
+    from sila_keras.core.head_modules import list_head_modules
+
+    p.add_argument("--head-module", default="conv", metavar="{" + ",".join(list_head_modules()) + "}",
+                   help="the module of heads 2..M (sila-train --head-module; SilaNet's conv by "
+                        "default, whose sizes the paper's columns are)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object keyed by model name instead of a table")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -216,25 +238,29 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    rows = collect(args.dataset, args.heads, args.models, args.image_size)
+    rows = collect(args.dataset, args.heads, args.models, args.image_size, args.head_module)
     n = num_classes_of(args.dataset)
+    paper = args.head_module == "conv"  # the paper's sizes are those of its module
     if args.json:
         out = {}
         for name, row in rows.items():
-            ref = reference(name, n, args.heads)
+            ref = reference(name, n, args.heads) if paper else {}
             out[name] = {**row, "paper": ref} if ref else row
         print(json.dumps(out, indent=2))
     else:
-        print(format_table(rows, n, args.heads))
+        print(format_table(rows, n, args.heads, args.head_module))
     return 0
 
 
 def collect(dataset: str, num_heads: int, models: str | None = None,
-            image_size: int | None = None) -> dict:
+            image_size: int | None = None, head_module: str = "conv") -> dict:
     """``param_table`` for each named (or every registered) model; inputs checked first."""
+    from sila_keras.core.head_modules import get_head_module
+
     n = num_classes_of(dataset)
     if num_heads < 1:
         raise ConfigError(f"`--heads` must be >= 1 (1 = the base model). Received: heads={num_heads}")
+    get_head_module(head_module)  # an unknown name fails before any model is built
     from tqdm import tqdm
 
     from sila_keras.models import get_backbone, list_backbones
@@ -247,7 +273,7 @@ def collect(dataset: str, num_heads: int, models: str | None = None,
     rows, skipped = {}, []
     for name in tqdm(names, desc="building", unit="model", file=sys.stderr, disable=None, leave=False):
         try:
-            rows[name] = param_table(name, n, num_heads, image_size)
+            rows[name] = param_table(name, n, num_heads, image_size, head_module)
         except ValueError as e:
             if models or "can place at most" not in str(e):
                 raise  # a model the user named must fit

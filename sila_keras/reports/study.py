@@ -8,16 +8,25 @@ it: the table (mean ± std of every head's final test accuracy per arm; CSV, Mar
 and the *reference* lookup used by ``python -m export RUN --head all`` (its "alone" column)
 and by ``python -m sila_keras.report``.
 
+Every arm is measured for one head module (``--head-module``; the alone sub-networks are cut
+from a model with the same module, so the sizes are equal) and one set of levers (``--ramp-betas``,
+``--grad-equilibrium``, …): the table's *variants*, ``(arm, module, levers)``. Benchmark runs of
+other modules or levers into the same folder add their columns (:func:`merge_study`).
+
 How a run finds its reference (:func:`find_study`): an explicit path (``--alone``), else a
 benchmark folder among the run directory's parents (a run the benchmark made). It is used
 only when the backbone and the recipe (:data:`RECIPE_KEYS`) match the run's ``config.json``
-(:func:`recipe_differences`); otherwise the column is left out and a note says why.
+(:func:`recipe_differences`); otherwise the column is left out and a note says why. The alone
+accuracies are those of the run's own head module (:func:`alone_accuracy`).
 
 Example:
     >>> rows = table_rows({"sila": {1: [0.6, 0.62], 2: [0.5, 0.52]}, "alone": {2: [0.55]}},
     ...                   params={1: 100, 2: 40})
     >>> [(r["head"], r["arm"], r["n"]) for r in rows]
     [(1, 'sila', 2), (2, 'sila', 2), (2, 'alone', 1)]
+    >>> rows = table_rows({("sila", "sep", "grad-equilibrium"): {2: [0.5]}}, params={(2, "sep"): 41})
+    >>> [(r["arm"], r["module"], r["levers"], r["params"]) for r in rows]
+    [('sila', 'sep', 'grad-equilibrium', 41)]
 """
 
 from __future__ import annotations
@@ -40,7 +49,8 @@ RECIPE_KEYS = ("model", "epochs", "batch_size", "lr", "momentum", "weight_decay"
 # Arms, in table order, and their column titles.
 ARM_TITLES = {"sila": "SiLa", "alone": "alone", "alone_lr": "alone, --alone-lr",
               "ship": "ship-head", "distill": "distill", "ship_distill": "ship-head + distill"}
-TABLE_COLUMNS = ("head", "params", "arm", "n", "mean", "std", "values")
+TABLE_COLUMNS = ("head", "params", "macs", "arm", "module", "levers", "n", "mean", "std", "values")
+DEFAULT_MODULE = "conv"  # rows of studies written before modules existed
 
 
 def dataset_label(dataset: str) -> str:
@@ -75,27 +85,69 @@ def mean_std(values) -> tuple[float | None, float | None]:
     return statistics.mean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
 
 
-def table_rows(results: dict, params: dict | None = None) -> list[dict]:
-    """Rows (head, params, arm, n, mean, std, values) from ``{arm: {head: [acc per seed]}}``,
-    head-major, arms in :data:`ARM_TITLES` order."""
+def variant(key) -> tuple[str, str, str]:
+    """``(arm, module, levers)`` of a results key or a table row: an arm name alone is the
+    paper's module without levers."""
+    if isinstance(key, dict):
+        return key["arm"], key.get("module") or DEFAULT_MODULE, key.get("levers") or ""
+    if isinstance(key, str):
+        return key, DEFAULT_MODULE, ""
+    arm, module, levers = key
+    return str(arm), str(module or DEFAULT_MODULE), str(levers or "")
+
+
+def table_rows(results: dict, params: dict | None = None, macs: dict | None = None) -> list[dict]:
+    """Rows (head, params, macs, arm, module, levers, n, mean, std, values) from ``{variant:
+    {head: [acc per seed]}}``, a variant being an arm name or ``(arm, module, levers)``
+    (:func:`variant`); head-major, variants in :func:`arms_of` order. ``params``/``macs``:
+    by head, or by ``(head, module)`` when the modules differ."""
     heads = sorted({int(k) for per_head in results.values() for k in per_head})
-    order = [a for a in ARM_TITLES if a in results] + [a for a in results if a not in ARM_TITLES]
+    by_variant = {variant(key): per_head for key, per_head in results.items()}
     rows = []
     for k in heads:
-        for arm in order:
-            vals = results[arm].get(k) or results[arm].get(str(k))
+        for key in _ordered(by_variant):
+            per_head = by_variant[key]
+            vals = per_head.get(k) or per_head.get(str(k))
             if not vals:
                 continue
             mean, std = mean_std(vals)
-            rows.append({"head": k, "params": (params or {}).get(k), "arm": arm, "n": len(vals),
-                         "mean": mean, "std": std, "values": [round(float(v), 4) for v in vals]})
+            arm, module, levers = key
+            rows.append({"head": k, "params": _by_head(params, k, module),
+                         "macs": _by_head(macs, k, module), "arm": arm, "module": module,
+                         "levers": levers, "n": len(vals), "mean": mean, "std": std,
+                         "values": [round(float(v), 4) for v in vals]})
     return rows
 
 
-def arms_of(rows: list[dict]) -> list[str]:
-    """The arms of table rows, in :data:`ARM_TITLES` order (unknown ones last)."""
-    present = list(dict.fromkeys(r["arm"] for r in rows))
-    return [a for a in ARM_TITLES if a in present] + [a for a in present if a not in ARM_TITLES]
+def _by_head(values: dict | None, head: int, module: str):
+    values = values or {}
+    return values.get((head, module), values.get(head))
+
+
+def _ordered(variants) -> list[tuple[str, str, str]]:
+    """Variants by arm (:data:`ARM_TITLES` order, unknown ones last), then module (registry
+    order), then levers (as they come)."""
+    from sila_keras.core.head_modules import list_head_modules
+
+    arms, modules = list(ARM_TITLES), list_head_modules()
+    seen = list(dict.fromkeys(variants))
+    rank = lambda v: (arms.index(v[0]) if v[0] in arms else len(arms),  # noqa: E731
+                      modules.index(v[1]) if v[1] in modules else len(modules),
+                      [x[2] for x in seen if x[:2] == v[:2]].index(v[2]))
+    return sorted(seen, key=rank)
+
+
+def arms_of(rows: list[dict]) -> list[tuple[str, str, str]]:
+    """The variants ``(arm, module, levers)`` of table rows, in :func:`_ordered` order."""
+    return _ordered(variant(r) for r in rows)
+
+
+def title(key) -> str:
+    """A variant's column title: the arm's (:data:`ARM_TITLES`), plus ``[module, levers]``
+    unless it is the paper's module without levers."""
+    arm, module, levers = variant(key)
+    extra = [x for x in (module if module != DEFAULT_MODULE else "", levers) if x]
+    return ARM_TITLES.get(arm, arm) + (f" [{', '.join(extra)}]" if extra else "")
 
 
 def _pct(mean, std, n) -> str:
@@ -112,12 +164,14 @@ def heading(study: dict) -> str:
 
 
 def markdown(study: dict) -> str:
-    """The study's table: one line per head, one column per arm (test accuracy %, mean ±
-    std over seeds), plus the scale it was measured at."""
+    """The study's table: one line per head, one column per variant (arm, head module,
+    levers; test accuracy %, mean ± std over seeds), plus the scale it was measured at."""
     rows = study["table"]
     arms = arms_of(rows)
-    cells = {(r["head"], r["arm"]): _pct(r["mean"], r["std"], r["n"]) for r in rows}
-    params = {r["head"]: r["params"] for r in rows if r.get("params")}
+    cells = {(r["head"], variant(r)): _pct(r["mean"], r["std"], r["n"]) for r in rows}
+    modules = list(dict.fromkeys(v[1] for v in arms))
+    params = {(r["head"], variant(r)[1]): r["params"] for r in rows if r.get("params")}
+    params_title = "params" if len(modules) == 1 else f"params ({' / '.join(modules)})"
     r = study.get("recipe", {})
     sila, ship = study.get("sila", {}), study.get("ship", {})
     seeds = study.get("seeds", [])
@@ -130,11 +184,13 @@ def markdown(study: dict) -> str:
         f"--ship-head {ship.get('ship_head')}, distill W={ship.get('distill')}, "
         f"T={ship.get('distill_t')}"
         + (f"; alone, --alone-lr: lr {study['alone_lr']}" if study.get("alone_lr") else "")
+        + (f"; head modules {', '.join(modules)} (columns [module, levers])"
+           if modules != [DEFAULT_MODULE] or any(v[2] for v in arms) else "")
         + ". Final test accuracy (%), mean ± std over seeds.", "",
-        "| head | params | " + " | ".join(ARM_TITLES.get(a, a) for a in arms) + " |",
+        f"| head | {params_title} | " + " | ".join(title(a) for a in arms) + " |",
         "|---:|---:|" + "---:|" * len(arms)]
     for k in sorted({r["head"] for r in rows}):
-        p = f"{params[k]:,}" if k in params else "—"
+        p = " / ".join(f"{params[(k, m)]:,}" if (k, m) in params else "—" for m in modules)
         lines.append(f"| {k} | {p} | " + " | ".join(cells.get((k, a), "—") for a in arms) + " |")
     return "\n".join(lines) + "\n"
 
@@ -156,12 +212,12 @@ def plot(study: dict, path) -> None:
     for i, arm in enumerate(arms):
         xs, ys, es = [], [], []
         for j, k in enumerate(heads):
-            row = next((r for r in rows if r["head"] == k and r["arm"] == arm), None)
+            row = next((r for r in rows if r["head"] == k and variant(r) == arm), None)
             if row and row["mean"] is not None:
                 xs.append(j + (i - (len(arms) - 1) / 2) * width)
                 ys.append(100 * row["mean"])
                 es.append(100 * (row["std"] or 0.0))
-        ax.bar(xs, ys, width, yerr=es, capsize=3, label=ARM_TITLES.get(arm, arm), color=f"C{i}")
+        ax.bar(xs, ys, width, yerr=es, capsize=3, label=title(arm), color=f"C{i % 10}")
     ax.set_xticks(range(len(heads)), [f"head {k}" for k in heads])
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"{study.get('backbone')}: each head vs its sub-network trained alone")
@@ -169,6 +225,30 @@ def plot(study: dict, path) -> None:
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=3, frameon=False)
     fig.tight_layout()
     save_png(fig, path)
+
+
+def merge_study(old: dict | None, new: dict) -> dict:
+    """``new`` plus the variants of ``old`` (the same folder's earlier results) that ``new``
+    did not measure: benchmark runs of other head modules or levers add their columns.
+
+    Raises:
+        ConfigError: ``old`` is for another backbone, recipe or SiLa/ship setting.
+    """
+    if not old:
+        return new
+    keys = ("backbone", "recipe", "sila", "ship")
+    differ = [k for k in keys if old.get(k) != new.get(k)]
+    if differ:
+        raise ConfigError(f"The head-vs-alone results in '{old.get('folder', '?')}' are for "
+                          f"another {', '.join(differ)}; their variants cannot share a table. "
+                          "Use another --out. Received: " + ", ".join(
+                              f"{k}={new.get(k)!r} (there {old.get(k)!r})" for k in differ))
+    measured = {variant(r) for r in new["table"]}
+    rows = [r for r in old["table"] if variant(r) not in measured] + new["table"]
+    order = arms_of(rows)
+    table = sorted(rows, key=lambda r: (r["head"], order.index(variant(r))))
+    return {**new, "table": table, "runs": {**old.get("runs", {}), **new.get("runs", {})},
+            "seeds": sorted({*old.get("seeds", []), *new.get("seeds", [])})}
 
 
 def write_study(folder, study: dict) -> StudyDir:
@@ -229,21 +309,33 @@ def find_study(run_dir, explicit=None, levels: int = 3) -> tuple[dict | None, st
         shown = ", ".join(f"{k}: {a!r} vs {b!r}" for k, (a, b) in list(diff.items())[:4])
         return None, (f"the head-vs-alone result at '{candidates[0]}' is for another backbone or "
                       f"recipe ({shown}); its alone column is left out")
-    return study, reference_note(study)
+    return study, reference_note(study, config.get("head_module") or DEFAULT_MODULE)
 
 
-def alone_accuracy(study: dict, arm: str = "alone") -> dict[int, tuple[float, float | None, int]]:
+def alone_accuracy(study: dict, arm: str = "alone",
+                   module: str = DEFAULT_MODULE) -> dict[int, tuple[float, float | None, int]]:
     """``{head k: (mean, std, n)}`` of the sub-networks trained alone (``arm="alone_lr"``: at
-    the study's ``--alone-lr``)."""
+    the study's ``--alone-lr``) whose head k has the module ``module``."""
     return {r["head"]: (r["mean"], r["std"], r["n"]) for r in study["table"]
-            if r["arm"] == arm and r["mean"] is not None}
+            if variant(r)[:2] == (arm, module) and r["mean"] is not None}
 
 
-def reference_note(study: dict) -> str:
+def run_head_module(run_dir) -> str:
+    """The head module a run trained with (its ``config.json``; the paper's before modules)."""
+    from sila_keras.utils.rundir import RunDir
+
+    if run_dir is None:
+        return DEFAULT_MODULE
+    return RunDir(run_dir).read_config().get("head_module") or DEFAULT_MODULE
+
+
+def reference_note(study: dict, module: str = DEFAULT_MODULE) -> str:
     """Where the alone column comes from, plus the ``--alone-lr`` results when the study has
     them (a bare-module sub-network may not train at the recipe's lr; docs/heads.md)."""
     note = f"alone-trained reference: '{study.get('folder')}', same recipe"
-    other = alone_accuracy(study, "alone_lr")
+    if module != DEFAULT_MODULE:
+        note += f", head module {module}"
+    other = alone_accuracy(study, "alone_lr", module)
     if other:
         cells = ", ".join(f"head {k} {_pct(m, sd, n)}%" for k, (m, sd, n) in sorted(other.items()))
         note += f"; trained alone at lr {study.get('alone_lr')}: {cells}"

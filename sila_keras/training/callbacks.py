@@ -116,6 +116,24 @@ class EpochLogger(keras.callbacks.Callback):
         return out
 
 
+class LossSchedule(keras.callbacks.Callback):
+    """Sets the per-epoch factors of the compiled loss at the start of every epoch
+    (``--ramp-betas``, …; :meth:`sila_keras.core.losses.SilaLoss.set_epoch`).
+
+    The factors are a function of the epoch Keras passes (absolute, also when a run
+    resumes at ``initial_epoch``), never of stored state. :func:`sila_keras.training.train.fit`
+    adds it when the model's loss is ``scheduled``.
+    """
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model.loss.set_epoch(epoch)
+
+
+def schedules_loss(model) -> bool:
+    """Whether ``model``'s compiled loss has per-epoch factors (needs :class:`LossSchedule`)."""
+    return bool(getattr(getattr(model, "loss", None), "scheduled", False))
+
+
 class ProgressBar(keras.callbacks.Callback):
     """A per-batch progress bar of the training loss, finished with a newline at the end of
     each epoch, so the epoch line that follows (:class:`EpochLogger`) starts on its own line.

@@ -179,10 +179,16 @@ class SilaConfig:
     beta: float = 0.1
     lam: float = 0.5
     betas: tuple[float, ...] | None = None
+    head_module: str = "conv"  # the module of heads 2..M (sila_keras.core.head_modules)
     # Shipping a shallow head (docs/heads.md):
     ship_head: int | None = None  # head k trained as a first-class target (weight 1)
     distill: float = 0.0  # W of the self-distillation term (deepest head → shallower ones)
     distill_t: float = 1.0  # its temperature T (1: the KL of --mode dml)
+    # Levers for the auxiliary heads (sila_keras.core.levers):
+    ramp_betas: int = 0  # epochs over which the weights of sets 2..M grow from 0 (0 = off)
+    distill_start: int = 0  # epochs before the distillation term starts
+    distill_ramp: int = 0  # epochs over which it then grows to --distill W (0: at once)
+    grad_equilibrium: bool = False  # trunk gradients ÷ the heads that share them (Li et al.)
 
     def __post_init__(self):
         from sila_keras.modes import get_mode
@@ -198,7 +204,36 @@ class SilaConfig:
             if any(b < 0 for b in self.betas):
                 raise ConfigError(f"Every `--betas` entry must be >= 0. Received: betas={list(self.betas)}")
         get_mode(self.mode)  # an unknown mode raises, listing the registered ones
+        self._check_head_module()
         self._check_ship_head()
+        self._check_levers()
+
+    def _check_levers(self) -> None:  # --ramp-betas, --grad-equilibrium, … (no TF import)
+        from sila_keras.core.levers import check_epochs
+
+        ramp = check_epochs("ramp_betas", self.ramp_betas)
+        if ramp and self.heads < 2:
+            raise ConfigError("`--ramp-betas` ramps the set weights of heads 2..M, so it needs "
+                              f"`--heads` >= 2. Received: heads={self.heads}, ramp_betas={ramp}")
+        if self.grad_equilibrium and self.heads < 2:
+            raise ConfigError("`--grad-equilibrium` balances the gradients the heads send into "
+                              "the shared layers, so it needs `--heads` >= 2. Received: "
+                              f"heads={self.heads}, grad_equilibrium=True")
+        for name in ("distill_start", "distill_ramp"):
+            value = check_epochs(name, getattr(self, name))
+            if value and not self.distill:
+                raise ConfigError(f"`--{name.replace('_', '-')}` schedules the self-distillation "
+                                  "term, so it needs `--distill W` > 0. Received: "
+                                  f"distill={self.distill}, {name}={value}")
+
+    def _check_head_module(self) -> None:  # --head-module (no TF import)
+        from sila_keras.core.head_modules import DEFAULT_MODULE, get_head_module
+
+        get_head_module(self.head_module)  # an unknown name raises, listing the modules
+        if self.head_module != DEFAULT_MODULE and self.heads < 2:
+            raise ConfigError(f"`--head-module` shapes the auxiliary heads 2..M, so it needs "
+                              f"`--heads` >= 2. Received: heads={self.heads}, "
+                              f"head_module={self.head_module!r}")
 
     def _check_ship_head(self) -> None:  # --ship-head, --distill (no TF import)
         if not self.distill >= 0:

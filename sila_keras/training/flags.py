@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_finetune_flags(p)  # keras:<Name> backbones and their fine-tuning recipe
     add_recipe_flag(p, "sila-train")  # one published experiment's settings
     _add_dynamic_flags(p)  # --mode dynamic's test protocols
-    _add_ship_flags(p)  # --ship-head, --distill
+    _add_ship_flags(p)  # --head-module, --ship-head, --distill
     _add_batchnorm_flags(p)  # --bn-momentum, --precise-bn
     return p
 
@@ -157,7 +157,15 @@ def _add_dynamic_flags(p: argparse.ArgumentParser) -> None:
 def _add_ship_flags(p: argparse.ArgumentParser) -> None:
     """Make the head you will ship strong (docs/heads.md)."""
     d = TrainConfig().sila
+    from sila_keras.core.head_modules import get_head_module, list_head_modules
+
     g = p.add_argument_group("shipping a head (--mode sila; docs/heads.md)")
+    # no argparse choices: an unknown name is TrainConfig's one-line error (exit 2)
+    g.add_argument("--head-module", default=d.head_module,
+                   metavar="{" + ",".join(list_head_modules()) + "}",
+                   help="the module of heads 2..M (recorded in config.json): "
+                        + "; ".join(f"{m}: {get_head_module(m).summary}"
+                                    for m in list_head_modules()))
     g.add_argument("--ship-head", type=int, default=None, metavar="K",
                    help="train head K as a first-class target: its set weight becomes 1 (like "
                         "head 1), the others follow --beta/--lam (printed, and written to "
@@ -167,6 +175,29 @@ def _add_ship_flags(p: argparse.ArgumentParser) -> None:
                         "self-distillation from the deepest head (held constant); 0 = off")
     g.add_argument("--distill-t", type=float, default=d.distill_t, metavar="T",
                    help="temperature of --distill")
+    g = p.add_argument_group(
+        "levers for heads 2..M (--mode sila, --heads >= 2; docs/heads.md)",
+        "Training levers meant to help the auxiliary heads without changing head 1's "
+        "objective; each is recorded in config.json and printed at the start.")
+    g.add_argument("--ramp-betas", type=int, default=d.ramp_betas, metavar="E",
+                   help="the set weights of heads 2..M grow linearly from 0 over the first E "
+                        "epochs (× e/E in epoch e+1, full from epoch E+1); head 1's stays 1. "
+                        "A ramp-up of an added loss's weight, as in Laine & Aila 2017 "
+                        "(Temporal Ensembling); 0 = off")
+    g.add_argument("--grad-equilibrium", action="store_true",
+                   help="gradient equilibrium (Li et al. 2019, Improved Techniques for Training "
+                        "Adaptive Deep Networks): the gradient of every shared layer is divided "
+                        "by the number of heads that use it (the stem and stage 1 by M, …, "
+                        "head 1's last stage and every head's own module by 1), before weight "
+                        "decay; what their per-exit gradient rescaling amounts to")
+    g.add_argument("--distill-start", type=int, default=d.distill_start, metavar="S",
+                   help="--distill: no distillation in the first S epochs, so that the teacher "
+                        "(head 1) trains first; a KL term from a random teacher diverged at lr "
+                        "0.1 in our runs (docs/heads.md)")
+    g.add_argument("--distill-ramp", type=int, default=d.distill_ramp, metavar="R",
+                   help="--distill: from epoch S+1 the weight grows linearly from 0 to W over "
+                        "R epochs (W × (e−S)/R in epoch e+1, full from epoch S+R+1; 0: W at "
+                        "once)")
 
 
 def _add_speed_flags(p: argparse.ArgumentParser, d: TrainConfig) -> None:

@@ -17,33 +17,70 @@ from keras import ops
 from sila_keras.utils.errors import ConfigError
 
 
+class _GradientScales:
+    """Mixin: a fixed factor per variable on the loss's gradient (``grad_scales``: variable
+    path → factor, 1 for the others), applied by the subclass's ``update_step`` before weight
+    decay — gradient equilibrium (:func:`sila_keras.core.levers.equilibrium_scales`).
+
+    The factors are looked up by the optimizer's own variable index (as its slots are), so
+    they apply to the replicas of a distributed variable too; they are part of the config,
+    so a resumed run restores them with the optimizer.
+    """
+
+    def _init_grad_scales(self, grad_scales) -> None:
+        scales = {str(k): float(v) for k, v in dict(grad_scales or {}).items()}
+        bad = {k: v for k, v in scales.items() if not v > 0}
+        if bad:
+            raise ConfigError(f"Every gradient scale must be > 0. Received: {bad}")
+        self.grad_scales = scales
+        self._scale_of: list[float] = []
+
+    def build(self, variables):
+        super().build(variables)
+        self._scale_of = [self.grad_scales.get(v.path, 1.0) for v in variables]
+
+    def scaled_gradient(self, gradient, variable):
+        """``gradient`` × the variable's factor (unchanged without ``grad_scales``)."""
+        if not self.grad_scales:
+            return gradient
+        scale = self._scale_of[self._get_variable_index(variable)]
+        return gradient if scale == 1.0 else gradient * ops.cast(scale, gradient.dtype)
+
+    def _grad_scales_config(self) -> dict:
+        return {"grad_scales": dict(self.grad_scales)} if self.grad_scales else {}
+
+
 @keras.saving.register_keras_serializable(package="sila_keras")
-class SGDL2(keras.optimizers.SGD):
+class SGDL2(_GradientScales, keras.optimizers.SGD):
     """SGD whose weight decay is coupled L2: ``g ← g + l2·w`` before momentum.
 
     Args:
         l2: the decay coefficient (PyTorch's ``weight_decay``), applied to every
             trainable variable.
+        grad_scales: variable path → factor on the loss's gradient, applied before the
+            decay (``--grad-equilibrium``; default none).
         **kwargs: ``keras.optimizers.SGD`` arguments (learning_rate, momentum, …).
 
     Example:
         >>> opt = SGDL2(l2=5e-4, learning_rate=0.1, momentum=0.9)
     """
 
-    def __init__(self, l2: float = 5e-4, **kwargs):
+    def __init__(self, l2: float = 5e-4, grad_scales: dict | None = None, **kwargs):
         kwargs.pop("weight_decay", None)
         super().__init__(**kwargs)
         if l2 < 0:
             raise ConfigError(f"Weight decay must be >= 0. Received: l2={l2}")
         self.l2 = float(l2)
+        self._init_grad_scales(grad_scales)
 
     def update_step(self, gradient, variable, learning_rate):
+        gradient = self.scaled_gradient(gradient, variable)  # the loss's gradient, not the decay
         if self.l2:
             gradient = gradient + ops.cast(self.l2, variable.dtype) * variable
         super().update_step(gradient, variable, learning_rate)
 
     def get_config(self):
-        return {**super().get_config(), "l2": self.l2}
+        return {**super().get_config(), "l2": self.l2, **self._grad_scales_config()}
 
 
 def step_schedule(lr: float, milestones: Sequence[int], gamma: float, steps_per_epoch: int):
@@ -62,10 +99,12 @@ def step_schedule(lr: float, milestones: Sequence[int], gamma: float, steps_per_
 
 
 def make_optimizer(lr: float, momentum: float, weight_decay: float, milestones: Sequence[int],
-                   gamma: float, steps_per_epoch: int, nesterov: bool = False) -> SGDL2:
-    """The papers' SGD: momentum, coupled weight decay, multi-step lr schedule."""
+                   gamma: float, steps_per_epoch: int, nesterov: bool = False,
+                   grad_scales: dict | None = None) -> SGDL2:
+    """The papers' SGD: momentum, coupled weight decay, multi-step lr schedule (and the
+    per-variable gradient factors of ``--grad-equilibrium``)."""
     return SGDL2(l2=weight_decay, learning_rate=step_schedule(lr, milestones, gamma, steps_per_epoch),
-                 momentum=momentum, nesterov=nesterov)
+                 momentum=momentum, nesterov=nesterov, grad_scales=grad_scales)
 
 
 def current_lr(optimizer) -> float:
@@ -183,27 +222,34 @@ class FineTuneSGD(_BackboneLR, SGDL2):
 
 
 @keras.saving.register_keras_serializable(package="sila_keras")
-class FineTuneAdamW(_BackboneLR, keras.optimizers.AdamW):
+class FineTuneAdamW(_BackboneLR, _GradientScales, keras.optimizers.AdamW):
     """Keras ``AdamW`` (decoupled weight decay) with a separate lr multiplier for the
-    pretrained backbone.
+    pretrained backbone (and the gradient factors of ``--grad-equilibrium``).
 
     Example:
         >>> opt = FineTuneAdamW(backbone_lr_mult=0.1, new_prefixes=("head_", "classifier"))
     """
 
-    def __init__(self, backbone_lr_mult: float = 1.0, new_prefixes: Sequence[str] = (), **kwargs):
+    def __init__(self, backbone_lr_mult: float = 1.0, new_prefixes: Sequence[str] = (),
+                 grad_scales: dict | None = None, **kwargs):
         super().__init__(**kwargs)
         self._init_backbone_lr(backbone_lr_mult, new_prefixes)
+        self._init_grad_scales(grad_scales)
+
+    def update_step(self, gradient, variable, learning_rate):
+        super().update_step(self.scaled_gradient(gradient, variable), variable, learning_rate)
 
     def get_config(self):
-        return {**super().get_config(), **self._backbone_lr_config()}
+        return {**super().get_config(), **self._backbone_lr_config(), **self._grad_scales_config()}
 
 
-def optimizer_for(config, steps_per_epoch: int):
+def optimizer_for(config, steps_per_epoch: int, grad_scales: dict | None = None):
     """The optimizer a :class:`~sila_keras.training.config.TrainConfig` asks for.
 
     The paper's recipe (``sgd`` + ``step``, no warmup, backbone lr × 1) is exactly
-    :func:`make_optimizer`; anything else is the fine-tuning recipe.
+    :func:`make_optimizer`; anything else is the fine-tuning recipe. ``grad_scales``: the
+    per-variable gradient factors of ``--grad-equilibrium``
+    (:func:`sila_keras.core.levers.equilibrium_scales`).
     """
     from sila_keras.training.finetune import NEW_LAYER_PREFIXES
 
@@ -211,10 +257,11 @@ def optimizer_for(config, steps_per_epoch: int):
     opt, schedule, warmup, mult = o.optimizer, o.schedule, o.warmup_epochs, o.backbone_lr_mult
     if opt == "sgd" and schedule == "step" and not warmup and mult == 1.0:
         return make_optimizer(o.lr, o.momentum, o.weight_decay, o.milestones, o.gamma,
-                              steps_per_epoch, o.nesterov)
+                              steps_per_epoch, o.nesterov, grad_scales)
     lr = make_schedule(schedule, o.lr, steps_per_epoch=steps_per_epoch, epochs=o.epochs,
                        milestones=o.milestones, gamma=o.gamma, warmup_epochs=warmup)
-    common = {"backbone_lr_mult": mult, "new_prefixes": NEW_LAYER_PREFIXES, "learning_rate": lr}
+    common = {"backbone_lr_mult": mult, "new_prefixes": NEW_LAYER_PREFIXES, "learning_rate": lr,
+              "grad_scales": grad_scales}
     if opt == "adamw":
         return FineTuneAdamW(weight_decay=o.weight_decay, **common)
     if opt != "sgd":

@@ -184,7 +184,9 @@ def compile_model(model, config: TrainConfig, num_classes: int, steps: int,
                   num_heads: int | None = None, mode=None, speed=None):
     """Compile with the mode's loss and metrics (SiLa by default) and the papers' SGD.
 
-    Call inside the strategy's scope. ``mode``: the run's :class:`~sila_keras.modes.Mode`
+    Call inside the strategy's scope. ``--grad-equilibrium`` gives the optimizer each
+    variable's gradient factor (:func:`sila_keras.core.levers.equilibrium_scales`).
+    ``mode``: the run's :class:`~sila_keras.modes.Mode`
     (default: made from ``config``). ``speed``: the run's
     :class:`~sila_keras.devices.distribute.SpeedSettings` (default: resolved from ``config`` for the
     current strategy); float16 mixed precision wraps the SGD in the replica-synchronized
@@ -200,8 +202,14 @@ def compile_model(model, config: TrainConfig, num_classes: int, steps: int,
 
     mode = mode or make_mode(config)
     m = num_heads or num_heads_of(model)
+    scales = None
+    if config.sila.grad_equilibrium:  # per-variable factors on the loss's gradient
+        from sila_keras.core.levers import equilibrium_scales
+
+        scales = equilibrium_scales(model)
     model.compile(
-        optimizer=wrap_optimizer(optimizer_for(config, steps)),  # paper SGD or the fine-tuning recipe
+        # paper SGD or the fine-tuning recipe
+        optimizer=wrap_optimizer(optimizer_for(config, steps, grad_scales=scales)),
         loss=_with_label_smoothing(mode.loss(num_classes, m), config),
         # weighted: padded evaluation images (weight 0, several replicas) are not counted
         weighted_metrics=mode.metrics(num_classes, m),
@@ -285,8 +293,11 @@ def fit(model, train_ds, eval_ds, *, epochs: int, steps: int, initial_epoch: int
 
     ``freeze_epochs``: a pretrained backbone stays frozen for the first K epochs
     (:class:`sila_keras.training.finetune.FreezeBackbone`, first in the callback list).
+
+    A loss with per-epoch factors (``--ramp-betas``, …) gets them set at the start of every
+    epoch (:class:`sila_keras.training.callbacks.LossSchedule`, before the other callbacks).
     """
-    from sila_keras.training.callbacks import ProgressBar
+    from sila_keras.training.callbacks import LossSchedule, ProgressBar, schedules_loss
     from sila_keras.training.finetune import FreezeBackbone, build_optimizer
 
     if verbose is None:
@@ -294,6 +305,8 @@ def fit(model, train_ds, eval_ds, *, epochs: int, steps: int, initial_epoch: int
     callbacks = list(callbacks)
     if verbose:
         callbacks.insert(0, ProgressBar(steps))
+    if schedules_loss(model):
+        callbacks.insert(0, LossSchedule())
     if freeze_epochs:
         callbacks = [FreezeBackbone(freeze_epochs), *callbacks]
     build_optimizer(model)  # before Keras traces the step (see build_optimizer)

@@ -409,8 +409,10 @@ class PairsDir:
 class StudyDir:
     """A head-vs-alone benchmark folder (``benchmarks/head_vs_alone.py --out``).
 
-    ``runs/<arm>-s<seed>/`` are ordinary run directories (one per arm × seed, finished when
-    they hold ``summary.json``); ``models/`` the re-initialised sub-networks trained alone.
+    ``runs/<arm>[-<variant>]-s<seed>/`` are ordinary run directories (one per arm × head
+    module × levers × seed, finished when they hold ``summary.json``; the variant is named
+    unless it is the paper's module without levers); ``models/`` the re-initialised
+    sub-networks trained alone.
     """
 
     RESULTS = "head_vs_alone.json"
@@ -432,10 +434,15 @@ class StudyDir:
     def holds_results(self) -> bool:
         return (self.path / self.RESULTS).is_file()
 
-    def run(self, arm: str, seed: int) -> RunDir:
-        """The run directory of one arm × seed."""
-        return RunDir(self.path / self.RUNS / f"{arm}-s{int(seed)}")
+    def run(self, arm: str, seed: int, variant: str = "") -> RunDir:
+        """The run directory of one arm × seed; ``variant`` names a head module or levers
+        other than the paper's module without levers."""
+        name = f"{arm}-{variant}" if variant else arm
+        return RunDir(self.path / self.RUNS / f"{name}-s{int(seed)}")
 
-    def model_file(self, head: int, seed: int) -> Path:
-        """The re-initialised sub-network of head k for one seed (MODEL of its alone run)."""
-        return self.path / self.MODELS / f"head_{int(head)}-s{int(seed)}.keras"
+    def model_file(self, head: int, seed: int, variant: str = "") -> Path:
+        """The re-initialised sub-network of head k for one seed (MODEL of its alone run);
+        ``variant`` names a head module other than the paper's it was cut with."""
+        tag = f"-{variant}" if variant else ""
+        return self.path / self.MODELS / f"head_{int(head)}{tag}-s{int(seed)}.keras"
+
