@@ -17,11 +17,22 @@ from sila_keras.utils.errors import ConfigError, RunFailed, SilaError
 PROG = "sila-export"
 
 
+class _Parser(argparse.ArgumentParser):
+    """Refuses a command line that names nothing to export while parsing (exit 2, before
+    TensorFlow is imported): ``--head`` is optional only because ``--cascade`` replaces it."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        ns, rest = super().parse_known_args(args, namespace)
+        if getattr(ns, "head", None) is None and not getattr(ns, "cascade", False):
+            self.error("Say what to export: --head K|all, or --cascade. Received: no --head")
+        return ns, rest
+
+
 def build_parser() -> argparse.ArgumentParser:
     from export.artifacts import FORMATS, QUANTIZATIONS
     from export.parity import DEFAULT_TOLERANCES
 
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog=PROG,
         description="Export one head of a trained SiLa model (SilaNet, Gan et al.) to Keras, "
                     "SavedModel, TFLite (float32/float16/dynamic-range/int8) and ONNX. Each artifact "

@@ -105,7 +105,10 @@ def test_precise_bn_equals_numpy_reference_and_leaves_everything_else():
 def test_precise_bn_over_replicas_and_with_sync_bn():
     """2 logical CPUs: per-replica BN normalises each half-batch; SyncBN the whole batch —
     either way the statistics are those of all 23 images."""
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    from sila_keras.devices.distribute import make_strategy
+
+    strategy = make_strategy("mirrored")  # the process's one: a second over the same devices
+    # would clash with it in the collective ops ("Shape mismatch in the collective instance")
     with strategy.scope():
         model = nested_bn_model()
         recalibrator = BatchNormRecalibrator(model, strategy)

@@ -216,7 +216,10 @@ def test_levers_under_mirrored_strategy_resuming_at_epoch_two():
     x, y = rng.normal(size=(8, 4)).astype(np.float32), rng.integers(0, N, 8)
     config = TrainConfig.create("folder:x", "resnet8", heads=2, betas=(1.0, 0.6), lr=0.1,
                                 momentum=0.0, milestones=(), ramp_betas=4, grad_equilibrium=True)
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    from sila_keras.devices.distribute import make_strategy
+
+    strategy = make_strategy("mirrored")  # the process's one: a second over the same devices
+    # would clash with it in the collective ops ("Shape mismatch in the collective instance")
     with strategy.scope():
         keras.utils.set_random_seed(4)
         model = compile_model(_toy_model(), config, N, steps=1)

@@ -82,10 +82,13 @@ def check_before_data(config: TrainConfig):
     Raises:
         SilaError: the first problem found.
     """
+    from sila_keras.models import get_backbone, is_model_file
     from sila_keras.modes import make_mode
     from sila_keras.training.precision import check_mixed_precision
 
     validate_model_name(config.net.model)
+    if config.data.image_size is not None and not is_model_file(config.net.model):
+        get_backbone(config.net.model).check_image_size(config.data.image_size)  # --image-size
     _check_weights_file(config)  # a keras:<Name> --weights PATH
     mode = make_mode(config)  # validates the mode's flags, once per run
     mode.check_before_data()
