@@ -78,9 +78,15 @@ def plot_budgeted(budgeted: list[dict], anytime: list[dict], path, title: str = 
     ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=4, label="dynamic exits (thresholds)")
     ax.plot([r["cumulative_flops"] / 1e6 for r in anytime], [100 * r["test_top1"] for r in anytime],
             ls=":", marker="x", color="grey", label="single exit for all images")
-    ax.set_xlabel("average FLOPs per test image (×10⁶ multiply-adds)")
+    _save_top1_vs_cost(fig, ax, path, "average FLOPs per test image (×10⁶ multiply-adds)",
+                       f"{title} budgeted batch classification")
+
+
+def _save_top1_vs_cost(fig, ax, path, xlabel: str, title: str) -> None:
+    """Label a test Top-1 vs cost-per-image figure the one way, and save it."""
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("test Top-1 (%)")
-    ax.set_title(f"{title} budgeted batch classification".strip())
+    ax.set_title(title.strip())
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
@@ -108,10 +114,5 @@ def plot_cascade(result: dict, path, title: str = "") -> None:
         ax.plot([s["macs"] / 1e6], [100 * s["accuracy"]], marker="o", ls="", color="grey")
         ax.annotate(s["name"], (s["macs"] / 1e6, 100 * s["accuracy"]), textcoords="offset points",
                     xytext=(3, 4), fontsize=7)
-    ax.set_xlabel("mean MACs per test image (×10⁶ multiply-adds)")
-    ax.set_ylabel("test Top-1 (%)")
-    ax.set_title(f"{title} early-exit cascade".strip())
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    save_png(fig, path)
+    _save_top1_vs_cost(fig, ax, path, "mean MACs per test image (×10⁶ multiply-adds)",
+                       f"{title} early-exit cascade")
