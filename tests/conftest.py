@@ -129,10 +129,11 @@ def dynamic_runs(tiny_folder, tmp_path_factory):
 # (``--dist loadgroup`` would be finer, but pytest-xdist 3.8 ignores its groups under
 # pytest 9.2: pytest-dev/pytest-xdist#1386.) Files not listed run in between, by name.
 LONGEST_FILES_FIRST = ("test_export.py", "test_data_sources.py", "test_reliability.py",
-                       "test_multiworker.py", "test_train.py", "test_tuning.py", "test_zoo.py",
-                       "test_dynamic.py", "test_pairs.py", "test_applications.py", "test_batchnorm.py",
-                       "test_distributed_gpu.py", "test_mutual.py", "test_augment.py",
-                       "test_heads_study.py", "test_analyze.py", "test_attach.py")
+                       "test_multiworker.py", "test_export_int8.py", "test_train.py",
+                       "test_tuning.py", "test_zoo.py", "test_dynamic.py", "test_pairs.py",
+                       "test_applications.py", "test_batchnorm.py", "test_cascade.py",
+                       "test_distributed_gpu.py", "test_mutual.py", "test_heads_study.py",
+                       "test_augment.py", "test_analyze.py", "test_attach.py", "test_levers.py")
 LAST_FILES = ("test_registration.py",)
 
 
