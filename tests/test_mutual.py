@@ -108,8 +108,9 @@ def test_mutual_model_layout_and_independent_init():
     assert not np.allclose(w1, w2), "the two nets must be initialised independently"
     x = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
     # Net k is head k of a 2-head SiLa model and reproduces its slice of sila_logits (each net
-    # nests a one-head SiLa model of its own, so its head keeps that model's SilaLogits).
-    heads = check_sila_model(model, num_heads=2, num_classes=N, images=x, builtin_heads=False).heads
+    # nests a one-head SiLa model of its own; its extracted head leaves that model's SilaLogits
+    # out, so it holds only built-in layers and exports).
+    heads = check_sila_model(model, num_heads=2, num_classes=N, images=x).heads
     single = standalone_params("resnet20", N)
     assert trainable_params(heads[0]) == trainable_params(heads[1]) == single
     assert trainable_params(model) == 2 * single
@@ -192,6 +193,5 @@ def test_saved_mutual_model_exports_net_2_alone(mutual_runs):
     model = keras.models.load_model(mutual_runs / "hetero_dml" / "model.keras")
     assert isinstance(model.loss, MutualLoss) and model.loss.dml and model.loss.sila
     x = np.random.default_rng(2).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
-    heads = check_sila_model(model, num_heads=2, num_classes=3, images=x, builtin_heads=False,
-                             atol=1e-4).heads  # 3 classes: the tiny folder's
+    heads = check_sila_model(model, num_heads=2, num_classes=3, images=x, atol=1e-4).heads  # 3 classes: the tiny folder's
     assert {layer.name for layer in heads[1].layers} == {"image", "net_2", "head_2"}

@@ -281,8 +281,25 @@ def extract_head(model: keras.Model, head: int) -> keras.Model:
             f"Head index out of range: model '{model.name}' has heads 1..{m} "
             f"({', '.join(names)}). Received: head={head}"
         )
-    out = model.get_layer(names[int(head) - 1]).output
+    layer = model.get_layer(names[int(head) - 1])
+    net = _nested_sila_net(layer)
+    if net is None:
+        out = layer.output
+    else:  # a mutual-mode net: its own one-head SiLa model, kept without its SilaLogits
+        inner = keras.Model(net.input, net.get_layer(head_names_of(net)[0]).output, name=net.name)
+        out = layer(inner(net._inbound_nodes[0].input_tensors[0]))
     return keras.Model(model.input, out, name=f"{model.name}_{names[int(head) - 1]}")
+
+
+def _nested_sila_net(layer):
+    """The nested SiLa model (its own ``sila_logits``) that ``layer`` passes on unchanged, as a
+    mutual-mode head does with its net; None for every other head layer."""
+    node = layer._inbound_nodes[0] if layer._inbound_nodes else None
+    if not isinstance(layer, keras.layers.Identity) or node is None:
+        return None
+    net = node.input_tensors[0]._keras_history.operation
+    is_sila = isinstance(net, keras.Model) and any(la.name == SILA_OUTPUT for la in net.layers)
+    return net if is_sila and num_heads_of(net) == 1 else None
 
 
 def trainable_params(model: keras.Model) -> int:
