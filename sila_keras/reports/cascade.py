@@ -481,6 +481,9 @@ def check_args(args: argparse.Namespace) -> None:
     if args.calibration_split and not args.calibration:
         raise ConfigError("--calibration-split needs --calibration DATASET. "
                           f"Received: calibration_split={args.calibration_split!r}")
+    from sila_keras.reports.analyze import check_run_dir
+
+    check_run_dir(args.run)  # reads no model: a wrong folder is answered before TensorFlow starts
 
 
 def run_cascade(run_dir, *, target_drop=None, budget_macs=None, confidence="max",
