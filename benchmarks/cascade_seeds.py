@@ -31,7 +31,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from head_vs_alone import PRESETS  # noqa: E402
+from head_vs_alone import (  # noqa: E402
+    ARMS,
+    DISTILL_ARMS,
+    DISTILL_LEVERS,
+    PRESETS,
+    settings,
+    variant_tag,
+)
+from head_vs_alone import build_parser as study_parser  # noqa: E402
 
 from sila_keras.utils.rundir import RunDir, StudyDir  # noqa: E402
 
@@ -49,19 +57,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", default=None,
                    help="calibration DATASET (needed only when the runs train on every image)")
     p.add_argument("--latency-runs", type=int, default=100, help="timed calls per segment")
-    p.add_argument("--train-args", default="", help="more head_vs_alone.py flags, space-separated")
+    p.add_argument("--arm", default="sila", choices=[a for a in ARMS if a != "alone"],
+                   help="the benchmark arm whose runs cascade (default: sila)")
+    p.add_argument("--train-args", default="",
+                   help="more head_vs_alone.py flags, space-separated (e.g. '--head-module sep "
+                        "--grad-equilibrium': the runs of that variant)")
     p.add_argument("--redo-cascade", action="store_true", help="recalibrate finished cascades")
     p.add_argument("--out", type=Path, required=True, help="the benchmark folder")
     return p
+
+
+def run_variant(study: list[str], dataset: str, arm: str) -> str:
+    """The run-name tag of ``arm``'s runs in the study these flags describe (one head module;
+    the levers that apply to that arm), as ``head_vs_alone.py`` names them."""
+    s = settings(study_parser().parse_args([dataset, *study]))
+    if len(s["modules"]) != 1:
+        raise SystemExit(f"cascade_seeds: error: one --head-module at a time (got "
+                         f"{','.join(s['modules'])}); run the command once per module")
+    levers = {k: v for k, v in s["levers"].items()
+              if k not in DISTILL_LEVERS or arm in DISTILL_ARMS}
+    return variant_tag(s["modules"][0], levers)
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     seeds = [int(v) for v in (args.seeds or PRESETS[args.preset]["seeds"]).split(",") if v]
     here = Path(__file__).resolve().parent
-    train = [sys.executable, str(here / "head_vs_alone.py"), args.dataset, "--model", args.model,
-             "--preset", args.preset, "--arms", "sila", "--seeds", ",".join(map(str, seeds)),
-             "--out", str(args.out), *args.train_args.split()]
+    study = ["--model", args.model, "--preset", args.preset, "--arms", args.arm,
+             "--seeds", ",".join(map(str, seeds)), "--out", str(args.out),
+             *args.train_args.split()]
+    variant = run_variant(study, args.dataset, args.arm)
+    train = [sys.executable, str(here / "head_vs_alone.py"), args.dataset, *study]
     print("training:", " ".join(train), flush=True)
     if subprocess.call(train) != 0:
         raise SystemExit("cascade_seeds: error: training failed; fix it and rerun (finished "
@@ -71,7 +97,7 @@ def main(argv=None) -> int:
 
     rows = []
     for seed in seeds:
-        run = StudyDir(args.out).run("sila", seed)
+        run = StudyDir(args.out).run(args.arm, seed, variant)
         if args.redo_cascade or not (run / RunDir.CASCADE_JSON).is_file():
             argv = [str(run.path), "--target-drop", str(args.target_drop), "--confidence",
                     args.confidence] + (["--calibration", args.calibration]

@@ -68,7 +68,7 @@ PRESETS = {
     "smoke": {"limit_train": 40, "limit_test": 20, "epochs": 1, "lr": 0.1, "milestones": "",
               "gamma": 0.2, "batch_size": 16, "heads": 3, "beta": 0.1, "lam": 0.5, "seeds": "0"},
 }
-ARMS = ("sila", "alone", "ship", "distill", "ship_distill")
+ARMS = ("sila", "alone", "alone_lr", "ship", "distill", "ship_distill")
 DISTILL_ARMS = ("distill", "ship_distill")
 # The levers (sila-train flags, docs/heads.md): config field → (flag, short name in run names).
 LEVERS = {"ramp_betas": ("--ramp-betas", "rb"), "grad_equilibrium": ("--grad-equilibrium", "ge"),
@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"the preset's {key} (cifar10-10k-15ep: "
                             f"{PRESETS['cifar10-10k-15ep'][key] or 'all'})")
     p.add_argument("--arms", default="sila,alone,ship,ship_distill",
-                   help=f"comma-separated, of: {', '.join(ARMS)}")
+                   help=f"comma-separated, of: {', '.join(ARMS)} (alone_lr: only the "
+                        "--alone-lr runs of the sub-networks; alone with --alone-lr: both lrs)")
     p.add_argument("--alone-heads", default=None, help="heads whose sub-network trains alone "
                    "(default 2..M; 1 = the base network alone, the IND baseline)")
     p.add_argument("--alone-lr", type=float, default=None,
@@ -155,6 +156,9 @@ def settings(args: argparse.Namespace) -> dict:
         k for k in s["alone_heads"] + [s["ship_head"]] if not 1 <= k <= m]
     if bad:
         raise SystemExit(f"head_vs_alone: error: unknown arm or head out of 1..{m}: {bad}")
+    if "alone_lr" in s["arms"] and not args.alone_lr:
+        raise SystemExit("head_vs_alone: error: the alone_lr arm trains at --alone-lr; "
+                         "pass --alone-lr LR (e.g. --alone-lr 0.02)")
     s["modules"] = [v.strip() for v in args.head_module.split(",") if v.strip()] or ["conv"]
     s["levers"] = {k: getattr(args, k) for k in LEVERS if getattr(args, k)}
     check_variants(s)
@@ -227,7 +231,7 @@ def plan(args, s: dict) -> list[Job]:
 def _module_jobs(args, s, out: StudyDir, seed: int, module: str, base, arm_flags) -> list[Job]:
     jobs = []
     for arm in s["arms"]:
-        if arm == "alone":
+        if arm in ("alone", "alone_lr"):
             for k in s["alone_heads"]:
                 # the alone runs have one head: no levers; head 1's network (the base) has no
                 # auxiliary module, so every module's table shares its runs
@@ -235,9 +239,11 @@ def _module_jobs(args, s, out: StudyDir, seed: int, module: str, base, arm_flags
                 model = out.model_file(k, seed, tag).resolve()
                 argv = [args.dataset, str(model), "--heads", "1"]
                 run = out.run(f"alone_h{k}", seed, tag)
-                jobs.append(Job(f"alone_h{k}", seed, run, argv + base + _where(run, seed), k,
-                                module, {}, tag))
-                if args.alone_lr:  # the same sub-network and seed at another lr
+                if arm == "alone":
+                    jobs.append(Job(f"alone_h{k}", seed, run, argv + base + _where(run, seed),
+                                    k, module, {}, tag))
+                # the same sub-network and seed at another lr (once, if both arms are named)
+                if args.alone_lr and (arm == "alone_lr" or "alone_lr" not in s["arms"]):
                     run = out.run(f"alone_lr_h{k}", seed, tag)
                     jobs.append(Job(f"alone_lr_h{k}", seed, run, argv + base + [
                         "--lr", str(args.alone_lr), *_where(run, seed)], k, module, {}, tag))

@@ -338,6 +338,34 @@ def test_alone_lr_arm_trains_the_same_subnetwork_at_another_lr(tmp_path):
     assert lr == ["0.1", "0.02"]  # the later flag wins in sila-train
 
 
+def test_alone_lr_arm_alone_trains_only_the_other_lr(tmp_path):
+    bench = _bench()
+    parse = lambda *a: bench.build_parser().parse_args(["folder:x", "--out", str(tmp_path), *a])  # noqa: E731
+    args = parse("--arms", "alone_lr", "--alone-lr", "0.02", "--alone-heads", "2", "--seeds", "1",
+                 "--head-module", "sep")
+    jobs = bench.plan(args, bench.settings(args))
+    assert [j.name for j in jobs] == ["alone_lr_h2-sep"]
+    assert jobs[0].argv[jobs[0].argv.index("--seed") - 2:][:2] == ["--lr", "0.02"]
+    args = parse("--arms", "alone,alone_lr", "--alone-lr", "0.02", "--alone-heads", "2")
+    assert [j.arm for j in bench.plan(args, bench.settings(args))] == ["alone_h2", "alone_lr_h2"] * 3
+    with pytest.raises(SystemExit, match="the alone_lr arm trains at --alone-lr; pass --alone-lr"):
+        bench.settings(parse("--arms", "alone_lr"))
+
+
+def test_cascade_benchmark_finds_the_runs_of_its_variant():
+    _bench()  # cascade_seeds imports head_vs_alone by name
+    spec = importlib.util.spec_from_file_location("cascade_seeds",
+                                                  ROOT / "benchmarks" / "cascade_seeds.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    variant = lambda arm, *a: mod.run_variant(["--out", "o", *a], "folder:x", arm)  # noqa: E731
+    assert variant("sila") == ""
+    assert variant("sila", "--head-module", "sep", "--grad-equilibrium", "--distill-start", "3") == "sep.ge"
+    assert variant("distill", "--head-module", "sep", "--distill-start", "3") == "sep.ds3"
+    with pytest.raises(SystemExit, match="one --head-module at a time"):
+        variant("sila", "--head-module", "conv,sep")
+
+
 def test_benchmark_refuses_a_finished_arm_made_with_other_settings(study):
     out, argv = study
     with pytest.raises(SystemExit, match="trained with other settings \\(epochs: 1 there, 2 now\\)"):
