@@ -253,31 +253,78 @@ class CascadeRunner:
         got = [self.classify(x)[:2] for x in images]
         return np.array([g[0] for g in got]), np.array([g[1] for g in got])
 
-    def segment_latency_ms(self, image: np.ndarray, runs: int = 30) -> list[float]:
-        """Median time of one LiteRT call of each segment (batch 1, default delegates,
-        :data:`export.latency.THREADS` threads), fed real features: the signature runner's
-        call, so setting the inputs and reading the outputs are included, as in an app."""
-        import statistics
-        import time
+    def segment_feeds(self, image: np.ndarray) -> list[dict]:
+        """The inputs each segment gets when ``image`` runs the whole chain (no early stop)."""
+        feeds = [{IMAGE: np.asarray(image, np.float32)[None]}]
+        for run in self.runners[:-1]:
+            out = run(**feeds[-1])
+            feeds.append({n: out[n] for n in out if n.startswith(FEATURES)})
+        return feeds
 
+    def segment_latency_ms(self, image: np.ndarray, runs: int = 30,
+                           heads: dict[int, Path] | None = None) -> dict:
+        """Median time of one LiteRT call of each segment, and of each single-head file in
+        ``heads`` (``{head: .tflite}``, image → probabilities), fed real inputs.
+
+        Batch 1, default delegates, :data:`export.latency.THREADS` threads; the signature
+        runner's call, so setting the inputs and reading the outputs are included, as in an
+        app. All files are timed in interleaved rounds, so a busy machine slows them alike.
+
+        Returns:
+            ``{"segments": [ms, …], "heads": {head: ms}}``.
+        """
         from export.latency import THREADS, interpreter
 
-        feeds = {IMAGE: np.asarray(image, np.float32)[None]}
-        out_ms = []
-        for seg, run in zip(self.manifest["segments"], self.runners):
+        calls = {}
+        for i, (seg, feed) in enumerate(zip(self.manifest["segments"], self.segment_feeds(image))):
             sig = interpreter(self.folder / seg["file"], threads=THREADS).get_signature_runner(
                 SIGNATURE)
-            for _ in range(3):
-                sig(**feeds)
-            times = []
-            for _ in range(runs):
+            calls[("segment", i)] = (sig, feed)
+        for k, path in (heads or {}).items():
+            sig = interpreter(path, threads=THREADS).get_signature_runner(SIGNATURE)
+            calls[("head", int(k))] = (sig, {IMAGE: np.asarray(image, np.float32)[None]})
+        ms = interleaved_median_ms(calls, runs)
+        return {"segments": [ms[("segment", i)] for i in range(len(self.runners))],
+                "heads": {k: ms[("head", k)] for (kind, k) in ms if kind == "head"}}
+
+
+def interleaved_median_ms(calls: dict, runs: int, rounds: int = 5, warmup: int = 3) -> dict:
+    """``{key: median ms}`` of ``fn(**feeds)`` for ``calls = {key: (fn, feeds)}``, timed in
+    ``rounds`` interleaved rounds of ``ceil(runs / rounds)`` calls each."""
+    import math
+    import statistics
+    import time
+
+    per_round = max(1, math.ceil(runs / rounds))
+    times = {key: [] for key in calls}
+    for fn, feeds in calls.values():
+        for _ in range(warmup):
+            fn(**feeds)
+    for _ in range(rounds):
+        for key, (fn, feeds) in calls.items():
+            for _ in range(per_round):
                 t0 = time.perf_counter()
-                sig(**feeds)
-                times.append(1000.0 * (time.perf_counter() - t0))
-            out_ms.append(round(statistics.median(times), 4))
-            out = run(**feeds)
-            feeds = {n: out[n] for n in out if n.startswith(FEATURES)}
-        return out_ms
+                fn(**feeds)
+                times[key].append(1000.0 * (time.perf_counter() - t0))
+    return {key: round(statistics.median(v), 4) for key, v in times.items()}
+
+
+def export_single_heads(model, order: Sequence[int], folder: Path, allow_flex: bool = False
+                        ) -> dict[int, Path]:
+    """Each head alone as a one-segment TFLite file (image → its probabilities; only the
+    layers it needs), for timing a head without the other heads' branches."""
+    import keras
+
+    from sila_keras.core.heads import extract_head
+
+    out = {}
+    for k in order:
+        sub = extract_head(model, int(k))
+        single = keras.Model(sub.inputs, keras.layers.Softmax(name="probabilities")(sub.output))
+        where = folder / f"head_{int(k)}"
+        where.mkdir(parents=True, exist_ok=True)
+        out[int(k)] = where / _write_segment(single, where, 1, allow_flex)["file"]
+    return out
 
 
 TIE = 1e-5  # float32 round-off between Keras and LiteRT kernels: a near-tie may go either way
@@ -344,8 +391,18 @@ def run_export(src, args) -> dict:
     images = data.test.to_array()
     runner = CascadeRunner(out)
     manifest["parity"] = check_against_keras(runner, src.model, images)
-    manifest["segment_latency_ms"] = runner.segment_latency_ms(images[0], args.latency_runs)
+    import shutil
+    import tempfile
+
+    singles = Path(tempfile.mkdtemp(prefix=".heads_", dir=out))
+    try:  # each head alone, timed beside the segments (its file is `export RUN --head k`'s)
+        heads = export_single_heads(src.model, manifest["order"], singles, args.allow_flex)
+        ms = runner.segment_latency_ms(images[0], args.latency_runs, heads)
+    finally:
+        shutil.rmtree(singles, ignore_errors=True)
+    manifest["segment_latency_ms"] = ms["segments"]
+    manifest["head_latency_ms"] = {str(k): v for k, v in ms["heads"].items()}
     files.write_json(out / MANIFEST, manifest)
-    write_results(run.path, with_latency(cascade, manifest["segment_latency_ms"]),
+    write_results(run.path, with_latency(cascade, ms["segments"], head_ms=ms["heads"]),
                   config.get("model", ""))
     return manifest

@@ -229,6 +229,11 @@ def test_exported_segments_in_litert_equal_the_keras_cascade(cascaded_run, capsy
     assert md.read(out / "segment_1.tflite")["name"]  # phone metadata on the first segment
     result = json.loads((cascaded_run / RunDir.CASCADE_JSON).read_text())
     assert result["cascade"]["mean_latency_ms"] > 0
+    # each head alone timed from its own file (no other head's branch), beside the segments
+    assert sorted(manifest["head_latency_ms"]) == ["1", "2", "3"]
+    assert all(s["latency_ms"] == manifest["head_latency_ms"][str(s["head"])] > 0
+               for s in result["single"])
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # temporary files gone
     # Thresholds that send images through every segment: LiteRT and Keras still agree.
     from sila_keras.reports.analyze import load_run
 
@@ -242,3 +247,22 @@ def test_exported_segments_in_litert_equal_the_keras_cascade(cascaded_run, capsy
         check = check_against_keras(runner, model, images)  # raises unless equal (near ties)
         assert check["near_ties"] <= len(images) // 4, check
         assert len(set(runner.predict(images)[1])) > 1  # images leave at several segments
+
+
+def test_latency_and_savings_against_head_1_alone():
+    result = {"order": [3, 2, 1], "heads": ["head_3", "head_2", "head_1"], "confidence": "max",
+              "cascade": {"accuracy": 0.6, "mean_macs": 40.0, "reach": [1.0, 0.5, 0.25]},
+              "sweep": [{"accuracy": 0.5, "mean_macs": 10.0, "reach": [1.0, 0.0, 0.0]}],
+              "single": [{"head": 3, "accuracy": 0.5, "macs": 10},
+                         {"head": 2, "accuracy": 0.55, "macs": 30},
+                         {"head": 1, "accuracy": 0.62, "macs": 80}]}
+    out = cas.with_latency(result, [1.0, 2.0, 4.0], head_ms={1: 5.0, 3: 1.0})
+    assert out["cascade"]["mean_latency_ms"] == pytest.approx(1 + 0.5 * 2 + 0.25 * 4)
+    assert [s["latency_ms_via_segments"] for s in out["single"]] == [1.0, 3.0, 7.0]
+    assert cas.single_latency(out["single"][2]) == 5.0  # its own file, not the 7 ms chain
+    assert cas.single_latency(out["single"][1]) == 3.0  # not timed alone: via the segments
+    saved = cas.savings(out)
+    assert saved["drop_points"] == pytest.approx(2.0)
+    assert saved["macs_saved_pct"] == pytest.approx(50.0)
+    assert saved["latency_saved_pct"] == pytest.approx(100 * (1 - 3.0 / 5.0))
+    assert cas.savings(result)["latency_saved_pct"] is None  # never timed
