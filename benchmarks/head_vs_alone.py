@@ -403,7 +403,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"head_vs_alone: error: {e}") from None
     out = write_study(args.out, study)
     print(markdown({"kind": "", **study}))
-    print(f"Written: {out / StudyDir.TABLE}, {out / StudyDir.TABLE_CSV}, {out / StudyDir.PLOT}")
+    print(f"Written: {out / StudyDir.TABLE}, {out / StudyDir.TABLE_CSV}, {out / StudyDir.PLOT}, "
+          f"{out / StudyDir.TRADEOFF_PLOT}")
     return 0
 
 

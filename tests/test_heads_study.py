@@ -243,7 +243,8 @@ def test_benchmark_writes_table_and_plot(study):
     from sila_keras.utils.rundir import StudyDir
 
     out, _ = study
-    for name in (StudyDir.TABLE, StudyDir.TABLE_CSV, StudyDir.PLOT, StudyDir.RESULTS):
+    for name in (StudyDir.TABLE, StudyDir.TABLE_CSV, StudyDir.PLOT, StudyDir.TRADEOFF_PLOT,
+                 StudyDir.RESULTS):
         assert (out / name).is_file(), name
     result = load_study(out)
     arms = {(r["head"], r["arm"]) for r in result["table"]}

@@ -227,6 +227,44 @@ def plot(study: dict, path) -> None:
     save_png(fig, path)
 
 
+def plot_tradeoff(study: dict, path) -> None:
+    """Test accuracy vs parameters (left) and vs MACs (right), log x: every head of every
+    variant one point (± std over seeds, labelled with its head number); the SiLa variants
+    filled circles, the sub-networks trained alone (each lr) open squares, so a user can
+    pick a head by size or cost."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sila_keras.utils.plots import save_png
+
+    rows = [r for r in study["table"] if r["mean"] is not None]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6), dpi=120, sharey=True)
+    for ax, key, label in ((axes[0], "params", "parameters"), (axes[1], "macs", "MACs per image")):
+        for i, arm in enumerate(arms_of(rows)):
+            points = [r for r in rows if variant(r) == arm and r.get(key)]
+            if not points:
+                continue
+            alone = arm[0].startswith("alone")
+            ax.errorbar([r[key] for r in points], [100 * r["mean"] for r in points],
+                        yerr=[100 * (r["std"] or 0.0) for r in points], fmt="s" if alone else "o",
+                        mfc="none" if alone else f"C{i % 10}", color=f"C{i % 10}", capsize=3,
+                        linestyle="none", label=title(arm))
+            for r in points:
+                ax.annotate(str(r["head"]), (r[key], 100 * r["mean"]), fontsize=7,
+                            xytext=(4, 3), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test accuracy (%)")
+    fig.suptitle(f"{study.get('backbone')}: accuracy vs size and cost (numbers: head k)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=3, frameon=False)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    save_png(fig, path)
+
+
 def merge_study(old: dict | None, new: dict) -> dict:
     """``new`` plus the variants of ``old`` (the same folder's earlier results) that ``new``
     did not measure: benchmark runs of other head modules or levers add their columns.
@@ -258,6 +296,7 @@ def write_study(folder, study: dict) -> StudyDir:
     files.write_csv(out / StudyDir.TABLE_CSV, study["table"], TABLE_COLUMNS)
     files.write_text(out / StudyDir.TABLE, f"# {heading(study)}\n\n{markdown(study)}")
     plot(study, out / StudyDir.PLOT)
+    plot_tradeoff(study, out / StudyDir.TRADEOFF_PLOT)
     files.write_json(out / StudyDir.RESULTS, study)  # last: its presence means "complete"
     return out
 

@@ -419,6 +419,7 @@ class StudyDir:
     TABLE = "head_vs_alone.md"
     TABLE_CSV = "head_vs_alone.csv"
     PLOT = "head_vs_alone.png"
+    TRADEOFF_PLOT = "head_vs_alone_tradeoff.png"  # accuracy vs parameters and vs MACs
     CASCADE = "cascade_seeds.json"  # benchmarks/cascade_seeds.py: the sila runs' cascades
     CASCADE_TABLE = "cascade_seeds.md"
     RUNS = "runs"
