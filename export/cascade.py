@@ -266,13 +266,14 @@ def export_single_heads(model, order: Sequence[int], folder: Path, allow_flex: b
 # --------------------------------------------------------------------------- the command
 
 
-def run_export(src, args, *, tolerances=None, calibration=None, say=None) -> dict:
+def run_export(src, args, *, tolerances=None, load_calibration=None, say=None) -> dict:
     """``python -m export RUN --cascade``: export, check on real test images, time, update
     the run's cascade files. Needs the run's ``cascade.json`` (``python -m sila_keras.cascade``).
 
-    With ``--quantize int8`` (``calibration``: raw-pixel images, ``tolerances``: the gate's)
-    the segments are int8 and the chain is judged by the int8 gate instead of the exact
-    parity check; the run's cascade files keep the float32 segments' latencies.
+    With ``load_calibration`` (``() → raw-pixel images``, called once the run and the output
+    folder are checked; ``tolerances``: the gate's) the segments are int8 and the chain is
+    judged by the int8 gate instead of the exact parity check; the run's cascade files keep
+    the float32 segments' latencies.
 
     Everything is written into a hidden folder beside the output folder and moved into
     place only when checked: a failed or refused export leaves nothing behind.
@@ -285,6 +286,7 @@ def run_export(src, args, *, tolerances=None, calibration=None, say=None) -> dic
     import shutil
     import tempfile
 
+    from export import outdir
     from export.cascade_runner import CascadeRunner, check_against_keras
     from sila_keras.data import load_dataset, run_dataset_kwargs
     from sila_keras.reports.cascade import with_latency, write_results
@@ -296,12 +298,13 @@ def run_export(src, args, *, tolerances=None, calibration=None, say=None) -> dic
             f"--cascade exports the cascade chosen by `python -m sila_keras.cascade RUN`; run "
             f"it first (it writes {RunDir.CASCADE_JSON} into the run directory). "
             f"Received: source={src.run_dir or src.model_path}")
-    int8 = calibration is not None
+    int8 = load_calibration is not None
     run = RunDir(src.run_dir)
     cascade = files.read_json_object(run / RunDir.CASCADE_JSON)
     out = Path(args.out) if args.out else run / RunDir.EXPORT / (
         OUT_FOLDER_INT8 if int8 else OUT_FOLDER)
     _check_out(out)
+    calibration = load_calibration() if int8 else None
     config = src.config
     data = load_dataset(config["dataset"], limit_train=1, limit_test=args.parity_samples,
                         download="never", cache="none", **run_dataset_kwargs(config))
@@ -331,7 +334,7 @@ def run_export(src, args, *, tolerances=None, calibration=None, say=None) -> dic
             convert = cascade_int8.head_converter(manifest, int8_data)
         else:
             manifest["parity"] = check_against_keras(runner, src.model, images)
-        # each head alone, timed beside the segments (its file is `export RUN --head k`'s)
+        # each head alone (only the layers it needs), timed beside the segments
         heads = export_single_heads(src.model, manifest["order"], work / ".heads",
                                     args.allow_flex, convert)
         ms = runner.segment_latency_ms(images[0], args.latency_runs, heads)
@@ -340,8 +343,6 @@ def run_export(src, args, *, tolerances=None, calibration=None, say=None) -> dic
         if int8:
             manifest["head_latency_note"] = cascade_int8.HEADS_NOTE
         files.write_json(staged / MANIFEST, manifest)
-        from export import outdir
-
         outdir.install(staged, out, work)
         done = True
     finally:

@@ -180,10 +180,10 @@ def _export_cascade(args, options) -> dict:
                           f"{', '.join(QUANTIZATIONS)}. Received: --quantize {args.quantize}")
     int8 = options.quantize == ("int8",)
     src = load_source(args.source)
-    calibration = _cascade_calibration(args, src) if int8 else None
     say = None if args.quiet else (lambda text: print(text, flush=True))
-    manifest = run_export(src, args, tolerances=options.tolerances, calibration=calibration,
-                          say=say)
+    manifest = run_export(src, args, tolerances=options.tolerances, say=say,
+                          load_calibration=(lambda: _cascade_calibration(args, src)) if int8
+                          else None)
     latency = ", ".join(f"{v:.3g}" for v in manifest["segment_latency_ms"])
     if int8:
         g = manifest["gate"]

@@ -185,7 +185,8 @@ def test_bad_input_is_one_line_and_writes_nothing(finished_run, tmp_path, capsys
     # nothing written.
     from export.cli import main as export_main
 
-    for argv, says in (([], "run it first"), (["--quantize", "float16"], "Supported: none, int8"),
+    for argv, says in (([], "run it first"), (["--quantize", "int8"], "run it first"),
+                       (["--quantize", "float16"], "Supported: none, int8"),
                        (["--quantize", "none,int8"], "one kind per export")):
         assert export_main([str(run), "--cascade", *argv]) == 2
         err = capsys.readouterr().err
