@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -249,7 +249,9 @@ def write_tflite(saved_model: Path, path: Path, quantization: str,
             become the TFLite outputs).
         path: the ``.tflite`` file to write.
         quantization: ``none``, ``float16``, ``dynamic`` or ``int8``.
-        calibration: real images ``(n, H, W, C)`` (0–255), required for ``int8``.
+        calibration: real images ``(n, H, W, C)`` (0–255), or ``{input name: array}`` for
+            a model whose inputs are not images (:func:`representative_dataset`); required
+            for ``int8``.
         int8_io: input/output type of the full-integer ``int8`` scheme: ``uint8`` (phones:
             MediaPipe takes uint8 or float32), ``int8`` or ``float32``.
         scheme: for ``int8``: ``int8`` (8-bit activations and weights) or ``int16x8``
@@ -301,14 +303,8 @@ def _convert(saved_model, quantization, calibration, int8_io, scheme, flex: bool
     elif quantization == "dynamic":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     elif quantization == "int8":
-        images = calibration_with_pixel_range(calibration)
-
-        def representative():
-            for i in range(len(images)):
-                yield {INPUT_NAME: images[i:i + 1]}
-
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = representative
+        converter.representative_dataset = representative_dataset(calibration)
         if scheme == "int16x8":
             ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
         else:
@@ -320,6 +316,27 @@ def _convert(saved_model, quantization, calibration, int8_io, scheme, flex: bool
     with warnings.catch_warnings():  # int8 calibration runs the deprecated tf.lite.Interpreter
         warnings.simplefilter("ignore", UserWarning)
         return converter.convert()
+
+
+def representative_dataset(calibration):
+    """The converter's ``representative_dataset``: one sample per call, by input name.
+
+    ``calibration`` is either raw-pixel images (fed as ``image``, with the full pixel range:
+    :func:`calibration_with_pixel_range`) or ``{input name: array}`` with one row per sample
+    and the same number of rows for every input (a model whose inputs are not images, such
+    as a later segment of the early-exit cascade), fed as given in float32.
+    """
+    if isinstance(calibration, Mapping):
+        feeds = {str(k): np.asarray(v, np.float32) for k, v in calibration.items()}
+    else:
+        feeds = {INPUT_NAME: calibration_with_pixel_range(calibration)}
+    count = min(len(v) for v in feeds.values())
+
+    def representative():
+        for i in range(count):
+            yield {k: v[i:i + 1] for k, v in feeds.items()}
+
+    return representative
 
 
 def calibration_with_pixel_range(calibration) -> np.ndarray:

@@ -11,9 +11,15 @@ thresholds, :mod:`sila_keras.reports.cascade`); ``python -m export RUN --cascade
   the first carries the phone metadata of the single-head export (RGB input, normalization,
   labels) with its extra ``features_*`` outputs described;
 * ``cascade_manifest.json``: the order, thresholds, confidence, and each segment's inputs and
-  outputs (the wiring); :class:`CascadeRunner` runs it in LiteRT, image by image, as an app
+  outputs (the wiring, with each tensor's dtype);
+  :class:`export.cascade_runner.CascadeRunner` runs it in LiteRT, image by image, as an app
   would, and its predictions are checked against the Keras cascade on real images;
 * each segment is timed in LiteRT and the run's ``cascade.json/csv/png`` gain mean latency.
+
+``--quantize int8`` writes full-integer segments instead (:mod:`export.cascade_int8`): each
+found by the single-head int8 search and gate, the chain judged end to end by the int8 gate.
+Everything is written into a hidden folder beside the output folder and moved into place
+only once checked, so a failed or refused export leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -24,10 +30,13 @@ from pathlib import Path
 import numpy as np
 
 from export import metadata as md
-from sila_keras.utils.errors import ConfigError, RunFailed
+from sila_keras.utils.errors import ConfigError
 
 MANIFEST = "cascade_manifest.json"
 OUT_FOLDER = "cascade"  # under the run's export folder
+OUT_FOLDER_INT8 = "cascade_int8"  # int8 segments: beside the float32 ones
+QUANTIZATIONS = ("none", "int8")  # what --cascade takes as --quantize
+IO_NOTE = "float32 segments: every input and output is float32 (image: raw pixels 0-255)"
 FEATURES = md.FEATURES_PREFIX  # feature tensors are features_0, features_1, …
 IMAGE = "image"
 PROBABILITIES = "probabilities"
@@ -123,8 +132,14 @@ def build_segments(model, order: Sequence[int]) -> list:
 # --------------------------------------------------------------------------- writing
 
 
-def _write_segment(segment, folder: Path, k: int, allow_flex: bool) -> dict:
-    """SavedModel → ``segment_<k>.tflite`` with named signature inputs/outputs."""
+def _write_segment(segment, folder: Path, k: int, allow_flex: bool, convert=None) -> dict:
+    """SavedModel → ``segment_<k>.tflite`` with named signature inputs/outputs.
+
+    ``convert(saved_model, path, layer_names)`` writes the TFLite file and returns more
+    manifest fields (the int8 segments'); default: a float32 conversion.
+    """
+    import shutil
+
     import keras
     import tensorflow as tf
 
@@ -146,21 +161,25 @@ def _write_segment(segment, folder: Path, k: int, allow_flex: bool) -> dict:
     saved = folder / f".segment_{k}_savedmodel"
     archive.write_out(str(saved), verbose=False)
     path = folder / segment_file(k)
-    art.write_tflite(saved, path, "none", allow_flex=allow_flex,
-                     layer_names=[layer.name for layer in segment._flatten_layers()])
-    import shutil
-
-    shutil.rmtree(saved, ignore_errors=True)
+    layer_names = [layer.name for layer in segment._flatten_layers()]
+    try:
+        if convert is None:
+            art.write_tflite(saved, path, "none", allow_flex=allow_flex, layer_names=layer_names)
+            extra = {"quantization": "none"}
+        else:
+            extra = convert(saved, path, layer_names)
+    finally:
+        shutil.rmtree(saved, ignore_errors=True)
     return {"file": path.name, "inputs": in_names, "outputs": out_names,
             "input_shapes": [[int(d) if d is not None else -1 for d in t.shape]
                              for t in segment.inputs],
             "feature_shapes": [[int(d) if d is not None else -1 for d in t.shape]
-                               for t in segment.outputs[1:]]}
+                               for t in segment.outputs[1:]], **extra}
 
 
 def export_cascade(model, cascade: dict, out_dir, *, class_names: Sequence[str] = (),
                    metadata: bool = True, source: str = "", model_info: dict | None = None,
-                   allow_flex: bool = False) -> dict:
+                   allow_flex: bool = False, int8=None, say=None) -> dict:
     """Write the segments and ``cascade_manifest.json`` into ``out_dir``; returns the manifest.
 
     Args:
@@ -172,7 +191,14 @@ def export_cascade(model, cascade: dict, out_dir, *, class_names: Sequence[str] 
         source: the run directory (named in the metadata).
         model_info: metadata overrides (``author``, ``version``).
         allow_flex: accept Flex ops (they do not run on stock LiteRT).
+        int8: :class:`export.cascade_int8.Int8Data` to write int8 segments (each passing
+            the int8 gate), or None for float32 segments.
+        say: progress printer (the int8 search).
+
+    Raises:
+        ConfigError: an int8 segment that no int8 scheme brings through the gate.
     """
+    from export.cascade_runner import SegmentFile
     from export.phone import phone_context
     from sila_keras.core.heads import extract_head
     from sila_keras.utils import files
@@ -181,25 +207,35 @@ def export_cascade(model, cascade: dict, out_dir, *, class_names: Sequence[str] 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     segments = build_segments(model, order)
+    converters = [None] * len(segments)
+    if int8 is not None:
+        from export import cascade_int8
+
+        converters = cascade_int8.converters(segments, order, int8, say)
     entries = []
     for k, (head, seg) in enumerate(zip(order, segments), start=1):
-        entry = _write_segment(seg, out, k, allow_flex)
-        entry.update(step=k, head=head, macs_cumulative=int(cascade["costs"][k - 1]))
+        entry = _write_segment(seg, out, k, allow_flex, converters[k - 1])
+        entry.update(step=k, head=head, macs_cumulative=int(cascade["costs"][k - 1]),
+                     io=SegmentFile(out / entry["file"]).io())
         entries.append(entry)
     if metadata:
         sub = extract_head(model, order[0])
         ctx = phone_context(model, sub, order[0], names=list(class_names), source=source,
                             model_info=model_info, outputs=(PROBABILITIES,))
         md.write(out / segment_file(1), ctx["metadata"])
-    manifest = {"kind": "early-exit cascade", "order": order, "heads": cascade["heads"],
-                "confidence": cascade["confidence"],
+    manifest = {"kind": "early-exit cascade", "quantization": "none" if int8 is None else "int8",
+                "io": IO_NOTE if int8 is None else cascade_int8.io_note(int8.int8_io),
+                "order": order, "heads": cascade["heads"], "confidence": cascade["confidence"],
                 "thresholds": [finite(t) for t in cascade["cascade"]["thresholds"]],
                 "rule": "run segment k on the image (k = 1) or on segment k-1's features_* (by "
-                        "name); stop when the confidence of its probabilities >= thresholds[k-1]"
-                        " (the last segment always stops); the prediction is that argmax",
+                        "name; an integer input is quantized with its scale and zero point, an "
+                        "integer output dequantized: see each segment's io); stop when the "
+                        "confidence of its probabilities >= thresholds[k-1] (the last segment "
+                        "always stops); the prediction is that argmax",
                 "segments": entries, "labels": list(class_names), "metadata": bool(metadata)}
     files.write_json(out / MANIFEST, manifest)
     return manifest
+
 
 
 def finite(t: float) -> float:
@@ -208,111 +244,11 @@ def finite(t: float) -> float:
     return float(np.clip(float(t), -top, top))
 
 
-# --------------------------------------------------------------------------- running
-
-
-class CascadeRunner:
-    """Runs an exported cascade in LiteRT, one image at a time, as an app does.
-
-    Example:
-        >>> runner = CascadeRunner("runs/e2e/export/cascade")  # doctest: +SKIP
-        >>> pred, step = runner.predict(images)                # doctest: +SKIP
-    """
-
-    def __init__(self, folder, threads: int = 2):
-        from ai_edge_litert.interpreter import Interpreter
-
-        from sila_keras.utils import files
-
-        self.folder = Path(folder)
-        self.manifest = files.read_json_object(self.folder / MANIFEST)
-        self.thresholds = np.asarray(self.manifest["thresholds"], np.float64)
-        self.confidence = self.manifest["confidence"]
-        self.runners = []
-        for seg in self.manifest["segments"]:
-            it = Interpreter(model_path=str(self.folder / seg["file"]), num_threads=threads)
-            self.runners.append(it.get_signature_runner(SIGNATURE))
-
-    def classify(self, image: np.ndarray) -> tuple[int, int, np.ndarray]:
-        """``(class, step (0-based), probabilities)`` of one raw-pixel image ``(H, W, C)``."""
-        from sila_keras.reports.cascade import confidence_of
-
-        feeds = {IMAGE: np.asarray(image, np.float32)[None]}
-        last = len(self.runners) - 1
-        for k, run in enumerate(self.runners):
-            out = run(**feeds)
-            probs = np.asarray(out[PROBABILITIES])
-            conf = confidence_of(probs, self.confidence)[0]
-            if k == last or conf >= self.thresholds[k]:
-                return int(probs[0].argmax()), k, probs[0]
-            feeds = {n: out[n] for n in out if n.startswith(FEATURES)}
-        raise AssertionError("unreachable")
-
-    def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(classes, steps)`` of a batch of raw-pixel images."""
-        got = [self.classify(x)[:2] for x in images]
-        return np.array([g[0] for g in got]), np.array([g[1] for g in got])
-
-    def segment_feeds(self, image: np.ndarray) -> list[dict]:
-        """The inputs each segment gets when ``image`` runs the whole chain (no early stop)."""
-        feeds = [{IMAGE: np.asarray(image, np.float32)[None]}]
-        for run in self.runners[:-1]:
-            out = run(**feeds[-1])
-            feeds.append({n: out[n] for n in out if n.startswith(FEATURES)})
-        return feeds
-
-    def segment_latency_ms(self, image: np.ndarray, runs: int = 30,
-                           heads: dict[int, Path] | None = None) -> dict:
-        """Median time of one LiteRT call of each segment, and of each single-head file in
-        ``heads`` (``{head: .tflite}``, image → probabilities), fed real inputs.
-
-        Batch 1, default delegates, :data:`export.latency.THREADS` threads; the signature
-        runner's call, so setting the inputs and reading the outputs are included, as in an
-        app. All files are timed in interleaved rounds, so a busy machine slows them alike.
-
-        Returns:
-            ``{"segments": [ms, …], "heads": {head: ms}}``.
-        """
-        from export.latency import THREADS, interpreter
-
-        calls = {}
-        for i, (seg, feed) in enumerate(zip(self.manifest["segments"], self.segment_feeds(image))):
-            sig = interpreter(self.folder / seg["file"], threads=THREADS).get_signature_runner(
-                SIGNATURE)
-            calls[("segment", i)] = (sig, feed)
-        for k, path in (heads or {}).items():
-            sig = interpreter(path, threads=THREADS).get_signature_runner(SIGNATURE)
-            calls[("head", int(k))] = (sig, {IMAGE: np.asarray(image, np.float32)[None]})
-        ms = interleaved_median_ms(calls, runs)
-        return {"segments": [ms[("segment", i)] for i in range(len(self.runners))],
-                "heads": {k: ms[("head", k)] for (kind, k) in ms if kind == "head"}}
-
-
-def interleaved_median_ms(calls: dict, runs: int, rounds: int = 5, warmup: int = 3) -> dict:
-    """``{key: median ms}`` of ``fn(**feeds)`` for ``calls = {key: (fn, feeds)}``, timed in
-    ``rounds`` interleaved rounds of ``ceil(runs / rounds)`` calls each."""
-    import math
-    import statistics
-    import time
-
-    per_round = max(1, math.ceil(runs / rounds))
-    times = {key: [] for key in calls}
-    for fn, feeds in calls.values():
-        for _ in range(warmup):
-            fn(**feeds)
-    for _ in range(rounds):
-        for key, (fn, feeds) in calls.items():
-            for _ in range(per_round):
-                t0 = time.perf_counter()
-                fn(**feeds)
-                times[key].append(1000.0 * (time.perf_counter() - t0))
-    return {key: round(statistics.median(v), 4) for key, v in times.items()}
-
-
-def export_single_heads(model, order: Sequence[int], folder: Path, allow_flex: bool = False
-                        ) -> dict[int, Path]:
+def export_single_heads(model, order: Sequence[int], folder: Path, allow_flex: bool = False,
+                        convert=None) -> dict[int, Path]:
     """Each head alone as a one-segment TFLite file (image → its probabilities; only the
-    layers it needs), for timing a head without the other heads' branches."""
+    layers it needs), for timing a head without the other heads' branches; ``convert``: as
+    for :func:`_write_segment` (float32 when None)."""
     import keras
 
     from sila_keras.core.heads import extract_head
@@ -323,51 +259,35 @@ def export_single_heads(model, order: Sequence[int], folder: Path, allow_flex: b
         single = keras.Model(sub.inputs, keras.layers.Softmax(name="probabilities")(sub.output))
         where = folder / f"head_{int(k)}"
         where.mkdir(parents=True, exist_ok=True)
-        out[int(k)] = where / _write_segment(single, where, 1, allow_flex)["file"]
+        out[int(k)] = where / _write_segment(single, where, 1, allow_flex, convert)["file"]
     return out
 
 
-TIE = 1e-5  # float32 round-off between Keras and LiteRT kernels: a near-tie may go either way
+# --------------------------------------------------------------------------- the command
 
 
-def check_against_keras(runner: CascadeRunner, model, images: np.ndarray,
-                        tie: float = TIE) -> dict:
-    """Predictions and exit steps of the LiteRT cascade vs the Keras cascade on ``images``.
-
-    An image counts as a *near tie* when, on its Keras path, a confidence lies within ``tie``
-    of its threshold or the two top probabilities at its exit are within ``tie``: float32
-    round-off may then decide either way (untrained, near-uniform heads). Every other image
-    must get the same class at the same exit.
-
-    Raises:
-        RunFailed: a prediction differs on an image that is not a near tie.
-    """
-    from sila_keras.reports.cascade import confidences, head_probs, route
-
-    probs = head_probs(model, images, runner.manifest["order"])
-    k_pred, k_step = route(probs, runner.thresholds, runner.confidence)
-    l_pred, l_step = runner.predict(images)
-    conf = confidences(probs, runner.confidence)
-    steps = np.arange(conf.shape[1])[None, :]
-    close = (np.abs(conf - runner.thresholds[None, :]) < tie) & (steps <= k_step[:, None])
-    top2 = np.sort(np.stack(probs, 1)[np.arange(len(images)), k_step], axis=-1)[:, -2:]
-    ties = close.any(axis=1) | (top2[:, 1] - top2[:, 0] < tie)
-    differ = (k_pred != l_pred) | (k_step != l_step)
-    if np.any(differ & ~ties):
-        raise RunFailed(f"The LiteRT cascade's predictions differ from the Keras cascade's on "
-                        f"{int(np.sum(differ & ~ties))} of {len(images)} images that are not "
-                        f"near ties (class or exit segment).")
-    return {"images": int(len(images)), "agreement": float(np.mean(k_pred == l_pred)),
-            "same_exit": float(np.mean(k_step == l_step)), "near_ties": int(ties.sum())}
-
-
-def run_export(src, args) -> dict:
+def run_export(src, args, *, tolerances=None, load_calibration=None, say=None) -> dict:
     """``python -m export RUN --cascade``: export, check on real test images, time, update
     the run's cascade files. Needs the run's ``cascade.json`` (``python -m sila_keras.cascade``).
 
+    With ``load_calibration`` (``() → raw-pixel images``, called once the run and the output
+    folder are checked; ``tolerances``: the gate's) the segments are int8 and the chain is
+    judged by the int8 gate instead of the exact parity check; the run's cascade files keep
+    the float32 segments' latencies.
+
+    Everything is written into a hidden folder beside the output folder and moved into
+    place only when checked: a failed or refused export leaves nothing behind.
+
     Raises:
-        ConfigError: no run directory or no ``cascade.json``.
+        ConfigError: no run directory or no ``cascade.json``, an output folder that holds
+            other files, int8 segments that do not pass the int8 gate.
+        RunFailed: the float32 chain's predictions differ from the Keras cascade's.
     """
+    import shutil
+    import tempfile
+
+    from export import outdir
+    from export.cascade_runner import CascadeRunner, check_against_keras
     from sila_keras.data import load_dataset, run_dataset_kwargs
     from sila_keras.reports.cascade import with_latency, write_results
     from sila_keras.utils import files
@@ -378,31 +298,77 @@ def run_export(src, args) -> dict:
             f"--cascade exports the cascade chosen by `python -m sila_keras.cascade RUN`; run "
             f"it first (it writes {RunDir.CASCADE_JSON} into the run directory). "
             f"Received: source={src.run_dir or src.model_path}")
+    int8 = load_calibration is not None
     run = RunDir(src.run_dir)
     cascade = files.read_json_object(run / RunDir.CASCADE_JSON)
-    out = Path(args.out) if args.out else run / RunDir.EXPORT / OUT_FOLDER
-    manifest = export_cascade(src.model, cascade, out, class_names=src.class_names,
-                              metadata=not args.no_metadata, source=str(src.run_dir),
-                              model_info={"author": args.author, "version": args.model_version},
-                              allow_flex=args.allow_flex)
+    out = Path(args.out) if args.out else run / RunDir.EXPORT / (
+        OUT_FOLDER_INT8 if int8 else OUT_FOLDER)
+    _check_out(out)
+    calibration = load_calibration() if int8 else None
     config = src.config
     data = load_dataset(config["dataset"], limit_train=1, limit_test=args.parity_samples,
                         download="never", cache="none", **run_dataset_kwargs(config))
     images = data.test.to_array()
-    runner = CascadeRunner(out)
-    manifest["parity"] = check_against_keras(runner, src.model, images)
-    import shutil
-    import tempfile
+    made = [p for p in [out.parent, *out.parent.parents] if not p.exists()]  # deepest first
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    staged, done = work / out.name, False
+    try:
+        int8_data = None
+        if int8:
+            from export import cascade_int8
 
-    singles = Path(tempfile.mkdtemp(prefix=".heads_", dir=out))
-    try:  # each head alone, timed beside the segments (its file is `export RUN --head k`'s)
-        heads = export_single_heads(src.model, manifest["order"], singles, args.allow_flex)
+            int8_data = cascade_int8.Int8Data(
+                calibration=calibration, images=images, labels=np.asarray(data.test_y),
+                tolerances=tolerances, int8_io=args.int8_io)
+        manifest = export_cascade(src.model, cascade, staged, class_names=src.class_names,
+                                  metadata=not args.no_metadata, source=str(src.run_dir),
+                                  model_info={"author": args.author,
+                                              "version": args.model_version},
+                                  allow_flex=args.allow_flex, int8=int8_data, say=say)
+        runner = CascadeRunner(staged)
+        convert = None
+        if int8:
+            manifest["gate"] = cascade_int8.chain_gate(runner, src.model, int8_data)
+            cascade_int8.refuse_unless_passed(manifest["gate"], int8_data)
+            convert = cascade_int8.head_converter(manifest, int8_data)
+        else:
+            manifest["parity"] = check_against_keras(runner, src.model, images)
+        # each head alone (only the layers it needs), timed beside the segments
+        heads = export_single_heads(src.model, manifest["order"], work / ".heads",
+                                    args.allow_flex, convert)
         ms = runner.segment_latency_ms(images[0], args.latency_runs, heads)
+        manifest["segment_latency_ms"] = ms["segments"]
+        manifest["head_latency_ms"] = {str(k): v for k, v in ms["heads"].items()}
+        if int8:
+            manifest["head_latency_note"] = cascade_int8.HEADS_NOTE
+        files.write_json(staged / MANIFEST, manifest)
+        outdir.install(staged, out, work)
+        done = True
     finally:
-        shutil.rmtree(singles, ignore_errors=True)
-    manifest["segment_latency_ms"] = ms["segments"]
-    manifest["head_latency_ms"] = {str(k): v for k, v in ms["heads"].items()}
-    files.write_json(out / MANIFEST, manifest)
-    write_results(run.path, with_latency(cascade, ms["segments"], head_ms=ms["heads"]),
-                  config.get("model", ""))
+        shutil.rmtree(work, ignore_errors=True)
+        for folder in made if not done else []:  # folders this export created, now empty
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+    if not int8:
+        write_results(run.path, with_latency(cascade, ms["segments"], head_ms=ms["heads"]),
+                      config.get("model", ""))
     return manifest
+
+
+def _check_out(out: Path) -> None:
+    """The output folder is new, empty, or an earlier cascade export (it is replaced whole).
+
+    Raises:
+        RunDirError: it holds other files.
+    """
+    from sila_keras.utils.errors import RunDirError
+
+    if out.exists() and (not out.is_dir() or (any(out.iterdir())
+                                              and not (out / MANIFEST).is_file())):
+        raise RunDirError(
+            f"A cascade export replaces its output folder whole, and '{out}' holds files but no "
+            f"{MANIFEST} from an earlier cascade export. Pass an empty or new --out DIR. "
+            f"Received: out={str(out)!r}")

@@ -49,11 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="export the early-exit cascade chosen by `python -m sila_keras.cascade "
                         "RUN`: one TFLite model per segment + cascade_manifest.json (default "
                         "folder <run>/export/cascade), checked in LiteRT against the Keras "
-                        "cascade on the run's test images and timed (docs/export.md)")
+                        "cascade on the run's test images and timed (docs/export.md); with "
+                        "--quantize int8: int8 segments (<run>/export/cascade_int8), each "
+                        "through the int8 search and gate, the chain judged by the gate")
     p.add_argument("--formats", default=",".join(FORMATS), help=f"comma-separated: {', '.join(FORMATS)}")
     p.add_argument("--quantize", default="none",
                    help=f"TFLite variants, comma-separated: {', '.join(QUANTIZATIONS)} "
-                        "(none = float32 model.tflite)")
+                        "(none = float32 model.tflite); --cascade takes one of none, int8")
     g = p.add_argument_group("data (DATASET = folder:PATH or a tfds name, as for sila-train)")
     g.add_argument("--calibration", metavar="DATASET", default=None,
                    help="int8 calibration images (its train split); default: the run's training data")
@@ -139,7 +141,7 @@ def run(args: argparse.Namespace) -> dict:
         if getattr(args, flag) < 1:
             raise ConfigError(f"`--{flag.replace('_', '-')}` must be >= 1. Received: {getattr(args, flag)}")
     if args.cascade:
-        return _export_cascade(args)
+        return _export_cascade(args, options)
     if args.head is None:
         raise ConfigError("Say what to export: --head K|all, or --cascade. Received: no --head")
     heads = _parse_head(args.head)
@@ -163,23 +165,48 @@ def run(args: argparse.Namespace) -> dict:
         raise
 
 
-def _export_cascade(args) -> dict:
-    """``--cascade``: the segments, their manifest, LiteRT parity and latency."""
-    from export.cascade import MANIFEST, run_export
+def _export_cascade(args, options) -> dict:
+    """``--cascade``: the segments, their manifest, LiteRT parity (float32) or the int8 gate
+    (``--quantize int8``), and latency."""
+    from export.cascade import MANIFEST, QUANTIZATIONS, run_export
     from export.source import load_source
 
     if args.head is not None:
         raise ConfigError("--cascade exports every head as one cascade; drop --head. "
                           f"Received: --head {args.head} --cascade")
-    if args.quantize != "none":
-        raise ConfigError("--cascade writes float32 segments; int8 segments are not supported "
-                          f"yet. Received: --quantize {args.quantize}")
-    manifest = run_export(load_source(args.source), args)
-    p = manifest["parity"]
-    print(f"Cascade {' -> '.join(manifest['heads'])}: {len(manifest['segments'])} segments, "
-          f"LiteRT = Keras on {p['images']} test images; segment latency (ms): "
-          + ", ".join(f"{v:.3g}" for v in manifest["segment_latency_ms"]) + f"; {MANIFEST} written")
+    if len(options.quantize) != 1 or options.quantize[0] not in QUANTIZATIONS:
+        raise ConfigError("--cascade writes float32 segments (--quantize none) or int8 segments "
+                          f"(--quantize int8), one kind per export. Supported: "
+                          f"{', '.join(QUANTIZATIONS)}. Received: --quantize {args.quantize}")
+    int8 = options.quantize == ("int8",)
+    src = load_source(args.source)
+    say = None if args.quiet else (lambda text: print(text, flush=True))
+    manifest = run_export(src, args, tolerances=options.tolerances, say=say,
+                          load_calibration=(lambda: _cascade_calibration(args, src)) if int8
+                          else None)
+    latency = ", ".join(f"{v:.3g}" for v in manifest["segment_latency_ms"])
+    if int8:
+        g = manifest["gate"]
+        check = (f"int8 chain vs the float Keras cascade on {g['images']} test images: agreement "
+                 f"{g['agreement']:.1%}, Top-1 {100 * g['int8_accuracy']:.1f}% vs "
+                 f"{100 * g['float_accuracy']:.1f}% (drop {g['accuracy_drop']:.1f} points, "
+                 f"int8-drop {g['tolerances']['int8-drop']:g}): passes the int8 gate")
+    else:
+        check = f"LiteRT = Keras on {manifest['parity']['images']} test images"
+    print(f"Cascade {' -> '.join(manifest['heads'])}: {len(manifest['segments'])} "
+          f"{'int8' if int8 else 'float32'} segments, {check}; segment latency (ms): {latency}; "
+          f"{MANIFEST} written")
     return {"ok": True, "message": "cascade exported", "result": manifest}
+
+
+def _cascade_calibration(args, src):
+    """The int8 calibration images exactly as ``--head K --quantize int8`` takes them
+    (:func:`load_data`: ``--calibration`` or the run's training data, class-balanced). Its
+    held-out images are not used: the cascade's gate judges on the run's test images, as the
+    float cascade's parity check samples them (``--parity-samples``)."""
+    data = load_data(argparse.Namespace(**{**vars(args), "eval": None, "eval_samples": 1}),
+                     src, needs_calibration=True)
+    return data["calibration"]
 
 
 def _export(args, src, options, heads, out, class_names, alone_ref) -> dict:

@@ -37,7 +37,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -80,24 +80,20 @@ def _quiet_native():
             os.close(copy)
 
 
-def calibrate(saved_model: Path, calibration: np.ndarray) -> bytes:
-    """The float TFLite model with activation ranges from ``calibration`` (one pass).
+def calibrate(saved_model: Path, calibration) -> bytes:
+    """The float TFLite model with activation ranges from ``calibration`` (one pass): raw-pixel
+    images, or ``{input name: array}`` for a model whose inputs are not images
+    (:func:`export.artifacts.representative_dataset`).
 
     Raises:
         GraphNeedsFlex: the graph needs Flex (TF) ops.
     """
     import tensorflow as tf
 
-    images = art.calibration_with_pixel_range(calibration)
-
-    def representative():
-        for i in range(len(images)):
-            yield {art.INPUT_NAME: images[i:i + 1]}
-
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model),
                                                          signature_keys=[art.SIGNATURE])
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative
+    converter.representative_dataset = art.representative_dataset(calibration)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     converter.experimental_mlir_quantizer = True
     converter._experimental_calibrate_only = True  # what QuantizationDebugger sets
@@ -112,9 +108,12 @@ def calibrate(saved_model: Path, calibration: np.ndarray) -> bytes:
 
 
 def quantize(calibrated: bytes, int8_io: str = "uint8", ops: Sequence[str] = (),
-             nodes: Sequence[str] = (), *, debug: bool = False) -> bytes:
+             nodes: Sequence[str] = (), *, debug: bool = False,
+             output_io: str | None = None) -> bytes:
     """Quantize the calibrated model, keeping op types ``ops`` and the ops writing the tensors
     ``nodes`` in float (``debug``: with NumericVerify ops, for the layer errors).
+
+    ``int8_io`` is the type of the inputs, ``output_io`` of the outputs (default: ``int8_io``).
 
     Raises:
         RuntimeError: the full-integer input does not map raw pixels exactly.
@@ -122,11 +121,12 @@ def quantize(calibrated: bytes, int8_io: str = "uint8", ops: Sequence[str] = (),
     import tensorflow as tf
     from tensorflow.lite.python import convert
 
-    io_type = {"uint8": tf.uint8, "int8": tf.int8, "float32": tf.float32}[int8_io]
+    types = {"uint8": tf.uint8, "int8": tf.int8, "float32": tf.float32}
+    in_type, out_type = types[int8_io], types[output_io or int8_io]
     if debug:
-        io_type = tf.float32
+        in_type = out_type = tf.float32
     with _quiet_native():
-        model = convert.mlir_quantize(calibrated, input_data_type=io_type, output_data_type=io_type,
+        model = convert.mlir_quantize(calibrated, input_data_type=in_type, output_data_type=out_type,
                                       enable_numeric_verify=debug, denylisted_ops=list(ops) or None,
                                       denylisted_nodes=list(nodes) or None)
     if not debug and int8_io in art.EXACT_PIXEL_QUANTIZATION:
@@ -187,7 +187,7 @@ def float_summary(model: bytes, layer_names: Sequence[str] = ()) -> dict:
 
 
 def splitting_ops(calibrated: bytes, int8_io: str, base: bytes, target: int = 1,
-                  say=None) -> tuple[list[str], list[dict]]:
+                  say=None, output_io: str | None = None) -> tuple[list[str], list[dict]]:
     """The op types that make XNNPACK split the integer graph, found by denylisting.
 
     Greedy: each round keeps in float the one op type whose float copy leaves the fewest
@@ -204,7 +204,8 @@ def splitting_ops(calibrated: bytes, int8_io: str, base: bytes, target: int = 1,
                 kinds[o["op"]] = kinds.get(o["op"], 0) + o["macs"]
         best = None
         for kind in sorted(kinds, key=kinds.get):
-            n = latency.delegate_pieces(quantize(calibrated, int8_io, [*chosen, kind]))
+            n = latency.delegate_pieces(quantize(calibrated, int8_io, [*chosen, kind],
+                                                 output_io=output_io))
             trials.append({"float_ops": [*chosen, kind], "delegate_pieces": n})
             if best is None or n < best[1]:
                 best = (kind, n)
@@ -214,19 +215,20 @@ def splitting_ops(calibrated: bytes, int8_io: str, base: bytes, target: int = 1,
             break
         chosen.append(best[0])
         pieces = best[1]
-        base = quantize(calibrated, int8_io, chosen)
+        base = quantize(calibrated, int8_io, chosen, output_io=output_io)
         if say:
             say(f"    XNNPACK: {best[0]} in float → {pieces} delegate piece(s)")
     return chosen, trials
 
 
-def layer_errors(calibrated: bytes, images: np.ndarray, ops: Sequence[str] = ()) -> list[dict]:
+def layer_errors(calibrated: bytes, images, ops: Sequence[str] = ()) -> list[dict]:
     """Each quantized layer's error, measured with ``tf.lite.experimental.QuantizationDebugger``.
 
     For every op output the debugger compares the int8 result with the float result of the
     same op from the same (int8) input. ``nsr`` is the noise-to-signal ratio
-    ``rmse(int8 − float) / std(float)``, averaged over ``images``; ``rmse_scale`` is
-    ``rmse / scale`` (about 0.29 for pure rounding). Sorted worst first.
+    ``rmse(int8 − float) / std(float)``, averaged over ``images`` (raw-pixel images, or
+    ``{input name: array}``); ``rmse_scale`` is ``rmse / scale`` (about 0.29 for pure
+    rounding). Sorted worst first.
     """
     import tensorflow as tf
 
@@ -235,15 +237,14 @@ def layer_errors(calibrated: bytes, images: np.ndarray, ops: Sequence[str] = ())
         q = (np.asarray(quant_values, np.float64) - zero_point) * scale
         return float(np.sqrt(np.mean((q - f) ** 2)) / (np.std(f) + 1e-12))
 
-    x = np.asarray(images, np.float32)
-
-    def dataset():
-        for i in range(len(x)):
-            yield [x[i:i + 1]]
-
     options = tf.lite.experimental.QuantizationDebugOptions(
         layer_direct_compare_metrics={"nsr": nsr})
     debug_model = quantize(calibrated, "float32", ops, debug=True)
+    inputs = _inputs_in_order(debug_model, images)  # the debugger feeds a list, in that order
+
+    def dataset():
+        for i in range(len(inputs[0])):
+            yield [x[i:i + 1] for x in inputs]
     with warnings.catch_warnings(), _quiet_native():
         warnings.simplefilter("ignore")
         debugger = tf.lite.experimental.QuantizationDebugger(
@@ -262,20 +263,48 @@ def layer_errors(calibrated: bytes, images: np.ndarray, ops: Sequence[str] = ())
     return rows
 
 
+def _inputs_in_order(model: bytes, images) -> list[np.ndarray]:
+    """The inputs as a list in the order of the model's input tensors: ``[images]``, or the
+    arrays of ``{signature input name: array}`` in that order."""
+    if not isinstance(images, Mapping):
+        return [np.asarray(images, np.float32)]
+    it = latency.interpreter(model, delegates=False, threads=1)
+    index = {d["index"]: name for name, d in
+             it.get_signature_runner(art.SIGNATURE).get_input_details().items()}
+    return [np.asarray(images[index[d["index"]]], np.float32) for d in it.get_input_details()]
+
+
+def take(calibration, n: int):
+    """The first ``n`` samples of raw-pixel images or of ``{input name: array}``."""
+    if isinstance(calibration, Mapping):
+        return {k: v[:n] for k, v in calibration.items()}
+    return calibration[:n]
+
+
+def count(calibration) -> int:
+    """How many samples raw-pixel images or ``{input name: array}`` hold."""
+    if isinstance(calibration, Mapping):
+        return min(len(v) for v in calibration.values())
+    return len(calibration)
+
+
 # --------------------------------------------------------------------------- the search
 
 
 class Search:
     """Try candidates, judge each with the gate, remember every attempt."""
 
-    def __init__(self, calibrated, int8_io, evaluate: Callable[[bytes], dict], layer_names, say):
+    def __init__(self, calibrated, int8_io, evaluate: Callable[[bytes], dict], layer_names, say,
+                 output_io: str | None = None):
         self.calibrated, self.int8_io, self.evaluate = calibrated, int8_io, evaluate
+        self.output_io = output_io
         self.layer_names, self.say = layer_names, say
         self.attempts: list[dict] = []
 
     def run(self, name: str, scheme: str, ops=(), nodes=(), model: bytes | None = None) -> dict:
         t0 = time.perf_counter()
-        model = model if model is not None else quantize(self.calibrated, self.int8_io, ops, nodes)
+        model = model if model is not None else quantize(self.calibrated, self.int8_io, ops, nodes,
+                                                         output_io=self.output_io)
         summary = float_summary(model, self.layer_names)
         figures = self.evaluate(model)
         attempt = {"name": name, "scheme": scheme, "float_ops": list(ops), "float_nodes": len(nodes),
@@ -352,21 +381,26 @@ def evaluator(images: np.ndarray, labels: np.ndarray | None, reference: np.ndarr
     return evaluate
 
 
-def full_integer(saved_model: Path, calibration: np.ndarray, held_out: dict, *, tolerances,
+def full_integer(saved_model: Path, calibration, held_out: dict | None, *, tolerances,
                  int8_io: str, layer_names: Sequence[str] = (), workdir: Path,
-                 say: Callable[[str], None] | None = None) -> dict | None:
+                 say: Callable[[str], None] | None = None, output_io: str | None = None,
+                 evaluate: Callable[[bytes], dict] | None = None) -> dict | None:
     """Find the int8 file to ship: plain int8, the XNNPACK fix, selective, then int16x8.
 
     Args:
         saved_model: the SavedModel the TFLite files are converted from.
-        calibration: class-balanced training images ``(n, H, W, C)``, 0–255.
+        calibration: class-balanced training images ``(n, H, W, C)``, 0–255, or
+            ``{input name: array}`` for a model whose inputs are not images.
         held_out: ``{"images", "labels", "reference"}``: labelled held-out images and the
-            float head's logits on them (the gate's data).
+            float head's logits on them (the gate's data); None with ``evaluate``.
         tolerances: the gate's ``int8`` and ``int8-drop``.
-        int8_io: ``uint8``, ``int8`` or ``float32`` input/output.
+        int8_io: ``uint8``, ``int8`` or ``float32`` input (and output, unless ``output_io``).
         layer_names: the head's layer names (to name the float layers).
         workdir: a scratch folder.
         say: progress printer.
+        output_io: the outputs' type when it differs from the input's.
+        evaluate: ``model bytes → gate figures`` (:func:`export.gate.judge`) instead of the
+            image → logits evaluation of ``held_out`` (a model with other inputs or outputs).
 
     Returns:
         None when the graph needs Flex ops (the plain converter handles it); else
@@ -376,18 +410,21 @@ def full_integer(saved_model: Path, calibration: np.ndarray, held_out: dict, *, 
         calibrated = calibrate(saved_model, calibration)
     except GraphNeedsFlex:
         return None
-    evaluate = evaluator(held_out["images"], held_out["labels"], held_out["reference"],
-                         tolerances, workdir)
-    search = Search(calibrated, int8_io, evaluate, layer_names, say)
+    if evaluate is None:
+        evaluate = evaluator(held_out["images"], held_out["labels"], held_out["reference"],
+                             tolerances, workdir)
+    search = Search(calibrated, int8_io, evaluate, layer_names, say, output_io)
     best = search.run("int8", "int8")
     plain_pieces = best["attempt"]["delegate_pieces"]
     float_pieces = latency.delegate_pieces(calibrated)  # the float graph, as XNNPACK takes it
-    record: dict = {"calibration_images": int(len(calibration)),
-                    "held_out_images": int(len(held_out["images"])),
+    record: dict = {"calibration_images": count(calibration),
                     "xnnpack": {"int8_pieces": plain_pieces, "float32_pieces": float_pieces}}
+    if held_out is not None:
+        record["held_out_images"] = int(len(held_out["images"]))
     base_ops: list[str] = []
     if plain_pieces > float_pieces:
-        base_ops, trials = splitting_ops(calibrated, int8_io, best["model"], float_pieces, say)
+        base_ops, trials = splitting_ops(calibrated, int8_io, best["model"], float_pieces, say,
+                                         output_io)
         record["xnnpack"].update(split_by=base_ops, trials=trials)
         if base_ops:
             fixed = search.run(f"int8, {', '.join(base_ops)} in float (XNNPACK)", "int8-selective",
@@ -397,7 +434,7 @@ def full_integer(saved_model: Path, calibration: np.ndarray, held_out: dict, *, 
                 best = fixed
     if not best["attempt"]["passed"]:
         already = {o["output"] for o in graph_ops(best["model"]) if o["float"]}
-        ranking = [r for r in layer_errors(calibrated, calibration[:DEBUG_IMAGES], base_ops)
+        ranking = [r for r in layer_errors(calibrated, take(calibration, DEBUG_IMAGES), base_ops)
                    if r["tensor"] not in already]
         record["layer_errors"] = [{**r, "layer": art.layer_of(r["tensor"], layer_names)}
                                   for r in ranking[:10]]
@@ -427,7 +464,7 @@ def full_integer(saved_model: Path, calibration: np.ndarray, held_out: dict, *, 
             "error": None}
 
 
-def _int16x8(saved_model: Path, calibration: np.ndarray, workdir: Path) -> bytes | str:
+def _int16x8(saved_model: Path, calibration, workdir: Path) -> bytes | str:
     """The int16x8 file, or why the converter cannot build it for this graph."""
     path = Path(tempfile.mkdtemp(dir=workdir)) / "int16x8.tflite"
     try:

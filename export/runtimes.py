@@ -97,26 +97,41 @@ class LiteRTRunner(Runner):
 
     @property
     def input_details(self) -> dict:
-        return _quantization(self._in)
+        return tensor_type(self._in)
 
     @property
     def output_details(self) -> dict:
-        return _quantization(self._out)
+        return tensor_type(self._out)
 
     def run(self, x):
-        dtype = np.dtype(self._in["dtype"])
-        if dtype != np.float32:
-            scale, zero_point = self._in["quantization"]
-            info = np.iinfo(dtype)
-            x = np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(dtype)
-        y = self._runner(**{INPUT_NAME: x})[self.output]
-        if y.dtype != np.float32:
-            scale, zero_point = self._out["quantization"]
-            y = (y.astype(np.float32) - zero_point) * scale
+        y = self._runner(**{INPUT_NAME: to_input(x, self._in)})[self.output]
+        return from_output(y, self._out)
+
+
+def to_input(x: np.ndarray, details: dict) -> np.ndarray:
+    """Float values as the tensor described by ``details`` (LiteRT's input details) takes
+    them: quantized with its scale and zero point (rounded, clipped) when it is integer."""
+    dtype = np.dtype(details["dtype"])
+    if dtype == np.float32:
+        return np.asarray(x, np.float32)
+    scale, zero_point = details["quantization"]
+    info = np.iinfo(dtype)
+    return np.clip(np.round(np.asarray(x, np.float32) / scale + zero_point),
+                   info.min, info.max).astype(dtype)
+
+
+def from_output(y: np.ndarray, details: dict) -> np.ndarray:
+    """An output tensor as float32 values: dequantized with its scale and zero point when
+    it is integer."""
+    y = np.asarray(y)
+    if y.dtype == np.float32:
         return y
+    scale, zero_point = details["quantization"]
+    return (y.astype(np.float32) - zero_point) * scale
 
 
-def _quantization(details) -> dict:
+def tensor_type(details) -> dict:
+    """``{"dtype", "scale", "zero_point"}`` of a LiteRT tensor (scale 0: not quantized)."""
     scale, zero_point = details["quantization"]
     return {"dtype": np.dtype(details["dtype"]).name, "scale": float(scale),
             "zero_point": int(zero_point)}

@@ -181,10 +181,13 @@ def test_bad_input_is_one_line_and_writes_nothing(finished_run, tmp_path, capsys
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "not both" in proc.stderr and not (run / RunDir.CASCADE_JSON).exists()
-    # Export before calibration, or with int8 segments: one line, nothing written.
+    # Export before calibration, or with a quantization segments do not take: one line,
+    # nothing written.
     from export.cli import main as export_main
 
-    for argv, says in (([], "run it first"), (["--quantize", "int8"], "int8 segments")):
+    for argv, says in (([], "run it first"), (["--quantize", "int8"], "run it first"),
+                       (["--quantize", "float16"], "Supported: none, int8"),
+                       (["--quantize", "none,int8"], "one kind per export")):
         assert export_main([str(run), "--cascade", *argv]) == 2
         err = capsys.readouterr().err
         assert says in err and err.count("\n") == 1, err
@@ -218,7 +221,8 @@ def test_segments_chain_to_the_heads_of_every_kind_of_model():
 
 def test_exported_segments_in_litert_equal_the_keras_cascade(cascaded_run, capsys):
     from export import metadata as md
-    from export.cascade import MANIFEST, CascadeRunner, check_against_keras
+    from export.cascade import MANIFEST
+    from export.cascade_runner import CascadeRunner, check_against_keras
     from export.cli import main
 
     assert main([str(cascaded_run), "--cascade", "--latency-runs", "3"]) == 0
@@ -266,3 +270,81 @@ def test_latency_and_savings_against_head_1_alone():
     assert saved["macs_saved_pct"] == pytest.approx(50.0)
     assert saved["latency_saved_pct"] == pytest.approx(100 * (1 - 3.0 / 5.0))
     assert cas.savings(result)["latency_saved_pct"] is None  # never timed
+
+
+# --------------------------------------------------------------------------- int8 segments
+
+
+def _int8_export(run, *extra):
+    from export.cli import main
+
+    return main([str(run), "--cascade", "--quantize", "int8", "--parity-samples", "40",
+                 "--latency-runs", "3", "--quiet", *extra])
+
+
+def test_int8_segments_pass_the_gate_and_run_in_litert(cascaded_run):
+    from ai_edge_litert.interpreter import Interpreter
+
+    from export import metadata as md
+    from export.cascade import MANIFEST, OUT_FOLDER_INT8
+    from export.cascade_runner import CascadeRunner
+    from sila_keras.reports.analyze import load_run
+
+    before = (cascaded_run / RunDir.CASCADE_JSON).read_bytes()
+    assert _int8_export(cascaded_run) == 0  # the default tolerances: the single head's gate
+    out = cascaded_run / RunDir.EXPORT / OUT_FOLDER_INT8
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["quantization"] == "int8" and len(manifest["segments"]) == 3
+    for k, seg in enumerate(manifest["segments"], start=1):
+        it = Interpreter(model_path=str(out / seg["file"]))
+        sig = it.get_signature_runner("serving_default")
+        inputs, outputs = sig.get_input_details(), sig.get_output_details()
+        # integer inside (int16 activations when the search fell back to int16x8) ...
+        kinds = {np.dtype(t["dtype"]).name for t in it.get_tensor_details()}
+        assert kinds & {"int8", "int16"} and seg["scheme"] in ("int8", "int8-selective", "int16x8")
+        # ... float32 at the boundaries but segment 1's image (uint8 raw pixels, as --head K)
+        image_type = "uint8" if k == 1 and seg["scheme"] != "int16x8" else "float32"
+        assert {np.dtype(d["dtype"]).name for d in outputs.values()} == {"float32"}
+        assert {np.dtype(d["dtype"]).name for d in inputs.values()} == {image_type}
+        assert {n: d["dtype"] for n, d in seg["io"]["inputs"].items()} == dict.fromkeys(
+            inputs, image_type)
+        assert seg["gate"]["passed"]
+    assert manifest["segments"][0]["io"]["inputs"]["image"] in (
+        {"dtype": "uint8", "scale": 1.0, "zero_point": 0}, {"dtype": "float32"})
+    assert md.read(out / "segment_1.tflite")["name"]  # phone metadata on the first segment
+    gate = manifest["gate"]
+    assert gate["passed"] and gate["images"] == 40 and gate["agreement"] >= 0.9
+    assert gate["accuracy_drop"] <= gate["tolerances"]["int8-drop"]
+    # The runner chains the int8 files as an app does and agrees with the Keras cascade.
+    model, _ = load_run(cascaded_run)
+    _, data = _test_images(cascaded_run)
+    images = data.test.to_array()
+    probs = cas.head_probs(model, images, manifest["order"])
+    runner = CascadeRunner(out)
+    want, _ = cas.route(probs, runner.thresholds, runner.confidence)
+    assert np.mean(runner.predict(images)[0] == want) >= 0.9
+    assert len(manifest["segment_latency_ms"]) == 3 and sorted(manifest["head_latency_ms"]) == [
+        "1", "2", "3"]
+    assert not [p for p in out.parent.rglob(".*")]  # no staging folder left
+    assert (cascaded_run / RunDir.CASCADE_JSON).read_bytes() == before  # float figures kept
+
+
+def test_int8_chain_failing_the_gate_is_refused_and_writes_nothing(cascaded_run, tmp_path,
+                                                                  capsys, monkeypatch):
+    from export import cascade_int8
+
+    judged = cascade_int8.chain_gate
+
+    def strict(runner, model, data):  # int8-drop=-1: a drop nothing meets (the parser says >= 0)
+        g = judged(runner, model, data)
+        return {**g, "passed": False,
+                "reasons": [f"drop {g['accuracy_drop']:.1f} points > -1"]}
+
+    monkeypatch.setattr(cascade_int8, "chain_gate", strict)
+    out = tmp_path / "new" / "cascade"
+    # lenient per-segment tolerances: plain int8 ships at once, the chain's gate refuses
+    assert _int8_export(cascaded_run, "--out", str(out), "--tolerance", "int8=0,int8-drop=100") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert "int8 gate" in err and "drop --quantize int8" in err, err
+    assert not (tmp_path / "new").exists()  # nothing half-written, no folder left
