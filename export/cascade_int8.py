@@ -29,7 +29,7 @@ import numpy as np
 from export import gate, quantize
 from export.cascade import IMAGE, PROBABILITIES, feature_name
 from export.cascade_runner import SegmentFile
-from sila_keras.utils.errors import ConfigError
+from sila_keras.utils.errors import ConfigError, RunFailed
 
 SEGMENT_IO = "float32"  # every segment output, and the inputs of segments k > 1
 BATCH = 32  # images per LiteRT call when a candidate segment is judged
@@ -130,7 +130,7 @@ def _converter(k: int, head: int, calibration, evaluate, data: Int8Data, say):
                 "Flex (TF) ops. Export float32 segments (drop --quantize int8). "
                 f"Received: segment {k} (head_{head})")
         if found["error"]:
-            raise ConfigError(
+            raise RunFailed(
                 f"Every int8 segment must pass the int8 gate on its head's probabilities; "
                 f"segment {k} (head_{head}) does not on {len(data.labels)} test images "
                 f"({found['error']}). Export float32 segments (drop --quantize int8) or relax "
@@ -175,11 +175,12 @@ def refuse_unless_passed(figures: dict, data: Int8Data) -> None:
     """Refuse an int8 chain that fails the gate (one line).
 
     Raises:
-        ConfigError: the chain fails the gate.
+        RunFailed: the chain fails the gate (exit 3, as a single head's int8 file that fails
+        it: an artifact failed, the input was fine).
     """
     if figures["passed"]:
         return
-    raise ConfigError(
+    raise RunFailed(
         f"int8 segments must keep the cascade within the int8 gate ({figures['criterion']}); "
         f"on {figures['images']} test images the int8 chain does not: "
         f"{'; '.join(figures['reasons'])} (agrees with the float cascade on "

@@ -343,7 +343,8 @@ def test_int8_chain_failing_the_gate_is_refused_and_writes_nothing(cascaded_run,
     monkeypatch.setattr(cascade_int8, "chain_gate", strict)
     out = tmp_path / "new" / "cascade"
     # lenient per-segment tolerances: plain int8 ships at once, the chain's gate refuses
-    assert _int8_export(cascaded_run, "--out", str(out), "--tolerance", "int8=0,int8-drop=100") == 2
+    # exit 3 (an artifact failed), as a single head's int8 file that fails its gate
+    assert _int8_export(cascaded_run, "--out", str(out), "--tolerance", "int8=0,int8-drop=100") == 3
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err, err
     assert "int8 gate" in err and "drop --quantize int8" in err, err
