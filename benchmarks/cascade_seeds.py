@@ -113,8 +113,9 @@ def main(argv=None) -> int:
     table = seeds_table(rows)
     from sila_keras.utils import files
 
-    files.write_json(StudyDir(args.out) / StudyDir.CASCADE, table)
-    files.write_text(StudyDir(args.out) / StudyDir.CASCADE_TABLE, table["markdown"])
+    json_path, md_path = StudyDir(args.out).cascade_files(args.arm, variant)
+    files.write_json(json_path, table)
+    files.write_text(md_path, table["markdown"])
     print(table["markdown"])
     return 0
 

@@ -365,6 +365,12 @@ def test_cascade_benchmark_finds_the_runs_of_its_variant():
     assert variant("distill", "--head-module", "sep", "--distill-start", "3") == "sep.ds3"
     with pytest.raises(SystemExit, match="one --head-module at a time"):
         variant("sila", "--head-module", "conv,sep")
+    from sila_keras.utils.rundir import StudyDir
+
+    assert [p.name for p in StudyDir("o").cascade_files("sila", "")] == [
+        "cascade_seeds.json", "cascade_seeds.md"]
+    assert [p.name for p in StudyDir("o").cascade_files("ship", "sep")] == [
+        "cascade_seeds-ship-sep.json", "cascade_seeds-ship-sep.md"]
 
 
 def test_benchmark_refuses_a_finished_arm_made_with_other_settings(study):

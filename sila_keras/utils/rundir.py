@@ -441,6 +441,16 @@ class StudyDir:
         name = f"{arm}-{variant}" if variant else arm
         return RunDir(self.path / self.RUNS / f"{name}-s{int(seed)}")
 
+    def cascade_files(self, arm: str = "sila", variant: str = "") -> tuple[Path, Path]:
+        """``(json, md)`` of ``benchmarks/cascade_seeds.py`` over one arm × variant's runs:
+        ``cascade_seeds.json`` for the plain ``sila`` runs, else ``cascade_seeds-<name>.json``
+        (the runs' name, e.g. ``ship-sep``)."""
+        name = f"{arm}-{variant}" if variant else arm
+        if name == "sila":
+            return self.path / self.CASCADE, self.path / self.CASCADE_TABLE
+        return (self.path / self.CASCADE.replace(".json", f"-{name}.json"),
+                self.path / self.CASCADE_TABLE.replace(".md", f"-{name}.md"))
+
     def model_file(self, head: int, seed: int, variant: str = "") -> Path:
         """The re-initialised sub-network of head k for one seed (MODEL of its alone run);
         ``variant`` names a head module other than the paper's it was cut with."""
