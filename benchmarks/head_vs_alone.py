@@ -368,7 +368,8 @@ def collect(args, s: dict, jobs: list[Job]) -> dict:
             params[(k, job.module)] = h["params"]
             macs[(k, job.module)] = h.get("macs")
     if not config:  # only alone arms: the recipe from one of them, with the backbone's name
-        config = {**jobs[0].run.read_config(), "model": args.model}
+        # (and the recipe's lr: an alone_lr run trained at --alone-lr, the arm's only change)
+        config = {**jobs[0].run.read_config(), "model": args.model, "lr": s["lr"]}
     return {"backbone": args.model, "dataset": args.dataset, "recipe": recipe_of(config),
             "sila": {"heads": s["heads"], "beta": s["beta"], "lam": s["lam"]},
             "ship": {"ship_head": s["ship_head"], "distill": args.distill,

@@ -4,6 +4,7 @@ alone, the head-vs-alone benchmark and its table in export/report."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -269,6 +270,24 @@ def test_benchmark_resume_skips_finished_arms_and_continues_partial_ones(study):
     assert "[sila seed 0] done: skipped" in text
     assert "[alone_h3 seed 0] resuming" in text and "--resume" in text
     assert (out / "runs" / "alone_h3-s0" / "summary.json").is_file()
+
+
+def test_an_alone_lr_command_adds_its_column_to_the_same_table(study, tmp_path):
+    """Only the other-lr runs, in a folder that has the study: they join its table (their
+    recipe is the study's; the lr is the arm's only change)."""
+    import shutil
+
+    from sila_keras.reports.study import load_study
+
+    out, argv = study
+    copy = tmp_path / "study"
+    shutil.copytree(out, copy)
+    argv = [a if a != str(out) else str(copy) for a in argv]
+    assert _bench().main([*argv, "--arms", "alone_lr", "--alone-lr", "0.05"]) == 0
+    rows = {(r["head"], r["arm"]): r for r in load_study(copy)["table"]}
+    assert set(rows) == {(1, "sila"), (2, "sila"), (3, "sila"), (3, "alone"), (3, "alone_lr")}
+    config = json.loads((copy / "runs" / "alone_lr_h3-s0" / "config.json").read_text())
+    assert config["optim"]["lr"] == 0.05
 
 
 def test_alone_reference_is_found_only_for_the_same_recipe(study, tmp_path):
