@@ -269,6 +269,7 @@ def test_latency_and_savings_against_head_1_alone():
     assert saved["drop_points"] == pytest.approx(2.0)
     assert saved["macs_saved_pct"] == pytest.approx(50.0)
     assert saved["latency_saved_pct"] == pytest.approx(100 * (1 - 3.0 / 5.0))
+    assert saved["latency_saved_vs_chain_pct"] == pytest.approx(100 * (1 - 3.0 / 7.0))
     assert cas.savings(result)["latency_saved_pct"] is None  # never timed
 
 
