@@ -108,7 +108,7 @@ def main(argv=None) -> int:
                         str(args.latency_runs)]) != 0:
             raise SystemExit(f"cascade_seeds: error: export {run.path} --cascade failed")
         rows.append(run.path)
-    from sila_keras.reports.cascade import seeds_table
+    from sila_keras.reports.cascade_eval import seeds_table
 
     table = seeds_table(rows)
     from sila_keras.utils import files

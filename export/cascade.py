@@ -1,7 +1,7 @@
 """The early-exit cascade on the phone: one TFLite model per segment, chained by a runner.
 
 ``python -m sila_keras.cascade RUN`` chose the cascade (heads cheapest first, per-head
-thresholds, :mod:`sila_keras.reports.cascade`); ``python -m export RUN --cascade`` ships it:
+thresholds, :mod:`sila_keras.reports.cascade_routing`); ``python -m export RUN --cascade`` ships it:
 
 * **segments**: segment k maps the image (k = 1) or the previous segment's features to
   head k's ``probabilities`` plus ``features_<i>``, the tensors later segments need (the
@@ -289,7 +289,7 @@ def run_export(src, args, *, tolerances=None, load_calibration=None, say=None) -
     from export import outdir
     from export.cascade_runner import CascadeRunner, check_against_keras
     from sila_keras.data import load_dataset, run_dataset_kwargs
-    from sila_keras.reports.cascade import with_latency, write_results
+    from sila_keras.reports.cascade_eval import with_latency, write_results
     from sila_keras.utils import files
     from sila_keras.utils.rundir import RunDir
 

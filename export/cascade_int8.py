@@ -155,7 +155,8 @@ def chain_gate(runner, model, data: Int8Data) -> dict:
     ``float_accuracy`` / ``int8_accuracy`` are the Top-1 of the float Keras cascade and of the
     int8 chain (a tie at the top counts ``1/k``), ``accuracy_drop`` their difference in points.
     """
-    from sila_keras.reports.cascade import head_probs, route
+    from sila_keras.reports.cascade_eval import head_probs
+    from sila_keras.reports.cascade_routing import route
 
     images = data.images
     probs = head_probs(model, images, runner.manifest["order"])

@@ -85,7 +85,7 @@ class CascadeRunner:
 
     def classify(self, image: np.ndarray) -> tuple[int, int, np.ndarray]:
         """``(class, step (0-based), probabilities)`` of one raw-pixel image ``(H, W, C)``."""
-        from sila_keras.reports.cascade import confidence_of
+        from sila_keras.reports.cascade_routing import confidence_of
 
         feeds = {IMAGE: np.asarray(image, np.float32)[None]}
         last = len(self.runners) - 1
@@ -178,7 +178,8 @@ def check_against_keras(runner: CascadeRunner, model, images: np.ndarray,
     Raises:
         RunFailed: a prediction differs on an image that is not a near tie.
     """
-    from sila_keras.reports.cascade import confidences, head_probs, route
+    from sila_keras.reports.cascade_eval import head_probs
+    from sila_keras.reports.cascade_routing import confidences, route
 
     probs = head_probs(model, images, runner.manifest["order"])
     k_pred, k_step = route(probs, runner.thresholds, runner.confidence)

@@ -15,6 +15,8 @@ import pytest
 from helpers import cifar_subset_folder, train_once
 
 from sila_keras.reports import cascade as cas
+from sila_keras.reports import cascade_eval as ceval
+from sila_keras.reports import cascade_routing as routing
 from sila_keras.utils.rundir import RunDir
 
 # --------------------------------------------------------------------------- synthetic
@@ -33,25 +35,25 @@ def _known_case():
 
 def test_calibration_finds_the_known_threshold():
     probs, y = _known_case()
-    cal = cas.calibrate(probs, y, [1.0, 3.0], target_drop=0.0)
+    cal = routing.calibrate(probs, y, [1.0, 3.0], target_drop=0.0)
     # Only the four confident images may leave early: threshold in (0.6, 0.9], cost 1·½ + 3·½.
     assert 0.6 < cal.thresholds[0] <= 0.9 and cal.thresholds[-1] == -np.inf
     assert cal.accuracy == 1.0 and cal.mean_macs == pytest.approx(2.0)
     assert cal.head1_accuracy == 1.0
     # Half the head-1 accuracy may be lost: everything leaves at the cheap head (cost 1).
-    cheap = cas.calibrate(probs, y, [1.0, 3.0], target_drop=50.0)
+    cheap = routing.calibrate(probs, y, [1.0, 3.0], target_drop=50.0)
     assert cheap.mean_macs == pytest.approx(1.0) and cheap.accuracy == 0.5
-    by_budget = cas.calibrate(probs, y, [1.0, 3.0], budget_macs=2.0)
+    by_budget = routing.calibrate(probs, y, [1.0, 3.0], budget_macs=2.0)
     assert by_budget.accuracy == 1.0 and by_budget.mean_macs <= 2.0
 
 
 @pytest.mark.parametrize("kind", cas.CONFIDENCES)
 def test_routing_equals_a_numpy_loop(kind):
     rng = np.random.default_rng(0)
-    probs = [cas.softmax(rng.normal(size=(64, 5)) * s) for s in (1.0, 2.0, 3.0)]
-    conf = cas.confidences(probs, kind)
+    probs = [routing.softmax(rng.normal(size=(64, 5)) * s) for s in (1.0, 2.0, 3.0)]
+    conf = routing.confidences(probs, kind)
     thresholds = np.quantile(conf, 0.6, axis=0)
-    pred, steps = cas.route(probs, thresholds, kind)
+    pred, steps = routing.route(probs, thresholds, kind)
     for i in range(64):
         for k, p in enumerate(probs):
             p = p[i]
@@ -66,11 +68,11 @@ def test_routing_equals_a_numpy_loop(kind):
 def test_unreachable_targets_say_what_is_reachable():
     probs, y = _known_case()
     with pytest.raises(cas.ConfigError, match=r"reachable mean MACs per image: 1 … 3"):
-        cas.calibrate(probs, y, [1.0, 3.0], budget_macs=0.5)
+        routing.calibrate(probs, y, [1.0, 3.0], budget_macs=0.5)
     with pytest.raises(cas.ConfigError, match=r"reachable: --target-drop >= 0.00"):
-        cas.calibrate(probs, y, [1.0, 3.0], target_drop=-5.0)
+        routing.calibrate(probs, y, [1.0, 3.0], target_drop=-5.0)
     with pytest.raises(cas.ConfigError, match="not both"):
-        cas.calibrate(probs, y, [1.0, 3.0], target_drop=1.0, budget_macs=2.0)
+        routing.calibrate(probs, y, [1.0, 3.0], target_drop=1.0, budget_macs=2.0)
 
 
 # --------------------------------------------------------------------------- calibration images
@@ -103,18 +105,18 @@ def _overlap(a, b) -> int:
 def test_calibration_never_sees_the_test_split(finished_run, unseen_folder):
     config, data = _test_images(finished_run)
     test_x, train_x = data.test.to_array(), data.train.to_array()
-    x, y, source = cas.calibration_images(config, (32, 32), f"folder:{unseen_folder}")
+    x, y, source = ceval.calibration_images(config, (32, 32), f"folder:{unseen_folder}")
     assert len(y) == 40 and _overlap(x, test_x) == 0 and _overlap(x, train_x) == 0
     # A run that trained on a subset calibrates on the training images it left out.
-    x, y, source = cas.calibration_images({**config, "limit_train": 50}, (32, 32))
+    x, y, source = ceval.calibration_images({**config, "limit_train": 50}, (32, 32))
     assert len(y) == 30 and "outside --limit-train" in source
     assert _overlap(x, test_x) == 0
-    trained = data.train.take(cas.unused_training_positions({**config, "limit_train": None},
+    trained = data.train.take(ceval.unused_training_positions({**config, "limit_train": None},
                                                             data.train_y)[0])
     assert len(trained) == 0  # trained on all: nothing unused
     with pytest.raises(cas.DataError, match=r"trained on all 80 training images .* Pass "
                                             r"--calibration DATASET"):
-        cas.calibration_images(config, (32, 32))
+        ceval.calibration_images(config, (32, 32))
 
 
 # --------------------------------------------------------------------------- the command
@@ -139,7 +141,7 @@ def test_cascade_command_writes_its_files(cascaded_run, tmp_path):
     assert result["calibration"]["examples"] == 40 and result["test_examples"] == 40
     # Any drop allowed: on the calibration images every image leaves at the cheapest head.
     assert result["calibration"]["mean_macs"] == pytest.approx(result["costs"][0])
-    assert result["cascade"]["reach"][0] == 1.0 and len(result["sweep"]) == cas.SWEEP_POINTS
+    assert result["cascade"]["reach"][0] == 1.0 and len(result["sweep"]) == routing.SWEEP_POINTS
     assert [s["name"] for s in result["single"]] == heads
     assert (run / RunDir.CASCADE_CSV).is_file() and (run / RunDir.CASCADE_PLOT).is_file()
     # The report shows it.
@@ -207,9 +209,9 @@ def test_segments_chain_to_the_heads_of_every_kind_of_model():
 
     for model in (build_sila_model("resnet8", 10, num_heads=3),
                   build_dynamic_model("msdnet", 10, blocks=3, base=1, step=1)):
-        order = cas.cascade_order(model)
+        order = ceval.cascade_order(model)
         x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
-        want = cas.head_probs(model, x, order)
+        want = ceval.head_probs(model, x, order)
         feeds = [x]
         for segment, probs in zip(build_segments(model, order), want):
             out = segment(feeds)
@@ -245,7 +247,7 @@ def test_exported_segments_in_litert_equal_the_keras_cascade(cascaded_run, capsy
     _, data = _test_images(cascaded_run)
     images = data.test.to_array()
     runner = CascadeRunner(out)
-    conf = cas.confidences(cas.head_probs(model, images, manifest["order"]))
+    conf = routing.confidences(ceval.head_probs(model, images, manifest["order"]))
     for q in (0.3, 0.7):
         runner.thresholds = np.append(np.quantile(conf[:, :-1], q, axis=0), -np.inf)
         check = check_against_keras(runner, model, images)  # raises unless equal (near ties)
@@ -260,17 +262,17 @@ def test_latency_and_savings_against_head_1_alone():
               "single": [{"head": 3, "accuracy": 0.5, "macs": 10},
                          {"head": 2, "accuracy": 0.55, "macs": 30},
                          {"head": 1, "accuracy": 0.62, "macs": 80}]}
-    out = cas.with_latency(result, [1.0, 2.0, 4.0], head_ms={1: 5.0, 3: 1.0})
+    out = ceval.with_latency(result, [1.0, 2.0, 4.0], head_ms={1: 5.0, 3: 1.0})
     assert out["cascade"]["mean_latency_ms"] == pytest.approx(1 + 0.5 * 2 + 0.25 * 4)
     assert [s["latency_ms_via_segments"] for s in out["single"]] == [1.0, 3.0, 7.0]
-    assert cas.single_latency(out["single"][2]) == 5.0  # its own file, not the 7 ms chain
-    assert cas.single_latency(out["single"][1]) == 3.0  # not timed alone: via the segments
-    saved = cas.savings(out)
+    assert ceval.single_latency(out["single"][2]) == 5.0  # its own file, not the 7 ms chain
+    assert ceval.single_latency(out["single"][1]) == 3.0  # not timed alone: via the segments
+    saved = ceval.savings(out)
     assert saved["drop_points"] == pytest.approx(2.0)
     assert saved["macs_saved_pct"] == pytest.approx(50.0)
     assert saved["latency_saved_pct"] == pytest.approx(100 * (1 - 3.0 / 5.0))
     assert saved["latency_saved_vs_chain_pct"] == pytest.approx(100 * (1 - 3.0 / 7.0))
-    assert cas.savings(result)["latency_saved_pct"] is None  # never timed
+    assert ceval.savings(result)["latency_saved_pct"] is None  # never timed
 
 
 # --------------------------------------------------------------------------- int8 segments
@@ -320,9 +322,9 @@ def test_int8_segments_pass_the_gate_and_run_in_litert(cascaded_run):
     model, _ = load_run(cascaded_run)
     _, data = _test_images(cascaded_run)
     images = data.test.to_array()
-    probs = cas.head_probs(model, images, manifest["order"])
+    probs = ceval.head_probs(model, images, manifest["order"])
     runner = CascadeRunner(out)
-    want, _ = cas.route(probs, runner.thresholds, runner.confidence)
+    want, _ = routing.route(probs, runner.thresholds, runner.confidence)
     assert np.mean(runner.predict(images)[0] == want) >= 0.9
     assert len(manifest["segment_latency_ms"]) == 3 and sorted(manifest["head_latency_ms"]) == [
         "1", "2", "3"]

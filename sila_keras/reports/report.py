@@ -246,7 +246,7 @@ def warning_section(runs: list[Run]) -> list[str]:
 
 def cascade_section(runs: list[Run]) -> list[str]:
     """Each run's early-exit cascade (``sila-cascade``'s ``cascade.json`` and its plot)."""
-    from sila_keras.reports.cascade import report_lines
+    from sila_keras.reports.cascade_eval import report_lines
     from sila_keras.utils.rundir import RunDir
 
     lines = []
