@@ -16,7 +16,8 @@ from sila_keras import extract_head, num_heads_of
 from sila_keras.core.heads import build_sila_model
 from sila_keras.core.losses import SilaLoss
 from sila_keras.models import applications, get_backbone
-from sila_keras.training.config import KERAS_APPLICATIONS, TrainConfig
+from sila_keras.training.config import TrainConfig
+from sila_keras.training.config_groups import KERAS_APPLICATIONS
 from sila_keras.training.finetune import backbone_layers, is_new_layer
 from sila_keras.training.train import compile_model, fit, main
 from sila_keras.utils.errors import ConfigError, ModelError

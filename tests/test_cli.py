@@ -177,14 +177,14 @@ def test_parser_name_lists_match_the_registries():
     from sila_keras.models import list_backbones
     from sila_keras.pairs import models as pmodels
     from sila_keras.pairs.cli import ARCH_NAMES
-    from sila_keras.training.config import AUGMENT_NAMES, BACKBONE_NAMES
+    from sila_keras.training.config_groups import AUGMENT_NAMES, BACKBONE_NAMES
 
     assert BACKBONE_NAMES == tuple(list_backbones())
     assert AUGMENT_NAMES == tuple(sorted(AUGMENTATIONS))
     assert ARCH_NAMES == tuple(pmodels.ARCHS)
     from sila_keras.data.augment_ops import SEMANTICS
     from sila_keras.modes.dynamic import EVALUATIONS
-    from sila_keras.training.config import AUTOAUGMENT_SEMANTICS, DYNAMIC_EVALUATIONS
+    from sila_keras.training.config_groups import AUTOAUGMENT_SEMANTICS, DYNAMIC_EVALUATIONS
 
     assert AUTOAUGMENT_SEMANTICS == SEMANTICS and DYNAMIC_EVALUATIONS == EVALUATIONS
 

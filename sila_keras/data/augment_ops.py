@@ -38,7 +38,7 @@ import tensorflow as tf
 
 from sila_keras.utils.errors import ConfigError
 
-# The first is the default (config.AUTOAUGMENT_SEMANTICS, for the parser, must equal this).
+# The first is the default (config_groups.AUTOAUGMENT_SEMANTICS, for the parser, must equal this).
 SEMANTICS = ("official", "torchvision")
 OFFICIAL_PARAMETER_MAX = 10  # official code: value = level · max / 10
 # The official code's fill: zero in its normalised space = the CIFAR-10 mean pixel

@@ -58,10 +58,10 @@ def run_steps(config, data) -> int:
 def apply_bn_momentum(model, config, data) -> int:
     """Set the momentum of ``model``'s BN layers for this run (after it is built):
     ``--bn-momentum`` on every layer; unset, for models whose statistics may go stale
-    (:func:`~sila_keras.training.config.stale_statistics_possible`), every layer above
+    (:func:`~sila_keras.training.config_groups.stale_statistics_possible`), every layer above
     :func:`~sila_keras.core.batchnorm.fitted_momentum` of the run's steps is lowered to it
     (faster layers keep theirs); otherwise the model's own. Returns the layers changed."""
-    from sila_keras.training.config import stale_statistics_possible
+    from sila_keras.training.config_groups import stale_statistics_possible
 
     if config.net.bn_momentum is not None:
         return set_bn_momentum(model, config.net.bn_momentum)
@@ -73,7 +73,7 @@ def apply_bn_momentum(model, config, data) -> int:
 def batchnorm_line(model, config, data) -> str | None:
     """The run's one line about its BatchNorm layers: their momenta, how they were chosen,
     and precise BN (None for a model without BatchNorm)."""
-    from sila_keras.training.config import stale_statistics_possible
+    from sila_keras.training.config_groups import stale_statistics_possible
 
     layers = batchnorm_layers(model)
     if not layers:

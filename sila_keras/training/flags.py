@@ -16,20 +16,18 @@ from pathlib import Path
 from typing import Any
 
 from sila_keras.models.registry import APPLICATION_PREFIX, is_application
-from sila_keras.training.config import (
+from sila_keras.training.config import FIELD_GROUP, RECORD_ONLY, TrainConfig
+from sila_keras.training.config_groups import (
     AUGMENT_NAMES,
     AUTOAUGMENT_SEMANTICS,
     BACKBONE_NAMES,
     DOWNLOAD_MODES,
-    FIELD_GROUP,
     KERAS_APPLICATIONS,
     OPTIMIZERS,
     PAPER_MILESTONES,
     PRECISE_BN_IMAGES,
-    RECORD_ONLY,
     SCHEDULES,
     STRATEGIES,
-    TrainConfig,
 )
 from sila_keras.training.recipes import FINETUNE, get_recipe, resolve
 from sila_keras.utils.cli import HelpFormatter
