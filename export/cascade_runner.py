@@ -125,42 +125,23 @@ class CascadeRunner:
         Returns:
             ``{"segments": [ms, …], "heads": {head: ms}}``.
         """
-        from export.latency import THREADS, interpreter
+        from functools import partial
+
+        from export.latency import THREADS, interpreter, median_ms, time_interleaved
         from export.runtimes import to_input
 
         calls = {}
         for i, (seg, feed) in enumerate(zip(self.manifest["segments"], self.segment_feeds(image))):
             sig = interpreter(self.folder / seg["file"], threads=THREADS).get_signature_runner(
                 SIGNATURE)
-            calls[("segment", i)] = (sig, feed)
+            calls[("segment", i)] = partial(sig, **feed)
         for k, path in (heads or {}).items():
             sig = interpreter(path, threads=THREADS).get_signature_runner(SIGNATURE)
             x = to_input(np.asarray(image, np.float32)[None], sig.get_input_details()[IMAGE])
-            calls[("head", int(k))] = (sig, {IMAGE: x})
-        ms = interleaved_median_ms(calls, runs)
+            calls[("head", int(k))] = partial(sig, **{IMAGE: x})
+        ms = {key: median_ms(v) for key, v in time_interleaved(calls, runs).items()}
         return {"segments": [ms[("segment", i)] for i in range(len(self.runners))],
                 "heads": {k: ms[("head", k)] for (kind, k) in ms if kind == "head"}}
-
-
-def interleaved_median_ms(calls: dict, runs: int, rounds: int = 5, warmup: int = 3) -> dict:
-    """``{key: median ms}`` of ``fn(**feeds)`` for ``calls = {key: (fn, feeds)}``, timed in
-    ``rounds`` interleaved rounds of ``ceil(runs / rounds)`` calls each."""
-    import math
-    import statistics
-    import time
-
-    per_round = max(1, math.ceil(runs / rounds))
-    times = {key: [] for key in calls}
-    for fn, feeds in calls.values():
-        for _ in range(warmup):
-            fn(**feeds)
-    for _ in range(rounds):
-        for key, (fn, feeds) in calls.items():
-            for _ in range(per_round):
-                t0 = time.perf_counter()
-                fn(**feeds)
-                times[key].append(1000.0 * (time.perf_counter() - t0))
-    return {key: round(statistics.median(v), 4) for key, v in times.items()}
 
 
 TIE = 1e-5  # float32 round-off between Keras and LiteRT kernels: a near-tie may go either way

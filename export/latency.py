@@ -11,7 +11,8 @@ the float32 file, the way an app calls it:
 * ``Interpreter.invoke()`` on one real image already in the input tensor (no Python
   conversion inside the timed call);
 * the files are timed in interleaved rounds in one process, so that a busy machine slows
-  them alike; the median of all timed calls is reported, with the minimum.
+  them alike (:func:`time_interleaved`, which also times the cascade's segments); the median
+  of all timed calls is reported, with the minimum.
 
 :func:`delegate_pieces` counts the ``DELEGATE`` nodes XNNPACK made: 1 means the whole graph
 runs in XNNPACK.
@@ -22,7 +23,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,48 @@ def _set_image(it, image: np.ndarray) -> None:
     it.set_tensor(details["index"], x.astype(dtype))
 
 
+def time_interleaved(calls: Mapping[Hashable, Callable[[], object]], runs: int, *,
+                     rounds: int = ROUNDS, warmup: int = WARMUP,
+                     min_seconds: float = 0.0) -> dict[Hashable, list[float]]:
+    """Time zero-argument callables side by side: ``{key: [ms of each timed call]}``.
+
+    Each callable is first called ``warmup`` times; then each of ``rounds`` rounds times every
+    callable in turn, ``ceil(runs / rounds)`` times (more with ``min_seconds``), so a busy
+    machine slows them alike.
+
+    Args:
+        calls: ``{key: fn}``, ``fn()`` being one call to time.
+        runs: timed calls per callable (at least, with ``min_seconds``).
+        rounds: interleaved rounds.
+        warmup: untimed calls first.
+        min_seconds: when > 0, a callable faster than this over ``runs`` calls gets more
+            (from its warm-up time; at most :data:`MAX_CALLS`): a steadier median.
+    """
+    per_round = {}
+    for key, fn in calls.items():
+        t0 = time.perf_counter()
+        for _ in range(warmup):
+            fn()
+        n = runs
+        if min_seconds > 0:
+            each = max((time.perf_counter() - t0) / max(warmup, 1), 1e-6)
+            n = min(MAX_CALLS, max(runs, math.ceil(min_seconds / each)))
+        per_round[key] = max(1, math.ceil(n / rounds))
+    times: dict[Hashable, list[float]] = {key: [] for key in calls}
+    for _ in range(rounds):
+        for key, fn in calls.items():
+            for _ in range(per_round[key]):
+                t0 = time.perf_counter()
+                fn()
+                times[key].append(1000.0 * (time.perf_counter() - t0))
+    return times
+
+
+def median_ms(times: Sequence[float]) -> float:
+    """The median of timed calls (ms), as every latency figure reports it."""
+    return round(statistics.median(times), 4)
+
+
 def measure(files: Mapping[str, Path], image: np.ndarray, runs: int = 30, *,
             threads: int = THREADS, rounds: int = ROUNDS) -> dict[str, dict]:
     """Time ``invoke()`` of every file in interleaved rounds; ``{name: latency block}``.
@@ -85,28 +128,18 @@ def measure(files: Mapping[str, Path], image: np.ndarray, runs: int = 30, *,
     """
     import ai_edge_litert
 
-    interpreters, per_round = {}, {}
+    interpreters = {}
     for name, path in files.items():
         it = interpreter(path, threads=threads)
         _set_image(it, image)
-        t0 = time.perf_counter()
-        for _ in range(WARMUP):
-            it.invoke()
-        each = max((time.perf_counter() - t0) / WARMUP, 1e-6)
-        calls = min(MAX_CALLS, max(runs, math.ceil(MIN_SECONDS / each)))
-        interpreters[name], per_round[name] = it, max(1, math.ceil(calls / rounds))
-    times: dict[str, list[float]] = {name: [] for name in files}
-    for _ in range(rounds):
-        for name, it in interpreters.items():
-            for _ in range(per_round[name]):
-                t0 = time.perf_counter()
-                it.invoke()
-                times[name].append(1000.0 * (time.perf_counter() - t0))
+        interpreters[name] = it
+    times = time_interleaved({name: it.invoke for name, it in interpreters.items()}, runs,
+                             rounds=rounds, min_seconds=MIN_SECONDS)
     version = getattr(ai_edge_litert, "__version__", "")
     out = {}
     for name, it in interpreters.items():
         pieces = sum(op["op_name"] == "DELEGATE" for op in it._get_ops_details())
-        out[name] = {"median_ms": round(statistics.median(times[name]), 4),
+        out[name] = {"median_ms": median_ms(times[name]),
                      "min_ms": round(min(times[name]), 4), "runs": len(times[name]), "batch": 1,
                      "threads": threads, "delegate_pieces": pieces,
                      "runtime": f"LiteRT {version} invoke(), default delegate (XNNPACK)".replace("  ", " ")}
