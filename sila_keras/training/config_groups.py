@@ -31,8 +31,8 @@ AUGMENT_NAMES = ("autoaugment", "crop", "none", "randaugment", "standard")
 KERAS_APPLICATIONS = ("MobileNet", "MobileNetV2", "MobileNetV3Small", "MobileNetV3Large",
                       "EfficientNetB0", "EfficientNetB1", "EfficientNetB2", "EfficientNetB3",
                       "EfficientNetV2B0", "ResNet50")
-OPTIMIZERS = ("sgd", "adamw")  # sila_keras.training.optim
-SCHEDULES = ("step", "cosine")  # sila_keras.training.optim
+OPTIMIZERS = ("sgd", "adamw")  # built by sila_keras.training.optim
+SCHEDULES = ("step", "cosine")  # built by sila_keras.training.optim
 # AutoAugment magnitude semantics (sila_keras.data.augment_ops; default first).
 AUTOAUGMENT_SEMANTICS = ("official", "torchvision")  # augment_ops.SEMANTICS
 DYNAMIC_EVALUATIONS = ("anytime", "budgeted", "both")  # modes.dynamic.EVALUATIONS

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import keras
 from keras import ops
 
+from sila_keras.training.config_groups import OPTIMIZERS, SCHEDULES
 from sila_keras.utils.errors import ConfigError
 
 
@@ -118,8 +119,6 @@ def current_lr(optimizer) -> float:
 # cosine schedule with linear warmup, and a smaller lr on the pretrained backbone than on the
 # new layers (classifier + SiLa heads). The paper's recipe (SGDL2 + step) is unchanged.
 
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("step", "cosine")
 
 
 @keras.saving.register_keras_serializable(package="sila_keras")
