@@ -10,14 +10,8 @@ from helpers import run_err
 
 from sila_keras.training.config import FIELD_GROUP, TrainConfig
 from sila_keras.training.flags import build_parser, config_from_args
-from sila_keras.training.recipes import (
-    get_recipe,
-    list_recipes,
-    markdown,
-    render_docs,
-    resolve,
-    table1_dataset,
-)
+from sila_keras.training.recipe_text import markdown, render_docs
+from sila_keras.training.recipes import get_recipe, list_recipes, resolve, table1_dataset
 from sila_keras.utils.errors import ConfigError, RunDirError
 from sila_keras.utils.rundir import RunDir, check_resume
 
@@ -48,6 +42,18 @@ def test_silanet_cifar_is_paper_a_section_3_1():
         128, 0.5, 0.9, 5e-4, False, "standard")
     kinds = {k: s.paper for k, s in get_recipe("silanet-cifar").settings.items()}
     assert kinds["lr"] and kinds["heads"] and not kinds["gamma"] and not kinds["weight_decay"]
+
+
+def test_strong_heads_sets_the_measured_module_and_levers_per_backbone():
+    r20 = cfg("cifar10", "resnet20", "--recipe", "strong-heads")
+    assert (r20.sila.head_module, r20.sila.ship_head, r20.sila.ramp_betas, r20.sila.heads) == (
+        "sep", 2, 3, 3)
+    assert r20.run.origins["ramp_betas"] == "recipe:strong-heads"
+    m1 = cfg("cifar10", "mobilenetv1", "--recipe", "strong-heads", "--ramp-betas", "2")
+    assert (m1.sila.head_module, m1.sila.ship_head, m1.sila.ramp_betas) == ("sep", None, 2)
+    assert m1.run.origins["ramp_betas"] == "flag"  # a typed flag wins over the recipe
+    with pytest.raises(ConfigError, match=r"lists no backbone 'vgg19'\. Listed: resnet20, mobilenetv1"):
+        cfg("cifar10", "vgg19", "--recipe", "strong-heads")
 
 
 def test_without_a_recipe_the_defaults_are_silanet_cifar():
@@ -165,11 +171,11 @@ def test_recipe_list_prints_sources_and_assumptions_without_tensorflow():
 @pytest.mark.parametrize("name,doc", [
     ("silanet-cifar", "paper_a.md"), ("silanet-cifar-table1", "paper_a.md"),
     ("sila-b-cifar", "paper_b.md"), ("sila-b-cifar-aa", "paper_b.md"),
-    ("msdnet-dynamic", "paper_b.md"), ("pairs-003", "pairs.md"),
+    ("msdnet-dynamic", "paper_b.md"), ("pairs-003", "pairs.md"), ("strong-heads", "heads.md"),
 ])
 def test_docs_tables_are_the_registry(name, doc):
     text = (DOCS / doc).read_text()
-    block = f"<!-- recipe:{name} (generated: sila_keras.training.recipes.render_docs) -->\n{markdown(name)}\n"
+    block = f"<!-- recipe:{name} (generated: sila_keras.training.recipe_text.render_docs) -->\n{markdown(name)}\n"
     assert block in text and render_docs(text) == text, \
         f"regenerate: p = Path('docs/{doc}'); p.write_text(render_docs(p.read_text()))"
 

@@ -420,7 +420,7 @@ class ListRecipes(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None):
         if values == "list":
-            from sila_keras.training.recipes import describe
+            from sila_keras.training.recipe_text import describe
 
             print(describe(), end="", flush=True)  # to stdout, as --help
             parser.exit(0)

@@ -44,10 +44,11 @@ class Setting:
     value: Any
     paper: bool
     note: str
+    measured: bool = False  # ours, chosen by a measurement this project documents
 
     @property
     def kind(self) -> str:
-        return "paper" if self.paper else "assumption"
+        return "paper" if self.paper else "measured" if self.measured else "assumption"
 
 
 def paper(value, note: str) -> Setting:
@@ -56,6 +57,10 @@ def paper(value, note: str) -> Setting:
 
 def assumed(value, note: str) -> Setting:
     return Setting(value, False, note)
+
+
+def measured(value, note: str) -> Setting:
+    return Setting(value, False, note, measured=True)
 
 
 @dataclass(frozen=True)
@@ -178,71 +183,6 @@ def resolve(recipe: Recipe | None, explicit: Mapping[str, Any], defaults: Mappin
         if name in values and name not in explicit:
             values[name], origins[name] = value, f"recipe:{recipe.name}"
     return values, origins
-
-
-# --------------------------------------------------------------------------- text
-
-
-def describe(names: list[str] | None = None) -> str:
-    """The ``--recipe list`` text: each recipe's source and every value, paper or assumption."""
-    lines = []
-    for name in names or list(_REGISTRY):
-        r = _REGISTRY[name]
-        mode = f" --mode {'|'.join(r.modes)}" if r.modes else ""
-        lines += [f"{r.name}  [{r.command}{mode}]  {r.source}", f"  {r.summary}"]
-        lines += _grouped(r.settings, "  ")
-        if r.rows:
-            lines.append(f"  per {r.row_names}:")
-            for key, row in r.rows.items():
-                lines += _grouped(row, f"    {_key(key)}: ")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def markdown(name: str) -> str:
-    """The docs table of one recipe (``docs/paper_a.md`` etc. embed it; a test keeps them
-    equal): every setting with our value, the paper's words with section (or why we assume
-    it), paper or assumption; settings from one sentence share a row."""
-    r = get_recipe(name)
-    lines = ["| setting = our value | the paper's words (section), or why we assume it | source |",
-             "|---|---|---|"]
-    lines += _md_rows(r.settings, "")
-    for key, row in r.rows.items():
-        lines += _md_rows(row, f"{r.row_names} {_key(key)}: ")
-    return "\n".join(lines)
-
-
-_DOC_BLOCK = re.compile(r"(<!-- recipe:(?P<name>[\w-]+) [^>]*-->\n).*?(\n<!-- /recipe -->)", re.S)
-
-
-def render_docs(text: str) -> str:
-    """``text`` with every ``<!-- recipe:NAME … -->`` … ``<!-- /recipe -->`` block replaced by
-    :func:`markdown` (NAME): how ``docs/*.md``'s tables are regenerated, e.g.
-    ``p.write_text(render_docs(p.read_text()))``."""
-    return _DOC_BLOCK.sub(lambda m: m.group(1) + markdown(m.group("name")) + m.group(3), text)
-
-
-def _md_rows(settings: Mapping[str, Setting], prefix: str) -> list[str]:
-    groups: dict[tuple[bool, str], list[str]] = {}
-    for key, s in settings.items():
-        groups.setdefault((s.paper, s.note), []).append(f"`{key} = {_fmt(s.value)}`")
-    return [f"| {prefix}{', '.join(keys)} | {note.replace('|', '/')} | "
-            f"{'paper' if is_paper else '**assumption**'} |"
-            for (is_paper, note), keys in groups.items()]
-
-
-def _grouped(settings: Mapping[str, Setting], indent: str) -> list[str]:
-    """One line per source: ``a = 1, b = 2  (paper) §3.1: "…"``."""
-    groups: dict[tuple[str, str], list[str]] = {}
-    for key, s in settings.items():
-        groups.setdefault((s.kind, s.note), []).append(f"{key} = {_fmt(s.value)}")
-    return [f"{indent}{', '.join(v)}  ({kind}) {note}" for (kind, note), v in groups.items()]
-
-
-def _fmt(v) -> str:
-    if isinstance(v, tuple):
-        return ",".join(map(str, v))
-    return str(v)
 
 
 # --------------------------------------------------------------------------- the registry
@@ -419,3 +359,20 @@ register(Recipe(
      "label_smoothing": assumed(0.1, _OURS), "weights": assumed("imagenet", _OURS),
      "backbone_lr_mult": assumed(0.1, _OURS)},
     derive=lambda v: {"backbone_lr_mult": 1.0} if v.get("weights") == "none" else {}))
+
+STRONG_HEADS = "strong-heads"
+_HEADS_BAR = ("docs/heads.md, CIFAR-10 10k images / 15 epochs: head 2 at least as accurate as "
+              "its sub-network trained alone, head 1 within one std of plain SiLa")
+register(Recipe(
+    STRONG_HEADS, TRAIN, ("sila",), "ours, not a paper's: the head-module study (docs/heads.md)",
+    "heads 2..M with private capacity (and on ResNet-20 a ramped first-class head 2): the "
+    "measured recipe under which the head you ship matched its sub-network trained alone; "
+    "only for the backbones where that was measured",
+    {**{k: _REGISTRY["silanet-cifar"].settings[k] for k in ("heads", "beta", "lam")},
+     "head_module": measured("sep", _HEADS_BAR)},
+    rows={"resnet20": {"ship_head": measured(2, _HEADS_BAR + " (without it, head 2 8 points "
+                                                             "below)"),
+                       "ramp_betas": measured(3, _HEADS_BAR + " (without it, one seed of three "
+                                                              "started badly)")},
+          "mobilenetv1": {}},
+    row_key=lambda v: str(v.get("model")), row_names="backbone"))
