@@ -14,19 +14,27 @@ USE_GPU = os.environ.get("SILA_TEST_GPU") == "1"
 if not USE_GPU:
     os.environ["CUDA_VISIBLE_DEVICES"] = ""  # inherited by subprocesses (multi-worker, CLI)
 
-import tensorflow as tf  # noqa: E402
-
-if USE_GPU:
-    for _gpu in tf.config.list_physical_devices("GPU"):
-        tf.config.experimental.set_memory_growth(_gpu, True)
-else:
-    tf.config.set_visible_devices([], "GPU")
-_cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-
 import helpers as testing  # noqa: E402  (tests/helpers.py)
 import pytest  # noqa: E402
 from helpers import train_once  # noqa: E402
+
+
+def pytest_configure(config):
+    """Set TensorFlow's devices up before any test module imports it (collection comes after).
+
+    Not in pytest-xdist's controller (``-n``): it runs no test, and importing TensorFlow there
+    would cost 5 s of CPU before the workers even start."""
+    if getattr(config.option, "numprocesses", None) and not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    import tensorflow as tf
+
+    if USE_GPU:
+        for gpu in tf.config.list_physical_devices("GPU"):
+            tf.config.experimental.set_memory_growth(gpu, True)
+    else:
+        tf.config.set_visible_devices([], "GPU")
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
 
 @pytest.fixture(scope="session")
@@ -149,8 +157,11 @@ def pytest_collection_modifyitems(config, items):
         return len(LONGEST_FILES_FIRST) + 1 + LAST_FILES.count(name)
 
     items[:] = sorted(items, key=rank)  # stable: each file's own order is kept
-    if USE_GPU and tf.config.list_logical_devices("GPU"):
-        return
+    if USE_GPU:
+        import tensorflow as tf
+
+        if tf.config.list_logical_devices("GPU"):
+            return
     skip = pytest.mark.skip(reason="needs a GPU and SILA_TEST_GPU=1")
     for item in items:
         if item.get_closest_marker("gpu") is not None:
