@@ -14,19 +14,27 @@ USE_GPU = os.environ.get("SILA_TEST_GPU") == "1"
 if not USE_GPU:
     os.environ["CUDA_VISIBLE_DEVICES"] = ""  # inherited by subprocesses (multi-worker, CLI)
 
-import tensorflow as tf  # noqa: E402
-
-if USE_GPU:
-    for _gpu in tf.config.list_physical_devices("GPU"):
-        tf.config.experimental.set_memory_growth(_gpu, True)
-else:
-    tf.config.set_visible_devices([], "GPU")
-_cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-
 import helpers as testing  # noqa: E402  (tests/helpers.py)
 import pytest  # noqa: E402
 from helpers import train_once  # noqa: E402
+
+
+def pytest_configure(config):
+    """Set TensorFlow's devices up before any test module imports it (collection comes after).
+
+    Not in pytest-xdist's controller (``-n``): it runs no test, and importing TensorFlow there
+    would cost 5 s of CPU before the workers even start."""
+    if getattr(config.option, "numprocesses", None) and not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    import tensorflow as tf
+
+    if USE_GPU:
+        for gpu in tf.config.list_physical_devices("GPU"):
+            tf.config.experimental.set_memory_growth(gpu, True)
+    else:
+        tf.config.set_visible_devices([], "GPU")
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
 
 @pytest.fixture(scope="session")
@@ -58,11 +66,13 @@ def tiny_folder(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def finished_run(cifar_folder, tmp_path_factory):
-    """A 2-epoch ``--mode sila`` resnet20 run on real CIFAR images (lr halved after epoch 1)."""
+    """A 2-epoch ``--mode sila`` resnet8 run (3 heads) on real CIFAR images (lr halved after
+    epoch 1). ResNet-8: the layer kinds of ResNet-20 at a third of the depth, so every test that
+    loads, exports or cascades it converts a third of the layers."""
     from sila_keras.training.train import main
 
     def train(out):
-        rc = main([f"folder:{cifar_folder}", "resnet20", "--epochs", "2", "--batch-size", "16",
+        rc = main([f"folder:{cifar_folder}", "resnet8", "--epochs", "2", "--batch-size", "16",
                    "--milestones", "1", "--gamma", "0.5", "--out", str(out), "--name", "e2e"])
         assert rc == 0
 
@@ -147,8 +157,11 @@ def pytest_collection_modifyitems(config, items):
         return len(LONGEST_FILES_FIRST) + 1 + LAST_FILES.count(name)
 
     items[:] = sorted(items, key=rank)  # stable: each file's own order is kept
-    if USE_GPU and tf.config.list_logical_devices("GPU"):
-        return
+    if USE_GPU:
+        import tensorflow as tf
+
+        if tf.config.list_logical_devices("GPU"):
+            return
     skip = pytest.mark.skip(reason="needs a GPU and SILA_TEST_GPU=1")
     for item in items:
         if item.get_closest_marker("gpu") is not None:

@@ -22,8 +22,9 @@ MNIST_DIR = SHARED_DIR / "data"
 # A 3-exit MSDNet small enough for a CPU test: two scales (32×32 and 16×16) instead of three.
 MSDNET_TINY = {"blocks": 3, "base": 1, "step": 1, "channels": 4, "growth": 2,
                "classifier_channels": 8, "scales": 2, "gr_factor": (1, 2), "bn_factor": (1, 2)}
-# The second network of the heterogeneous mutual test run.
-PEER = "mobilenetv1"
+# The second network of the heterogeneous mutual test run: another architecture than the first
+# net's resnet8 (2.5× its depth, 3.6× its parameters), and the cheapest one to train beside it.
+PEER = "resnet20"
 
 
 def cifar_subset_folder(root, train_per_class: int = 8, test_per_class: int = 4,

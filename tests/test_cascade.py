@@ -2,7 +2,7 @@
 
 Calibration on synthetic probabilities with a known answer; routing against a NumPy loop;
 calibration images never from the test split; the command on the shared ``finished_run``
-(resnet20, 2 heads, real CIFAR images); bad input: one line, exit 2, nothing written.
+(resnet8, 3 heads, real CIFAR images); bad input: one line, exit 2, nothing written.
 """
 
 import json

@@ -286,14 +286,14 @@ def test_workers_read_disjoint_shards_forming_the_global_batches(tmp_path, image
 def test_four_replicas_26_images_train_to_the_end(cifar_folder, tmp_path):
     """26 images, batch 12, 4 replicas: the last batch (2 images) must leave no replica empty
     (that failed with "Incompatible shapes" in stem_bn). A subprocess: the test session has 2
-    devices."""
+    devices. Two heads: each replica traces the whole step, so every head costs four times."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "",
            "PYTHONPATH": str(ROOT)}
     out = subprocess.run(
         [sys.executable, "-m", "sila_keras.train", f"folder:{cifar_folder}", "resnet8",
          "--cpu-devices", "4", "--strategy", "mirrored", "--limit-train", "26", "--limit-test", "27",
-         "--batch-size", "12", "--epochs", "1", "--milestones", "", "--verbose", "0",
-         "--out", str(tmp_path), "--name", "r4"],
+         "--batch-size", "12", "--heads", "2", "--epochs", "1", "--milestones", "", "--verbose",
+         "0", "--out", str(tmp_path), "--name", "r4"],
         env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     s = json.loads((tmp_path / "r4" / "summary.json").read_text())

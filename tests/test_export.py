@@ -82,10 +82,12 @@ def sila_model(trained_run):
 
 @pytest.fixture(scope="session")
 def phone_folder(tmp_path_factory, shared_dir):
-    """Real CIFAR-10 JPEGs: 1 train + 10 test per class (100 test images for the phone checks)."""
+    """Real CIFAR-10 JPEGs: 1 train + 10 test per class (100 test images for the phone checks);
+    one folder for all xdist workers (test_export_int8.py uses it too)."""
     import helpers as testing
 
-    return testing.cifar_subset_folder(tmp_path_factory.mktemp("cifar_phone"), 1, 10)
+    return train_once(tmp_path_factory, "cifar_phone",
+                      lambda out: testing.cifar_subset_folder(out, 1, 10))
 
 
 @pytest.fixture(scope="session")

@@ -177,11 +177,18 @@ def test_deterministic_run_leaves_op_determinism_as_it_found_it(uninterrupted):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("point", ["before_commit", "mid_save"])
-def test_sigkill_during_checkpoint_write_resumes_exactly(point, tiny_folder, tmp_path, uninterrupted):
+@pytest.mark.parametrize("point, streamed", [("before_commit", True), ("mid_save", False)],
+                         ids=["before_commit-streamed", "mid_save"])
+def test_sigkill_during_checkpoint_write_resumes_exactly(point, streamed, tiny_folder, tmp_path,
+                                                         uninterrupted):
     """Killed while epoch 2's checkpoint is written: --resume redoes epoch 2 from the epoch-1
-    checkpoint and ends with the same metrics, epoch by epoch, as a run never killed."""
-    args = [f"folder:{tiny_folder}", *RUN3, "--out", str(tmp_path), "--name", "k"]
+    checkpoint and ends with the same metrics, epoch by epoch, as a run never killed.
+
+    ``streamed``: the images are decoded from the files every epoch (--cache none), killed
+    while epoch 2 is committed; the resumed run still ends with the metrics of the
+    uninterrupted (in-memory) run. The other kill point keeps the images in memory."""
+    cache = ["--cache", "none"] if streamed else []
+    args = [f"folder:{tiny_folder}", *RUN3, *cache, "--out", str(tmp_path), "--name", "k"]
     proc = subprocess.run([sys.executable, "-c", KILLER, point, "2", *args], env=ENV,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
@@ -191,18 +198,7 @@ def test_sigkill_during_checkpoint_write_resumes_exactly(point, tiny_folder, tmp
     assert not (tmp_path / "k" / "model.keras").exists()  # a killed run has no final model
     assert main([*args, "--resume"]) == 0
     assert _rows(tmp_path / "k" / "metrics.csv") == uninterrupted  # epochs 1, 2, 3; lr halved at 2
-    assert json.loads((tmp_path / "k" / "summary.json").read_text())["epochs_done"] == 3
+    summary = json.loads((tmp_path / "k" / "summary.json").read_text())
+    assert summary["epochs_done"] == 3
+    assert (summary["data"]["cache"] == "none") == streamed
     assert sorted(p.name for p in ck.iterdir()) == ["epoch-0003.keras", "state.json"]  # no temp left
-
-
-@pytest.mark.slow
-def test_sigkill_with_streamed_uncached_images_resumes_exactly(tiny_folder, tmp_path, uninterrupted):
-    """Images decoded from the files every epoch (--cache none), killed while epoch 2
-    is committed: --resume ends with the metrics of the uninterrupted (in-memory) run."""
-    args = [f"folder:{tiny_folder}", *RUN3, "--cache", "none", "--out", str(tmp_path), "--name", "s"]
-    proc = subprocess.run([sys.executable, "-c", KILLER, "before_commit", "2", *args], env=ENV,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-    assert main([*args, "--resume"]) == 0
-    assert json.loads((tmp_path / "s" / "summary.json").read_text())["data"]["cache"] == "none"
-    assert _rows(tmp_path / "s" / "metrics.csv") == uninterrupted

@@ -58,8 +58,8 @@ def test_not_a_run_dir(tmp_path, capsys):
 
 
 def test_report_of_a_real_run(finished_run, tmp_path):
-    """The shared 2-epoch resnet20 SiLa run (tests/conftest.py), not a second training."""
+    """The shared 2-epoch resnet8 SiLa run (tests/conftest.py), not a second training."""
     text = render([finished_run], tmp_path / "report.md")
-    assert "ACC2" in text and "ACC3" in text and "resnet20" in text
+    assert "ACC2" in text and "ACC3" in text and "resnet8" in text
     with pytest.raises(ValueError):
         render([tmp_path / "nope"], tmp_path / "x.md")

@@ -30,7 +30,7 @@ def test_run_directory_is_complete(finished_run):
     assert json.loads((finished_run / "checkpoints" / "state.json").read_text())["model"] == "epoch-0002.keras"
     assert any((finished_run / "tensorboard").rglob("events.out.tfevents*"))
     config = json.loads((finished_run / "config.json").read_text())
-    assert config["net"]["model"] == "resnet20" and config["sila"]["heads"] == 3
+    assert config["net"]["model"] == "resnet8" and config["sila"]["heads"] == 3
     assert config["sila"]["beta"] == 0.1 and config["optim"]["epochs"] == 2
     labels = (finished_run / "labels.txt").read_text().split()
     assert labels == sorted(labels) and len(labels) == 10 and labels[0] == "airplane"
@@ -54,7 +54,7 @@ def test_summary_fields(finished_run):
         h = s["heads"][f"head_{k}"]
         assert h["final_acc"] == pytest.approx(float(rows[-1][f"head_{k}_acc"]))
         assert h["best_acc"] == pytest.approx(max(float(r[f"head_{k}_acc"]) for r in rows))
-    assert s["heads"]["head_1"]["params"] == 269_722 == s["base_params"]
+    assert s["heads"]["head_1"]["params"] == 75_290 == s["base_params"]  # ResNet-8, N = 10
     assert s["heads"]["head_2"]["params"] < s["heads"]["head_1"]["params"] < s["total_params"]
     assert s["epochs_done"] == 2 and s["strategy"] == "default" and s["replicas"] == 1
     assert s["wall_time_s"] > 0 and s["data"]["train_examples"] == 80
@@ -74,7 +74,7 @@ def test_saved_model_reloads_and_heads_match(finished_run, cifar_folder):
 
 def test_existing_run_dir_is_refused_and_untouched(finished_run, capsys):
     before = (finished_run / "metrics.csv").read_bytes()
-    rc = main([f"folder:{finished_run}", "resnet20", "--out", str(finished_run.parent), "--name", "e2e"])
+    rc = main([f"folder:{finished_run}", "resnet8", "--out", str(finished_run.parent), "--name", "e2e"])
     assert rc == 2
     assert "already exists. Add --resume" in capsys.readouterr().err
     assert (finished_run / "metrics.csv").read_bytes() == before
@@ -82,7 +82,7 @@ def test_existing_run_dir_is_refused_and_untouched(finished_run, capsys):
 
 def test_resume_of_finished_run_does_nothing(finished_run, cifar_folder):
     before = (finished_run / "metrics.csv").read_bytes()
-    rc = main([f"folder:{cifar_folder}", "resnet20", "--epochs", "2", "--batch-size", "16",
+    rc = main([f"folder:{cifar_folder}", "resnet8", "--epochs", "2", "--batch-size", "16",
                "--milestones", "1", "--gamma", "0.5", "--out", str(finished_run.parent), "--name", "e2e",
                "--resume"])
     assert rc == 0 and (finished_run / "metrics.csv").read_bytes() == before

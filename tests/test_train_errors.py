@@ -106,7 +106,7 @@ def test_resume_with_other_settings_refused(capsys, finished_run, cifar_folder):
     """The session's finished run (tests/conftest.py) resumed with another --beta: refused,
     and the run is left as it was."""
     before = (finished_run / "metrics.csv").read_bytes()
-    err = run_err(capsys, [f"folder:{cifar_folder}", "resnet20", "--epochs", "2", "--batch-size",
+    err = run_err(capsys, [f"folder:{cifar_folder}", "resnet8", "--epochs", "2", "--batch-size",
                            "16", "--milestones", "1", "--gamma", "0.5", "--beta", "0.3", "--resume",
                            "--out", str(finished_run.parent), "--name", finished_run.name])
     assert "different settings" in err and "beta" in err
