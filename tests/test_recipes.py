@@ -50,7 +50,7 @@ def test_strong_heads_sets_the_measured_module_and_levers_per_backbone():
         "sep", 2, 3, 3)
     assert r20.run.origins["ramp_betas"] == "recipe:strong-heads"
     m1 = cfg("cifar10", "mobilenetv1", "--recipe", "strong-heads", "--ramp-betas", "2")
-    assert (m1.sila.head_module, m1.sila.ship_head, m1.sila.ramp_betas) == ("sep", None, 2)
+    assert (m1.sila.head_module, m1.sila.ship_head, m1.sila.ramp_betas) == ("sep", 2, 2)
     assert m1.run.origins["ramp_betas"] == "flag"  # a typed flag wins over the recipe
     with pytest.raises(ConfigError, match=r"lists no backbone 'vgg19'\. Listed: resnet20, mobilenetv1"):
         cfg("cifar10", "vgg19", "--recipe", "strong-heads")
