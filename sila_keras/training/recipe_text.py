@@ -14,14 +14,17 @@ from sila_keras.training.recipes import _REGISTRY, Setting, _key, get_recipe
 
 
 def describe(names: list[str] | None = None) -> str:
-    """The ``--recipe list`` text: each recipe's source and every value, paper or assumption."""
+    """The ``--recipe list`` text: each recipe's source and every value, paper, assumption or
+    measured."""
     lines = []
     for name in names or list(_REGISTRY):
         r = _REGISTRY[name]
         mode = f" --mode {'|'.join(r.modes)}" if r.modes else ""
         lines += [f"{r.name}  [{r.command}{mode}]  {r.source}", f"  {r.summary}"]
         lines += _grouped(r.settings, "  ")
-        if r.rows:
+        if r.rows and not any(r.rows.values()):  # rows that only limit where it applies
+            lines.append(f"  only for {r.row_names}: {r.listed_rows()} (others are refused)")
+        elif r.rows:
             lines.append(f"  per {r.row_names}:")
             for key, row in r.rows.items():
                 lines += _grouped(row, f"    {_key(key)}: ")
@@ -39,6 +42,8 @@ def markdown(name: str) -> str:
     lines += _md_rows(r.settings, "")
     for key, row in r.rows.items():
         lines += _md_rows(row, f"{r.row_names} {_key(key)}: ")
+    if r.rows and not any(r.rows.values()):
+        lines.append(f"| only for {r.row_names}: {r.listed_rows()} | others are refused | — |")
     return "\n".join(lines)
 
 
@@ -53,7 +58,7 @@ def render_docs(text: str) -> str:
 
 
 def _md_rows(settings: Mapping[str, Setting], prefix: str) -> list[str]:
-    groups: dict[tuple[bool, str], list[str]] = {}
+    groups: dict[tuple[str, str], list[str]] = {}
     for key, s in settings.items():
         groups.setdefault((s.kind, s.note), []).append(f"`{key} = {_fmt(s.value)}`")
     return [f"| {prefix}{', '.join(keys)} | {note.replace('|', '/')} | "

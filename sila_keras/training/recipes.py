@@ -38,29 +38,29 @@ PAPER_C = "digit pairs (Deng & Li, seed 003)"
 
 @dataclass(frozen=True)
 class Setting:
-    """One value of a recipe: ``paper`` (the paper states it) or an assumption, with the
-    paper's words and section (or the reason for the assumption)."""
+    """One value of a recipe, with its ``kind``: ``paper`` (the paper states it, ``note`` has its
+    words and section), ``assumption`` (we assume it; ``note`` says why) or ``measured`` (ours,
+    chosen by a measurement these docs report; ``note`` says which)."""
 
     value: Any
-    paper: bool
+    kind: str
     note: str
-    measured: bool = False  # ours, chosen by a measurement this project documents
 
     @property
-    def kind(self) -> str:
-        return "paper" if self.paper else "measured" if self.measured else "assumption"
+    def paper(self) -> bool:
+        return self.kind == "paper"
 
 
 def paper(value, note: str) -> Setting:
-    return Setting(value, True, note)
+    return Setting(value, "paper", note)
 
 
 def assumed(value, note: str) -> Setting:
-    return Setting(value, False, note)
+    return Setting(value, "assumption", note)
 
 
 def measured(value, note: str) -> Setting:
-    return Setting(value, False, note, measured=True)
+    return Setting(value, "measured", note)
 
 
 @dataclass(frozen=True)
