@@ -52,9 +52,11 @@ def interpreter(model: bytes | str | Path, *, delegates: bool = True, threads: i
     return it
 
 
-def delegate_pieces(model: bytes | str | Path) -> int:
-    """How many ``DELEGATE`` nodes LiteRT's default CPU delegate (XNNPACK) made of the graph."""
-    return sum(op["op_name"] == "DELEGATE" for op in interpreter(model)._get_ops_details())
+def delegate_pieces(model) -> int:
+    """How many ``DELEGATE`` nodes LiteRT's default CPU delegate (XNNPACK) made of the graph;
+    ``model`` is a ``.tflite`` file or its bytes, or an interpreter already made of one."""
+    it = model if hasattr(model, "_get_ops_details") else interpreter(model)
+    return sum(op["op_name"] == "DELEGATE" for op in it._get_ops_details())
 
 
 def _set_image(it, image: np.ndarray) -> None:
@@ -138,10 +140,9 @@ def measure(files: Mapping[str, Path], image: np.ndarray, runs: int = 30, *,
     version = getattr(ai_edge_litert, "__version__", "")
     out = {}
     for name, it in interpreters.items():
-        pieces = sum(op["op_name"] == "DELEGATE" for op in it._get_ops_details())
         out[name] = {"median_ms": median_ms(times[name]),
                      "min_ms": round(min(times[name]), 4), "runs": len(times[name]), "batch": 1,
-                     "threads": threads, "delegate_pieces": pieces,
+                     "threads": threads, "delegate_pieces": delegate_pieces(it),
                      "runtime": f"LiteRT {version} invoke(), default delegate (XNNPACK)".replace("  ", " ")}
     return out
 
